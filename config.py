@@ -1,0 +1,244 @@
+"""Training configuration: one frozen object, resolved as default < environment < CLI flag.
+
+Every setting is declared once in `FIELDS` (name, type, default, env var, flags, help). From
+that table come the dataclass, the env-var reader and the argparse flags, so a new setting is
+one line. Values are type-checked: a bad value names the variable, the value and what is
+allowed. No torch here: the runtime side may import this module.
+
+    EPOCHS=20 python train.py --encoder resnet18 --lr 1e-3
+    python train.py --help            # every setting, its env var and its default
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from utils import UserError, atomic_write_json
+
+# The smp architectures (segmentation_models_pytorch 0.6) plus our own HRNet head.
+# test_model checks this list against smp's registry so the two cannot drift.
+ARCHITECTURES = (
+    "Unet", "UnetPlusPlus", "MAnet", "Linknet", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus",
+    "PAN", "UPerNet", "Segformer", "DPT",
+)
+SCHEDULERS = ("cosine", "onecycle")
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
+
+
+def parse_optional_path(text: str) -> str | None:
+    return None if text.strip().lower() in ("", "none") else text
+
+
+def positive(kind: Callable) -> Callable:
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise ValueError(f"expected a positive {kind.__name__}")
+        return value
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def non_negative(kind: Callable) -> Callable:
+    def parse(text: str):
+        value = kind(text)
+        if value < 0:
+            raise ValueError(f"expected a {kind.__name__} >= 0")
+        return value
+    parse.__name__ = f"non-negative {kind.__name__}"
+    return parse
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise ValueError("expected a number strictly between 0 and 1")
+    return value
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    flags: tuple[str, ...] = ()
+    choices: tuple[str, ...] | None = None
+
+    @property
+    def env(self) -> str:
+        return self.name.upper()
+
+    @property
+    def all_flags(self) -> tuple[str, ...]:
+        return ("--" + self.name.replace("_", "-"),) + self.flags
+
+
+FIELDS: tuple[Field, ...] = (
+    # Data in
+    Field("raw_img_dir", parse_optional_path, None, "folder of training images"),
+    Field("raw_mask_dir", parse_optional_path, None, "folder of masks, paired to images by file stem"),
+    Field("raw_json_path", parse_optional_path, None, "Label Studio JSON export (instead of RAW_MASK_DIR)"),
+    Field("work_dir", str, "work", "run folder: cache, models, logs, ONNX"),
+    Field("name", str, "model", "name of the exported <name>.onnx"),
+    # Model
+    Field("arch", str, "UnetPlusPlus", "architecture", flags=("--model",), choices=ARCHITECTURES),
+    Field("encoder", str, "resnet34", "smp encoder name, or tu-<timm name>"),
+    Field("encoder_weights", parse_optional_path, "imagenet",
+          "encoder weights: imagenet (needs internet once), none, or a local .pth file"),
+    Field("classes", positive(int), 1, "number of classes; 1 = binary foreground"),
+    Field("input_size", positive(int), 512, "long side the images are resized to (multiple of 32)",
+          flags=("--patch-size",)),
+    # Optimisation
+    Field("batch_size", positive(int), 8, "batch size"),
+    Field("epochs", positive(int), 50, "maximum epochs per fold"),
+    Field("lr", positive(float), 3e-4, "AdamW learning rate"),
+    Field("weight_decay", non_negative(float), 1e-4, "AdamW weight decay"),
+    Field("adam_eps", positive(float), 1e-8, "AdamW epsilon"),
+    Field("scheduler", str, "cosine", "cosine = CosineAnnealingWarmRestarts, onecycle = OneCycleLR",
+          choices=SCHEDULERS),
+    Field("restart_epochs", positive(int), 10, "epochs in the first cosine cycle (T_0)"),
+    Field("grad_clip", non_negative(float), 1.0, "max gradient norm; 0 disables clipping"),
+    Field("dice_weight", non_negative(float), 0.5, "weight of the Dice term in ComboLoss"),
+    Field("bce_weight", non_negative(float), 0.5, "weight of the BCE term in ComboLoss"),
+    Field("patience", positive(int), 10, "early stopping: epochs without val Dice improvement"),
+    Field("cooldown", non_negative(int), 0, "epochs before 'best' is tracked"),
+    # Cross-validation
+    Field("folds", positive(int), 5, "number of cross-validation folds"),
+    Field("fold_ids", str, "all", "folds to train: 'all' or a comma list such as 0,2"),
+    Field("seed", non_negative(int), 42, "random seed for splits, init and augmentation"),
+    # Runtime of the trainer
+    Field("workers", non_negative(int), 2, "DataLoader worker processes"),
+    Field("device", str, "auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda")),
+    Field("threads", non_negative(int), 0, "torch CPU threads; 0 = torch's default"),
+    Field("min_area", non_negative(int), 64, "min region area (px) for the adaptive threshold at inference"),
+    Field("export", parse_bool, True, "export <name>.onnx after training"),
+)
+FIELD_BY_NAME = {f.name: f for f in FIELDS}
+
+
+@dataclass(frozen=True)
+class Config:
+    raw_img_dir: str | None
+    raw_mask_dir: str | None
+    raw_json_path: str | None
+    work_dir: str
+    name: str
+    arch: str
+    encoder: str
+    encoder_weights: str | None
+    classes: int
+    input_size: int
+    batch_size: int
+    epochs: int
+    lr: float
+    weight_decay: float
+    adam_eps: float
+    scheduler: str
+    restart_epochs: int
+    grad_clip: float
+    dice_weight: float
+    bce_weight: float
+    patience: int
+    cooldown: int
+    folds: int
+    fold_ids: str
+    seed: int
+    workers: int
+    device: str
+    threads: int
+    min_area: int
+    export: bool
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def selected_folds(self) -> list[int]:
+        if self.fold_ids.strip().lower() == "all":
+            return list(range(self.folds))
+        return parse_fold_ids(self.fold_ids, self.folds)
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        path = Path(path) if path else Path(self.work_dir) / "config.json"
+        atomic_write_json(path, self.to_dict())
+        return path
+
+
+def parse_fold_ids(text: str, folds: int) -> list[int]:
+    try:
+        ids = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        ids = []
+    if not ids or any(not 0 <= i < folds for i in ids):
+        raise UserError(f"FOLD_IDS={text!r} is invalid: use 'all' or a comma list of folds in 0..{folds - 1}")
+    return ids
+
+
+def _convert(field: Field, raw: str, source: str):
+    """Parse one raw string; `source` names where it came from (env var or flag)."""
+    try:
+        value = field.parse(raw)
+    except (ValueError, TypeError) as exc:
+        kind = getattr(field.parse, "__name__", "value")
+        raise UserError(f"{source}={raw!r} is not a valid {kind} ({exc}); default is {field.default!r}") from None
+    if field.choices is not None and value not in field.choices:
+        raise UserError(f"{source}={raw!r} is not allowed; choose one of: {', '.join(field.choices)}")
+    return value
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description or __doc__.split("\n")[0])
+    for field in FIELDS:
+        parser.add_argument(
+            *field.all_flags, dest=field.name, default=None, metavar=field.env,
+            help=f"{field.help} (env {field.env}, default {field.default!r})",
+        )
+    return parser
+
+
+def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Resolve every setting: default, then the environment, then CLI flags."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    values = {}
+    for field in FIELDS:
+        value = field.default
+        if field.env in environ and environ[field.env] != "":
+            value = _convert(field, environ[field.env], field.env)
+        flag_value = getattr(args, field.name)
+        if flag_value is not None:
+            value = _convert(field, flag_value, field.all_flags[0])
+        values[field.name] = value
+    cfg = Config(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Checks that span several settings."""
+    if cfg.input_size % 32:
+        raise UserError(f"INPUT_SIZE={cfg.input_size} must be a multiple of 32 (e.g. {cfg.input_size // 32 * 32 or 32})")
+    if cfg.folds < 2:
+        raise UserError(f"FOLDS={cfg.folds} must be at least 2 for cross-validation")
+    if cfg.dice_weight + cfg.bce_weight <= 0:
+        raise UserError("DICE_WEIGHT and BCE_WEIGHT cannot both be 0")
+    if cfg.fold_ids.strip().lower() != "all":
+        parse_fold_ids(cfg.fold_ids, cfg.folds)
+
+
+def describe(cfg: Config) -> str:
+    return json.dumps(cfg.to_dict(), indent=2)

@@ -1,0 +1,214 @@
+"""Data in: image/mask folders or a Label Studio export -> a disk cache -> a torch Dataset.
+
+Sources are read once, resized (long side = INPUT_SIZE, masks nearest-neighbour) and written
+to WORK_DIR/images and WORK_DIR/masks with a manifest. Training reads from the cache, one
+sample at a time, so RAM stays flat however large the set. A re-run reuses every entry whose
+source content and settings are unchanged; writes are atomic, so a killed run resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from utils import (
+    IMAGENET_MEAN, IMAGENET_STD, LOG, UserError, atomic_write_json, file_sha1, list_images, normalize,
+    read_image, read_mask, resize_long_side, write_png,
+)
+
+CACHE_VERSION = 1
+MANIFEST_NAME = "cache_manifest.json"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One labelled sample before caching. The mask comes from a file or from memory."""
+    key: str
+    image_path: Path
+    mask_path: Path | None = None
+    mask: np.ndarray | None = None
+
+    def load_mask(self, num_classes: int) -> np.ndarray:
+        if self.mask is not None:
+            return self.mask
+        return read_mask(self.mask_path, num_classes)
+
+    def content_hash(self) -> str:
+        digest = hashlib.sha1(file_sha1(self.image_path).encode())
+        if self.mask is not None:
+            digest.update(np.ascontiguousarray(self.mask).tobytes())
+            digest.update(str(self.mask.shape).encode())
+        else:
+            digest.update(file_sha1(self.mask_path).encode())
+        return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    key: str
+    image: Path
+    mask: Path
+    empty: bool
+    source: str
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def pair_by_stem(image_dir: str | Path, mask_dir: str | Path) -> list[Source]:
+    """Pair images and masks by file stem (a mask may also be named <stem>_mask)."""
+    image_dir, mask_dir = Path(image_dir), Path(mask_dir)
+    if not mask_dir.is_dir():
+        raise UserError(f"RAW_MASK_DIR not found: {mask_dir} (check the path)")
+    images = list_images(image_dir)
+    if not images:
+        raise UserError(f"no images (jpg/png/tif/bmp) in RAW_IMG_DIR={image_dir}")
+    masks: dict[str, Path] = {}
+    for path in list_images(mask_dir):
+        stem = path.stem[:-5] if path.stem.endswith("_mask") else path.stem
+        masks.setdefault(stem, path)
+    sources, seen = [], {}
+    for image in images:
+        if image.stem in seen:
+            raise UserError(f"two images share the stem {image.stem!r}: {seen[image.stem]} and {image}; rename one")
+        seen[image.stem] = image
+        mask = masks.get(image.stem)
+        if mask is None:
+            raise UserError(f"no mask for image {image} (looked for {mask_dir}/{image.stem}.<png|jpg|tif|bmp>); "
+                            "add the mask or remove the image")
+        sources.append(Source(image.stem, image, mask_path=mask))
+    return sources
+
+
+def labelstudio_sources(json_path: str | Path, image_dir: str | Path, class_map: dict | None = None) -> list[Source]:
+    from labelstudio import load_labelstudio  # only needed for Label Studio input
+
+    items = load_labelstudio(json_path, image_dir, class_map)
+    if not items:
+        raise UserError(f"no annotated tasks in {json_path}")
+    return [Source(Path(it.image_path).stem, Path(it.image_path), mask=it.mask) for it in items]
+
+
+def collect_sources(raw_img_dir: str | None, raw_mask_dir: str | None, raw_json_path: str | None) -> list[Source]:
+    if not raw_img_dir:
+        raise UserError("RAW_IMG_DIR is not set: point it (or --raw-img-dir) at the training images")
+    if not Path(raw_img_dir).is_dir():
+        raise UserError(f"RAW_IMG_DIR not found: {raw_img_dir} (check the path)")
+    if raw_json_path:
+        return labelstudio_sources(raw_json_path, raw_img_dir)
+    if not raw_mask_dir:
+        raise UserError("set RAW_MASK_DIR (mask folder) or RAW_JSON_PATH (Label Studio export)")
+    return pair_by_stem(raw_img_dir, raw_mask_dir)
+
+
+# ----------------------------------------------------------------------------- disk cache
+
+
+def _settings(input_size: int, num_classes: int) -> dict:
+    return {"cache_version": CACHE_VERSION, "input_size": input_size, "num_classes": num_classes}
+
+
+def _load_manifest(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("entries", {})
+    except (json.JSONDecodeError, AttributeError):
+        LOG.warning("cache manifest %s is unreadable; rebuilding the cache", path)
+        return {}
+
+
+def _write_entry(source: Source, image_out: Path, mask_out: Path, input_size: int, num_classes: int) -> bool:
+    """Resize one source into the cache. Returns whether its mask is empty."""
+    image = read_image(source.image_path)
+    mask = source.load_mask(num_classes)
+    if mask.shape[:2] != image.shape[:2]:
+        raise UserError(f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
+                        f"{image.shape[1]}x{image.shape[0]} for {source.image_path}")
+    write_png(image_out, resize_long_side(image, input_size))
+    write_png(mask_out, resize_long_side(mask, input_size, nearest=True), rgb=False)
+    return not bool(mask.any())
+
+
+def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int, num_classes: int = 1,
+                progress: Callable[[Iterable], Iterable] | None = None) -> list[CacheEntry]:
+    """Bring WORK_DIR/images, WORK_DIR/masks and the manifest up to date with `sources`."""
+    work_dir = Path(work_dir)
+    manifest_path = work_dir / MANIFEST_NAME
+    old = _load_manifest(manifest_path)
+    settings = _settings(input_size, num_classes)
+    entries, records, reused = [], {}, 0
+    sources = list(sources)
+    for i, source in enumerate(progress(sources) if progress else sources):
+        image_out = work_dir / "images" / f"{source.key}.png"
+        mask_out = work_dir / "masks" / f"{source.key}.png"
+        digest = source.content_hash()
+        record = old.get(source.key)
+        if record and record.get("hash") == digest and record.get("settings") == settings \
+                and image_out.is_file() and mask_out.is_file():
+            reused += 1
+        else:
+            empty = _write_entry(source, image_out, mask_out, input_size, num_classes)
+            record = {"source": str(source.image_path), "mask_source": str(source.mask_path or "<labelstudio>"),
+                      "hash": digest, "settings": settings, "empty": empty}
+        records[source.key] = record
+        entries.append(CacheEntry(source.key, image_out, mask_out, record["empty"], record["source"]))
+        if (i + 1) % 200 == 0:  # checkpoint the manifest so a killed run keeps its work
+            atomic_write_json(manifest_path, {"entries": {**old, **records}})
+    atomic_write_json(manifest_path, {"entries": records})
+    LOG.info("cache: %d samples (%d reused, %d written) in %s", len(entries), reused, len(entries) - reused, work_dir)
+    return entries
+
+
+# ----------------------------------------------------------------------------- torch side
+
+
+def get_transform(train: bool, input_size: int, mean=IMAGENET_MEAN) -> A.Compose:
+    """Pad bottom/right to a square (as the runtime pads), plus augmentation when training."""
+    fill = tuple(round(m * 255) for m in mean)  # the mean colour: zero after normalisation
+    pad = A.PadIfNeeded(input_size, input_size, position="top_left", border_mode=cv2.BORDER_CONSTANT,
+                        fill=fill, fill_mask=0)
+    if not train:
+        return A.Compose([pad])
+    return A.Compose([
+        A.HorizontalFlip(p=0.5),
+        A.Affine(scale=(0.85, 1.15), translate_percent=(-0.05, 0.05), rotate=(-15, 15),
+                 border_mode=cv2.BORDER_REFLECT_101, p=0.5),
+        A.RandomBrightnessContrast(0.2, 0.2, p=0.5),
+        A.HueSaturationValue(8, 12, 8, p=0.3),
+        pad,
+    ])
+
+
+class SegDataset(Dataset):
+    """Reads cached samples from disk. Returns image (3, S, S) float32 and mask:
+    binary -> (1, S, S) float32 in {0, 1}; multi-class -> (S, S) int64 class ids."""
+
+    def __init__(self, entries: list[CacheEntry], transform: A.Compose, num_classes: int = 1,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        self.entries = entries
+        self.transform = transform
+        self.num_classes = num_classes
+        self.mean, self.std = mean, std
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        entry = self.entries[index]
+        image = read_image(entry.image)
+        mask = cv2.imread(str(entry.mask), cv2.IMREAD_GRAYSCALE)
+        out = self.transform(image=image, mask=mask)
+        image_t = torch.from_numpy(normalize(out["image"], self.mean, self.std))
+        if self.num_classes == 1:
+            return image_t, torch.from_numpy(out["mask"][None].astype(np.float32))
+        return image_t, torch.from_numpy(out["mask"].astype(np.int64))

@@ -1,0 +1,351 @@
+"""Import Label Studio JSON exports as (image, mask) pairs.
+
+Label Studio stores two kinds of segmentation results that we read:
+
+- ``brushlabels``: a bit-packed run-length encoding ("rle-pack", as in
+  label-studio-converter's ``brush.decode_rle``) of the RGBA canvas, H*W*4 bytes. The
+  alpha channel carries the stroke; anti-aliased edges have alpha between 1 and 254, and any
+  alpha > 0 counts as painted.
+- ``polygonlabels``: vertices in percent of the image width/height.
+
+Uploaded files are renamed to ``/data/upload/<project>/<8 hex>-<name>``, so images are
+found in ``image_dir`` by their original name, not by the path in the export.
+
+Usage::
+
+    items = load_labelstudio("export.json", "raw/images")               # binary: any label -> 1
+    items = load_labelstudio("export.json", "raw/images", {"scratch": 1, "dent": 2})
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+import cv2
+import numpy as np
+
+from utils import IMAGE_EXTS, LOG, UserError, list_images, read_image
+
+# Label Studio prefixes every uploaded file with 8 hex characters and a dash.
+_UPLOAD_PREFIX = re.compile(r"^[0-9a-fA-F]{8}-")
+_UPLOAD_DIR = re.compile(r"(^|/)data/upload/")
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+_RESULT_TYPES = ("brushlabels", "polygonlabels")
+
+
+@dataclass
+class LabelStudioItem:
+    """One annotated task: the image file and its mask of class ids (uint8, H x W)."""
+
+    image_path: Path
+    mask: np.ndarray
+    task_id: int | str | None
+
+
+# ----------------------------------------------------------------------------- brush RLE
+
+
+class _BitReader:
+    """Reads big-endian bit fields from a byte string (rle-pack is MSB first)."""
+
+    def __init__(self, data: bytes):
+        self._data = data
+        self._bits: np.ndarray | None = None  # unpacked lazily, only for literal runs
+        self.pos = 0
+
+    def read(self, nbits: int) -> int:
+        end_bit = self.pos + nbits
+        if end_bit > len(self._data) * 8:
+            raise UserError(
+                f"brush RLE is truncated: needs bit {end_bit} but has only {len(self._data) * 8} bits; "
+                "re-export the annotation from Label Studio"
+            )
+        start, end = self.pos >> 3, (end_bit + 7) >> 3
+        chunk = int.from_bytes(self._data[start:end], "big")
+        self.pos = end_bit
+        return (chunk >> (end * 8 - end_bit)) & ((1 << nbits) - 1)
+
+    def read_words(self, count: int, word_size: int) -> np.ndarray:
+        """`count` consecutive `word_size`-bit values, vectorised (literal runs are long)."""
+        end_bit = self.pos + count * word_size
+        if end_bit > len(self._data) * 8:
+            raise UserError(
+                f"brush RLE is truncated: needs bit {end_bit} but has only {len(self._data) * 8} bits; "
+                "re-export the annotation from Label Studio"
+            )
+        if self._bits is None:
+            self._bits = np.unpackbits(np.frombuffer(self._data, dtype=np.uint8))
+        bits = self._bits[self.pos : end_bit].reshape(count, word_size)  # (count, word_size)
+        self.pos = end_bit
+        weights = (1 << np.arange(word_size - 1, -1, -1, dtype=np.int64)).astype(np.int64)
+        return bits.astype(np.int64) @ weights
+
+
+def _rle_bytes(rle) -> bytes:
+    try:
+        return bytes(rle)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"brush RLE must be a list of byte values 0..255 ({exc}); re-export the annotation") from None
+
+
+def decode_rle_values(rle) -> np.ndarray:
+    """Decode Label Studio's rle-pack stream into its flat uint8 values (RGBA for brushes).
+
+    Layout: 32-bit value count, 5-bit word size - 1, four 4-bit run-length widths - 1, then
+    tokens of [1 bit repeat flag, 2 bit width index, run length - 1, word(s)].
+    """
+    reader = _BitReader(_rle_bytes(rle))
+    count = reader.read(32)
+    word_size = reader.read(5) + 1
+    run_widths = [reader.read(4) + 1 for _ in range(4)]
+    out = np.zeros(count, dtype=np.uint8)
+    i = 0
+    while i < count:
+        repeat = reader.read(1)
+        run = 1 + reader.read(run_widths[reader.read(2)])
+        j = min(i + run, count)  # a corrupt final run must not write past the end
+        if repeat:
+            out[i:j] = reader.read(word_size)
+        else:
+            out[i:j] = reader.read_words(run, word_size)[: j - i]
+        i += run
+    return out
+
+
+def decode_brush_rle(rle, height: int, width: int) -> np.ndarray:
+    """Brush RLE -> alpha channel as uint8 (height, width); 0 = not painted."""
+    values = decode_rle_values(rle)
+    expected = height * width * 4
+    if values.size != expected:
+        raise UserError(
+            f"brush RLE decodes to {values.size} values but an RGBA image of {width}x{height} needs "
+            f"{expected} (= H*W*4); original_width/original_height do not belong to this RLE, "
+            "re-export the annotation from Label Studio"
+        )
+    return values.reshape(height, width, 4)[:, :, 3].copy()
+
+
+# ----------------------------------------------------------------------------- polygons
+
+
+def polygon_to_mask(points_pct, height: int, width: int) -> np.ndarray:
+    """Polygon with vertices in percent of the image size -> uint8 (height, width) mask of 0/1."""
+    points = np.asarray(points_pct, dtype=np.float64).reshape(-1, 2)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    if len(points) < 3:
+        return mask
+    # Percent * size recovers the pixel coordinates the annotator clicked; rounding keeps
+    # vertices that were drawn on pixel centres exact.
+    pixels = np.round(points * (width / 100.0, height / 100.0)).astype(np.int32)
+    cv2.fillPoly(mask, [pixels], 1)
+    return mask
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def original_name(upload_path: str) -> str:
+    """The original file name behind a Label Studio image reference.
+
+    Handles ``/data/upload/<project>/<8 hex>-<name>``, ``/data/local-files/?d=dir/name``,
+    URLs (``https://``, ``s3://``) and plain POSIX or Windows paths; names are URL-decoded.
+    """
+    ref = upload_path.strip()
+    if _WINDOWS_DRIVE.match(ref):  # urlparse would read "C:" as a URL scheme
+        path = unquote(ref)
+    else:
+        parsed = urlparse(ref)
+        local = parse_qs(parsed.query).get("d")
+        # /data/local-files/?d=dir/name keeps the file in the query (parse_qs already decodes it).
+        path = local[0] if local else unquote(parsed.path)
+    path = path.replace("\\", "/").rstrip("/")
+    name = path.rsplit("/", 1)[-1]
+    if _UPLOAD_DIR.search(path):
+        name = _UPLOAD_PREFIX.sub("", name, count=1)
+    return name
+
+
+# ----------------------------------------------------------------------------- export parsing
+
+
+def _read_tasks(json_path: Path) -> list[dict]:
+    if not json_path.is_file():
+        raise UserError(f"Label Studio export not found: {json_path} (check RAW_JSON_PATH / the path given)")
+    try:
+        with open(json_path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{json_path} is not valid JSON ({exc}); export the project again as 'JSON'") from None
+    if isinstance(data, dict) and ("annotations" in data or "completions" in data):
+        data = [data]  # a single task, as the Label Studio frontend stores it
+    if not isinstance(data, list) or not all(_is_task(t) for t in data):
+        raise UserError(
+            f"{json_path} is not a Label Studio export: expected a JSON list of tasks, each with "
+            "'data' and 'annotations'; export with the 'JSON' format (not JSON-MIN, CSV or COCO)"
+        )
+    return data
+
+
+def _is_task(task) -> bool:
+    return isinstance(task, dict) and isinstance(task.get("data"), dict) and (
+        "annotations" in task or "completions" in task
+    )
+
+
+def _latest_annotation(task: dict) -> dict | None:
+    """The newest annotation that was not cancelled (skipped), or None."""
+    annotations = task.get("annotations", task.get("completions")) or []
+    candidates = [
+        (str(a.get("updated_at") or a.get("created_at") or ""), index, a)
+        for index, a in enumerate(annotations)
+        if isinstance(a, dict) and not a.get("was_cancelled", False)
+    ]
+    if not candidates:
+        return None
+    # Equal or missing timestamps fall back to list order: Label Studio appends new ones.
+    return max(candidates, key=lambda c: (c[0], c[1]))[2]
+
+
+def _image_reference(task: dict) -> str:
+    data = task["data"]
+    if isinstance(data.get("image"), str):
+        return data["image"]
+    for value in data.values():
+        if isinstance(value, str) and original_name(value).lower().endswith(IMAGE_EXTS):
+            return value
+    raise UserError(
+        f"task {task.get('id')}: no image reference in data (keys: {sorted(data)}); "
+        "the export must come from an image labelling project"
+    )
+
+
+def _index_images(image_dir: Path) -> dict[str, list[Path]]:
+    index: dict[str, list[Path]] = {}
+    for path in list_images(image_dir):
+        index.setdefault(path.name, []).append(path)
+        if path.name.lower() != path.name:
+            index.setdefault(path.name.lower(), []).append(path)
+    return index
+
+
+def _find_image(index: dict[str, list[Path]], name: str, task_id, image_dir: Path) -> Path:
+    matches = index.get(name) or index.get(name.lower())
+    if not matches:
+        raise UserError(
+            f"task {task_id}: image '{name}' not found in {image_dir} (searched recursively by file name); "
+            "put the annotated images there or point the image folder at them"
+        )
+    if len(matches) > 1:
+        listed = ", ".join(str(p) for p in matches[:3])
+        raise UserError(
+            f"task {task_id}: image name '{name}' is ambiguous in {image_dir} ({listed}); "
+            "keep one file per name"
+        )
+    return matches[0]
+
+
+# ----------------------------------------------------------------------------- rasterising
+
+
+def _class_id(labels: list, class_map: dict[str, int] | None, task_id) -> int:
+    if class_map is None:
+        return 1
+    label = labels[0] if labels else None
+    if label not in class_map:
+        raise UserError(
+            f"task {task_id}: label {label!r} is not in the class map; known labels: "
+            f"{sorted(class_map)}; add it to the class names or fix the annotation"
+        )
+    return int(class_map[label])
+
+
+def _check_size(result: dict, image_hw: tuple[int, int], task_id, image_path: Path) -> None:
+    h, w = image_hw
+    ow, oh = result.get("original_width"), result.get("original_height")
+    if ow is None or oh is None or (int(ow), int(oh)) == (w, h):
+        return
+    hint = " (width and height swapped: the photo probably carries an EXIF rotation)" if (ow, oh) == (h, w) else ""
+    raise UserError(
+        f"task {task_id}: the annotation was drawn on a {ow}x{oh} image but {image_path} is {w}x{h}{hint}; "
+        "use the exact files that were uploaded to Label Studio"
+    )
+
+
+def _result_region(result: dict, height: int, width: int) -> np.ndarray:
+    """Pixels covered by one brush or polygon result, as a bool (height, width) array."""
+    value = result.get("value") or {}
+    if result["type"] == "brushlabels":
+        if "rle" not in value:
+            raise UserError(
+                f"brush result {result.get('id')} has no 'rle' (format {value.get('format')!r} is not supported); "
+                "export the project as Label Studio JSON"
+            )
+        return decode_brush_rle(value["rle"], height, width) > 0
+    return polygon_to_mask(value.get("points") or [], height, width) > 0
+
+
+def rasterize_annotation(
+    annotation: dict, image_hw: tuple[int, int], class_map: dict[str, int] | None, task_id, image_path: Path
+) -> np.ndarray:
+    """All brush/polygon results of one annotation -> uint8 mask of class ids; later results win."""
+    height, width = image_hw
+    mask = np.zeros((height, width), dtype=np.uint8)
+    ignored: set[str] = set()
+    for result in annotation.get("result") or []:
+        kind = result.get("type")
+        if kind not in _RESULT_TYPES:
+            ignored.add(str(kind))
+            continue
+        _check_size(result, image_hw, task_id, image_path)
+        class_id = _class_id((result.get("value") or {}).get(kind) or [], class_map, task_id)
+        mask[_result_region(result, height, width)] = class_id
+    if ignored:
+        LOG.warning("task %s: ignored result types %s (only %s are read)", task_id, sorted(ignored), _RESULT_TYPES)
+    return mask
+
+
+def _check_class_map(class_map: dict[str, int] | None) -> None:
+    if class_map is None:
+        return
+    bad = {k: v for k, v in class_map.items() if not isinstance(v, (int, np.integer)) or not 0 <= v <= 255}
+    if bad:
+        raise UserError(f"class map ids must be integers 0..255, got {bad}; fix the class map")
+
+
+def load_labelstudio(
+    json_path: str | os.PathLike,
+    image_dir: str | os.PathLike,
+    class_map: dict[str, int] | None = None,
+) -> list[LabelStudioItem]:
+    """Read a Label Studio JSON export into image paths and class-id masks.
+
+    `class_map` maps label names to class ids; None means binary (every label -> 1). Tasks
+    without a usable annotation are skipped and counted. A non-cancelled annotation with no
+    regions is kept as an empty mask: the annotator saw nothing there.
+    """
+    json_path, image_dir = Path(json_path), Path(image_dir)
+    _check_class_map(class_map)
+    tasks = _read_tasks(json_path)
+    index = _index_images(image_dir)
+    items: list[LabelStudioItem] = []
+    skipped = 0
+    for task in tasks:
+        annotation = _latest_annotation(task)
+        if annotation is None:
+            skipped += 1
+            continue
+        task_id = task.get("id")
+        image_path = _find_image(index, original_name(_image_reference(task)), task_id, image_dir)
+        image_hw = read_image(image_path).shape[:2]
+        mask = rasterize_annotation(annotation, image_hw, class_map, task_id, image_path)
+        items.append(LabelStudioItem(image_path=image_path, mask=mask, task_id=task_id))
+    LOG.info(
+        "Label Studio export %s: %d tasks, %d loaded, %d skipped (no annotation or all cancelled)",
+        json_path.name, len(tasks), len(items), skipped,
+    )
+    return items

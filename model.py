@@ -1,0 +1,187 @@
+"""Models, losses and checkpoints for the training side.
+
+    build_model("UnetPlusPlus", "resnet34", encoder_weights=None, classes=1)
+    load_checkpoint(model, "work/models/fold0_best.pt")
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from config import ARCHITECTURES
+from utils import LOG, UserError
+
+
+def model_args(arch: str, encoder: str, classes: int) -> dict:
+    """The arguments that rebuild a model; stored in every checkpoint (nanoGPT style)."""
+    return {"arch": arch, "encoder": encoder, "classes": classes}
+
+
+def build_model(arch: str, encoder: str, encoder_weights: str | None = None, classes: int = 1) -> nn.Module:
+    """An smp model returning logits (B, classes, H, W).
+
+    encoder_weights: None/"none" (random init, works offline), "imagenet" (downloaded once by
+    smp), or a path to a local encoder state dict (.pth/.pt).
+    """
+    if arch not in ARCHITECTURES:
+        raise UserError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    weights = None if encoder_weights in (None, "", "none", "None") else encoder_weights
+    local_file = weights is not None and weights not in ("imagenet",) and (
+        os.sep in weights or weights.endswith((".pth", ".pt", ".bin", ".safetensors"))
+    )
+    if local_file and not Path(weights).is_file():
+        raise UserError(f"ENCODER_WEIGHTS={weights!r}: file not found (give a local .pth, 'imagenet' or 'none')")
+    try:
+        model = smp.create_model(arch, encoder_name=encoder, encoder_weights=None if local_file else weights,
+                                 classes=classes)
+    except KeyError as exc:
+        raise UserError(f"ENCODER={encoder!r} is not available for {arch}: {exc}") from None
+    except (OSError, RuntimeError, ValueError) as exc:
+        if weights is None:
+            raise
+        raise UserError(
+            f"could not load ENCODER_WEIGHTS={weights!r} for encoder {encoder!r} ({type(exc).__name__}: {exc}). "
+            "Offline? Use ENCODER_WEIGHTS=none or a local .pth file."
+        ) from None
+    if local_file:
+        load_encoder_weights(model, weights)
+    return model
+
+
+def load_encoder_weights(model: nn.Module, path: str) -> None:
+    """Load a local encoder state dict (e.g. a torchvision/timm backbone) into model.encoder."""
+    state = unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    own = model.encoder.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise UserError(f"ENCODER_WEIGHTS={path!r} matched no encoder parameter; is it for this encoder?")
+    # smp encoders override load_state_dict (and return None), so match keys ourselves.
+    own.update(usable)
+    model.encoder.load_state_dict(own)
+    LOG.info("encoder weights %s: %d of %d tensors loaded, %d ignored",
+             path, len(usable), len(own), len(state) - len(usable))
+
+# ----------------------------------------------------------------------------- losses
+
+
+class ComboLoss(nn.Module):
+    """dice_weight * Dice + bce_weight * BCEWithLogits, for binary segmentation.
+
+    logits, target: (B, 1, H, W); target holds {0, 1} as float.
+    """
+
+    def __init__(self, dice_weight: float = 0.5, bce_weight: float = 0.5):
+        super().__init__()
+        self.dice_weight = dice_weight
+        self.bce_weight = bce_weight
+        self.dice = smp.losses.DiceLoss(mode="binary", from_logits=True)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        bce = F.binary_cross_entropy_with_logits(logits, target)
+        return self.dice_weight * self.dice(logits, target) + self.bce_weight * bce
+
+
+class MultiClassComboLoss(nn.Module):
+    """dice_weight * Dice + ce_weight * CrossEntropy. logits (B, C, H, W), target (B, H, W) long."""
+
+    def __init__(self, dice_weight: float = 0.5, ce_weight: float = 0.5, class_weights: torch.Tensor | None = None):
+        super().__init__()
+        self.dice_weight = dice_weight
+        self.ce_weight = ce_weight
+        self.dice = smp.losses.DiceLoss(mode="multiclass", from_logits=True)
+        self.register_buffer("class_weights", class_weights)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(logits, target, weight=self.class_weights)
+        return self.dice_weight * self.dice(logits, target) + self.ce_weight * ce
+
+
+def build_loss(classes: int, dice_weight: float = 0.5, bce_weight: float = 0.5) -> nn.Module:
+    if classes == 1:
+        return ComboLoss(dice_weight, bce_weight)
+    return MultiClassComboLoss(dice_weight, bce_weight)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
+    """torch.save to a temp file, then rename: a crash never leaves half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def unwrap_state_dict(obj) -> dict:
+    """Accept a bare state dict, {'state_dict': ...} or {'model': ...}; strip DDP's 'module.'."""
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError("checkpoint holds no state dict (expected tensors, {'state_dict': ...} or {'model': ...})")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint file safely (weights_only=True: no pickled code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for a bad file
+        raise UserError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+
+
+def load_checkpoint(model: nn.Module, source) -> dict:
+    """Strictly load weights into `model` from a path or an already loaded object.
+
+    Fails fast, listing missing, unexpected and mis-shaped keys. Returns the raw checkpoint.
+    """
+    raw = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
+    state = unwrap_state_dict(raw)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shape_errors = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shape_errors:
+        def show(keys):
+            return ", ".join(keys[:8]) + (f" ... (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+        lines = [f"checkpoint does not match the model ({type(model).__name__}):"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {show(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {show(unexpected)}")
+        if shape_errors:
+            lines.append("  shape mismatch: " + show(
+                [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shape_errors]))
+        lines.append("  check ARCH, ENCODER and CLASSES against the run that wrote it")
+        raise UserError("\n".join(lines))
+    model.load_state_dict(state, strict=True)
+    return raw if isinstance(raw, dict) else {}
+
+
+def build_model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """Rebuild the model from the arguments stored in the checkpoint; no config file needed."""
+    ckpt = read_checkpoint(path)
+    args = ckpt.get("model_args") if isinstance(ckpt, dict) else None
+    if not args:
+        raise UserError(f"{path} has no 'model_args'; it was not written by train.py")
+    model = build_model(args["arch"], args["encoder"], None, args["classes"])
+    load_checkpoint(model, ckpt)
+    return model, ckpt

@@ -1,0 +1,78 @@
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config import ARCHITECTURES, FIELDS, Config, load_config
+from utils import UserError
+
+
+def test_fields_table_matches_config_dataclass():
+    assert [f.name for f in dataclasses.fields(Config)] == [f.name for f in FIELDS]
+
+
+def test_defaults_without_env_or_flags():
+    cfg = load_config([], environ={})
+    assert (cfg.arch, cfg.encoder, cfg.folds, cfg.input_size, cfg.patience) == ("UnetPlusPlus", "resnet34", 5, 512, 10)
+
+
+@pytest.mark.parametrize("env, flag, field, env_value, flag_value", [
+    ("EPOCHS", "--epochs", "epochs", 7, 9),
+    ("LR", "--lr", "lr", 0.01, 0.002),
+    ("ARCH", "--model", "arch", "Unet", "FPN"),
+    ("INPUT_SIZE", "--patch-size", "input_size", 256, 320),
+    ("ENCODER_WEIGHTS", "--encoder-weights", "encoder_weights", None, "imagenet"),
+    ("BATCH_SIZE", "--batch-size", "batch_size", 3, 5),
+])
+def test_precedence_default_env_flag(env, flag, field, env_value, flag_value):
+    default = getattr(load_config([], environ={}), field)
+    env_text = "none" if env_value is None else str(env_value)
+    from_env = getattr(load_config([], environ={env: env_text}), field)
+    from_flag = getattr(load_config([flag, str(flag_value)], environ={env: env_text}), field)
+    assert from_env == env_value and from_env != default
+    assert from_flag == flag_value
+
+
+@pytest.mark.parametrize("environ, argv, must_name", [
+    ({"EPOCHS": "abc"}, [], ["EPOCHS", "'abc'", "positive int"]),
+    ({"EPOCHS": "-3"}, [], ["EPOCHS", "'-3'"]),
+    ({"ARCH": "Foo"}, [], ["ARCH", "'Foo'", "UnetPlusPlus", "DeepLabV3Plus"]),
+    ({}, ["--lr", "fast"], ["--lr", "'fast'"]),
+    ({"INPUT_SIZE": "100"}, [], ["INPUT_SIZE", "multiple of 32"]),
+    ({"FOLDS": "1"}, [], ["FOLDS", "at least 2"]),
+    ({"EXPORT": "maybe"}, [], ["EXPORT", "'maybe'", "true/false"]),
+    ({"FOLD_IDS": "0,9"}, [], ["FOLD_IDS", "0..4"]),
+])
+def test_bad_values_name_variable_value_and_allowed(environ, argv, must_name):
+    with pytest.raises(UserError) as err:
+        load_config(argv, environ=environ)
+    for text in must_name:
+        assert text in str(err.value)
+
+
+def test_architecture_list_matches_smp_registry():
+    smp = pytest.importorskip("segmentation_models_pytorch")
+    assert {a.lower() for a in ARCHITECTURES} == set(smp.MODEL_ARCHITECTURES_MAPPING)
+
+
+def test_save_round_trips(tmp_path):
+    cfg = load_config(["--work-dir", str(tmp_path), "--epochs", "3"], environ={})
+    path = cfg.save()
+    assert path == tmp_path / "config.json"
+    assert Config(**json.loads(path.read_text())) == cfg
+
+
+def test_selected_folds():
+    assert load_config([], environ={}).selected_folds() == [0, 1, 2, 3, 4]
+    assert load_config(["--fold-ids", "3,1"], environ={}).selected_folds() == [1, 3]
+
+
+def test_cli_bad_env_is_one_clear_line_not_a_traceback():
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "train.py"], cwd=root, env={"EPOCHS": "abc"},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "EPOCHS='abc'" in proc.stderr and "Traceback" not in proc.stderr

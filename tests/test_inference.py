@@ -1,0 +1,504 @@
+"""Tests for inference.py: tiny ONNX models built with onnx.helper, synthetic images, CPU only."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import inference  # noqa: E402
+from utils import LOG, UserError, read_mask, write_png  # noqa: E402
+
+# Inside the model white pixels give a high foreground logit, black a low one (ImageNet-normalised
+# RGB summed, times 2), so a white rectangle on black is what the model "segments".
+TEST_META = {"input_size": 64, "stride": 32, "num_classes": 1, "class_names": ["fg"], "name": "tiny"}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def build_model(path: Path, meta: dict | None = None, classes: int = 1, half: bool = False, fixed_hw=None) -> Path:
+    """Conv(3->C, 1x1) [+ AveragePool /2] + Sigmoid/Softmax, dynamic N/H/W unless fixed_hw."""
+    if classes == 1:
+        weight = np.full((1, 3, 1, 1), 2.0, np.float32)
+    else:  # class 0 wins on dark pixels, class 1 on bright ones, the rest never
+        weight = np.zeros((classes, 3, 1, 1), np.float32)
+        weight[0], weight[1] = -2.0, 2.0
+    in_shape = ["N", 3, *fixed_hw] if fixed_hw else ["N", 3, "H", "W"]
+    nodes = [helper.make_node("Conv", ["image", "w"], ["logits"])]
+    last = "logits"
+    if half:
+        nodes.append(helper.make_node("AveragePool", [last], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]))
+        last = "pooled"
+    act = helper.make_node("Sigmoid", [last], ["probs"]) if classes == 1 else helper.make_node(
+        "Softmax", [last], ["probs"], axis=1)
+    graph = helper.make_graph(
+        nodes + [act], "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, in_shape)],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", classes, "h", "w"])],
+        initializer=[numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if meta is not None:
+        helper.set_model_props(model, {"segmentation": json.dumps(meta)})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def rect_image(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Black RGB image with a white rectangle in the middle, and its {0, 1} mask."""
+    mask = np.zeros((h, w), np.uint8)
+    mask[h // 4: h - h // 4, w // 4: w - w // 4] = 1
+    return np.repeat(mask[..., None] * 255, 3, axis=2), mask
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "inference.py"), *args], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("models")
+    return {
+        "meta": build_model(folder / "meta.onnx", TEST_META),
+        "no_meta": build_model(folder / "no_meta.onnx"),
+        "half": build_model(folder / "half.onnx", TEST_META, half=True),
+        "fixed": build_model(folder / "fixed.onnx", TEST_META, fixed_hw=(64, 64)),
+        "multi": build_model(folder / "multi.onnx", {**TEST_META, "num_classes": 3}, classes=3),
+    }
+
+
+@pytest.fixture
+def records(caplog):
+    """setup_logging() stops 'seg' propagating, so attach pytest's handler to it directly (once)."""
+    old_level, old_propagate = LOG.level, LOG.propagate
+    LOG.setLevel(logging.INFO)
+    LOG.propagate = False
+    LOG.addHandler(caplog.handler)
+    yield caplog
+    LOG.removeHandler(caplog.handler)
+    LOG.setLevel(old_level)
+    LOG.propagate = old_propagate
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> tuple[Path, Path]:
+    """Images of odd sizes (one in a subfolder), a corrupt PNG, and ground truth for two of them."""
+    src, gt = tmp_path / "images", tmp_path / "gt"
+    for rel, (h, w) in {"a.png": (37, 53), "sub/b.jpg": (300, 101), "c.png": (64, 48)}.items():
+        image, mask = rect_image(h, w)
+        write_png(src / rel, image)
+        if rel != "c.png":
+            write_png(gt / (Path(rel).stem + ".png"), mask * 255)
+    (src / "broken.png").write_bytes(b"\x89PNG this is not an image at all")
+    return src, gt
+
+
+# ----------------------------------------------------------------------------- import rule
+
+
+def test_import_works_with_heavy_packages_blocked():
+    blocker = (
+        "import sys\n"
+        "BLOCKED = {'torch', 'torchvision', 'onnx', 'ultralytics', 'segmentation_models_pytorch',"
+        " 'albumentations', 'tqdm'}\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in BLOCKED:\n"
+        "            raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import inference\n"
+        "assert not BLOCKED & {m.split('.')[0] for m in sys.modules}\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+# ----------------------------------------------------------------------------- providers
+
+
+def test_select_providers_auto_ends_with_cpu():
+    providers = inference.select_providers("auto")
+    assert providers[-1] == "CPUExecutionProvider"
+    if not inference.can_load_library(inference._platform_libs(inference.CUDA_DRIVER_LIBS)):
+        assert providers == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize("requested", ["cuda", "tensorrt"])
+def test_explicit_gpu_without_driver_falls_back_with_one_warning(monkeypatch, records, requested):
+    monkeypatch.setattr(inference, "can_load_library", lambda names: False)
+    assert inference.select_providers(requested) == ["CPUExecutionProvider"]
+    warnings = [r for r in records.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "falling back to CPU" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    "requested, expected",
+    [
+        ("auto", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]),
+        ("cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+        ("tensorrt", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]),
+        ("cpu", ["CPUExecutionProvider"]),
+    ],
+)
+def test_select_providers_order_when_gpu_usable(monkeypatch, requested, expected):
+    all_eps = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(inference.ort, "get_available_providers", lambda: all_eps)
+    monkeypatch.setattr(inference, "can_load_library", lambda names: True)
+    assert inference.select_providers(requested) == expected
+
+
+def test_auto_skips_tensorrt_without_libnvinfer(monkeypatch):
+    all_eps = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(inference.ort, "get_available_providers", lambda: all_eps)
+    monkeypatch.setattr(inference, "can_load_library", lambda names: not any("nvinfer" in n for n in names))
+    assert inference.select_providers("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_unknown_provider_is_a_user_error():
+    with pytest.raises(UserError, match="auto, cpu, cuda, tensorrt"):
+        inference.select_providers("gpu0")
+
+
+# ----------------------------------------------------------------------------- session
+
+
+def test_missing_model_names_the_path(tmp_path):
+    path = tmp_path / "nope.onnx"
+    with pytest.raises(UserError, match="nope.onnx"):
+        inference.Segmenter(path)
+
+
+@pytest.mark.parametrize("content", [b"hello, not a model", b"", bytes(range(256)) * 8])
+def test_non_onnx_file_is_a_user_error(tmp_path, content):
+    path = tmp_path / "fake.onnx"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=r"not an ONNX model: .*fake\.onnx \(export one with export\.py\)"):
+        inference.Segmenter(path, providers="cpu")
+
+
+def test_model_without_metadata_warns_once_and_uses_defaults(models, records):
+    segmenter = inference.Segmenter(models["no_meta"], providers="cpu")
+    warnings = [r.getMessage() for r in records.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "no 'segmentation' metadata" in warnings[0]
+    assert segmenter.meta["input_size"] == 512 and segmenter.meta["stride"] == 32
+    assert segmenter.predict(rect_image(40, 30)[0]).shape == (1, 40, 30)
+
+
+def test_segmenter_reports_provider_and_reads_metadata(models, records):
+    segmenter = inference.Segmenter(models["meta"], providers="auto", threads=1)
+    assert segmenter.providers[-1] == "CPUExecutionProvider"
+    assert segmenter.input_name == "image"
+    assert segmenter.meta["input_size"] == 64 and segmenter.meta["name"] == "tiny"
+    assert any(segmenter.providers[0] in r.getMessage() for r in records.records if r.levelno == logging.INFO)
+    assert not [r for r in records.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("bad", [{"stride": 0}, {"mean": [0.5]}, {"thresholds": [0.5, 1.5]}])
+def test_invalid_metadata_is_a_user_error(tmp_path, bad):
+    path = build_model(tmp_path / "bad.onnx", {**TEST_META, **bad})
+    with pytest.raises(UserError, match="(?i)re-export"):
+        inference.Segmenter(path, providers="cpu")
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+@pytest.mark.parametrize("model", ["meta", "no_meta", "half", "fixed"])
+@pytest.mark.parametrize("h, w", [(37, 53), (300, 101), (64, 64)])
+def test_predict_returns_probs_at_original_size(models, model, h, w):
+    segmenter = inference.Segmenter(models[model], providers="cpu")
+    image, mask = rect_image(h, w)
+    probs = segmenter.predict(image)
+    assert probs.shape == (1, h, w) and probs.dtype == np.float32
+    assert 0.0 <= probs.min() and probs.max() <= 1.0
+    # Foreground where the rectangle is, background far from it (edges are blurred by resizing).
+    assert probs[0, h // 2, w // 2] > 0.9 and probs[0, 0, 0] < 0.1
+    dice = 2 * np.sum((probs[0] > 0.5) & (mask > 0)) / (np.sum(probs[0] > 0.5) + mask.sum())
+    assert dice > 0.85
+    assert set(segmenter.timing) == {"pre_ms", "infer_ms", "post_ms"}
+
+
+class FakeSession:
+    """Stands in for ort.InferenceSession: records the input, returns a constant map."""
+
+    def __init__(self, meta: dict | None, value: float = 0.7):
+        self.props = {"segmentation": json.dumps(meta)} if meta is not None else {}
+        self.value, self.inputs = value, []
+
+    def get_providers(self):
+        return ["CPUExecutionProvider"]
+
+    def get_inputs(self):
+        return [type("Arg", (), {"name": "pixels", "type": "tensor(float)", "shape": ["N", 3, "H", "W"]})()]
+
+    def get_modelmeta(self):
+        return type("Meta", (), {"custom_metadata_map": self.props})()
+
+    def run(self, names, feeds):
+        x = feeds["pixels"]
+        self.inputs.append(x)
+        return [np.full((x.shape[0], 1, x.shape[2], x.shape[3]), self.value, np.float32)]
+
+
+@pytest.mark.parametrize("output, expected", [("probs", 0.7), ("logits", 1 / (1 + np.exp(-0.7)))])
+def test_injected_session_gets_nchw_padded_to_stride(output, expected):
+    session = FakeSession({**TEST_META, "input_size": 100, "stride": 16, "output": output})
+    segmenter = inference.Segmenter(None, session=session)
+    assert segmenter.input_name == "pixels"
+    probs = segmenter.predict(rect_image(50, 75)[0])
+    x = session.inputs[0]
+    assert x.dtype == np.float32 and x.shape == (1, 3, 80, 112)  # 67x100 padded to /16
+    assert probs.shape == (1, 50, 75) and np.allclose(probs, expected)
+
+
+# ----------------------------------------------------------------------------- thresholding
+
+
+def blob_probs(value: float, size: int, background: float = 0.05) -> np.ndarray:
+    probs = np.full((64, 64), background, np.float32)
+    probs[10: 10 + size, 10: 10 + size] = value
+    return probs
+
+
+@pytest.mark.parametrize(
+    "probs, expected_threshold, expected_area",
+    [
+        (blob_probs(0.9, 12), 0.5, 144),
+        (blob_probs(0.4, 12), 0.3, 144),  # 0.5 finds nothing, 0.3 finds a real region
+        (blob_probs(0.2, 12), 0.15, 144),
+        (blob_probs(0.1, 12), None, 0),  # everything below 0.15: a safe negative
+        (blob_probs(0.9, 5), None, 0),  # 25 px < min_area at every level
+    ],
+)
+def test_adaptive_cascade(probs, expected_threshold, expected_area):
+    mask, used = inference.apply_threshold(probs, "adaptive", min_area=64)
+    assert used == expected_threshold
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+    assert int(mask.sum()) == expected_area
+
+
+def test_adaptive_keeps_first_level_with_a_big_region_even_with_specks():
+    probs = blob_probs(0.4, 12)
+    probs[50, 50] = 0.9  # a lone speck passes 0.5 but is no real region
+    mask, used = inference.apply_threshold(probs, "adaptive", min_area=64)
+    assert used == 0.3 and mask.sum() == 145
+
+
+def test_adaptive_uses_the_given_cascade():
+    mask, used = inference.apply_threshold(blob_probs(0.4, 12), "adaptive", 64, cascade=(0.6, 0.35))
+    assert used == 0.35 and mask.sum() == 144
+
+
+@pytest.mark.parametrize("threshold, size, expected", [(0.3, 12, 0.3), (0.5, 12, None), (0.3, 5, None)])
+def test_fixed_threshold_keeps_mask_and_reports_detection(threshold, size, expected):
+    probs = blob_probs(0.4, size)
+    mask, used = inference.apply_threshold(probs, threshold, min_area=64)
+    assert used == expected
+    assert np.array_equal(mask, (probs > threshold).astype(np.uint8))
+
+
+@pytest.mark.parametrize("value", ["adaptive", "ADAPTIVE", "0.5", 0.25])
+def test_parse_threshold_accepts(value):
+    parsed = inference.parse_threshold(value)
+    assert parsed == "adaptive" if str(value).lower() == "adaptive" else parsed == float(value)
+
+
+@pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.2", "nan", "auto", ""])
+def test_parse_threshold_rejects(value):
+    with pytest.raises(UserError, match="--threshold"):
+        inference.parse_threshold(value)
+
+
+def test_component_stats_and_small_component_removal():
+    mask = np.zeros((40, 40), np.uint8)
+    mask[2:12, 2:12] = 1  # 100 px
+    mask[30:33, 30:33] = 1  # 9 px
+    assert inference.component_stats(mask) == (2, 100)
+    assert inference.component_stats(np.zeros((5, 5), np.uint8)) == (0, 0)
+    cleaned = inference.remove_small_components(mask, 10)
+    assert inference.component_stats(cleaned) == (1, 100) and cleaned[31, 31] == 0
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_overlay_changes_only_masked_pixels(alpha):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:10, 5:20] = 1
+    overlay = inference.make_overlay(image, mask, color=(255, 0, 0), alpha=alpha)
+    assert overlay.dtype == np.uint8 and overlay.shape == image.shape
+    assert np.array_equal(overlay[mask == 0], image[mask == 0])
+    expected = np.rint(image[mask == 1] * (1 - alpha) + np.array([255, 0, 0]) * alpha)
+    assert np.array_equal(overlay[mask == 1], expected.astype(np.uint8))
+
+
+# ----------------------------------------------------------------------------- run_folder
+
+
+def test_run_folder_writes_masks_overlays_and_csv(models, image_folder, tmp_path):
+    src, gt = image_folder
+    out = tmp_path / "out"
+    calls = []
+
+    def progress(done, total):  # summary.csv must already hold every finished row
+        calls.append((done, total, len(read_rows(out / "summary.csv"))))
+
+    segmenter = inference.Segmenter(models["half"], providers="cpu")
+    result = inference.run_folder(segmenter, src, out, gt_dir=gt, progress=progress)
+
+    rows = {row["file"]: row for row in read_rows(out / "summary.csv")}
+    assert list(read_rows(out / "summary.csv")[0]) == list(inference.CSV_COLUMNS)
+    assert set(rows) == {"a.png", "broken.png", "c.png", "sub/b.jpg"}
+    assert rows["broken.png"]["status"] == "error" and "cannot decode" in rows["broken.png"]["error"]
+    for name, (h, w) in {"a.png": (37, 53), "sub/b.jpg": (300, 101), "c.png": (64, 48)}.items():
+        mask_path = out / "masks" / Path(name).with_suffix(".png")
+        mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
+        assert cv2.imread(str(out / "overlays" / Path(name).with_suffix(".png"))).shape == (h, w, 3)
+        assert rows[name]["status"] == "ok" and rows[name]["threshold"] == "0.5"
+        assert (int(rows[name]["width"]), int(rows[name]["height"])) == (w, h)
+        assert int(rows[name]["area_px"]) == np.count_nonzero(mask)
+    assert rows["c.png"]["dice"] == "" and float(rows["a.png"]["dice"]) > 0.85
+    assert result["images"] == 4 and result["ok"] == 3 and result["errors"] == 1 and result["with_gt"] == 2
+    assert result["mean_dice"] == pytest.approx(np.mean([float(rows[n]["dice"]) for n in ("a.png", "sub/b.jpg")]))
+    assert calls == [(1, 4, 1), (2, 4, 2), (3, 4, 3), (4, 4, 4)]
+
+
+def test_run_folder_reports_no_detection_with_empty_mask(models, tmp_path):
+    write_png(tmp_path / "src" / "dark.png", np.zeros((40, 50, 3), np.uint8))
+    segmenter = inference.Segmenter(models["meta"], providers="cpu")
+    result = inference.run_folder(segmenter, tmp_path / "src" / "dark.png", tmp_path / "out")
+    row = read_rows(tmp_path / "out" / "summary.csv")[0]
+    assert row["status"] == "no_detection" and row["threshold"] == "" and row["area_px"] == "0"
+    assert not cv2.imread(str(tmp_path / "out" / "masks" / "dark.png"), cv2.IMREAD_UNCHANGED).any()
+    assert result["no_detection"] == 1 and result["mean_dice"] is None
+
+
+def test_run_folder_multiclass_writes_class_ids(models, tmp_path):
+    image, mask = rect_image(30, 40)
+    write_png(tmp_path / "src" / "x.png", image)
+    segmenter = inference.Segmenter(models["multi"], providers="cpu")
+    inference.run_folder(segmenter, tmp_path / "src", tmp_path / "out", gt_dir=None)
+    written = read_mask(tmp_path / "out" / "masks" / "x.png", num_classes=3)
+    assert np.array_equal(written, mask)
+    assert read_rows(tmp_path / "out" / "summary.csv")[0]["status"] == "ok"
+
+
+def test_run_folder_output_inside_source_and_name_clash(models, tmp_path):
+    src = tmp_path / "src"
+    image, _ = rect_image(32, 32)
+    write_png(src / "a.png", image)
+    cv2.imwrite(str(src / "a.jpg"), image)
+    segmenter = inference.Segmenter(models["meta"], providers="cpu")
+    for _ in range(2):  # the second run must not pick up the first run's masks/overlays
+        result = inference.run_folder(segmenter, src, src / "out")
+        assert result["images"] == 2
+    # Sorted order: a.jpg takes a.png, the later a.png keeps its suffix.
+    assert (src / "out" / "masks" / "a.png").is_file() and (src / "out" / "masks" / "a.png.png").is_file()
+
+
+def test_run_folder_accepts_a_glob(models, image_folder, tmp_path):
+    src, _ = image_folder
+    segmenter = inference.Segmenter(models["meta"], providers="cpu")
+    result = inference.run_folder(segmenter, str(src / "**" / "*.jpg"), tmp_path / "out")
+    assert result["images"] == 1 and (tmp_path / "out" / "masks" / "sub" / "b.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"source": "missing_dir"}, "source not found"),
+        ({"gt_dir": "missing_gt"}, "--gt"),
+        ({"threshold": "2"}, "--threshold"),
+        ({"min_area": -1}, "--min-area"),
+        ({"alpha": 1.5}, "--alpha"),
+    ],
+)
+def test_run_folder_user_errors(models, image_folder, tmp_path, kwargs, match):
+    src, _ = image_folder
+    kwargs = {k: tmp_path / v if str(v).startswith("missing") else v for k, v in kwargs.items()}
+    segmenter = inference.Segmenter(models["meta"], providers="cpu")
+    with pytest.raises(UserError, match=match):
+        inference.run_folder(segmenter, **{"source": src, "output": tmp_path / "out", **kwargs})
+
+
+# ----------------------------------------------------------------------------- progress and CLI
+
+
+class FakeStream:
+    def __init__(self, tty: bool):
+        self.tty, self.text = tty, ""
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_progress_bar(tty):
+    stream = FakeStream(tty)
+    bar = inference.ProgressBar(stream=stream)
+    for done in range(1, 101):
+        bar(done, 100)
+    if tty:
+        assert stream.text.count("\r") == 100 and stream.text.endswith("\n") and "100/100" in stream.text
+    else:
+        lines = stream.text.splitlines()
+        assert 10 <= len(lines) <= 11 and "\r" not in stream.text and lines[-1].startswith("images 100/100")
+
+
+def test_cli_end_to_end_with_gt(models, image_folder, tmp_path):
+    src, gt = image_folder
+    out = tmp_path / "out"
+    done = run_script("--model", str(models["meta"]), "--source", str(src), "--output", str(out), "--gt", str(gt))
+    assert done.returncode == 0, done.stderr
+    assert "mean dice: 0." in done.stdout and "mean iou: 0." in done.stdout
+    dice = float(done.stdout.split("mean dice:")[1].split()[0])
+    assert dice > 0.85
+    assert "errors: 1" in done.stdout and str(out / "masks") in done.stdout
+    assert "CPUExecutionProvider" in done.stderr  # the provider used is reported
+    assert "[E:onnxruntime" not in done.stderr and "Traceback" not in done.stderr
+    assert len(read_rows(out / "summary.csv")) == 4
+
+
+@pytest.mark.parametrize("value", ["1.5", "high"])
+def test_cli_bad_threshold_exits_2(tmp_path, value):
+    done = run_script("--model", "m.onnx", "--source", str(tmp_path), "--output", str(tmp_path / "o"),
+                      "--threshold", value)
+    assert done.returncode == 2
+    assert "--threshold" in done.stderr and value in done.stderr and "adaptive" in done.stderr
+
+
+def test_cli_missing_model_exits_2(tmp_path):
+    done = run_script("--model", str(tmp_path / "absent.onnx"), "--source", str(tmp_path), "--output", str(tmp_path))
+    assert done.returncode == 2 and "absent.onnx" in done.stderr and "Traceback" not in done.stderr

@@ -1,0 +1,129 @@
+import pytest
+import torch
+
+from model import (
+    ComboLoss, build_loss, build_model, build_model_from_checkpoint, load_checkpoint, model_args, save_checkpoint,
+)
+from utils import UserError
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    return build_model("Unet", "resnet18", None, classes=1).eval()
+
+
+@pytest.mark.parametrize("arch", ["Unet", "UnetPlusPlus", "FPN"])
+@pytest.mark.parametrize("classes", [1, 3])
+def test_build_model_output_shape(arch, classes):
+    model = build_model(arch, "resnet18", "none", classes).eval()
+    with torch.inference_mode():
+        out = model(torch.zeros(2, 3, 64, 96))
+    assert out.shape == (2, classes, 64, 96)
+
+
+def test_unknown_architecture_lists_valid_names():
+    with pytest.raises(UserError, match="UnetPlusPlus.*DeepLabV3Plus"):
+        build_model("Foo", "resnet18", None)
+
+
+def test_unknown_encoder_is_a_user_error():
+    with pytest.raises(UserError, match="ENCODER='resnet_nonexistent'"):
+        build_model("Unet", "resnet_nonexistent", None)
+
+
+def test_missing_local_encoder_weights_file(tmp_path):
+    with pytest.raises(UserError, match="file not found"):
+        build_model("Unet", "resnet18", str(tmp_path / "missing.pth"))
+
+
+def test_local_encoder_weights_are_loaded(tmp_path, unet):
+    path = tmp_path / "encoder.pth"
+    torch.save(unet.encoder.state_dict(), path)
+    fresh = build_model("Unet", "resnet18", str(path))
+    for key, value in unet.encoder.state_dict().items():
+        assert torch.equal(fresh.encoder.state_dict()[key], value)
+
+
+def _target():
+    target = torch.zeros(2, 1, 64, 64)
+    target[:, :, 16:48, 16:48] = 1
+    return target
+
+
+@pytest.mark.parametrize("dice_weight, bce_weight", [(0.5, 0.5), (1.0, 0.0), (0.0, 1.0), (0.3, 0.7)])
+def test_combo_loss_prefers_good_prediction(dice_weight, bce_weight):
+    loss = ComboLoss(dice_weight, bce_weight)
+    target = _target()
+    good = (target * 2 - 1) * 6  # confident and right
+    bad = -good  # confident and wrong
+    unsure = torch.zeros_like(target)
+    assert loss(good, target) < loss(unsure, target) < loss(bad, target)
+
+
+def test_combo_loss_weights_mix_the_two_terms():
+    target, logits = _target(), torch.randn(2, 1, 64, 64)
+    dice_only, bce_only = ComboLoss(1, 0)(logits, target), ComboLoss(0, 1)(logits, target)
+    assert torch.allclose(ComboLoss(0.5, 0.5)(logits, target), 0.5 * dice_only + 0.5 * bce_only)
+    assert torch.allclose(bce_only, torch.nn.functional.binary_cross_entropy_with_logits(logits, target))
+
+
+def test_multiclass_loss_prefers_good_prediction():
+    loss = build_loss(3)
+    target = torch.zeros(2, 32, 32, dtype=torch.long)
+    target[:, :16] = 1
+    target[:, 16:, 16:] = 2
+    good = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 8
+    assert loss(good, target) < loss(-good, target)
+
+
+@pytest.mark.parametrize("wrap", ["bare", "state_dict", "model", "module_prefix", "nested_module"])
+def test_load_checkpoint_wrapper_forms(tmp_path, unet, wrap):
+    state = unet.state_dict()
+    prefixed = {f"module.{k}": v for k, v in state.items()}
+    payload = {"bare": state, "state_dict": {"state_dict": state, "epoch": 3}, "model": {"model": state},
+               "module_prefix": prefixed, "nested_module": {"state_dict": prefixed}}[wrap]
+    path = tmp_path / "ckpt.pt"
+    torch.save(payload, path)
+    fresh = build_model("Unet", "resnet18", None)
+    load_checkpoint(fresh, path)
+    for key, value in state.items():
+        assert torch.equal(fresh.state_dict()[key], value)
+
+
+def test_load_checkpoint_mismatch_lists_missing_and_unexpected(unet):
+    state = dict(unet.state_dict())
+    state.pop("segmentation_head.0.weight")
+    state["extra.weight"] = torch.zeros(1)
+    with pytest.raises(UserError) as err:
+        load_checkpoint(build_model("Unet", "resnet18", None), state)
+    message = str(err.value)
+    assert "missing keys (1): segmentation_head.0.weight" in message
+    assert "unexpected keys (1): extra.weight" in message
+
+
+def test_load_checkpoint_shape_mismatch_is_reported(unet):
+    three_class = build_model("Unet", "resnet18", None, classes=3)
+    with pytest.raises(UserError, match=r"shape mismatch: .*segmentation_head.0.weight \(1, 16, 3, 3\) vs \(3, 16, 3, 3\)"):
+        load_checkpoint(three_class, unet.state_dict())
+
+
+class _NotATensor:
+    pass
+
+
+def test_load_checkpoint_refuses_pickled_objects(tmp_path, unet):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": unet.state_dict(), "payload": _NotATensor()}, path)
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        load_checkpoint(build_model("Unet", "resnet18", None), path)
+
+
+def test_checkpoint_rebuilds_model_without_config(tmp_path, unet):
+    path = tmp_path / "models" / "fold0_best.pt"
+    save_checkpoint(path, {"model": unet.state_dict(), "model_args": model_args("Unet", "resnet18", 1)})
+    assert [p.name for p in path.parent.iterdir()] == ["fold0_best.pt"]  # no temp file left behind
+    model, _ = build_model_from_checkpoint(path)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(model.eval()(x), unet(x))
