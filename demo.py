@@ -3,7 +3,7 @@
 Run book:
     make demo                      # creates .venv, installs, runs this file
     .venv/bin/python demo.py       # the same, once installed
-    .venv/bin/python demo.py --work-dir demo_work --count 300 --epochs 12
+    .venv/bin/python demo.py --work-dir demo_work --count 300 --epochs 8
 
 The data are synthetic "device patches on skin" (demo_data.py), deterministic for a seed. Training
 runs every fold briefly with a light encoder on the CPU, the folds are exported as one ONNX graph,
@@ -29,9 +29,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work-dir", default="demo_work", help="where data, run and predictions go")
     parser.add_argument("--count", type=int, default=300, help="generated training images")
     parser.add_argument("--heldout", type=int, default=60, help="generated held-out images")
-    parser.add_argument("--size", type=int, default=256, help="side of the generated images")
+    parser.add_argument("--size", type=int, default=128, help="side of the generated images")
     parser.add_argument("--input-size", type=int, default=128, help="training/inference long side")
-    parser.add_argument("--epochs", type=int, default=12, help="epochs per fold")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per fold")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--encoder", default="resnet18", help="a light encoder keeps the CPU demo short")
     return parser.parse_args(argv)

@@ -587,7 +587,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--source", required=True, help="an image, a folder (searched recursively) or a quoted glob")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--threshold", default="adaptive", help="'adaptive' (0.5 -> 0.3 -> 0.15) or a number in (0, 1)")
-    parser.add_argument("--min-area", type=int, default=64, help="pixels a region needs to count as a detection")
+    parser.add_argument("--min-area", type=int, default=None,
+                        help="pixels a region needs to count as a detection (default: the model's, else 64)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0..1")
     parser.add_argument("--providers", default="auto", choices=PROVIDER_CHOICES, help="execution provider")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for onnxruntime, 0 = automatic")
@@ -613,10 +614,12 @@ def print_summary(result: dict, with_gt: bool) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     setup_logging()
-    threshold = check_options(args.threshold, args.min_area, args.alpha)  # fail before loading the model
+    # fail on bad options before loading the model
+    threshold = check_options(args.threshold, 0 if args.min_area is None else args.min_area, args.alpha)
     segmenter = Segmenter(args.model, providers=args.providers, threads=args.threads)
+    min_area = int(segmenter.meta.get("min_area", 64)) if args.min_area is None else args.min_area
     result = run_folder(
-        segmenter, args.source, args.output, threshold=threshold, min_area=args.min_area,
+        segmenter, args.source, args.output, threshold=threshold, min_area=min_area,
         alpha=args.alpha, gt_dir=args.gt, progress=ProgressBar(),
     )
     if result["errors"]:

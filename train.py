@@ -136,6 +136,10 @@ class MetricsLog:
         self.path = path
         self.records = json.loads(path.read_text()) if path.is_file() else []
 
+    def drop_fold(self, fold: int) -> None:
+        self.records = [r for r in self.records if r["fold"] != fold]
+        atomic_write_json(self.path, self.records)
+
     def add(self, record: dict) -> None:
         self.records = [r for r in self.records if (r["fold"], r["epoch"]) != (record["fold"], record["epoch"])]
         self.records.append(record)
@@ -224,6 +228,7 @@ def train_fold(cfg: Config, fold: int, entries, split, device, metrics: MetricsL
             LOG.info("fold %d: resuming after epoch %d (best dice %.4f)", fold, state["epoch"], state["best_dice"])
         else:
             LOG.info("fold %d: settings changed since %s was written; training from scratch", fold, last_path)
+            metrics.drop_fold(fold)
     if state["finished"] and best_path.is_file():
         LOG.info("fold %d: already finished (best dice %.4f at epoch %d)", fold, state["best_dice"], state["best_epoch"])
         return best_path

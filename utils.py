@@ -46,6 +46,7 @@ DEFAULT_METADATA = {
     "output": "probs",
     "threshold": 0.5,
     "thresholds": [0.5, 0.3, 0.15],
+    "min_area": 64,
     "folds": [],
     "crop_mode": "off",
     "detector": None,

@@ -111,3 +111,18 @@ def test_validation_transform_keeps_pixels(blobs, tmp_path):
     _, mask = SegDataset(entries, get_transform(False, 64))[1]
     cached = cv2.imread(str(entries[1].mask), cv2.IMREAD_GRAYSCALE)
     assert np.array_equal(mask[0, :51].numpy().astype(np.uint8), cached)
+
+
+def test_label_studio_export_feeds_the_cache(tmp_path):
+    from conftest import SHARED_DATA
+
+    export = SHARED_DATA / "weizmann_horse_labelstudio" / "project_export.json"
+    images = SHARED_DATA / "weizmann_horse" / "images" / "val"
+    if not export.is_file():
+        pytest.skip("shared horse Label Studio export not present")
+    sources = collect_sources(str(images), None, str(export))
+    assert sorted(s.key for s in sources) == sorted(p.stem for p in images.iterdir())
+    entries = build_cache(sources[:5], tmp_path / "work", input_size=64)
+    for entry in entries:
+        mask = cv2.imread(str(entry.mask), cv2.IMREAD_GRAYSCALE)
+        assert set(np.unique(mask)) == {0, 1} and not entry.empty
