@@ -21,13 +21,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 from utils import UserError, atomic_write_json
 
-# The smp architectures (segmentation_models_pytorch 0.6) plus our own HRNet head.
-# test_model checks this list against smp's registry so the two cannot drift.
-ARCHITECTURES = (
+# The smp architectures (segmentation_models_pytorch 0.6); test_config checks this list against
+# smp's registry so the two cannot drift. Plus our own HRNet backbone with a light head.
+SMP_ARCHITECTURES = (
     "Unet", "UnetPlusPlus", "MAnet", "Linknet", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus",
     "PAN", "UPerNet", "Segformer", "DPT",
 )
+ARCHITECTURES = SMP_ARCHITECTURES + ("HRNetLite",)
 SCHEDULERS = ("cosine", "onecycle")
+TRACKERS = ("none", "tensorboard", "wandb")
 
 
 def parse_bool(text: str) -> bool:
@@ -93,6 +95,10 @@ FIELDS: tuple[Field, ...] = (
     Field("raw_img_dir", parse_optional_path, None, "folder of training images"),
     Field("raw_mask_dir", parse_optional_path, None, "folder of masks, paired to images by file stem"),
     Field("raw_json_path", parse_optional_path, None, "Label Studio JSON export (instead of RAW_MASK_DIR)"),
+    Field("search_files", parse_bool, False,
+          "use the split lists training_dataset.txt / validation_dataset.txt / test_dataset.txt"),
+    Field("split_dir", parse_optional_path, None, "folder of the split lists (default: RAW_IMG_DIR, then its parent)"),
+    Field("groups", parse_optional_path, None, "CSV of <image stem>,<group>: a group never spans two folds"),
     Field("work_dir", str, "work", "run folder: cache, models, logs, ONNX"),
     Field("name", str, "model", "name of the exported <name>.onnx"),
     # Model
@@ -100,7 +106,10 @@ FIELDS: tuple[Field, ...] = (
     Field("encoder", str, "resnet34", "smp encoder name, or tu-<timm name>"),
     Field("encoder_weights", parse_optional_path, "imagenet",
           "encoder weights: imagenet (needs internet once), none, or a local .pth file"),
-    Field("classes", positive(int), 1, "number of classes; 1 = binary foreground"),
+    Field("classes", positive(int), 1, "number of classes; 1 = binary foreground, >1 = class ids in the masks"),
+    Field("class_names", str, "", "comma list of class names (multi-class: one per class, background first)"),
+    Field("classes_file", parse_optional_path, None, "text file with one class name per line (instead of CLASS_NAMES)"),
+    Field("class_weights", str, "", "multi-class CE weights: empty, 'auto' (from pixel counts) or a comma list"),
     Field("input_size", positive(int), 512, "long side the images are resized to (multiple of 32)",
           flags=("--patch-size",)),
     # Optimisation
@@ -117,12 +126,19 @@ FIELDS: tuple[Field, ...] = (
     Field("bce_weight", non_negative(float), 0.5, "weight of the BCE term in ComboLoss"),
     Field("patience", positive(int), 10, "early stopping: epochs without val Dice improvement"),
     Field("cooldown", non_negative(int), 0, "epochs before 'best' is tracked"),
+    Field("eval_step", non_negative(int), 0, "also evaluate every N optimizer steps; 0 = once per epoch"),
+    Field("use_amp", parse_bool, False, "mixed precision: fp16 + GradScaler on CUDA, bf16 autocast on CPU"),
+    Field("load_model", parse_optional_path, None, "checkpoint to fine-tune from (strict load)"),
+    Field("save_checkpoints", parse_bool, False, "also keep models/fold<K>_epoch<E>.pt for every epoch"),
+    Field("resume", parse_bool, True, "continue unfinished folds from models/fold<K>_last.pt; false = start over"),
+    Field("tracker", str, "none", "optional experiment tracker", choices=TRACKERS),
     # Cross-validation
     Field("folds", positive(int), 5, "number of cross-validation folds"),
     Field("fold_ids", str, "all", "folds to train: 'all' or a comma list such as 0,2"),
     Field("seed", non_negative(int), 42, "random seed for splits, init and augmentation"),
     # Runtime of the trainer
     Field("workers", non_negative(int), 2, "DataLoader worker processes"),
+    Field("pin_memory", parse_bool, True, "pin DataLoader memory (CUDA only)"),
     Field("device", str, "auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda")),
     Field("threads", non_negative(int), 0, "torch CPU threads; 0 = torch's default"),
     Field("min_area", non_negative(int), 64, "min region area (px) for the adaptive threshold at inference"),
@@ -136,12 +152,18 @@ class Config:
     raw_img_dir: str | None
     raw_mask_dir: str | None
     raw_json_path: str | None
+    search_files: bool
+    split_dir: str | None
+    groups: str | None
     work_dir: str
     name: str
     arch: str
     encoder: str
     encoder_weights: str | None
     classes: int
+    class_names: str
+    classes_file: str | None
+    class_weights: str
     input_size: int
     batch_size: int
     epochs: int
@@ -155,10 +177,17 @@ class Config:
     bce_weight: float
     patience: int
     cooldown: int
+    eval_step: int
+    use_amp: bool
+    load_model: str | None
+    save_checkpoints: bool
+    resume: bool
+    tracker: str
     folds: int
     fold_ids: str
     seed: int
     workers: int
+    pin_memory: bool
     device: str
     threads: int
     min_area: int
@@ -171,6 +200,14 @@ class Config:
         if self.fold_ids.strip().lower() == "all":
             return list(range(self.folds))
         return parse_fold_ids(self.fold_ids, self.folds)
+
+    def names(self) -> list[str]:
+        """Class names: CLASS_NAMES, else CLASSES_FILE, else defaults."""
+        if self.class_names.strip():
+            return [n.strip() for n in self.class_names.split(",")]
+        if self.classes_file:
+            return [line.strip() for line in Path(self.classes_file).read_text().splitlines() if line.strip()]
+        return ["foreground"] if self.classes == 1 else ["background"] + [f"class_{i}" for i in range(1, self.classes)]
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
         path = Path(path) if path else Path(self.work_dir) / "config.json"
@@ -238,6 +275,30 @@ def validate(cfg: Config) -> None:
         raise UserError("DICE_WEIGHT and BCE_WEIGHT cannot both be 0")
     if cfg.fold_ids.strip().lower() != "all":
         parse_fold_ids(cfg.fold_ids, cfg.folds)
+    for name in ("classes_file", "groups", "load_model"):
+        value = getattr(cfg, name)
+        if value and not Path(value).is_file():
+            raise UserError(f"{name.upper()}={value!r}: file not found")
+    names = cfg.names()
+    if cfg.classes > 1 and len(names) != cfg.classes:
+        raise UserError(f"CLASS_NAMES/CLASSES_FILE give {len(names)} names ({', '.join(names)}) but CLASSES={cfg.classes}")
+    parse_class_weights(cfg.class_weights, cfg.classes)
+
+
+def parse_class_weights(text: str, classes: int) -> list[float] | str | None:
+    """None, 'auto' or one positive weight per class."""
+    text = text.strip().lower()
+    if not text:
+        return None
+    if text == "auto":
+        return "auto"
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        weights = []
+    if len(weights) != classes or any(w <= 0 for w in weights):
+        raise UserError(f"CLASS_WEIGHTS={text!r} must be 'auto' or {classes} positive numbers, comma separated")
+    return weights
 
 
 def describe(cfg: Config) -> str:

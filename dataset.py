@@ -25,7 +25,7 @@ from utils import (
     read_image, read_mask, resize_long_side, write_png,
 )
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 MANIFEST_NAME = "cache_manifest.json"
 
 
@@ -59,6 +59,7 @@ class CacheEntry:
     mask: Path
     empty: bool
     source: str
+    class_pixels: tuple[int, ...] = ()  # pixel count per class id in the cached mask
 
 
 # ----------------------------------------------------------------------------- sources
@@ -127,16 +128,17 @@ def _load_manifest(path: Path) -> dict:
         return {}
 
 
-def _write_entry(source: Source, image_out: Path, mask_out: Path, input_size: int, num_classes: int) -> bool:
-    """Resize one source into the cache. Returns whether its mask is empty."""
+def _write_entry(source: Source, image_out: Path, mask_out: Path, input_size: int, num_classes: int) -> list[int]:
+    """Resize one source into the cache. Returns the pixel count of each class in the cached mask."""
     image = read_image(source.image_path)
     mask = source.load_mask(num_classes)
     if mask.shape[:2] != image.shape[:2]:
         raise UserError(f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
                         f"{image.shape[1]}x{image.shape[0]} for {source.image_path}")
+    mask = resize_long_side(mask, input_size, nearest=True)
     write_png(image_out, resize_long_side(image, input_size))
-    write_png(mask_out, resize_long_side(mask, input_size, nearest=True), rgb=False)
-    return not bool(mask.any())
+    write_png(mask_out, mask, rgb=False)
+    return np.bincount(mask.ravel(), minlength=max(num_classes, 2)).tolist()
 
 
 def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int, num_classes: int = 1,
@@ -157,11 +159,12 @@ def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int
                 and image_out.is_file() and mask_out.is_file():
             reused += 1
         else:
-            empty = _write_entry(source, image_out, mask_out, input_size, num_classes)
+            pixels = _write_entry(source, image_out, mask_out, input_size, num_classes)
             record = {"source": str(source.image_path), "mask_source": str(source.mask_path or "<labelstudio>"),
-                      "hash": digest, "settings": settings, "empty": empty}
+                      "hash": digest, "settings": settings, "empty": sum(pixels[1:]) == 0, "class_pixels": pixels}
         records[source.key] = record
-        entries.append(CacheEntry(source.key, image_out, mask_out, record["empty"], record["source"]))
+        entries.append(CacheEntry(source.key, image_out, mask_out, record["empty"], record["source"],
+                                  tuple(record["class_pixels"])))
         if (i + 1) % 200 == 0:  # checkpoint the manifest so a killed run keeps its work
             atomic_write_json(manifest_path, {"entries": {**old, **records}})
     atomic_write_json(manifest_path, {"entries": records})
@@ -172,14 +175,14 @@ def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int
 # ----------------------------------------------------------------------------- torch side
 
 
-def get_transform(train: bool, input_size: int, mean=IMAGENET_MEAN) -> A.Compose:
+def get_transform(train: bool, input_size: int, mean=IMAGENET_MEAN, seed: int | None = None) -> A.Compose:
     """Pad bottom/right to a square (as the runtime pads), plus augmentation when training."""
     fill = tuple(round(m * 255) for m in mean)  # the mean colour: zero after normalisation
     pad = A.PadIfNeeded(input_size, input_size, position="top_left", border_mode=cv2.BORDER_CONSTANT,
                         fill=fill, fill_mask=0)
     if not train:
         return A.Compose([pad])
-    return A.Compose([
+    return A.Compose(seed=seed, transforms=[
         A.HorizontalFlip(p=0.5),
         A.Affine(scale=(0.85, 1.15), translate_percent=(-0.05, 0.05), rotate=(-15, 15),
                  border_mode=cv2.BORDER_REFLECT_101, p=0.5),
@@ -212,3 +215,57 @@ class SegDataset(Dataset):
         if self.num_classes == 1:
             return image_t, torch.from_numpy(out["mask"][None].astype(np.float32))
         return image_t, torch.from_numpy(out["mask"].astype(np.int64))
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: a distinct, reproducible augmentation stream per worker."""
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None)
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(torch.initial_seed() % 2**32)
+
+
+# ----------------------------------------------------------------------------- splits and groups
+
+SPLIT_FILES = {"train": "training_dataset.txt", "val": "validation_dataset.txt", "test": "test_dataset.txt"}
+
+
+def read_split_lists(split_dir: str | None, raw_img_dir: str) -> dict[str, list[str]]:
+    """Stems named by the split lists (--search-files); a missing list is an empty split."""
+    candidates = [Path(split_dir)] if split_dir else [Path(raw_img_dir), Path(raw_img_dir).parent]
+    folder = next((d for d in candidates if (d / SPLIT_FILES["train"]).is_file()), None)
+    if folder is None:
+        raise UserError(f"--search-files: no {SPLIT_FILES['train']} in {' or '.join(map(str, candidates))}; "
+                        "set SPLIT_DIR to the folder holding the split lists")
+    splits = {}
+    for split, name in SPLIT_FILES.items():
+        path = folder / name
+        lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+        splits[split] = [Path(line.strip()).stem for line in lines if line.strip() and not line.startswith("#")]
+    LOG.info("split lists in %s: %s", folder, {k: len(v) for k, v in splits.items()})
+    return splits
+
+
+def split_indices(entries: list[CacheEntry], names: list[str], list_name: str) -> list[int]:
+    index = {e.key: i for i, e in enumerate(entries)}
+    unknown = [n for n in names if n not in index]
+    if unknown:
+        raise UserError(f"{list_name} names {len(unknown)} image(s) not in the dataset, e.g. {unknown[:3]}; "
+                        "fix the list or the image folder")
+    return [index[n] for n in names]
+
+
+def read_groups(path: str, entries: list[CacheEntry]) -> list[str]:
+    """Group label per entry from a CSV of '<image stem>,<group>'; unlisted images are their own group."""
+    groups = {}
+    for line_no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        parts = [p.strip() for p in line.split(",")]
+        if not line.strip() or (line_no == 1 and parts[0].lower() in ("stem", "image", "file")):
+            continue
+        if len(parts) < 2:
+            raise UserError(f"GROUPS={path} line {line_no}: expected '<image stem>,<group>', got {line!r}")
+        groups[Path(parts[0]).stem] = parts[1]
+    missing = sum(e.key not in groups for e in entries)
+    if missing:
+        LOG.info("GROUPS: %d image(s) not listed; each forms its own group", missing)
+    return [groups.get(e.key, f"__{e.key}") for e in entries]

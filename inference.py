@@ -1,37 +1,54 @@
-"""Runtime engine: run an exported segmentation ONNX model on images. Torch is never imported.
+"""Runtime engine: run an exported segmentation ONNX model on images, ZIPs, videos and streams. No torch.
 
 Run book (only onnxruntime(-gpu), opencv-python-headless and numpy are needed):
 
-    # a folder (recursive) -> OUT/masks/, OUT/overlays/, OUT/summary.csv
-    python inference.py --model runs/exp/model.onnx --source images/ --output preds/
+    # a folder (recursive), an image, a quoted glob or a .txt list -> OUT/masks, OUT/overlays, OUT/summary.csv
+    python inference.py --model model.onnx --source images/ --output preds/
+    python inference.py --model model.onnx --source "images/**/*.jpg" --output preds/ --batch-size 8
 
-    # one image, fixed threshold instead of the adaptive 0.5 -> 0.3 -> 0.15 cascade
-    python inference.py --model model.onnx --source photo.jpg --output preds/ --threshold 0.4
+    # a ZIP (extracted safely) -> the same plus OUT/predictions.zip
+    python inference.py --model model.onnx --source batch.zip --output preds/
 
-    # a glob (quote it so the shell leaves it alone)
-    python inference.py --model model.onnx --source "images/**/*.jpg" --output preds/
+    # a video, a stream or webcam 0 -> OUT/<name>.mp4 (AVI if MP4 cannot be written) + OUT/<name>_frames.csv
+    python inference.py --model model.onnx --source clip.mp4 --output preds/ --vid-stride 3 --video-max-side 640
+    python inference.py --model model.onnx --source rtsp://camera/stream --output preds/ --max-frames 500
 
-    # evaluate against ground-truth masks (paired by file name): per-image and mean Dice/IoU
-    python inference.py --model model.onnx --source val/images --output preds/ --gt val/masks
+    # flip TTA, Otsu instead of the adaptive cascade, and a clean-up chain
+    python inference.py --model model.onnx --source images/ --output preds/ --tta flips --threshold otsu \
+        --close 5 --open 3 --fill-holes --min-component-area 100 --keep-largest 1
 
-    # force the CPU with 4 threads; --providers auto picks TensorRT > CUDA > CPU
-    python inference.py --model model.onnx --source images/ --output preds/ --providers cpu --threads 4
+    # evaluate against ground truth (paired by name) -> dice/iou columns + OUT/metrics.json;
+    # --threshold model applies the threshold cross-validation recommended (as train.py scores it)
+    python inference.py --model model.onnx --source val/images --output preds/ --gt val/masks --threshold model
+    python inference.py --method otsu --source val/images --output otsu/ --gt val/masks   # model-free floor
 
-Masks are PNGs at the original image size: 0/255 for binary models, class ids for multi-class
-ones. summary.csv is written row by row, so an interrupted run keeps what it has done.
-An unreadable image gets an `error` row; the run goes on.
+    # force the CPU with 4 threads; --device auto picks TensorRT > CUDA > CPU
+    python inference.py --model model.onnx --source images/ --output preds/ --device cpu --threads 4
+
+Python API (the CLI and the app use the same code):
+
+    seg = Segmenter("model.onnx", tta="hflip", threshold="adaptive", fill_holes=True)
+    result = seg.predict(rgb_image)            # Result(mask, probs, info)
+    for result in seg.predict_paths(paths):    # a generator; bad files give info["status"] == "error"
+        ...
+
+Post-processing order: threshold -> close -> open -> fill holes -> min component area -> keep largest
+(see runtime/postprocess.py). Masks are PNGs at the original image size: 0/255 for binary models,
+class ids plus a colour PNG and OUT/legend.png for multi-class ones. summary.csv is written row by
+row. A bad input gets an `error` row and the run goes on; --strict makes the exit code 1 then.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import copy
 import ctypes
-import glob
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import islice
 from pathlib import Path
 
 import cv2
@@ -39,22 +56,19 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from utils import (
-    IMAGE_EXTS,
-    LOG,
-    UserError,
-    decode_metadata,
-    dice_iou,
-    list_images,
-    normalize,
-    preprocess,
-    read_image,
-    read_mask,
-    restore_size,
-    run_cli,
-    setup_logging,
-    write_png,
+# Re-exported names below are the engine's public API: `from inference import ...` keeps working.
+from runtime.pipeline import RunOptions, run_items, run_zip, summarize  # noqa: F401
+from runtime.postprocess import (  # noqa: F401
+    PALETTE, PostOptions, apply_threshold, colorize, component_stats, make_overlay, otsu_level, parse_color,
+    parse_threshold, postprocess, remove_small_components,
 )
+from runtime.report import CSV_COLUMNS, load_gt_index  # noqa: F401
+from runtime.sources import (  # noqa: F401
+    ZIP_MAX_BYTES, ZIP_MAX_ENTRIES, ZIP_MAX_RATIO, collect_images, detect_source, image_items, list_items,
+    output_names,
+)
+from runtime.video import run_video
+from utils import LOG, UserError, decode_metadata, normalize, read_image, resize_long_side, run_cli, setup_logging
 
 # ----------------------------------------------------------------------------- providers
 
@@ -110,7 +124,7 @@ def select_providers(requested: str = "auto") -> list[str]:
     """
     requested = (requested or "auto").strip().lower()
     if requested not in PROVIDER_CHOICES:
-        raise UserError(f"--providers {requested!r} is not valid; use one of: {', '.join(PROVIDER_CHOICES)}")
+        raise UserError(f"--device {requested!r} is not valid; use one of: {', '.join(PROVIDER_CHOICES)}")
     if requested == "cpu":
         return [CPU]
     gpu_order = [PROVIDER_NAMES["tensorrt"], PROVIDER_NAMES["cuda"]]
@@ -151,17 +165,17 @@ def create_session(model_path: Path, providers: list[str], threads: int = 0) -> 
         raise UserError(f"cannot load model {model_path}: {reason} (re-export it or upgrade onnxruntime)") from exc
 
 
-def read_metadata(session, model_path) -> dict:
-    """The model's `segmentation` metadata, or the defaults with one warning."""
+def read_metadata(session, model_path) -> tuple[dict, bool]:
+    """(the model's `segmentation` metadata, found), or the defaults with one warning."""
     meta, found = decode_metadata(session.get_modelmeta().custom_metadata_map)
     if not found:
         LOG.warning(
             "model %s has no 'segmentation' metadata; using defaults (input_size %s, ImageNet mean/std, "
-            "stride %s). Re-export it with export.py to embed its settings",
+            "stride %s, output kind guessed from its values). Re-export it with export.py to embed its settings",
             model_path, meta["input_size"], meta["stride"],
         )
     check_metadata(meta)
-    return meta
+    return meta, found
 
 
 def check_metadata(meta: dict) -> None:
@@ -189,28 +203,67 @@ def to_probs(output: np.ndarray, kind: str) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- segmenter
 
+# Flip TTA: the (H, W) axes of a (C, H, W) tensor each copy is flipped along; () is the original.
+TTA_FLIPS = {"none": ((),), "hflip": ((), (2,)), "flips": ((), (2,), (1,), (1, 2))}
+
+
+@dataclass
+class Result:
+    """One prediction. mask: (H, W) uint8, {0, 1} or class ids; probs: (C, H, W) float32; info: stats."""
+
+    mask: np.ndarray | None
+    probs: np.ndarray | None
+    info: dict
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """Accept (H, W) grey or (H, W, 3|4) uint8; return (H, W, 3) RGB."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise UserError(f"image must be uint8, got {image.dtype} (scale it to 0..255 first)")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_RGBA2RGB)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise UserError(f"image of shape {image.shape} is not an RGB image (H, W, 3)")
+    return image
+
+
+def resize_probs(probs: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) -> (C, H, W) with bilinear interpolation (a no-op at the same size)."""
+    if probs.shape[1:] == tuple(hw):
+        return probs
+    return np.stack([cv2.resize(p, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR) for p in probs])
+
 
 class Segmenter:
-    """Owns one ONNX Runtime session: image in, probabilities at the image's size out.
+    """Owns one ONNX Runtime session: RGB images in, Result(mask, probs, info) out.
 
-    `session` can be injected (tests, or a session the caller built). `timing` holds the
-    pre/infer/post milliseconds of the last `predict`.
+    Pre-processing, the batched (TTA) run and post-processing are separate steps, each timed in
+    `timing`. `session` can be injected (tests, or a session the caller built). `**post` are
+    the PostOptions fields (threshold, min_area, close, open, fill_holes, ...); min_area and the
+    adaptive cascade default to the model's metadata.
     """
 
-    def __init__(self, model_path, providers: str = "auto", threads: int = 0, session=None):
+    def __init__(self, model_path, device: str = "auto", threads: int = 0, tta: str | None = None,
+                 session=None, providers: str | None = None, **post):
         self.model_path = Path(model_path) if model_path is not None else None
         if session is None:
-            self.wanted = select_providers(providers)
+            self.wanted = select_providers(providers or device)  # --providers is the old name
             session = create_session(self.model_path, self.wanted, threads)
         else:
             self.wanted = list(session.get_providers())
         self.session = session
         self.providers = list(self.session.get_providers())
-        self.meta = read_metadata(self.session, self.model_path)
+        self.meta, self.has_metadata = read_metadata(self.session, self.model_path)
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         self.input_dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32
         self.fixed_hw = self._fixed_input_size(model_input.shape)
+        self.max_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else 0  # 0: any
+        self.tta = self._resolve_tta(tta)
+        self.post = self._post_options(post)
         self.timing = {"pre_ms": 0.0, "infer_ms": 0.0, "post_ms": 0.0}
         self._report_provider()
 
@@ -221,8 +274,32 @@ class Segmenter:
         if isinstance(shape[1], int) and shape[1] != 3:
             raise UserError(f"model expects {shape[1]} input channels; only RGB (3-channel) models are supported")
         if isinstance(shape[2], int) and isinstance(shape[3], int):
+            LOG.info("model has a fixed %dx%d input; images are letterboxed to it", shape[3], shape[2])
             return shape[2], shape[3]
         return None
+
+    def _resolve_tta(self, tta: str | None) -> str:
+        """The TTA to apply. Flips already baked into the graph are not repeated unless asked for."""
+        baked = str(self.meta.get("tta") or "none")
+        if tta is None:
+            if baked != "none":
+                LOG.info("model already applies '%s' TTA inside the graph; no extra TTA", baked)
+            return "none"
+        tta = str(tta).strip().lower()
+        if tta not in TTA_FLIPS:
+            raise UserError(f"--tta {tta!r} is not valid; use one of: {', '.join(TTA_FLIPS)}")
+        if tta != "none" and baked != "none":
+            LOG.warning("model already applies '%s' TTA inside the graph; applying '%s' on top as asked", baked, tta)
+        return tta
+
+    def _post_options(self, post: dict) -> PostOptions:
+        post = {key: value for key, value in post.items() if value is not None}
+        if str(post.get("threshold", "")).strip().lower() == "model":  # the CV-recommended one from export.py
+            post["threshold"] = float(self.meta.get("threshold") or 0.5)
+            LOG.info("threshold %.3f from the model's metadata", post["threshold"])
+        post.setdefault("min_area", int(self.meta.get("min_area", 64)))
+        post.setdefault("cascade", tuple(float(t) for t in self.meta.get("thresholds") or (0.5, 0.3, 0.15)))
+        return PostOptions(**post)
 
     def _report_provider(self) -> None:
         used = self.providers[0]
@@ -230,332 +307,200 @@ class Segmenter:
         if self.wanted[0] != CPU and used == CPU:
             LOG.warning("%s failed to start (see onnxruntime's message); running on CPU", self.wanted[0])
 
-    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int], int]:
-        """RGB image -> ((3, H', W') input, valid (h, w), stride for undoing the padding)."""
-        if self.fixed_hw is None:
-            chw, valid_hw = preprocess(image, self.meta)
-            return chw, valid_hw, int(self.meta["stride"])
-        h, w = self.fixed_hw
-        # A static-shape model takes exactly its size: stretch, no padding to undo.
-        resized = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
-        return normalize(resized, self.meta["mean"], self.meta["std"]), (h, w), 1
+    def with_options(self, **post) -> "Segmenter":
+        """A copy sharing the session, with some post-processing options replaced."""
+        clone = copy.copy(self)
+        clone.post = dataclasses.replace(self.post, **{k: v for k, v in post.items() if v is not None})
+        return clone
 
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        """RGB uint8 (H, W, 3) -> float32 probabilities (C, H, W) at the image's own size."""
+    # -- pre-processing
+
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """RGB image -> ((3, h, w) normalised, unpadded input; (H', W') it is padded to)."""
+        if self.fixed_hw is not None:
+            fh, fw = self.fixed_hw  # letterbox: fit inside, keep the aspect ratio, pad bottom/right
+            h, w = image.shape[:2]
+            scale = min(fh / h, fw / w)
+            size = (max(1, min(fw, round(w * scale))), max(1, min(fh, round(h * scale))))
+            resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+            return normalize(resized, self.meta["mean"], self.meta["std"]), (fh, fw)
+        size = int(self.meta.get("input_size") or 0)
+        if size > 0 and self.meta.get("resize", "long_side") == "long_side":
+            image = resize_long_side(image, size)
+        chw = normalize(image, self.meta["mean"], self.meta["std"])  # (3, h, w)
+        stride = int(self.meta["stride"])
+        h, w = chw.shape[1:]
+        return chw, (h + (-h) % stride, w + (-w) % stride)
+
+    # -- inference
+
+    def _run(self, tensors: list[np.ndarray]) -> list[np.ndarray]:
+        """Run (3, H', W') tensors, one session.run per group of equal shapes; (C, h, w) outputs in order."""
+        groups: dict[tuple, list[int]] = {}
+        for index, x in enumerate(tensors):
+            groups.setdefault(x.shape, []).append(index)
+        outputs: list = [None] * len(tensors)
+        for indices in groups.values():
+            step = self.max_batch or len(indices)
+            for start in range(0, len(indices), step):
+                chunk = indices[start:start + step]
+                batch = np.stack([tensors[i] for i in chunk]).astype(self.input_dtype)  # (B, 3, H', W')
+                out = np.asarray(self.session.run(None, {self.input_name: batch})[0], dtype=np.float32)
+                if out.ndim == 3:  # (B, h, w): a single-channel model that dropped its C axis
+                    out = out[:, None]
+                if out.ndim != 4 or out.shape[0] != len(chunk):
+                    raise UserError(f"model output has shape {out.shape}; a segmentation output (N, C, h, w) is needed")
+                for i, o in zip(chunk, out):
+                    outputs[i] = o
+        return outputs
+
+    def _to_probs(self, output: np.ndarray) -> np.ndarray:
+        kind = self.meta.get("output", "probs")
+        if not self.has_metadata and (output.min() < -1e-3 or output.max() > 1 + 1e-3):
+            kind = "logits"  # a foreign model: values outside [0, 1] cannot be probabilities
+        return to_probs(output, kind)
+
+    def predict_probs_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """RGB images -> (C, H, W) float32 probabilities at each image's own size.
+
+        All images and their TTA flips go through the model together (one session.run per input
+        shape); flipped outputs are flipped back and the probabilities averaged.
+        """
         t0 = time.perf_counter()
-        chw, valid_hw, stride = self.prepare(image)  # (3, H', W')
+        images = [as_rgb(image) for image in images]
+        prepared = [self.prepare(image) for image in images]
+        flips = TTA_FLIPS[self.tta]
+        tensors = []
+        for chw, (ph, pw) in prepared:
+            for axes in flips:
+                x = np.flip(chw, axis=axes) if axes else chw
+                tensors.append(np.pad(x, ((0, 0), (0, ph - x.shape[1]), (0, pw - x.shape[2]))))
         t1 = time.perf_counter()
-        output = self.session.run(None, {self.input_name: chw[None].astype(self.input_dtype)})[0]
+        outputs = self._run(tensors)
         t2 = time.perf_counter()
-        output = np.asarray(output, dtype=np.float32)
-        if output.ndim == 3:  # (N, H', W'): a single-channel model that dropped its C axis
-            output = output[:, None]
-        probs = to_probs(output[0], self.meta.get("output", "probs"))  # (C, H', W')
-        probs = restore_size(probs, valid_hw, image.shape[:2], stride)  # (C, H, W)
+        results = []
+        for index, (image, (chw, padded_hw)) in enumerate(zip(images, prepared)):
+            h, w = chw.shape[1:]
+            total = None
+            for k, axes in enumerate(flips):
+                out = outputs[index * len(flips) + k]
+                if out.shape[1:] not in (tuple(padded_hw), (h, w)):
+                    out = resize_probs(out, padded_hw)  # a smaller (SegFormer-style) output
+                probs = self._to_probs(out)[:, :h, :w]
+                probs = np.flip(probs, axis=axes) if axes else probs
+                total = probs if total is None else total + probs
+            results.append(np.ascontiguousarray(resize_probs(total / len(flips), image.shape[:2]), dtype=np.float32))
         t3 = time.perf_counter()
-        self.timing = {"pre_ms": (t1 - t0) * 1e3, "infer_ms": (t2 - t1) * 1e3, "post_ms": (t3 - t2) * 1e3}
-        return probs
+        n = max(len(images), 1)
+        self.timing = {"pre_ms": (t1 - t0) * 1e3 / n, "infer_ms": (t2 - t1) * 1e3 / n, "post_ms": (t3 - t2) * 1e3 / n}
+        return results
+
+    def predict_probs(self, image: np.ndarray) -> np.ndarray:
+        """RGB uint8 (H, W, 3) -> float32 probabilities (C, H, W) at the image's own size."""
+        return self.predict_probs_batch([image])[0]
+
+    def predict_batch(self, images: list[np.ndarray]) -> list[Result]:
+        probs_list = self.predict_probs_batch(images)
+        t0 = time.perf_counter()
+        results = []
+        for probs in probs_list:
+            mask, info = postprocess(probs, self.post)
+            info["status"] = "ok" if info["detected"] else "no_detection"
+            results.append(Result(mask, probs, info))
+        self.timing["post_ms"] += (time.perf_counter() - t0) * 1e3 / max(len(images), 1)
+        for result in results:
+            result.info["timing"] = dict(self.timing)
+        return results
+
+    def predict(self, image: np.ndarray) -> Result:
+        """RGB uint8 (H, W, 3) -> Result(mask (H, W), probs (C, H, W), info)."""
+        return self.predict_batch([image])[0]
+
+    def predict_paths(self, paths, batch_size: int = 1):
+        """Yield a Result per image path, in order; an unreadable file gives info status 'error'."""
+        paths = iter(paths)
+        while chunk := list(islice(paths, max(1, batch_size))):
+            loaded = []
+            for path in chunk:
+                try:
+                    loaded.append((path, read_image(path), None))
+                except Exception as exc:  # noqa: BLE001 - any bad file becomes an error result
+                    loaded.append((path, None, str(exc)))
+            good = [image for _, image, error in loaded if error is None]
+            results = iter(self.predict_batch(good) if good else [])
+            for path, _, error in loaded:
+                result = Result(None, None, {"status": "error", "error": error}) if error else next(results)
+                result.info["file"] = str(path)
+                yield result
 
 
-# ----------------------------------------------------------------------------- post-processing
+class OtsuSegmenter(Segmenter):
+    """Model-free baseline: Otsu's threshold on the grey image, the side touching the border less is foreground."""
 
-# Overlay colours by class id (RGB); class 0 is background and never drawn.
-PALETTE = np.array(
-    [(0, 0, 0), (255, 0, 0), (0, 200, 0), (0, 90, 255), (255, 200, 0), (200, 0, 255), (0, 220, 220),
-     (255, 120, 0), (140, 70, 20), (255, 105, 180), (128, 128, 128)],
-    dtype=np.float32,
-)
+    def __init__(self, **post):
+        self.model_path, self.session, self.providers, self.wanted = None, None, ["none (Otsu)"], ["none"]
+        self.meta, self.has_metadata = decode_metadata({})[0], False
+        self.tta, self.fixed_hw, self.max_batch = "none", None, 0
+        post["threshold"] = "otsu"
+        self.post = self._post_options(post)
+        self.timing = {"pre_ms": 0.0, "infer_ms": 0.0, "post_ms": 0.0}
+        LOG.info("method otsu: no model, Otsu threshold on the grey image")
 
-
-def parse_threshold(value) -> str | float:
-    """'adaptive' or a float in (0, 1); anything else is a UserError naming --threshold."""
-    if isinstance(value, str) and value.strip().lower() == "adaptive":
-        return "adaptive"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if not 0 < number < 1:  # also rejects NaN
-        raise UserError(f"--threshold {value!r} is not valid; use 'adaptive' or a number between 0 and 1, e.g. 0.5")
-    return number
-
-
-def component_stats(mask: np.ndarray) -> tuple[int, int]:
-    """(number of 8-connected foreground components, pixels in the largest one)."""
-    count, _, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
-    if count <= 1:
-        return 0, 0
-    return count - 1, int(stats[1:, cv2.CC_STAT_AREA].max())
+    def predict_probs_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        t0 = time.perf_counter()
+        results = []
+        for image in images:
+            grey = cv2.cvtColor(as_rgb(image), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0  # (H, W)
+            level = otsu_level(grey)
+            if level is not None:
+                bright = grey > level
+                border = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
+                if border.mean() > 0.5:
+                    grey = 1.0 - grey  # objects sit inside the frame: the border side is background
+            results.append(grey[None])
+        self.timing = {"pre_ms": 0.0, "infer_ms": (time.perf_counter() - t0) * 1e3 / max(len(images), 1),
+                       "post_ms": 0.0}
+        return results
 
 
-def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
-    """Binary mask without the 8-connected components smaller than `min_area` pixels."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
-    keep = stats[:, cv2.CC_STAT_AREA] >= min_area  # (count,)
-    keep[0] = False  # label 0 is the background
-    return keep[labels].astype(np.uint8)
+
+# ----------------------------------------------------------------------------- runs
 
 
-def apply_threshold(
-    probs: np.ndarray, threshold, min_area: int, cascade=(0.5, 0.3, 0.15)
-) -> tuple[np.ndarray, float | None]:
-    """(H, W) probs -> (uint8 {0, 1} mask, threshold used, or None when nothing was detected).
+def run(segmenter, source, output, options: RunOptions | None = None, progress=None, **overrides) -> dict:
+    """Segment whatever `source` is (see runtime/sources.py) into `output`; returns a summary dict.
 
-    'adaptive' tries each cascade level and keeps the first whose mask has a component of at
-    least `min_area` pixels; if none has, the result is an empty mask (a safe negative). A fixed
-    threshold keeps its mask as is; the same area test only decides detected or not.
+    `overrides` are RunOptions fields, or threshold/min_area (and other PostOptions) for this run.
+    `progress(done, total)` is called after each item (total None for streams).
     """
-    threshold = parse_threshold(threshold)
-    levels = [float(t) for t in cascade] if threshold == "adaptive" else [threshold]
-    mask = np.zeros(probs.shape, np.uint8)
-    for level in levels:
-        mask = (probs > level).astype(np.uint8)
-        if component_stats(mask)[1] >= max(min_area, 1):
-            return mask, level
-    if threshold == "adaptive":
-        return np.zeros(probs.shape, np.uint8), None
-    return mask, None
-
-
-def make_overlay(
-    image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.5, palette: np.ndarray | None = None
-) -> np.ndarray:
-    """RGB uint8 image with `color` blended in where mask is set; unmasked pixels untouched.
-
-    With a `palette` the mask holds class ids and each class gets its palette colour.
-    """
-    overlay = image.copy()
-    where = mask > 0  # (H, W)
-    if palette is not None:
-        tint = palette[mask[where] % len(palette)]  # (N, 3)
-    else:
-        tint = np.asarray(color, np.float32)
-    blended = image[where].astype(np.float32) * (1.0 - alpha) + tint * alpha
-    overlay[where] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    return overlay
-
-
-# ----------------------------------------------------------------------------- inputs
-
-
-def has_magic(text: str) -> bool:
-    return any(ch in text for ch in "*?[")
-
-
-def collect_images(source: str, exclude: Path | None = None) -> tuple[Path, list[Path]]:
-    """(root that output names are relative to, sorted image paths) for a file, folder or glob."""
-    path = Path(source)
-    if path.is_file():
-        if path.suffix.lower() not in IMAGE_EXTS:
-            raise UserError(f"unsupported input: {path} (give an image {', '.join(IMAGE_EXTS)}, a folder or a glob)")
-        return path.parent, [path]
-    if path.is_dir():
-        root, images = path, list_images(path)
-    elif has_magic(source):
-        first_magic = next(i for i, part in enumerate(path.parts) if has_magic(part))
-        root = Path(*path.parts[:first_magic]) if first_magic else Path(".")
-        images = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).suffix.lower() in IMAGE_EXTS)
-    else:
-        raise UserError(f"source not found: {source} (give an image file, a folder or a glob)")
-    if exclude is not None:
-        # An output folder inside the source must not feed last run's masks back in.
-        images = [p for p in images if not p.resolve().is_relative_to(exclude.resolve())]
-    if not images:
-        raise UserError(f"no images found in {source} (looked for {', '.join(IMAGE_EXTS)})")
-    return root, images
-
-
-def output_names(images: list[Path], root: Path) -> list[tuple[str, Path]]:
-    """(name for summary.csv, relative .png output path) per image, output paths kept unique."""
-    names, seen = [], set()
-    for path in images:
-        rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
-        out = rel.with_suffix(".png")
-        if out in seen:  # a.jpg and a.png side by side: keep both
-            out = rel.with_name(rel.name + ".png")
-            LOG.warning("%s shares its name with another image; its outputs are named %s", rel, out.name)
-        seen.add(out)
-        names.append((rel.as_posix(), out))
-    return names
-
-
-def index_masks(gt_dir) -> dict[str, Path]:
-    """Ground-truth masks by relative path without suffix and by bare stem (first one wins)."""
-    gt_dir = Path(gt_dir)
-    index: dict[str, Path] = {}
-    for path in list_images(gt_dir):
-        index.setdefault(path.relative_to(gt_dir).with_suffix("").as_posix(), path)
-        index.setdefault(path.stem, path)
-    return index
-
-
-# ----------------------------------------------------------------------------- folder run
-
-CSV_COLUMNS = (
-    "file", "status", "width", "height", "area_px", "area_pct", "threshold", "max_prob",
-    "components", "largest_component_px", "time_ms", "dice", "iou", "error",
-)
-
-
-def binarize(probs: np.ndarray, threshold, min_area: int, cascade) -> tuple[np.ndarray, float | None, bool]:
-    """(C, H, W) probs -> (uint8 mask, threshold to report, detected). Multi-class: argmax, no cascade."""
-    if probs.shape[0] > 1:
-        mask = probs.argmax(axis=0).astype(np.uint8)  # (H, W) class ids
-        return mask, None, component_stats(mask)[1] >= max(min_area, 1)
-    mask, used = apply_threshold(probs[0], threshold, min_area, cascade)
-    detected = used is not None
-    if not detected and threshold != "adaptive":
-        used = threshold  # a fixed threshold was still the one applied
-    return mask, used, detected
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """The validated settings of one run_folder call."""
-
-    threshold: str | float
-    min_area: int
-    alpha: float
-    cascade: tuple[float, ...]
-    gt_index: dict
-
-
-def process_image(segmenter, path: Path, name: str, out_name: Path, output: Path, options: RunOptions) -> dict:
-    """Predict, threshold and write one image; returns its summary.csv row (never raises)."""
-    start = time.perf_counter()
-    row = dict.fromkeys(CSV_COLUMNS, "")
-    row["file"] = name
-    try:
-        image = read_image(path)  # (H, W, 3) RGB
-        probs = segmenter.predict(image)  # (C, H, W)
-        mask, used, detected = binarize(probs, options.threshold, options.min_area, options.cascade)
-        multi = probs.shape[0] > 1
-        write_png(output / "masks" / out_name, mask if multi else mask * 255)
-        overlay = make_overlay(image, mask, alpha=options.alpha, palette=PALETTE if multi else None)
-        write_png(output / "overlays" / out_name, overlay)
-        fill_row(row, image, probs, mask, used, detected)
-        add_scores(row, mask, find_gt(options.gt_index, name), probs.shape[0])
-    except Exception as exc:  # one bad image must never end the run
-        LOG.warning("%s: %s", name, exc)
-        LOG.debug("traceback", exc_info=True)
-        row.update(status="error", error=str(exc))
-    row["time_ms"] = round((time.perf_counter() - start) * 1e3, 1)
-    return row
-
-
-def find_gt(gt_index: dict[str, Path], name: str) -> Path | None:
-    """The ground-truth mask for image `name`: same relative path first, then same stem."""
-    rel = Path(name).with_suffix("")
-    return gt_index.get(rel.as_posix()) or gt_index.get(rel.name)
-
-
-def add_scores(row: dict, mask: np.ndarray, gt_path: Path | None, num_classes: int) -> None:
-    """Foreground Dice/IoU against the ground truth; a bad GT mask is noted, the prediction stays."""
-    if gt_path is None:
-        return
-    try:
-        gt = read_mask(gt_path, num_classes)
-    except UserError as exc:
-        row["error"] = f"ground truth: {exc}"
-        return
-    if gt.shape != mask.shape:
-        gt_size, image_size = f"{gt.shape[1]}x{gt.shape[0]}", f"{mask.shape[1]}x{mask.shape[0]}"
-        row["error"] = f"ground truth {gt_path.name} is {gt_size} but the image is {image_size}"
-        return
-    dice, iou = dice_iou(mask > 0, gt > 0)
-    row.update(dice=round(dice, 4), iou=round(iou, 4))
-
-
-def fill_row(row: dict, image, probs, mask, used, detected) -> None:
-    """Size, area, threshold, max prob and component columns of a processed image."""
-    h, w = image.shape[:2]
-    area = int(np.count_nonzero(mask))
-    count, largest = component_stats(mask)
-    foreground = probs if probs.shape[0] == 1 else probs[1:]  # class 0 is background
-    row.update(
-        status="ok" if detected else "no_detection", width=w, height=h, area_px=area,
-        area_pct=round(100.0 * area / (h * w), 3), threshold="" if used is None else used,
-        max_prob=round(float(foreground.max()), 4), components=count, largest_component_px=largest,
-    )
-
-
-def check_options(threshold, min_area: int, alpha: float) -> str | float:
-    """Validate the run options; returns the parsed threshold."""
-    if min_area < 0:
-        raise UserError(f"--min-area {min_area} is not valid; use 0 or a positive number of pixels, e.g. 64")
-    if not 0.0 <= alpha <= 1.0:
-        raise UserError(f"--alpha {alpha} is not valid; use a number from 0 (invisible) to 1 (opaque), e.g. 0.5")
-    return parse_threshold(threshold)
-
-
-def load_gt_index(gt_dir) -> dict[str, Path]:
-    if gt_dir is None:
-        return {}
-    if not Path(gt_dir).is_dir():
-        raise UserError(f"ground-truth folder not found: {gt_dir} (check --gt)")
-    index = index_masks(gt_dir)
-    if not index:
-        LOG.warning("no mask images in --gt %s; Dice/IoU will be empty", gt_dir)
-    return index
-
-
-def run_folder(
-    segmenter, source, output, threshold="adaptive", min_area: int = 64, alpha: float = 0.5, gt_dir=None, progress=None
-) -> dict:
-    """Segment an image, a folder (recursive) or a glob into OUT/masks, OUT/overlays, OUT/summary.csv.
-
-    `progress(done, total)` is called after each image. Returns the counts, the mean Dice/IoU over
-    the images that have a ground-truth mask in `gt_dir`, mean timings and the output paths.
-    """
+    post = {k: overrides.pop(k) for k in list(overrides) if k in PostOptions.__dataclass_fields__}
+    if any(v is not None for v in post.values()):
+        segmenter = segmenter.with_options(**post)
+    options = dataclasses.replace(options or RunOptions(), **overrides)
     output = Path(output)
-    options = RunOptions(
-        threshold=check_options(threshold, min_area, alpha),
-        min_area=int(min_area),
-        alpha=float(alpha),
-        cascade=tuple(segmenter.meta.get("thresholds") or (0.5, 0.3, 0.15)),
-        gt_index=load_gt_index(gt_dir),
-    )
-    root, images = collect_images(str(source), exclude=output)
-    output.mkdir(parents=True, exist_ok=True)
-    rows, timings = [], []
-    with open(output / "summary.csv", "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for done, (path, (name, out_name)) in enumerate(zip(images, output_names(images, root)), start=1):
-            row = process_image(segmenter, path, name, out_name, output, options)
-            writer.writerow(row)
-            fh.flush()  # a crash or Ctrl+C keeps every finished row
-            rows.append(row)
-            if row["status"] != "error":
-                timings.append(dict(segmenter.timing))
-            if progress is not None:
-                progress(done, len(images))
-    return summarize(rows, timings, output)
+    kind = detect_source(source)
+    gt_index = load_gt_index(options.gt_dir)
+    if kind in ("video", "stream", "webcam"):
+        output.mkdir(parents=True, exist_ok=True)
+        return run_video(segmenter, source, output, options, progress)
+    if kind == "zip":
+        return run_zip(segmenter, Path(source), output, options, gt_index, progress)
+    items = list_items(Path(source)) if kind == "list" else image_items(source, exclude=output)
+    return run_items(segmenter, items, output, options, gt_index, progress)
 
 
-def summarize(rows: list[dict], timings: list[dict], output: Path) -> dict:
-    statuses = [row["status"] for row in rows]
-    scored = [row for row in rows if row["dice"] != ""]
-    return {
-        "images": len(rows),
-        "ok": statuses.count("ok"),
-        "no_detection": statuses.count("no_detection"),
-        "errors": statuses.count("error"),
-        "with_gt": len(scored),
-        "mean_dice": float(np.mean([row["dice"] for row in scored])) if scored else None,
-        "mean_iou": float(np.mean([row["iou"] for row in scored])) if scored else None,
-        "timing_ms": {key: float(np.mean([t[key] for t in timings])) for key in timings[0]} if timings else {},
-        "masks": output / "masks",
-        "overlays": output / "overlays",
-        "summary_csv": output / "summary.csv",
-    }
+def run_folder(segmenter, source, output, threshold=None, min_area=None, alpha: float = 0.5, gt_dir=None,
+               progress=None, **options) -> dict:
+    """The foundation's entry point, kept: `run` with the old keyword arguments."""
+    return run(segmenter, source, output, progress=progress, threshold=threshold, min_area=min_area,
+               alpha=alpha, gt_dir=gt_dir, **options)
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
 class ProgressBar:
-    """Text progress on stderr: redrawn in place on a terminal, a line every ~10% otherwise."""
+    """Text progress on stderr with items/s: redrawn in place on a terminal, a line every ~10% otherwise."""
 
     def __init__(self, label: str = "images", stream=None, width: int = 30):
         self.label, self.width = label, width
@@ -564,9 +509,17 @@ class ProgressBar:
         self.start = time.perf_counter()
         self.last_step = -1
 
-    def __call__(self, done: int, total: int) -> None:
-        fraction = done / total if total else 1.0
+    def __call__(self, done: int, total: int | None) -> None:
         rate = done / max(time.perf_counter() - self.start, 1e-9)
+        if not total:  # a stream: no end known
+            step = int(time.perf_counter() - self.start) // 5
+            if self.is_tty or step > self.last_step:
+                self.last_step = step
+                self.stream.write(("\r" if self.is_tty else "") + f"{self.label} {done} {rate:.1f}/s"
+                                  + ("" if self.is_tty else "\n"))
+                self.stream.flush()
+            return
+        fraction = done / total
         text = f"{self.label} {done}/{total} {fraction:4.0%} {rate:.1f}/s"
         if self.is_tty:
             filled = int(self.width * fraction)
@@ -580,51 +533,112 @@ class ProgressBar:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Segment images with an exported ONNX model (torch not needed).",
-        epilog="Writes OUT/masks/*.png, OUT/overlays/*.png and OUT/summary.csv.",
+        description="Segment images, ZIPs, videos and streams with an exported ONNX model (torch not needed).",
+        epilog="Writes OUT/masks/*.png, OUT/overlays/*.png and OUT/summary.csv (videos: OUT/<name>.mp4 and "
+               "OUT/<name>_frames.csv). Post-processing order: threshold -> close -> open -> fill holes -> "
+               "min component area -> keep largest.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="the .onnx file written by export.py")
-    parser.add_argument("--source", required=True, help="an image, a folder (searched recursively) or a quoted glob")
-    parser.add_argument("--output", required=True, help="output folder")
-    parser.add_argument("--threshold", default="adaptive", help="'adaptive' (0.5 -> 0.3 -> 0.15) or a number in (0, 1)")
-    parser.add_argument("--min-area", type=int, default=None,
-                        help="pixels a region needs to count as a detection (default: the model's, else 64)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity, 0..1")
-    parser.add_argument("--providers", default="auto", choices=PROVIDER_CHOICES, help="execution provider")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads for onnxruntime, 0 = automatic")
-    parser.add_argument("--gt", default=None, help="folder of ground-truth masks, paired by file name: adds Dice/IoU")
+    add = parser.add_argument
+    # what to run on
+    add("--model", default=None, help="the .onnx file written by export.py (not needed with --method otsu)")
+    add("--source", required=True, help="an image, a folder (recursive), a quoted glob, a .txt list of paths, a "
+        ".zip, a video (mp4/avi/mov/mkv), an rtsp:// or http:// stream URL, or a webcam index such as 0")
+    add("--output", required=True, help="output folder")
+    add("--method", default="model", choices=("model", "otsu"), help="'otsu': model-free baseline on grey levels")
+    # model and device
+    add("--device", "--providers", dest="device", default="auto", choices=PROVIDER_CHOICES,
+        help="execution provider; auto tries TensorRT > CUDA > CPU (--providers is the old name)")
+    add("--threads", type=int, default=0, help="CPU threads for onnxruntime, 0 = automatic")
+    add("--batch-size", type=int, default=1, help="images per model run for folders, lists and ZIPs")
+    add("--io-threads", type=int, default=2, help="background threads for decoding and for writing")
+    add("--tta", default=None, choices=tuple(TTA_FLIPS),
+        help="flip test-time augmentation, batched into one run (None: none, and flips already baked into "
+             "the model are not repeated)")
+    # thresholding and morphology, applied in this order
+    add("--threshold", default="adaptive",
+        help="'adaptive' (the model's cascade, e.g. 0.5 -> 0.3 -> 0.15), 'model' (the model's recommended "
+             "threshold from cross-validation), 'otsu' or a number in (0, 1)")
+    add("--min-area", type=int, default=None,
+        help="pixels a region needs to count as a detection (None: the model's min_area, else 64)")
+    add("--close", type=int, default=0, help="morphological closing kernel in px, 0 = off")
+    add("--open", type=int, default=0, help="morphological opening kernel in px, 0 = off")
+    add("--fill-holes", action="store_true", help="fill holes enclosed by the mask (bays open to the border stay)")
+    add("--min-component-area", type=int, default=0, help="drop components smaller than this many px, 0 = off")
+    add("--keep-largest", type=int, default=0, help="keep only the N largest components, 0 = all")
+    # outputs
+    add("--alpha", type=float, default=0.5, help="overlay opacity, 0..1")
+    add("--color", default="red", help="overlay colour of binary masks: a name, #rrggbb or R,G,B")
+    add("--save-probs", action="store_true", help="also write OUT/probs/<name>.npy (float16, C x H x W)")
+    add("--gt", default=None, help="folder of ground-truth masks, paired by name: dice/iou columns + metrics.json")
+    add("--strict", action="store_true", help="exit with code 1 when any item failed (otherwise failures are error rows and the exit code is 0)")
+    # ZIP limits, checked before anything is extracted
+    add("--zip-max-mb", type=float, default=ZIP_MAX_BYTES / 2**20, help="refuse a ZIP expanding past this size")
+    add("--zip-max-ratio", type=float, default=ZIP_MAX_RATIO, help="refuse a ZIP entry compressed more than this")
+    add("--zip-max-entries", type=int, default=ZIP_MAX_ENTRIES, help="refuse a ZIP with more entries")
+    # videos and streams
+    add("--video-max-side", type=int, default=0, help="downscale frames to this long side, 0 = as is")
+    add("--vid-stride", type=int, default=1, help="infer every Nth frame and reuse the last mask between")
+    add("--max-frames", type=int, default=0, help="stop after this many frames, 0 = all")
+    add("--view-img", action="store_true", help="show a window with the annotated frames (when a display exists)")
+    add("--verbose", action="store_true", help="debug logging")
     return parser.parse_args(argv)
 
 
+def build_segmenter(args: argparse.Namespace):
+    post = dict(threshold=args.threshold, min_area=args.min_area, close=args.close, open=args.open,
+                fill_holes=args.fill_holes, min_component_area=args.min_component_area, keep_largest=args.keep_largest)
+    check = {k: v for k, v in post.items() if v is not None}
+    if str(args.threshold).strip().lower() == "model":
+        check["threshold"] = 0.5  # resolved from the model's metadata once it is loaded
+    PostOptions(**check)  # fail on bad options before loading a model
+    if args.method == "otsu":
+        if args.tta not in (None, "none"):
+            LOG.warning("--tta is ignored with --method otsu")
+        return OtsuSegmenter(**{**post, "threshold": "otsu"})
+    if args.model is None:
+        raise UserError("--model is required (the .onnx from export.py), or use --method otsu for the baseline")
+    return Segmenter(args.model, device=args.device, threads=args.threads, tta=args.tta, **post)
+
+
 def print_summary(result: dict, with_gt: bool) -> None:
-    print(f"masks:       {result['masks']}")
-    print(f"overlays:    {result['overlays']}")
-    print(f"summary:     {result['summary_csv']}")
-    print(f"images: {result['images']}  ok: {result['ok']}  no_detection: {result['no_detection']}  "
-          f"errors: {result['errors']}")
+    for label, key in (("masks", "masks"), ("overlays", "overlays"), ("video", "video"), ("summary", "summary_csv"),
+                       ("metrics", "metrics_json"), ("zip", "predictions_zip")):
+        if result.get(key):
+            print(f"{label + ':':<12} {result[key]}")
+    unit = "frames" if "video" in result else "images"
+    print(f"{unit}: {result['images']}  ok: {result['ok']}  no_detection: {result['no_detection']}  "
+          f"errors: {result['errors']}" + (f"  inferences: {result['inferences']}" if "inferences" in result else ""))
     if result["timing_ms"]:
         print("time per image: " + "  ".join(f"{k[:-3]} {v:.1f} ms" for k, v in result["timing_ms"].items()))
     if with_gt and result["mean_dice"] is None:
         print("mean dice: n/a  (no ground-truth mask matched an image name)")
     elif with_gt:
+        metrics = result.get("metrics") or {}
+        pooled = (f"  pixel dice: {metrics['pixel_dice']:.3f}  pixel iou: {metrics['pixel_iou']:.3f}"
+                  if metrics.get("pixel_dice") is not None else "")
         print(f"mean dice: {result['mean_dice']:.3f}  mean iou: {result['mean_iou']:.3f}  "
-              f"({result['with_gt']} images with ground truth)")
+              f"({result['with_gt']} images with ground truth){pooled}")
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    setup_logging()
-    # fail on bad options before loading the model
-    threshold = check_options(args.threshold, 0 if args.min_area is None else args.min_area, args.alpha)
-    segmenter = Segmenter(args.model, providers=args.providers, threads=args.threads)
-    min_area = int(segmenter.meta.get("min_area", 64)) if args.min_area is None else args.min_area
-    result = run_folder(
-        segmenter, args.source, args.output, threshold=threshold, min_area=min_area,
-        alpha=args.alpha, gt_dir=args.gt, progress=ProgressBar(),
+    setup_logging(level=10 if args.verbose else 20)
+    options = RunOptions(  # fail on bad options before loading the model
+        alpha=args.alpha, color=args.color, gt_dir=args.gt, save_probs=args.save_probs, batch_size=args.batch_size,
+        io_threads=args.io_threads, zip_max_mb=args.zip_max_mb, zip_max_ratio=args.zip_max_ratio,
+        zip_max_entries=args.zip_max_entries, video_max_side=args.video_max_side, vid_stride=args.vid_stride,
+        max_frames=args.max_frames, view_img=args.view_img,
     )
+    segmenter = build_segmenter(args)
+    kind = detect_source(args.source)
+    label = "frames" if kind in ("video", "stream", "webcam") else "images"
+    result = run(segmenter, args.source, args.output, options, progress=ProgressBar(label))
     if result["errors"]:
-        LOG.warning("%d image(s) failed; see the error column of %s", result["errors"], result["summary_csv"])
+        LOG.warning("%d item(s) failed; see the error column of %s", result["errors"], result["summary_csv"])
     print_summary(result, with_gt=args.gt is not None)
+    if args.strict and result["errors"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

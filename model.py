@@ -24,11 +24,54 @@ def model_args(arch: str, encoder: str, classes: int) -> dict:
     return {"arch": arch, "encoder": encoder, "classes": classes}
 
 
+class HRNetLite(nn.Module):
+    """HRNet backbone (timm, features_only) with a light fusion head.
+
+    Each of the four branch outputs (strides 4, 8, 16, 32) goes through a 1x1 lateral conv, is
+    upsampled to stride 4 and concatenated; a 1x1 classifier and a bilinear upsample give
+    logits (B, classes, H, W).
+    """
+
+    def __init__(self, encoder: str = "hrnet_w48", classes: int = 1, head_channels: int = 64,
+                 pretrained: bool = False):
+        super().__init__()
+        import timm
+
+        # feature_location="" gives the raw HRNet branches instead of the classification "incre" path.
+        self.encoder = timm.create_model(encoder, features_only=True, pretrained=pretrained,
+                                         feature_location="", out_indices=(1, 2, 3, 4))
+        self.laterals = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, head_channels, 1, bias=False), nn.BatchNorm2d(head_channels), nn.ReLU(inplace=True))
+            for c in self.encoder.feature_info.channels()
+        )
+        self.classifier = nn.Conv2d(head_channels * len(self.laterals), classes, 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(image)  # 4 x (B, C_i, H/s_i, W/s_i)
+        size = features[0].shape[-2:]
+        fused = [lateral(f) for lateral, f in zip(self.laterals, features)]
+        fused = [fused[0]] + [F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in fused[1:]]
+        logits = self.classifier(torch.cat(fused, dim=1))  # (B, classes, H/4, W/4)
+        return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _create(arch: str, encoder: str, weights: str | None, classes: int) -> nn.Module:
+    if arch == "HRNetLite":
+        if not encoder.startswith("hrnet"):
+            raise UserError(f"ARCH=HRNetLite needs an HRNet encoder, got ENCODER={encoder!r}; "
+                            "use --encoder hrnet_w48 (or hrnet_w18/w32 for a lighter model)")
+        return HRNetLite(encoder, classes, pretrained=weights == "imagenet")
+    extra = {}
+    if arch == "DPT" and encoder.startswith("tu-"):
+        extra["dynamic_img_size"] = True  # ViT encoders: any H, W (multiple of the patch), not only 224
+    return smp.create_model(arch, encoder_name=encoder, encoder_weights=weights, classes=classes, **extra)
+
+
 def build_model(arch: str, encoder: str, encoder_weights: str | None = None, classes: int = 1) -> nn.Module:
-    """An smp model returning logits (B, classes, H, W).
+    """A model returning logits (B, classes, H, W): any smp architecture, or HRNetLite.
 
     encoder_weights: None/"none" (random init, works offline), "imagenet" (downloaded once by
-    smp), or a path to a local encoder state dict (.pth/.pt).
+    smp/timm), or a path to a local encoder state dict (.pth/.pt).
     """
     if arch not in ARCHITECTURES:
         raise UserError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
@@ -39,10 +82,11 @@ def build_model(arch: str, encoder: str, encoder_weights: str | None = None, cla
     if local_file and not Path(weights).is_file():
         raise UserError(f"ENCODER_WEIGHTS={weights!r}: file not found (give a local .pth, 'imagenet' or 'none')")
     try:
-        model = smp.create_model(arch, encoder_name=encoder, encoder_weights=None if local_file else weights,
-                                 classes=classes)
+        model = _create(arch, encoder, None if local_file else weights, classes)
     except KeyError as exc:
         raise UserError(f"ENCODER={encoder!r} is not available for {arch}: {exc}") from None
+    except UserError:
+        raise
     except (OSError, RuntimeError, ValueError) as exc:
         if weights is None:
             raise
@@ -103,10 +147,13 @@ class MultiClassComboLoss(nn.Module):
         return self.dice_weight * self.dice(logits, target) + self.ce_weight * ce
 
 
-def build_loss(classes: int, dice_weight: float = 0.5, bce_weight: float = 0.5) -> nn.Module:
+def build_loss(classes: int, dice_weight: float = 0.5, bce_weight: float = 0.5,
+               class_weights: list[float] | None = None) -> nn.Module:
+    """Binary: ComboLoss (Dice + BCE). Multi-class: Dice + cross-entropy, optionally class-weighted."""
     if classes == 1:
         return ComboLoss(dice_weight, bce_weight)
-    return MultiClassComboLoss(dice_weight, bce_weight)
+    weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+    return MultiClassComboLoss(dice_weight, bce_weight, weights)
 
 
 # ----------------------------------------------------------------------------- checkpoints

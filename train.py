@@ -8,18 +8,23 @@ Run book:
     # flags override env vars, which override the defaults in config.py
     python train.py --raw-img-dir data/images --raw-mask-dir data/masks --model Unet --encoder resnet18 \
         --encoder-weights none --input-size 256 --epochs 30 --folds 5
+    # fixed split lists (training_dataset.txt, validation_dataset.txt, test_dataset.txt) instead of CV
+    python train.py --raw-img-dir data/images --raw-mask-dir data/masks --search-files true
+    # multi-class: class ids in the masks, named classes, weights from pixel counts
+    python train.py ... --classes 3 --class-names background,scratch,dent --class-weights auto
     python train.py --help
 
 Writes to WORK_DIR: config.json, images/ + masks/ (the cache), folds.json, models/fold<K>_{best,last}.pt,
-logs/metrics.json, logs/training.log, cv_summary.json and <NAME>.onnx. A killed run resumes: finished
-folds are kept and an unfinished fold continues from its last checkpoint.
+logs/metrics.json, logs/training.log, logs/val_preview_fold<K>.png, cv_summary.json and <NAME>.onnx.
+A killed run resumes (RESUME=true, the default): finished folds are kept and an unfinished fold
+continues from its last checkpoint with its optimizer and scheduler.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -27,19 +32,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from config import Config, describe, load_config
-from dataset import CacheEntry, SegDataset, build_cache, collect_sources, get_transform
+from config import Config, describe, load_config, parse_class_weights
+from dataset import (
+    CacheEntry, SegDataset, build_cache, collect_sources, get_transform, read_groups, read_split_lists, seed_worker,
+    split_indices,
+)
 from model import build_loss, build_model, load_checkpoint, model_args, read_checkpoint, save_checkpoint
-from utils import LOG, UserError, atomic_write_json, run_cli, setup_logging
+from utils import LOG, UserError, atomic_write_json, run_cli, setup_logging, write_png
 
 # Thresholds searched on the out-of-fold predictions for the recommended threshold.
 THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
 # Settings that do not change what is trained: a change in them keeps finished folds valid.
-NON_TRAINING_KEYS = ("work_dir", "workers", "device", "threads", "export", "fold_ids", "name", "min_area")
+NON_TRAINING_KEYS = ("work_dir", "workers", "pin_memory", "device", "threads", "export", "fold_ids", "name",
+                     "min_area", "resume", "tracker", "save_checkpoints", "eval_step")
 
 
 def seed_everything(seed: int) -> None:
@@ -61,22 +70,69 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# ----------------------------------------------------------------------------- folds
+# ----------------------------------------------------------------------------- splits
 
 
-def make_folds(entries: list[CacheEntry], folds: int, seed: int) -> list[tuple[list[int], list[int]]]:
-    """K folds stratified on empty vs non-empty masks (plain KFold if a group is too small)."""
+Split = tuple[list[int], list[int]]
+
+
+def make_folds(entries: list[CacheEntry], folds: int, seed: int, groups: list[str] | None = None) -> list[Split]:
+    """K folds stratified on empty vs non-empty masks; grouped when groups are given.
+
+    Falls back to plain KFold when one kind (empty or not) has fewer samples than folds.
+    """
     if len(entries) < folds:
         raise UserError(f"{len(entries)} samples cannot be split into FOLDS={folds}; add data or lower FOLDS")
     labels = np.array([int(e.empty) for e in entries])
     index = np.arange(len(entries))
-    if np.bincount(labels, minlength=2).min() >= folds:
-        splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-        splits = splitter.split(index, labels)
+    stratify = np.bincount(labels, minlength=2).min() >= folds
+    if groups is not None:
+        if len(set(groups)) < folds:
+            raise UserError(f"GROUPS has {len(set(groups))} groups, fewer than FOLDS={folds}")
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        splits = splitter.split(index, labels if stratify else np.zeros_like(labels), groups)
+    elif stratify:
+        splits = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(index, labels)
     else:
         LOG.info("too few empty or non-empty masks to stratify; using plain KFold")
         splits = KFold(n_splits=folds, shuffle=True, random_state=seed).split(index)
     return [(tr.tolist(), va.tolist()) for tr, va in splits]
+
+
+def resolve_splits(cfg: Config, entries: list[CacheEntry]) -> tuple[list[Split], list[int], list[int]]:
+    """(splits, folds to train, test indices). Split lists replace CV when a validation list is given."""
+    if not cfg.search_files:
+        groups = read_groups(cfg.groups, entries) if cfg.groups else None
+        return make_folds(entries, cfg.folds, cfg.seed, groups), cfg.selected_folds(), []
+    lists = read_split_lists(cfg.split_dir, cfg.raw_img_dir)
+    test = split_indices(entries, lists["test"], "test_dataset.txt")
+    train = split_indices(entries, lists["train"], "training_dataset.txt")
+    if lists["val"]:
+        LOG.info("validation_dataset.txt given: one train/val split replaces %d-fold CV", cfg.folds)
+        return [(train, split_indices(entries, lists["val"], "validation_dataset.txt"))], [0], test
+    subset = [entries[i] for i in train]
+    splits = [([train[i] for i in tr], [train[i] for i in va]) for tr, va in make_folds(subset, cfg.folds, cfg.seed)]
+    return splits, cfg.selected_folds(), test
+
+
+def auto_class_weights(entries: list[CacheEntry], classes: int) -> list[float]:
+    """Median-frequency balancing from the cached pixel counts, clipped to [0.1, 50], mean 1."""
+    pixels = np.sum([e.class_pixels[:classes] for e in entries], axis=0).astype(np.float64)
+    freq = pixels / max(pixels.sum(), 1)
+    present = freq > 0
+    weights = np.ones(classes)
+    weights[present] = np.median(freq[present]) / freq[present]
+    weights[~present] = weights[present].max() if present.any() else 1.0
+    weights = np.clip(weights, 0.1, 50.0)
+    return (weights / weights.mean()).round(4).tolist()
+
+
+def resolve_class_weights(cfg: Config, entries: list[CacheEntry], train_idx: list[int]) -> list[float] | None:
+    weights = parse_class_weights(cfg.class_weights, cfg.classes) if cfg.classes > 1 else None
+    if weights == "auto":
+        weights = auto_class_weights([entries[i] for i in train_idx], cfg.classes)
+        LOG.info("class weights (auto, from pixel counts): %s", dict(zip(cfg.names(), weights)))
+    return weights
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -84,15 +140,14 @@ def make_folds(entries: list[CacheEntry], folds: int, seed: int) -> list[tuple[l
 
 def per_image_scores(logits: torch.Tensor, target: torch.Tensor, num_classes: int,
                      threshold: float = 0.5) -> torch.Tensor:
-    """(B, 2) tensor of per-image [dice, iou]; both empty counts as 1.
+    """(B, 2, K) per-image [dice, iou] for each of the K foreground classes; both empty counts as 1.
 
-    Binary: logits/target (B, 1, H, W). Multi-class: logits (B, C, H, W), target (B, H, W);
-    the scores are averaged over the foreground classes.
+    Binary: logits/target (B, 1, H, W), K = 1. Multi-class: logits (B, C, H, W), target (B, H, W)
+    class ids, K = C - 1 (class 0 is background).
     """
     if num_classes == 1:
-        pred = (torch.sigmoid(logits) > threshold).flatten(1).float()
-        true = target.flatten(1).float()
-        pred, true = pred[:, None], true[:, None]  # (B, 1, N)
+        pred = (torch.sigmoid(logits.float()) > threshold).flatten(1).float()[:, None]  # (B, 1, N)
+        true = target.flatten(1).float()[:, None]
     else:
         classes = torch.arange(1, num_classes, device=logits.device)[None, :, None]
         pred = (logits.argmax(1).flatten(1)[:, None] == classes).float()  # (B, C-1, N)
@@ -102,7 +157,29 @@ def per_image_scores(logits: torch.Tensor, target: torch.Tensor, num_classes: in
     union = total - inter
     dice = torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.ones_like(total))
     iou = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
-    return torch.stack([dice.mean(1), iou.mean(1)], dim=1)
+    return torch.stack([dice, iou], dim=1)
+
+
+class ScoreSum:
+    """Running sums of loss and per-image scores; `result()` gives means and per-class Dice."""
+
+    def __init__(self, class_names: list[str]):
+        self.class_names = class_names
+        self.loss, self.scores, self.seen = 0.0, None, 0
+
+    def add(self, loss: float, scores: torch.Tensor) -> None:  # scores (B, 2, K)
+        batch_sum = scores.double().sum(0).cpu()
+        self.scores = batch_sum if self.scores is None else self.scores + batch_sum
+        self.loss += loss * scores.shape[0]
+        self.seen += scores.shape[0]
+
+    def result(self) -> dict:
+        mean = self.scores / max(self.seen, 1)  # (2, K)
+        out = {"loss": self.loss / max(self.seen, 1), "dice": float(mean[0].mean()), "iou": float(mean[1].mean())}
+        if mean.shape[1] > 1:  # per foreground class
+            for name, dice in zip(self.class_names[1:], mean[0].tolist()):
+                out[f"dice_{name}"] = dice
+        return out
 
 
 @dataclass
@@ -113,8 +190,8 @@ class OOFStats:
     count: int = 0
 
     def add(self, logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> None:
-        for i, thr in enumerate(THRESHOLD_GRID if num_classes == 1 else (0.5,) * len(THRESHOLD_GRID)):
-            scores = per_image_scores(logits, target, num_classes, thr).double().sum(0).cpu().numpy()
+        for i, thr in enumerate(THRESHOLD_GRID):
+            scores = per_image_scores(logits, target, num_classes, thr).mean(-1).double().sum(0).cpu().numpy()
             self.dice_sum[i] += scores[0]
             self.iou_sum[i] += scores[1]
         self.count += logits.shape[0]
@@ -130,7 +207,7 @@ class OOFStats:
 
 
 class MetricsLog:
-    """logs/metrics.json: one record per epoch, rewritten atomically so a crash keeps all."""
+    """logs/metrics.json: one record per evaluation, rewritten atomically so a crash keeps all."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -141,20 +218,62 @@ class MetricsLog:
         atomic_write_json(self.path, self.records)
 
     def add(self, record: dict) -> None:
-        self.records = [r for r in self.records if (r["fold"], r["epoch"]) != (record["fold"], record["epoch"])]
+        def key(r):
+            return r["fold"], r["epoch"], r["step"], r.get("kind")
+        self.records = [r for r in self.records if key(r) != key(record)]
         self.records.append(record)
         atomic_write_json(self.path, self.records)
+
+
+class Tracker:
+    """Optional experiment tracker (TensorBoard or W&B offline). Never required."""
+
+    def __init__(self, kind: str, log_dir: Path, config: dict):
+        self.kind, self.backend = kind, None
+        if kind == "tensorboard":
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("TRACKER=tensorboard needs the tensorboard package: pip install tensorboard") from None
+            self.backend = SummaryWriter(log_dir=str(log_dir / "tensorboard"))
+        elif kind == "wandb":
+            try:
+                import wandb
+            except ImportError:
+                raise UserError("TRACKER=wandb needs the wandb package: pip install wandb") from None
+            # offline unless WANDB_MODE says otherwise; `wandb sync` uploads later
+            self.backend = wandb.init(project="segpipe", dir=str(log_dir), config=config, mode="offline")
+
+    def log(self, record: dict, step: int) -> None:
+        numbers = {k: v for k, v in record.items() if isinstance(v, float)}
+        if self.kind == "tensorboard":
+            for key, value in numbers.items():
+                self.backend.add_scalar(f"fold{record['fold']}/{key}", value, step)
+        elif self.kind == "wandb":
+            self.backend.log({f"fold{record['fold']}/{k}": v for k, v in numbers.items()}, step=step)
+
+    def image(self, tag: str, image: np.ndarray, step: int) -> None:
+        if self.kind == "tensorboard":
+            self.backend.add_image(tag, image, step, dataformats="HWC")
+        elif self.kind == "wandb":
+            import wandb
+            self.backend.log({tag: wandb.Image(image)}, step=step)
+
+    def close(self) -> None:
+        if self.backend is not None:
+            getattr(self.backend, "close", getattr(self.backend, "finish", lambda: None))()
 
 
 # ----------------------------------------------------------------------------- one fold
 
 
 def make_loader(cfg: Config, entries: list[CacheEntry], indices: list[int], train: bool, device) -> DataLoader:
-    dataset = SegDataset([entries[i] for i in indices], get_transform(train, cfg.input_size), cfg.classes)
+    transform = get_transform(train, cfg.input_size, seed=cfg.seed)
+    dataset = SegDataset([entries[i] for i in indices], transform, cfg.classes)
     return DataLoader(
         dataset, batch_size=cfg.batch_size, shuffle=train, num_workers=cfg.workers,
-        pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0,
-        generator=torch.Generator().manual_seed(cfg.seed) if train else None,
+        pin_memory=cfg.pin_memory and device.type == "cuda", persistent_workers=cfg.workers > 0,
+        generator=torch.Generator().manual_seed(cfg.seed) if train else None, worker_init_fn=seed_worker,
         drop_last=train and len(dataset) > cfg.batch_size,
     )
 
@@ -167,123 +286,220 @@ def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
         optimizer, T_0=max(1, cfg.restart_epochs * steps_per_epoch), eta_min=cfg.lr * 0.01)
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, cfg: Config, device, desc: str) -> dict:
-    model.train()
-    loss_sum, score_sum, seen = 0.0, torch.zeros(2), 0
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)  # None: off when not a TTY
-    for images, masks in bar:
-        images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
-        logits = model(images)
-        loss = loss_fn(logits, masks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        n = images.shape[0]
-        loss_sum += loss.item() * n
-        score_sum += per_image_scores(logits.detach(), masks, cfg.classes).sum(0).cpu()
-        seen += n
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-    return {"loss": loss_sum / seen, "dice": float(score_sum[0] / seen), "iou": float(score_sum[1] / seen)}
+def autocast(cfg: Config, device: torch.device):
+    """fp16 on CUDA, bf16 on CPU, or nothing."""
+    if not cfg.use_amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
 
 
 @torch.inference_mode()
 def evaluate(model, loader, loss_fn, cfg: Config, device, oof: OOFStats | None = None) -> dict:
     model.eval()
-    loss_sum, score_sum, seen = 0.0, torch.zeros(2), 0
+    sums = ScoreSum(cfg.names())
     for images, masks in loader:
         images, masks = images.to(device), masks.to(device)
-        logits = model(images)
-        n = images.shape[0]
-        loss_sum += loss_fn(logits, masks).item() * n
-        score_sum += per_image_scores(logits, masks, cfg.classes).sum(0).cpu()
-        seen += n
+        with autocast(cfg, device):
+            logits = model(images)
+        logits = logits.float()
+        sums.add(loss_fn(logits, masks).item(), per_image_scores(logits, masks, cfg.classes))
         if oof is not None:
             oof.add(logits, masks, cfg.classes)
-    return {"loss": loss_sum / seen, "dice": float(score_sum[0] / seen), "iou": float(score_sum[1] / seen)}
+    return sums.result()
 
 
-def train_fold(cfg: Config, fold: int, entries, split, device, metrics: MetricsLog) -> Path:
-    """Train one fold with early stopping; returns the path of its best checkpoint."""
+@torch.inference_mode()
+def preview_grid(model, dataset: SegDataset, cfg: Config, device, count: int = 4) -> np.ndarray:
+    """Rows of [image | ground truth | prediction] for the first val images, RGB uint8."""
+    model.eval()
+    rows = []
+    for i in range(min(count, len(dataset))):
+        image, mask = dataset[i]
+        logits = model(image[None].to(device)).float()[0]
+        pred = (torch.sigmoid(logits[0]) > 0.5) if cfg.classes == 1 else logits.argmax(0)
+        truth = mask[0] if cfg.classes == 1 else mask
+        scale = 255 // max(cfg.classes - 1, 1)
+        rgb = image.permute(1, 2, 0).numpy() * np.array(dataset.std) + np.array(dataset.mean)
+        as_rgb = lambda m: np.repeat((m.cpu().numpy() * scale).astype(np.uint8)[..., None], 3, 2)  # noqa: E731
+        rows.append(np.concatenate([(rgb.clip(0, 1) * 255).astype(np.uint8), as_rgb(truth), as_rgb(pred)], 1))
+    return np.concatenate(rows, 0)
+
+
+@dataclass
+class FoldRun:
+    """Everything one fold's training loop needs, built once."""
+    cfg: Config
+    fold: int
+    model: torch.nn.Module
+    train_loader: DataLoader
+    val_loader: DataLoader
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    metrics: MetricsLog
+    tracker: Tracker
+    best_path: Path
+    last_path: Path
+    state: dict = field(default_factory=lambda: {"epoch": -1, "step": 0, "best_dice": -1.0, "best_epoch": -1,
+                                                 "finished": False})
+
+    def payload(self) -> dict:
+        return {"model": self.model.state_dict(), "model_args": model_args(self.cfg.arch, self.cfg.encoder,
+                self.cfg.classes), "config": {**self.cfg.to_dict(), "class_names": self.cfg.names()},
+                "config_hash": config_hash(self.cfg), "fold": self.fold}
+
+
+def setup_fold(cfg: Config, fold: int, entries, split: Split, device, metrics: MetricsLog, tracker: Tracker) -> FoldRun:
     models_dir = Path(cfg.work_dir) / "models"
-    best_path, last_path = models_dir / f"fold{fold}_best.pt", models_dir / f"fold{fold}_last.pt"
-    chash = config_hash(cfg)
-    model = build_model(cfg.arch, cfg.encoder, cfg.encoder_weights, cfg.classes).to(device)
+    model = build_model(cfg.arch, cfg.encoder, cfg.encoder_weights, cfg.classes)
+    if cfg.load_model:
+        load_checkpoint(model, cfg.load_model)
+        LOG.info("fold %d: fine-tuning from %s", fold, cfg.load_model)
+    model.to(device)
     train_loader = make_loader(cfg, entries, split[0], True, device)
-    val_loader = make_loader(cfg, entries, split[1], False, device)
-    loss_fn = build_loss(cfg.classes, cfg.dice_weight, cfg.bce_weight).to(device)
+    loss_fn = build_loss(cfg.classes, cfg.dice_weight, cfg.bce_weight, resolve_class_weights(cfg, entries, split[0]))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
-    scheduler = make_scheduler(cfg, optimizer, len(train_loader))
-    state = {"epoch": -1, "best_dice": -1.0, "best_epoch": -1, "finished": False}
+    return FoldRun(
+        cfg, fold, model, train_loader, make_loader(cfg, entries, split[1], False, device), loss_fn.to(device),
+        optimizer, make_scheduler(cfg, optimizer, len(train_loader)),
+        torch.amp.GradScaler(device.type, enabled=cfg.use_amp and device.type == "cuda"), device, metrics, tracker,
+        models_dir / f"fold{fold}_best.pt", models_dir / f"fold{fold}_last.pt",
+    )
 
-    if last_path.is_file():
-        ckpt = read_checkpoint(last_path)
-        if ckpt.get("config_hash") == chash:
-            load_checkpoint(model, ckpt)
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            state = ckpt["state"]
-            LOG.info("fold %d: resuming after epoch %d (best dice %.4f)", fold, state["epoch"], state["best_dice"])
-        else:
-            LOG.info("fold %d: settings changed since %s was written; training from scratch", fold, last_path)
-            metrics.drop_fold(fold)
-    if state["finished"] and best_path.is_file():
-        LOG.info("fold %d: already finished (best dice %.4f at epoch %d)", fold, state["best_dice"], state["best_epoch"])
-        return best_path
 
-    for epoch in range(state["epoch"] + 1, cfg.epochs):
+def restore(run: FoldRun) -> None:
+    """Continue from fold<K>_last.pt when it was written with the same training settings."""
+    if not run.last_path.is_file():
+        return
+    ckpt = read_checkpoint(run.last_path)
+    if not run.cfg.resume:
+        LOG.info("fold %d: RESUME=false, ignoring %s", run.fold, run.last_path)
+    elif ckpt.get("config_hash") != config_hash(run.cfg):
+        LOG.info("fold %d: settings changed since %s was written; training from scratch", run.fold, run.last_path)
+    else:
+        load_checkpoint(run.model, ckpt)
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        run.scaler.load_state_dict(ckpt.get("scaler", {}))
+        run.state = ckpt["state"]
+        if not run.state["finished"]:
+            LOG.info("fold %d: resuming after epoch %d (best dice %.4f)", run.fold, run.state["epoch"] + 1,
+                     run.state["best_dice"])
+        return
+    run.metrics.drop_fold(run.fold)
+
+
+def train_step(run: FoldRun, images: torch.Tensor, masks: torch.Tensor) -> tuple[float, torch.Tensor]:
+    with autocast(run.cfg, run.device):
+        logits = run.model(images)
+    logits = logits.float()
+    loss = run.loss_fn(logits, masks)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if run.cfg.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    return loss.item(), per_image_scores(logits.detach(), masks, run.cfg.classes)
+
+
+def train_one_epoch(run: FoldRun, epoch: int) -> dict:
+    run.model.train()
+    sums = ScoreSum(run.cfg.names())
+    desc = f"fold {run.fold} epoch {epoch + 1}/{run.cfg.epochs}"
+    bar = tqdm(run.train_loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)  # None: off without a TTY
+    for images, masks in bar:
+        loss, scores = train_step(run, images.to(run.device, non_blocking=True), masks.to(run.device, non_blocking=True))
+        sums.add(loss, scores)
+        run.state["step"] += 1
+        bar.set_postfix(loss=f"{sums.loss / sums.seen:.4f}", lr=f"{run.optimizer.param_groups[0]['lr']:.2e}")
+        if run.cfg.eval_step and run.state["step"] % run.cfg.eval_step == 0:
+            val_stats = evaluate(run.model, run.val_loader, run.loss_fn, run.cfg, run.device)
+            record_evaluation(run, epoch, {"loss": loss}, val_stats, kind="step")
+            run.model.train()
+    return sums.result()
+
+
+def record_evaluation(run: FoldRun, epoch: int, train_stats: dict, val_stats: dict, seconds: float = 0.0,
+                      kind: str = "epoch") -> bool:
+    """Log one evaluation ('epoch' end or mid-epoch 'step'); save the best checkpoint when val Dice
+    improved after the cooldown."""
+    record = {"fold": run.fold, "epoch": epoch, "step": run.state["step"], "kind": kind,
+              "lr": run.optimizer.param_groups[0]["lr"],
+              **{f"train_{k}": v for k, v in train_stats.items()}, **{f"val_{k}": v for k, v in val_stats.items()},
+              "time_s": round(seconds, 2)}
+    run.metrics.add(record)
+    run.tracker.log(record, run.state["step"])
+    improved = epoch >= run.cfg.cooldown and val_stats["dice"] > run.state["best_dice"]
+    if improved:
+        run.state.update(best_dice=val_stats["dice"], best_epoch=epoch)
+        save_checkpoint(run.best_path, {**run.payload(), "epoch": epoch, "step": run.state["step"],
+                                        "val_dice": val_stats["dice"]})
+    return improved
+
+
+def end_epoch(run: FoldRun, epoch: int, train_stats: dict, start: float) -> bool:
+    """Evaluate, checkpoint and log one epoch; returns True when early stopping triggers."""
+    val_stats = evaluate(run.model, run.val_loader, run.loss_fn, run.cfg, run.device)
+    improved = record_evaluation(run, epoch, train_stats, val_stats, time.perf_counter() - start)
+    cfg = run.cfg
+    stop = epoch >= cfg.cooldown and epoch - max(run.state["best_epoch"], cfg.cooldown) >= cfg.patience
+    run.state.update(epoch=epoch, finished=stop or epoch == cfg.epochs - 1)
+    last = {**run.payload(), "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(), "state": dict(run.state)}
+    save_checkpoint(run.last_path, last)
+    if cfg.save_checkpoints:
+        save_checkpoint(run.last_path.with_name(f"fold{run.fold}_epoch{epoch + 1}.pt"), last)
+    grid = preview_grid(run.model, run.val_loader.dataset, cfg, run.device)
+    write_png(Path(cfg.work_dir) / "logs" / f"val_preview_fold{run.fold}.png", grid)
+    run.tracker.image(f"fold{run.fold}/val_preview", grid, run.state["step"])
+    LOG.info("fold %d epoch %d/%d  train loss %.4f dice %.4f | val loss %.4f dice %.4f iou %.4f | lr %.2e%s",
+             run.fold, epoch + 1, cfg.epochs, train_stats["loss"], train_stats["dice"], val_stats["loss"],
+             val_stats["dice"], val_stats["iou"], run.optimizer.param_groups[0]["lr"], "  *best*" if improved else "")
+    if stop:
+        LOG.info("fold %d: early stop, no val dice gain for %d epochs", run.fold, cfg.patience)
+    return stop
+
+
+def train_fold(cfg: Config, fold: int, entries, split: Split, device, metrics: MetricsLog,
+               tracker: Tracker | None = None) -> Path:
+    """Train one fold with early stopping; returns the path of its best checkpoint."""
+    run = setup_fold(cfg, fold, entries, split, device, metrics, tracker or Tracker("none", Path(), {}))
+    restore(run)
+    if run.state["finished"] and run.best_path.is_file():
+        LOG.info("fold %d: already finished (best dice %.4f at epoch %d)", fold, run.state["best_dice"],
+                 run.state["best_epoch"] + 1)
+        return run.best_path
+    for epoch in range(run.state["epoch"] + 1, cfg.epochs):
         start = time.perf_counter()
-        train_stats = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, cfg, device,
-                                      desc=f"fold {fold} epoch {epoch + 1}/{cfg.epochs}")
-        val_stats = evaluate(model, val_loader, loss_fn, cfg, device)
-        record = {"fold": fold, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-                  **{f"train_{k}": v for k, v in train_stats.items()},
-                  **{f"val_{k}": v for k, v in val_stats.items()}, "time_s": round(time.perf_counter() - start, 2)}
-        metrics.add(record)
-        improved = epoch >= cfg.cooldown and val_stats["dice"] > state["best_dice"]
-        state["epoch"] = epoch
-        payload = {"model": model.state_dict(), "model_args": model_args(cfg.arch, cfg.encoder, cfg.classes),
-                   "config": cfg.to_dict(), "config_hash": chash, "fold": fold}
-        if improved:
-            state.update(best_dice=val_stats["dice"], best_epoch=epoch)
-            save_checkpoint(best_path, {**payload, "epoch": epoch, "val_dice": val_stats["dice"]})
-        stop = epoch >= cfg.cooldown and epoch - max(state["best_epoch"], cfg.cooldown) >= cfg.patience
-        state["finished"] = stop or epoch == cfg.epochs - 1
-        save_checkpoint(last_path, {**payload, "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict(), "state": dict(state)})
-        LOG.info("fold %d epoch %d/%d  train loss %.4f dice %.4f | val loss %.4f dice %.4f iou %.4f | lr %.2e%s",
-                 fold, epoch + 1, cfg.epochs, train_stats["loss"], train_stats["dice"], val_stats["loss"],
-                 val_stats["dice"], val_stats["iou"], record["lr"], "  *best*" if improved else "")
-        if stop:
-            LOG.info("fold %d: early stop, no val dice gain for %d epochs", fold, cfg.patience)
+        if end_epoch(run, epoch, train_one_epoch(run, epoch), start):
             break
-    if not best_path.is_file():  # every epoch fell inside the cooldown: keep the last weights
-        save_checkpoint(best_path, {"model": model.state_dict(), "config": cfg.to_dict(), "config_hash": chash,
-                                    "model_args": model_args(cfg.arch, cfg.encoder, cfg.classes),
-                                    "fold": fold, "epoch": state["epoch"]})
-    return best_path
+    if not run.best_path.is_file():  # every epoch fell inside the cooldown: keep the last weights
+        save_checkpoint(run.best_path, {**run.payload(), "epoch": run.state["epoch"]})
+    return run.best_path
 
 
 # ----------------------------------------------------------------------------- CV summary
 
 
-def evaluate_out_of_fold(cfg: Config, best_path: Path, entries, val_idx, device, oof: OOFStats) -> dict:
+def evaluate_checkpoint(cfg: Config, path: Path, entries, indices, device, oof: OOFStats | None = None) -> dict:
     model = build_model(cfg.arch, cfg.encoder, None, cfg.classes).to(device)
-    load_checkpoint(model, best_path)
-    val_loader = make_loader(cfg, entries, val_idx, False, device)
-    loss_fn = build_loss(cfg.classes, cfg.dice_weight, cfg.bce_weight).to(device)
-    return evaluate(model, val_loader, loss_fn, cfg, device, oof)
+    load_checkpoint(model, path)
+    loader = make_loader(cfg, entries, indices, False, device)
+    return evaluate(model, loader, build_loss(cfg.classes, cfg.dice_weight, cfg.bce_weight).to(device), cfg, device, oof)
 
 
-def summarize(fold_scores: dict[int, dict], oof: OOFStats) -> dict:
+def summarize(fold_scores: dict[int, dict], oof: OOFStats, test_scores: dict[int, dict]) -> dict:
     dice = np.array([s["dice"] for s in fold_scores.values()])
     iou = np.array([s["iou"] for s in fold_scores.values()])
     threshold, oof_dice_best, oof_iou_best = oof.best()
     oof_dice, oof_iou = oof.at(0.5)
-    return {
-        "folds": {str(k): {"dice": v["dice"], "iou": v["iou"]} for k, v in fold_scores.items()},
+    summary = {
+        "folds": {str(k): v for k, v in fold_scores.items()},
         "dice_mean": float(dice.mean()), "dice_std": float(dice.std()),
         "iou_mean": float(iou.mean()), "iou_std": float(iou.std()),
         "oof_dice": oof_dice, "oof_iou": oof_iou, "oof_images": oof.count,
@@ -291,10 +507,12 @@ def summarize(fold_scores: dict[int, dict], oof: OOFStats) -> dict:
         "oof_iou_at_best_threshold": oof_iou_best,
         "note": "per-image scores at the cached training resolution (long side = INPUT_SIZE)",
     }
+    if test_scores:
+        summary["test"] = {str(k): v for k, v in test_scores.items()}
+    return summary
 
 
-def run(cfg: Config) -> dict:
-    """The whole training job; returns the CV summary."""
+def prepare(cfg: Config) -> tuple[list[CacheEntry], torch.device]:
     work = Path(cfg.work_dir)
     setup_logging(work / "logs" / "training.log")
     LOG.info("config:\n%s", describe(cfg))
@@ -303,19 +521,31 @@ def run(cfg: Config) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
-    LOG.info("device: %s, torch threads: %d", device, torch.get_num_threads())
+    LOG.info("device: %s, torch threads: %d%s", device, torch.get_num_threads(), ", AMP on" if cfg.use_amp else "")
     sources = collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, cfg.raw_json_path)
     entries = build_cache(sources, work, cfg.input_size, cfg.classes,
                           progress=lambda it: tqdm(it, desc="cache", leave=False, dynamic_ncols=True, disable=None))
-    splits = make_folds(entries, cfg.folds, cfg.seed)
+    return entries, device
+
+
+def run(cfg: Config) -> dict:
+    """The whole training job; returns the CV summary."""
+    entries, device = prepare(cfg)
+    work = Path(cfg.work_dir)
+    splits, fold_ids, test_idx = resolve_splits(cfg, entries)
     atomic_write_json(work / "folds.json", {str(k): [entries[i].key for i in va] for k, (_, va) in enumerate(splits)})
-    metrics = MetricsLog(work / "logs" / "metrics.json")
-    oof, fold_scores, best_paths = OOFStats(), {}, {}
-    for fold in cfg.selected_folds():
-        best_paths[fold] = train_fold(cfg, fold, entries, splits[fold], device, metrics)
-        fold_scores[fold] = evaluate_out_of_fold(cfg, best_paths[fold], entries, splits[fold][1], device, oof)
-        LOG.info("fold %d best: val dice %.4f iou %.4f", fold, fold_scores[fold]["dice"], fold_scores[fold]["iou"])
-    summary = summarize(fold_scores, oof)
+    metrics, tracker = MetricsLog(work / "logs" / "metrics.json"), Tracker(cfg.tracker, work / "logs", cfg.to_dict())
+    oof, fold_scores, test_scores, best_paths = OOFStats(), {}, {}, {}
+    try:
+        for fold in fold_ids:
+            best_paths[fold] = train_fold(cfg, fold, entries, splits[fold], device, metrics, tracker)
+            fold_scores[fold] = evaluate_checkpoint(cfg, best_paths[fold], entries, splits[fold][1], device, oof)
+            LOG.info("fold %d best: val dice %.4f iou %.4f", fold, fold_scores[fold]["dice"], fold_scores[fold]["iou"])
+            if test_idx:
+                test_scores[fold] = evaluate_checkpoint(cfg, best_paths[fold], entries, test_idx, device)
+    finally:
+        tracker.close()
+    summary = summarize(fold_scores, oof, test_scores)
     atomic_write_json(work / "cv_summary.json", summary)
     LOG.info("CV dice %.4f ± %.4f, IoU %.4f ± %.4f; out-of-fold dice %.4f; best threshold %.2f (oof dice %.4f)",
              summary["dice_mean"], summary["dice_std"], summary["iou_mean"], summary["iou_std"],

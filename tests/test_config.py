@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from config import ARCHITECTURES, FIELDS, Config, load_config
+from config import FIELDS, SMP_ARCHITECTURES, Config, load_config
 from utils import UserError
 
 
@@ -55,7 +55,7 @@ def test_bad_values_name_variable_value_and_allowed(environ, argv, must_name):
 
 def test_architecture_list_matches_smp_registry():
     smp = pytest.importorskip("segmentation_models_pytorch")
-    assert {a.lower() for a in ARCHITECTURES} == set(smp.MODEL_ARCHITECTURES_MAPPING)
+    assert {a.lower() for a in SMP_ARCHITECTURES} == set(smp.MODEL_ARCHITECTURES_MAPPING)
 
 
 def test_save_round_trips(tmp_path):

@@ -206,7 +206,7 @@ def test_model_without_metadata_warns_once_and_uses_defaults(models, records):
     warnings = [r.getMessage() for r in records.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "no 'segmentation' metadata" in warnings[0]
     assert segmenter.meta["input_size"] == 512 and segmenter.meta["stride"] == 32
-    assert segmenter.predict(rect_image(40, 30)[0]).shape == (1, 40, 30)
+    assert segmenter.predict_probs(rect_image(40, 30)[0]).shape == (1, 40, 30)
 
 
 def test_segmenter_reports_provider_and_reads_metadata(models, records):
@@ -233,7 +233,7 @@ def test_invalid_metadata_is_a_user_error(tmp_path, bad):
 def test_predict_returns_probs_at_original_size(models, model, h, w):
     segmenter = inference.Segmenter(models[model], providers="cpu")
     image, mask = rect_image(h, w)
-    probs = segmenter.predict(image)
+    probs = segmenter.predict_probs(image)
     assert probs.shape == (1, h, w) and probs.dtype == np.float32
     assert 0.0 <= probs.min() and probs.max() <= 1.0
     # Foreground where the rectangle is, background far from it (edges are blurred by resizing).
@@ -270,7 +270,7 @@ def test_injected_session_gets_nchw_padded_to_stride(output, expected):
     session = FakeSession({**TEST_META, "input_size": 100, "stride": 16, "output": output})
     segmenter = inference.Segmenter(None, session=session)
     assert segmenter.input_name == "pixels"
-    probs = segmenter.predict(rect_image(50, 75)[0])
+    probs = segmenter.predict_probs(rect_image(50, 75)[0])
     x = session.inputs[0]
     assert x.dtype == np.float32 and x.shape == (1, 3, 80, 112)  # 67x100 padded to /16
     assert probs.shape == (1, 50, 75) and np.allclose(probs, expected)
@@ -502,3 +502,232 @@ def test_cli_bad_threshold_exits_2(tmp_path, value):
 def test_cli_missing_model_exits_2(tmp_path):
     done = run_script("--model", str(tmp_path / "absent.onnx"), "--source", str(tmp_path), "--output", str(tmp_path))
     assert done.returncode == 2 and "absent.onnx" in done.stderr and "Traceback" not in done.stderr
+
+
+# ----------------------------------------------------------------------------- Result API, batching
+
+
+def test_predict_returns_a_result_with_mask_probs_and_info(models):
+    segmenter = inference.Segmenter(models["meta"], device="cpu", threshold=0.5)
+    image, mask = rect_image(37, 53)
+    result = segmenter.predict(image)
+    assert isinstance(result, inference.Result)
+    assert result.mask.shape == (37, 53) and result.probs.shape == (1, 37, 53)
+    assert np.array_equal(result.mask, (result.probs[0] > 0.5).astype(np.uint8))
+    assert result.info["status"] == "ok" and result.info["threshold"] == 0.5
+    assert result.info["area_px"] == int(result.mask.sum()) and set(result.info["timing"]) == {
+        "pre_ms", "infer_ms", "post_ms"}
+
+
+def test_predict_paths_is_a_generator_that_survives_bad_files(models, image_folder):
+    src, _ = image_folder
+    segmenter = inference.Segmenter(models["meta"], device="cpu")
+    paths = [src / "a.png", src / "broken.png", src / "c.png"]
+    stream = segmenter.predict_paths(paths, batch_size=2)
+    assert not isinstance(stream, list)
+    results = list(stream)
+    assert [r.info["file"] for r in results] == [str(p) for p in paths]
+    assert [r.info["status"] for r in results] == ["ok", "error", "ok"]
+    assert results[1].mask is None and "cannot decode" in results[1].info["error"]
+    assert results[2].mask.shape == (64, 48)
+
+
+class CountingSession:
+    """A real onnxruntime session that records the batch of every run call."""
+
+    def __init__(self, path: Path):
+        self.inner = inference.ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.batches: list[np.ndarray] = []
+
+    def run(self, names, feeds):
+        self.batches.append(next(iter(feeds.values())))
+        return self.inner.run(names, feeds)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_batch_of_same_size_images_is_one_run_and_equals_single_runs(models):
+    session = CountingSession(models["meta"])
+    segmenter = inference.Segmenter(models["meta"], session=session)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, (40, 60, 3), dtype=np.uint8) for _ in range(3)] + [rect_image(20, 90)[0]]
+    batched = segmenter.predict_probs_batch(images)
+    assert [b.shape[0] for b in session.batches] == [3, 1]  # one run per input shape
+    for image, probs in zip(images, batched):
+        assert np.allclose(probs, segmenter.predict_probs(image), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- TTA
+
+
+def build_conv(path: Path, kernel: np.ndarray, meta: dict | None = TEST_META, sigmoid: bool = True) -> Path:
+    """Conv(3->1, kernel, same padding) [+ Sigmoid]: spatial support, so flips matter unless symmetric."""
+    kh, kw = kernel.shape
+    weight = np.repeat(kernel[None, None].astype(np.float32), 3, axis=1)  # (1, 3, kh, kw)
+    nodes = [helper.make_node("Conv", ["image", "w"], ["logits"], pads=[kh // 2, kw // 2, kh // 2, kw // 2])]
+    if sigmoid:
+        nodes.append(helper.make_node("Sigmoid", ["logits"], ["probs"]))
+    graph = helper.make_graph(
+        nodes, "conv", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("probs" if sigmoid else "logits", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        initializer=[numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if meta is not None:
+        helper.set_model_props(model, {"segmentation": json.dumps(meta)})
+    onnx.save(model, str(path))
+    return path
+
+
+def test_hflip_on_a_symmetric_model_and_image_equals_no_tta(tmp_path):
+    path = build_conv(tmp_path / "sym.onnx", np.array([[0.5, 1.0, 0.5]] * 3))
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[20:44, 10:54] = 255  # mirror-symmetric left/right
+    assert np.array_equal(image, image[:, ::-1])
+    plain = inference.Segmenter(path, device="cpu").predict_probs(image)
+    tta = inference.Segmenter(path, device="cpu", tta="hflip").predict_probs(image)
+    assert np.allclose(plain, tta, atol=1e-6)
+
+
+@pytest.mark.parametrize("tta, flips", [("hflip", [(), (1,)]), ("flips", [(), (1,), (0,), (0, 1)])])
+def test_tta_equals_the_average_of_explicit_flipped_runs_in_one_batch(tmp_path, tta, flips):
+    path = build_conv(tmp_path / "skew.onnx", np.array([[0.0, 0.0, 0.0], [0.0, 1.0, 3.0], [0.0, 0.0, 2.0]]))
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)  # no resize (long side 64), no padding
+    plain = inference.Segmenter(path, device="cpu")
+    expected = np.mean([np.flip(plain.predict_probs(np.flip(image, axis=a).copy())[0], axis=a) if a else
+                        plain.predict_probs(image)[0] for a in flips], axis=0)
+    session = CountingSession(path)
+    tta_probs = inference.Segmenter(path, session=session, tta=tta).predict_probs(image)[0]
+    assert len(session.batches) == 1 and session.batches[0].shape[0] == len(flips)
+    assert np.allclose(tta_probs, expected, atol=1e-5)
+    assert not np.allclose(tta_probs, plain.predict_probs(image)[0], atol=1e-3)  # the model is not symmetric
+
+
+def test_tta_baked_into_the_model_is_not_repeated_unless_asked(tmp_path, records):
+    path = build_model(tmp_path / "baked.onnx", {**TEST_META, "tta": "flips"})
+    assert inference.Segmenter(path, device="cpu").tta == "none"
+    assert any("already applies 'flips'" in r.getMessage() for r in records.records if r.levelno == logging.INFO)
+    assert inference.Segmenter(path, device="cpu", tta="hflip").tta == "hflip"
+    assert any("on top as asked" in r.getMessage() for r in records.records if r.levelno == logging.WARNING)
+    with pytest.raises(UserError, match="--tta"):
+        inference.Segmenter(path, device="cpu", tta="rotate")
+
+
+# ----------------------------------------------------------------------------- any segmentation ONNX
+
+
+def test_fixed_input_model_is_letterboxed_not_stretched(models):
+    session = CountingSession(models["fixed"])
+    segmenter = inference.Segmenter(models["fixed"], session=session)
+    image, mask = rect_image(32, 64)
+    probs = segmenter.predict_probs(image)
+    x = session.batches[0]
+    assert x.shape == (1, 3, 64, 64)
+    assert np.all(x[0, :, 32:] == 0) and np.any(x[0, :, :32] != 0)  # bottom half is padding
+    assert probs.shape == (1, 32, 64) and np.array_equal(probs[0] > 0.5, mask > 0)
+
+
+def build_foreign(path: Path, classes: int, pool: int) -> Path:
+    """No metadata, raw logits, an output `pool` times smaller than the input: a SegFormer-like head."""
+    weight = np.zeros((classes, 3, 1, 1), np.float32)
+    weight[0], weight[1] = -2.0, 2.0
+    nodes = [helper.make_node("Conv", ["pixel_values", "w"], ["x"]),
+             helper.make_node("AveragePool", ["x"], ["logits"], kernel_shape=[pool, pool], strides=[pool, pool])]
+    graph = helper.make_graph(
+        nodes, "foreign", [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes, "h", "w"])],
+        initializer=[numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_foreign_logits_model_gets_softmax_upsampling_and_argmax(tmp_path, classes, records):
+    segmenter = inference.Segmenter(build_foreign(tmp_path / "f.onnx", classes, pool=4), device="cpu")
+    assert any("no 'segmentation' metadata" in r.getMessage() for r in records.records)
+    image, mask = rect_image(96, 128)
+    result = segmenter.predict(image)
+    assert result.probs.shape == (classes, 96, 128)
+    assert np.allclose(result.probs.sum(axis=0), 1.0, atol=1e-5) and result.probs.min() >= 0
+    dice = 2 * np.sum((result.mask == 1) & (mask > 0)) / (np.sum(result.mask == 1) + mask.sum())
+    assert dice > 0.9 and set(np.unique(result.mask)) <= {0, 1}
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def test_gt_writes_metrics_json_with_means_and_pooled_scores(models, image_folder, tmp_path):
+    src, gt = image_folder
+    out = tmp_path / "out"
+    result = inference.run(inference.Segmenter(models["meta"], device="cpu"), src, out, gt_dir=gt, save_probs=True)
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = [r for r in read_rows(out / "summary.csv") if r["dice"]]
+    assert metrics["images_with_gt"] == 2 == result["with_gt"]
+    assert metrics["mean_dice"] == pytest.approx(np.mean([float(r["dice"]) for r in rows]))
+    inter = total = 0
+    for row in rows:
+        pred = cv2.imread(str(out / "masks" / Path(row["file"]).with_suffix(".png")), cv2.IMREAD_UNCHANGED) > 0
+        true = read_mask(gt / (Path(row["file"]).stem + ".png")) > 0
+        inter, total = inter + np.sum(pred & true), total + pred.sum() + true.sum()
+    assert metrics["pixel_dice"] == pytest.approx(2 * inter / total)
+    assert metrics["pixel_iou"] == pytest.approx(inter / (total - inter))
+    probs = np.load(out / "probs" / "sub" / "b.npy")
+    assert probs.shape == (1, 300, 101) and probs.dtype == np.float16
+
+
+def test_multiclass_outputs_colour_mask_and_legend(models, tmp_path):
+    write_png(tmp_path / "src" / "x.png", rect_image(30, 40)[0])
+    inference.run(inference.Segmenter(models["multi"], device="cpu"), tmp_path / "src", tmp_path / "out")
+    colour = cv2.cvtColor(cv2.imread(str(tmp_path / "out" / "masks_color" / "x.png")), cv2.COLOR_BGR2RGB)
+    assert tuple(colour[15, 20]) == tuple(inference.PALETTE[1].astype(np.uint8)) and not colour[0, 0].any()
+    assert cv2.imread(str(tmp_path / "out" / "legend.png")) is not None
+
+
+def test_overlay_colour_option(models, tmp_path):
+    write_png(tmp_path / "src" / "x.png", rect_image(32, 32)[0])
+    inference.run(inference.Segmenter(models["meta"], device="cpu"), tmp_path / "src", tmp_path / "out",
+                  color="0,255,0", alpha=1.0)
+    overlay = cv2.imread(str(tmp_path / "out" / "overlays" / "x.png"))
+    assert tuple(overlay[16, 16]) == (0, 255, 0) and tuple(overlay[0, 0]) == (0, 0, 0)
+
+
+def test_cli_otsu_method_needs_no_model(image_folder, tmp_path):
+    src, gt = image_folder
+    done = run_script("--method", "otsu", "--source", str(src), "--output", str(tmp_path / "o"), "--gt", str(gt))
+    assert done.returncode == 0, done.stderr
+    dice = float(done.stdout.split("mean dice:")[1].split()[0])
+    assert dice > 0.95  # white on black: Otsu is exact up to nothing
+    assert (tmp_path / "o" / "metrics.json").is_file()
+
+
+def test_otsu_picks_the_object_not_the_border_side():
+    image = np.full((40, 40, 3), 220, np.uint8)
+    image[10:30, 10:30] = 30  # a dark object on a bright background
+    result = inference.OtsuSegmenter(min_area=10).predict(image)
+    assert result.mask[10:30, 10:30].all() and result.mask.sum() == 400
+
+
+def test_cli_without_model_or_method_is_a_user_error(tmp_path):
+    done = run_script("--source", str(tmp_path), "--output", str(tmp_path / "o"))
+    assert done.returncode == 2 and "--model is required" in done.stderr
+
+
+def test_cli_help_documents_defaults():
+    done = run_script("--help")
+    for option in ("--tta", "--vid-stride", "--zip-max-mb", "--keep-largest", "--device", "--strict"):
+        assert option in done.stdout
+    assert done.stdout.count("(default:") >= 20
+
+
+def test_threshold_model_uses_the_recommended_threshold_from_metadata(tmp_path):
+    path = build_model(tmp_path / "m.onnx", {**TEST_META, "threshold": 0.35})
+    segmenter = inference.Segmenter(path, device="cpu", threshold="model")
+    assert segmenter.post.threshold == 0.35
+    probs = np.full((1, 20, 20), 0.4, np.float32)
+    assert inference.postprocess(probs, segmenter.post)[1]["threshold"] == 0.35

@@ -127,3 +127,56 @@ def test_checkpoint_rebuilds_model_without_config(tmp_path, unet):
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
         assert torch.allclose(model.eval()(x), unet(x))
+
+
+# A representative encoder for every architecture; PAN's pyramid pooling needs >= 128 px.
+ARCH_CASES = [
+    ("Unet", "resnet18", 64), ("UnetPlusPlus", "resnet18", 64), ("MAnet", "resnet18", 64),
+    ("Linknet", "resnet18", 64), ("FPN", "resnet18", 64), ("PSPNet", "resnet18", 64),
+    ("DeepLabV3", "resnet18", 64), ("DeepLabV3Plus", "resnet18", 64), ("PAN", "resnet18", 128),
+    ("UPerNet", "resnet18", 64), ("Segformer", "resnet18", 64), ("DPT", "tu-vit_tiny_patch16_224", 64),
+    ("HRNetLite", "hrnet_w18_small", 64),
+]
+
+
+def test_every_architecture_has_a_case():
+    from config import ARCHITECTURES
+
+    assert [a for a, _, _ in ARCH_CASES] == list(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("arch, encoder, size", ARCH_CASES)
+def test_every_architecture_trains_a_step(arch, encoder, size):
+    torch.manual_seed(0)
+    model = build_model(arch, encoder, None, classes=2).train()
+    x = torch.randn(2, 3, size, size + 32)
+    logits = model(x)
+    assert logits.shape == (2, 2, size, size + 32)
+    logits.mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    # PSPNet uses only 3 encoder stages and DPT skips the ViT's own head: not every tensor gets a grad
+    assert sum(g is not None for g in grads) > 0.6 * len(grads)
+    assert all(torch.isfinite(g).all() for g in grads if g is not None)
+
+
+def test_hrnet_needs_an_hrnet_encoder():
+    with pytest.raises(UserError, match="--encoder hrnet_w48"):
+        build_model("HRNetLite", "resnet34", None)
+
+
+@pytest.mark.slow
+def test_hrnet_w48_builds():
+    model = build_model("HRNetLite", "hrnet_w48", None, classes=1).eval()
+    with torch.inference_mode():
+        assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_class_weighted_multiclass_loss_uses_the_weights():
+    target = torch.zeros(1, 8, 8, dtype=torch.long)
+    target[:, :2] = 1
+    logits = torch.zeros(1, 3, 8, 8)
+    plain = build_loss(3, dice_weight=0, bce_weight=1)(logits, target)
+    weighted = build_loss(3, dice_weight=0, bce_weight=1, class_weights=[1.0, 5.0, 1.0])(logits, target)
+    assert torch.allclose(plain, weighted)  # uniform logits: weighted CE equals plain CE...
+    logits[:, 1] = 2.0  # ...but once class 1 is predicted well, its larger weight dominates
+    assert build_loss(3, 0, 1, [1.0, 5.0, 1.0])(logits, target) < build_loss(3, 0, 1)(logits, target)

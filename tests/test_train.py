@@ -10,6 +10,8 @@ from config import load_config
 from dataset import CacheEntry
 from utils import UserError, dice_iou
 
+from pathlib import Path
+
 from conftest import tiny_argv, write_blobs
 
 
@@ -39,7 +41,7 @@ def test_torch_scores_match_numpy_reference(seed):
     target[0] = 0  # one empty image
     logits = rng.standard_normal((4, 1, 16, 16)).astype(np.float32)
     logits[0] = -5  # predicted empty too: counts as a perfect 1.0
-    got = train.per_image_scores(torch.from_numpy(logits), torch.from_numpy(target), 1).numpy()
+    got = train.per_image_scores(torch.from_numpy(logits), torch.from_numpy(target), 1).numpy()[..., 0]
     want = np.array([dice_iou(logits[i] > 0, target[i]) for i in range(4)])
     assert np.allclose(got, want, atol=1e-6)
     assert got[0].tolist() == [1.0, 1.0]
@@ -54,7 +56,7 @@ def test_run_writes_every_artifact(trained_run):
     assert set(summary["folds"]) == {"0", "1"} and summary["oof_images"] == 12
     assert 0.0 <= summary["dice_mean"] <= 1.0 and summary["best_threshold"] in train.THRESHOLD_GRID
     records = json.loads((trained_run / "logs" / "metrics.json").read_text())
-    assert [(r["fold"], r["epoch"]) for r in records] == [(0, 0), (1, 0)]
+    assert [(r["fold"], r["epoch"], r["kind"]) for r in records] == [(0, 0, "epoch"), (1, 0, "epoch")]
     for key in ("train_loss", "train_dice", "train_iou", "val_loss", "val_dice", "val_iou", "lr"):
         assert all(np.isfinite(r[key]) for r in records), key
 
@@ -83,7 +85,7 @@ def test_interrupted_fold_resumes_from_last_epoch(tmp_path, caplog):
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="seg"):
         train.run(cfg)
-    assert "fold 0: resuming after epoch 0" in caplog.text
+    assert "fold 0: resuming after epoch 1" in caplog.text
     assert "fold 0 epoch 2/2" in caplog.text and "fold 0 epoch 1/2" not in caplog.text
 
 
@@ -94,3 +96,154 @@ def test_changed_settings_retrain(tmp_path, caplog):
         train.run(load_config(tiny_argv(data, tmp_path / "work", export="false", fold_ids="0", lr="5e-4"),
                               environ={}))
     assert "settings changed" in caplog.text
+
+
+def write_multiclass(folder, count=12, seed=0):
+    """Class 1 = discs, class 2 = squares, on noise."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir(parents=True)
+    for i in range(count):
+        image = (rng.random((64, 64, 3)) * 60 + 90).astype(np.uint8)
+        mask = np.zeros((64, 64), np.uint8)
+        cv2.circle(mask, (int(rng.integers(12, 30)), int(rng.integers(12, 52))), 8, 1, -1)
+        x, y = int(rng.integers(36, 50)), int(rng.integers(4, 48))
+        mask[y:y + 12, x:x + 12] = 2
+        image[mask == 1] = (240, 60, 60)
+        image[mask == 2] = (60, 60, 240)
+        cv2.imwrite(str(folder / "images" / f"m{i:02d}.png"), image)
+        cv2.imwrite(str(folder / "masks" / f"m{i:02d}.png"), mask)
+    return folder
+
+
+def test_multiclass_training_logs_per_class_metrics_and_learns(tmp_path):
+    data = write_multiclass(tmp_path / "data")
+    cfg = load_config(tiny_argv(data, tmp_path / "work", classes=3, class_names="background,disc,square",
+                                class_weights="auto", epochs=3, fold_ids="0", export="false"), environ={})
+    train.run(cfg)
+    records = json.loads((tmp_path / "work" / "logs" / "metrics.json").read_text())
+    assert {"val_dice_disc", "val_dice_square", "train_dice_disc"} <= set(records[-1])
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    ckpt = torch.load(tmp_path / "work" / "models" / "fold0_best.pt", weights_only=True)
+    assert ckpt["config"]["class_names"] == ["background", "disc", "square"]
+
+
+def test_auto_class_weights_favour_rare_classes():
+    entries = [CacheEntry(str(i), None, None, False, "", (900, 90, 10)) for i in range(3)]
+    weights = train.auto_class_weights(entries, 3)
+    assert weights[2] > weights[1] > weights[0] and abs(np.mean(weights) - 1) < 1e-3
+
+
+def test_class_id_above_classes_is_named(tmp_path):
+    data = write_multiclass(tmp_path / "data", count=4)
+    cfg = load_config(tiny_argv(data, tmp_path / "work", classes=2), environ={})
+    with pytest.raises(UserError, match=r"m00\.png has class id 2 but num_classes=2"):
+        train.run(cfg)
+
+
+def test_split_lists_replace_cv_and_score_the_test_set(tmp_path):
+    data = write_blobs(tmp_path / "data", 12)
+    stems = sorted(p.stem for p in (data / "images").iterdir())
+    (data / "training_dataset.txt").write_text("\n".join(stems[:8]))
+    (data / "validation_dataset.txt").write_text("\n".join(f"{s}.jpg" for s in stems[8:10]))
+    (data / "test_dataset.txt").write_text("\n".join(stems[10:]))
+    summary = train.run(load_config(tiny_argv(data, tmp_path / "work", search_files="true", export="false"),
+                                    environ={}))
+    assert list(summary["folds"]) == ["0"] and summary["oof_images"] == 2 and "dice" in summary["test"]["0"]
+    folds = json.loads((tmp_path / "work" / "folds.json").read_text())
+    assert folds == {"0": stems[8:10]}
+
+
+def test_split_list_naming_an_unknown_image(tmp_path):
+    data = write_blobs(tmp_path / "data", 6)
+    (data / "training_dataset.txt").write_text("img_000\nnot_there\n")
+    with pytest.raises(UserError, match="training_dataset.txt names 1 image.*not_there"):
+        train.run(load_config(tiny_argv(data, tmp_path / "work", search_files="true"), environ={}))
+
+
+def test_groups_never_span_two_folds():
+    entries = _entries([i % 4 == 0 for i in range(40)])
+    groups = [f"person{i // 4}" for i in range(40)]  # 10 people, 4 images each
+    for _, val in train.make_folds(entries, 5, seed=0, groups=groups):
+        val_groups = {groups[i] for i in val}
+        train_groups = {groups[i] for i in range(40) if i not in set(val)}
+        assert not val_groups & train_groups
+
+
+def test_same_seed_same_metrics(tmp_path):
+    data = write_blobs(tmp_path / "data", 12)
+    results = []
+    for run_name in ("a", "b"):
+        cfg = load_config(tiny_argv(data, tmp_path / run_name, epochs=2, fold_ids="0", export="false", workers=1),
+                          environ={})
+        train.run(cfg)
+        records = json.loads((tmp_path / run_name / "logs" / "metrics.json").read_text())
+        results.append([(r["train_loss"], r["val_dice"]) for r in records])
+    assert results[0] == results[1]
+
+
+def test_eval_step_and_epoch_checkpoints(tmp_path):
+    data = write_blobs(tmp_path / "data", 12)
+    train.run(load_config(tiny_argv(data, tmp_path / "work", eval_step=1, save_checkpoints="true", epochs=2,
+                                    fold_ids="0", export="false"), environ={}))
+    records = json.loads((tmp_path / "work" / "logs" / "metrics.json").read_text())
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["step"] for r in steps] == list(range(1, len(steps) + 1)) and len(epochs) == 2
+    assert steps[-1]["step"] == epochs[-1]["step"]  # eval_step=1: one evaluation per optimizer step
+    assert sorted(p.name for p in (tmp_path / "work" / "models").glob("fold0_epoch*.pt")) == [
+        "fold0_epoch1.pt", "fold0_epoch2.pt"]
+    assert (tmp_path / "work" / "logs" / "val_preview_fold0.png").is_file()
+
+
+def test_load_model_fine_tunes_from_a_checkpoint(trained_run, tmp_path):
+    data = write_blobs(tmp_path / "data", 12)
+    source = trained_run / "models" / "fold0_best.pt"
+    cfg = load_config(tiny_argv(data, tmp_path / "work", load_model=str(source), lr="1e-9", fold_ids="0",
+                                export="false"), environ={})
+    train.run(cfg)
+    before = torch.load(source, weights_only=True)["model"]
+    after = torch.load(tmp_path / "work" / "models" / "fold0_best.pt", weights_only=True)["model"]
+    conv = "segmentation_head.0.weight"
+    assert torch.allclose(before[conv], after[conv], atol=1e-4)  # lr ~0: the fine-tuned weights stay put
+
+
+def test_missing_tracker_package_is_a_clear_error(tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+        pytest.skip("tensorboard is installed")
+    except ImportError:
+        pass
+    with pytest.raises(UserError, match="pip install tensorboard"):
+        train.Tracker("tensorboard", tmp_path, {})
+
+
+def test_kill_9_mid_run_then_resume(tmp_path):
+    """A real crash: SIGKILL the trainer during its second epoch, then run it again to the end."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = write_blobs(tmp_path / "data", 24)
+    work = tmp_path / "work"
+    argv = [sys.executable, "train.py", *tiny_argv(data, work, epochs=5, fold_ids="0", export="false",
+                                                   batch_size=2)]
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(argv, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = work / "models" / "fold0_last.pt"
+    deadline = time.time() + 300
+    while not last.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert last.is_file(), "the first epoch never finished"
+    done = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "fold 0: resuming after epoch" in done.stderr
+    records = json.loads((work / "logs" / "metrics.json").read_text())
+    assert sorted(r["epoch"] for r in records if r["kind"] == "epoch") == [0, 1, 2, 3, 4]  # each exactly once
+    assert torch.load(last, weights_only=True)["state"]["finished"] is True

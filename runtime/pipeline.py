@@ -1,0 +1,202 @@
+"""Batch runs over image items: decode in background threads, batched model, write in background threads.
+
+The model never waits on disk: `prefetch` keeps decoded images ahead of it, and masks, overlays
+and probability maps are written by a second pool while the next batch runs. Rows still reach
+summary.csv in input order, flushed one by one.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from runtime.postprocess import PALETTE, colorize, draw_legend, make_overlay, parse_color
+from runtime.report import CsvLog, error_row, fill_row, find_gt, new_row, score, write_metrics
+from runtime.sources import ZIP_MAX_BYTES, ZIP_MAX_ENTRIES, ZIP_MAX_RATIO, Item, extract_zip, pack_outputs
+from utils import LOG, UserError, read_image, write_png
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Output and source settings of one run (the model-side settings live in the Segmenter)."""
+
+    alpha: float = 0.5  # overlay opacity
+    color: tuple = (255, 0, 0)  # overlay colour of binary masks (RGB)
+    gt_dir: str | None = None  # ground-truth folder: adds dice/iou and metrics.json
+    save_probs: bool = False  # OUT/probs/<name>.npy, float16 (C, H, W)
+    batch_size: int = 1  # images per session.run (folders, lists, ZIPs)
+    io_threads: int = 2  # background threads decoding and, separately, writing
+    zip_max_mb: float = ZIP_MAX_BYTES / 2**20
+    zip_max_ratio: float = ZIP_MAX_RATIO
+    zip_max_entries: int = ZIP_MAX_ENTRIES
+    video_max_side: int = 0  # downscale frames so the long side fits (0: as is)
+    vid_stride: int = 1  # infer every Nth frame, reuse the last mask between
+    max_frames: int = 0  # 0: all
+    view_img: bool = False
+
+    def __post_init__(self):
+        if not 0.0 <= self.alpha <= 1.0:
+            raise UserError(f"--alpha {self.alpha} is not valid; use a number from 0 (invisible) to 1 (opaque), e.g. 0.5")
+        object.__setattr__(self, "color", parse_color(self.color))
+        for name in ("batch_size", "io_threads", "vid_stride"):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)} is not valid; use 1 or more")
+        for name in ("video_max_side", "max_frames"):
+            if int(getattr(self, name)) < 0:
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)} is not valid; use 0 (off) or more")
+        if self.zip_max_mb <= 0 or self.zip_max_ratio <= 1:
+            raise UserError("--zip-max-mb must be > 0 and --zip-max-ratio > 1")
+
+
+def run_zip(segmenter, zip_path: Path, output: Path, options: RunOptions, gt_index: dict, progress) -> dict:
+    """Extract safely into a temporary folder, segment, and pack OUT/predictions.zip."""
+    output.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".unzipped-", dir=output) as tmp:
+        try:
+            items = extract_zip(zip_path, Path(tmp), int(options.zip_max_mb * 2**20), options.zip_max_ratio,
+                                options.zip_max_entries)
+        except UserError as exc:  # refused before anything was written: one error row
+            LOG.warning("%s: %s", zip_path.name, exc)
+            with CsvLog(output / "summary.csv") as log:
+                log.write(error_row(zip_path.name, str(exc)))
+            result = summarize([error_row(zip_path.name, str(exc))], [], output)
+        else:
+            result = run_items(segmenter, items, output, options, gt_index, progress)
+    result["predictions_zip"] = pack_outputs(output, output / "predictions.zip")
+    return result
+
+
+def load_item(item: Item):
+    """(item, RGB image or None, error or '') - runs in a reader thread, never raises."""
+    if item.error:
+        return item, None, item.error
+    try:
+        return item, read_image(item.path), ""
+    except Exception as exc:  # noqa: BLE001 - a bad file is a row, not a crash
+        return item, None, str(exc)
+
+
+def prefetch(pool: ThreadPoolExecutor, fn, items, ahead: int):
+    """Like map(fn, items) in order, with up to `ahead` calls running in `pool` in advance."""
+    queue, items = deque(), iter(items)
+    for item in islice(items, ahead):
+        queue.append(pool.submit(fn, item))
+    while queue:
+        yield queue.popleft().result()
+        for item in islice(items, 1):
+            queue.append(pool.submit(fn, item))
+
+
+def predict_loaded(segmenter, batch: list) -> list:
+    """Results (or error strings) for loaded (item, image, error) triples: one batched call, per-item on failure."""
+    good = [image for _, image, error in batch if not error]
+    try:
+        results = iter(segmenter.predict_batch(good) if good else [])
+        return [error or next(results) for _, _, error in batch]
+    except Exception:  # noqa: BLE001 - find the culprit: one image at a time
+        LOG.debug("batched prediction failed; retrying one by one", exc_info=True)
+        out = []
+        for _, image, error in batch:
+            if error:
+                out.append(error)
+                continue
+            try:
+                out.append(segmenter.predict(image))
+            except Exception as exc:  # noqa: BLE001
+                out.append(f"prediction failed: {exc}")
+        return out
+
+
+def run_items(segmenter, items: list[Item], output: Path, options: RunOptions, gt_index: dict, progress) -> dict:
+    """Decode (background threads) -> batched model -> write (background threads) -> summary.csv, in order."""
+    output.mkdir(parents=True, exist_ok=True)
+    multi = int(segmenter.meta.get("num_classes", 1)) > 1
+    if multi:
+        write_png(output / "legend.png", draw_legend(list(segmenter.meta.get("class_names") or [])
+                                                     or [str(c) for c in range(segmenter.meta["num_classes"])]))
+    rows, counts, timings = [], [], []
+    with CsvLog(output / "summary.csv") as log, ThreadPoolExecutor(options.io_threads) as readers, \
+            ThreadPoolExecutor(options.io_threads) as writers:
+        pending: deque = deque()
+
+        def emit():
+            row, count, timing = pending.popleft().result()
+            log.write(row)
+            rows.append(row)
+            if count is not None:
+                counts.append(count)
+            if timing:
+                timings.append(timing)
+            if progress is not None:
+                progress(len(rows), len(items))
+
+        loaded = prefetch(readers, load_item, items, ahead=2 * options.batch_size + 2)
+        while batch := list(islice(loaded, options.batch_size)):
+            start = time.perf_counter()
+            outcomes = predict_loaded(segmenter, batch)
+            share = (time.perf_counter() - start) * 1e3 / len(batch)
+            for (item, image, _), outcome in zip(batch, outcomes):
+                pending.append(writers.submit(finish_item, item, image, outcome, share, output, options, gt_index))
+            while pending and (len(pending) > 2 * options.batch_size or pending[0].done()):
+                emit()
+        while pending:
+            emit()
+    result = summarize(rows, timings, output)
+    if gt_index:
+        result["metrics"] = write_metrics(output / "metrics.json", rows, counts)
+        result["metrics_json"] = output / "metrics.json"
+    return result
+
+
+def finish_item(item: Item, image, outcome, model_ms: float, output: Path, options: RunOptions, gt_index: dict):
+    """Write one item's mask/overlay/probs and build its row -> (row, gt pixel counts, timing). Never raises."""
+    start = time.perf_counter()
+    if isinstance(outcome, str):
+        LOG.warning("%s: %s", item.name, outcome)
+        row = error_row(item.name, outcome)
+        row["ms"] = round(model_ms, 1)
+        return row, None, None
+    row, count = new_row(item.name), None
+    try:
+        mask, probs = outcome.mask, outcome.probs
+        multi = probs.shape[0] > 1
+        write_png(output / "masks" / item.out, mask if multi else mask * 255)
+        if multi:
+            write_png(output / "masks_color" / item.out, colorize(mask))
+        overlay = make_overlay(image, mask, options.color, options.alpha, palette=PALETTE if multi else None)
+        write_png(output / "overlays" / item.out, overlay)
+        if options.save_probs:
+            target = output / "probs" / item.out.with_suffix(".npy")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            np.save(target, probs.astype(np.float16))
+        fill_row(row, mask, outcome.info)
+        count = score(row, mask, find_gt(gt_index, item.name), probs.shape[0])
+    except Exception as exc:  # noqa: BLE001 - a failed write is a row, not a crash
+        LOG.warning("%s: %s", item.name, exc)
+        row.update(status="error", error=str(exc))
+    row["ms"] = round(model_ms + (time.perf_counter() - start) * 1e3, 1)
+    return row, count, outcome.info.get("timing")
+
+
+def summarize(rows: list[dict], timings: list[dict], output: Path) -> dict:
+    statuses = [row["status"] for row in rows]
+    scored = [row for row in rows if row["dice"] != ""]
+    return {
+        "images": len(rows),
+        "ok": statuses.count("ok"),
+        "no_detection": statuses.count("no_detection"),
+        "errors": statuses.count("error"),
+        "with_gt": len(scored),
+        "mean_dice": float(np.mean([float(row["dice"]) for row in scored])) if scored else None,
+        "mean_iou": float(np.mean([float(row["iou"]) for row in scored])) if scored else None,
+        "timing_ms": {key: float(np.mean([t[key] for t in timings])) for key in timings[0]} if timings else {},
+        "masks": output / "masks",
+        "overlays": output / "overlays",
+        "summary_csv": output / "summary.csv",
+    }

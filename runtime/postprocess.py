@@ -1,0 +1,280 @@
+"""Probabilities -> mask, in one documented order, plus overlays and colour masks. numpy + OpenCV only.
+
+The chain (each step optional, always in this order):
+
+    threshold (adaptive | float | otsu) -> close K -> open K -> fill holes
+        -> drop components < A px -> keep the N largest components
+
+Closing first joins a region broken by a thin gap before opening removes specks; holes are
+filled after both so a closed ring is filled; the area filters come last so they judge the
+final shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from utils import UserError
+
+DEFAULT_CASCADE = (0.5, 0.3, 0.15)
+
+# Overlay colours by class id (RGB); class 0 is background and never drawn.
+PALETTE = np.array(
+    [(0, 0, 0), (255, 0, 0), (0, 200, 0), (0, 90, 255), (255, 200, 0), (200, 0, 255), (0, 220, 220),
+     (255, 120, 0), (140, 70, 20), (255, 105, 180), (128, 128, 128)],
+    dtype=np.float32,
+)
+COLOR_NAMES = {
+    "red": (255, 0, 0), "green": (0, 200, 0), "blue": (0, 90, 255), "yellow": (255, 220, 0),
+    "cyan": (0, 220, 220), "magenta": (255, 0, 255), "white": (255, 255, 255), "orange": (255, 140, 0),
+}
+
+
+@dataclass(frozen=True)
+class PostOptions:
+    """Settings of the post-processing chain; 0 / False switches a step off."""
+
+    threshold: str | float = "adaptive"  # 'adaptive', 'otsu' or a float in (0, 1)
+    min_area: int = 64  # px a region needs to count as a detection
+    cascade: tuple[float, ...] = DEFAULT_CASCADE
+    close: int = 0  # kernel size in px
+    open: int = 0
+    fill_holes: bool = False
+    min_component_area: int = 0
+    keep_largest: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "threshold", parse_threshold(self.threshold))
+        for name in ("min_area", "close", "open", "min_component_area", "keep_largest"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 0:
+                flag = "--" + name.replace("_", "-")
+                raise UserError(f"{flag} {value!r} is not valid; use 0 (off) or a positive whole number")
+
+
+# ----------------------------------------------------------------------------- thresholds
+
+
+def parse_threshold(value) -> str | float:
+    """'adaptive', 'otsu' or a float in (0, 1); anything else is a UserError naming --threshold."""
+    if isinstance(value, str) and value.strip().lower() in ("adaptive", "otsu"):
+        return value.strip().lower()
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 0 < number < 1:  # also rejects NaN
+        raise UserError(
+            f"--threshold {value!r} is not valid; use 'adaptive', 'otsu' or a number between 0 and 1, e.g. 0.5"
+        )
+    return number
+
+
+def otsu_level(probs: np.ndarray) -> float | None:
+    """Otsu's threshold of an (H, W) map in [0, 1], or None when the map is flat."""
+    if float(probs.max() - probs.min()) < 1e-6:
+        return None
+    levels = np.clip(np.rint(probs * 255.0), 0, 255).astype(np.uint8)
+    level, _ = cv2.threshold(levels, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return float(level) / 255.0
+
+
+def component_stats(mask: np.ndarray) -> tuple[int, int]:
+    """(number of 8-connected foreground components, pixels in the largest one)."""
+    count, _, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return 0, 0
+    return count - 1, int(stats[1:, cv2.CC_STAT_AREA].max())
+
+
+def apply_threshold(
+    probs: np.ndarray, threshold, min_area: int, cascade=DEFAULT_CASCADE
+) -> tuple[np.ndarray, float | None]:
+    """(H, W) probs -> (uint8 {0, 1} mask, threshold used, or None when nothing was detected).
+
+    'adaptive' tries each cascade level and keeps the first whose mask has a component of at
+    least `min_area` pixels; if none has, the result is an empty mask (a safe negative). A fixed
+    or Otsu threshold keeps its mask as is; the same area test only decides detected or not.
+    """
+    threshold = parse_threshold(threshold)
+    if threshold == "adaptive":
+        levels = [float(t) for t in cascade]
+    elif threshold == "otsu":
+        level = otsu_level(probs)
+        if level is None:
+            return np.zeros(probs.shape, np.uint8), None
+        levels = [level]
+    else:
+        levels = [threshold]
+    mask = np.zeros(probs.shape, np.uint8)
+    for level in levels:
+        mask = (probs > level).astype(np.uint8)
+        if component_stats(mask)[1] >= max(min_area, 1):
+            return mask, round(level, 4)
+    if threshold == "adaptive":
+        return np.zeros(probs.shape, np.uint8), None
+    return mask, None
+
+
+# ----------------------------------------------------------------------------- morphology
+
+
+def _kernel(size: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+
+
+def close_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Morphological closing with a size x size ellipse: bridges gaps narrower than it."""
+    if size <= 1:
+        return mask
+    # Pad so the dilation cannot touch the border and the erosion shrink regions there.
+    pad = size
+    padded = cv2.copyMakeBorder(mask, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+    closed = cv2.morphologyEx(padded, cv2.MORPH_CLOSE, _kernel(size))
+    return closed[pad:-pad, pad:-pad]
+
+
+def open_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Morphological opening with a size x size ellipse: removes specks thinner than it."""
+    if size <= 1:
+        return mask
+    return cv2.morphologyEx(mask, cv2.MORPH_OPEN, _kernel(size))
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill background areas fully enclosed by foreground; bays open to the border stay open."""
+    background = (mask == 0).astype(np.uint8)
+    # 4-connected background pairs with 8-connected foreground: a diagonal gap does not leak.
+    count, labels = cv2.connectedComponents(background, connectivity=4)
+    if count <= 1:
+        return mask
+    border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    outside = np.zeros(count, bool)
+    outside[np.unique(border)] = True
+    outside[0] = True  # label 0 is the foreground itself
+    filled = mask.copy()
+    filled[~outside[labels]] = 1
+    return filled
+
+
+def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """Binary mask without the 8-connected components smaller than `min_area` pixels."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_area  # (count,)
+    keep[0] = False  # label 0 is the background
+    return keep[labels].astype(np.uint8)
+
+
+def keep_largest(mask: np.ndarray, count: int) -> np.ndarray:
+    """Binary mask with only its `count` largest 8-connected components (ties: lower label first)."""
+    total, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+    if total - 1 <= count:
+        return (mask > 0).astype(np.uint8)
+    order = np.argsort(-stats[1:, cv2.CC_STAT_AREA], kind="stable")[:count] + 1
+    keep = np.zeros(total, bool)
+    keep[order] = True
+    return keep[labels].astype(np.uint8)
+
+
+def clean_binary(mask: np.ndarray, options: PostOptions) -> np.ndarray:
+    """The morphology part of the chain on a {0, 1} mask, in the documented order."""
+    mask = close_mask(mask, options.close)
+    mask = open_mask(mask, options.open)
+    if options.fill_holes:
+        mask = fill_holes(mask)
+    if options.min_component_area > 0:
+        mask = remove_small_components(mask, options.min_component_area)
+    if options.keep_largest > 0:
+        mask = keep_largest(mask, options.keep_largest)
+    return mask
+
+
+def postprocess(probs: np.ndarray, options: PostOptions) -> tuple[np.ndarray, dict]:
+    """(C, H, W) probs -> (uint8 mask, info). Binary: {0, 1}; multi-class: class ids (argmax).
+
+    info: threshold (used, or None), detected, max_prob, area_px, components, largest_component_px.
+    """
+    if probs.shape[0] > 1:
+        labels = probs.argmax(axis=0).astype(np.uint8)  # (H, W) class ids
+        mask = np.zeros_like(labels)
+        for cls in range(1, probs.shape[0]):  # clean each class on its own, in class order
+            cleaned = clean_binary((labels == cls).astype(np.uint8), options)
+            mask[(cleaned > 0) & (mask == 0)] = cls
+        used, detected = None, component_stats(mask)[1] >= max(options.min_area, 1)
+        foreground = probs[1:]
+    else:
+        raw, used = apply_threshold(probs[0], options.threshold, options.min_area, options.cascade)
+        detected = used is not None
+        if not detected and isinstance(options.threshold, float):
+            used = options.threshold  # a fixed threshold was still the one applied
+        mask = clean_binary(raw, options)
+        detected = detected and bool(mask.any())
+        foreground = probs
+    count, largest = component_stats(mask)
+    info = {
+        "threshold": used, "detected": detected, "max_prob": float(foreground.max()),
+        "area_px": int(np.count_nonzero(mask)), "components": count, "largest_component_px": largest,
+    }
+    return mask, info
+
+
+# ----------------------------------------------------------------------------- drawing
+
+
+def parse_color(value) -> tuple[int, int, int]:
+    """'red', '#ff0000' or '255,0,0' -> (R, G, B)."""
+    if isinstance(value, (tuple, list)) and len(value) == 3:
+        return tuple(int(v) for v in value)
+    text = str(value).strip().lower()
+    if text in COLOR_NAMES:
+        return COLOR_NAMES[text]
+    try:
+        if text.startswith("#") and len(text) == 7:
+            return tuple(int(text[i: i + 2], 16) for i in (1, 3, 5))
+        parts = tuple(int(p) for p in text.split(","))
+        if len(parts) == 3 and all(0 <= p <= 255 for p in parts):
+            return parts
+    except ValueError:
+        pass
+    raise UserError(
+        f"--color {value!r} is not valid; use a name ({', '.join(COLOR_NAMES)}), '#rrggbb' or 'R,G,B' e.g. 255,0,0"
+    )
+
+
+def make_overlay(
+    image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.5, palette: np.ndarray | None = None
+) -> np.ndarray:
+    """RGB uint8 image with `color` blended in where mask is set; unmasked pixels untouched.
+
+    With a `palette` the mask holds class ids and each class gets its palette colour.
+    """
+    overlay = image.copy()
+    where = mask > 0  # (H, W)
+    if palette is not None:
+        tint = palette[mask[where] % len(palette)]  # (N, 3)
+    else:
+        tint = np.asarray(color, np.float32)
+    blended = image[where].astype(np.float32) * (1.0 - alpha) + tint * alpha
+    overlay[where] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return overlay
+
+
+def colorize(mask: np.ndarray) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) RGB with the palette colour of each class."""
+    return PALETTE[mask % len(PALETTE)].astype(np.uint8)
+
+
+def draw_legend(class_names: list[str], row: int = 24) -> np.ndarray:
+    """An RGB image with one swatch and name per class, for multi-class outputs."""
+    legend = np.full((row * len(class_names) + 8, 260, 3), 255, np.uint8)
+    for cls, name in enumerate(class_names):
+        y = 4 + cls * row
+        color = tuple(int(c) for c in PALETTE[cls % len(PALETTE)])
+        cv2.rectangle(legend, (6, y + 2), (6 + row - 6, y + row - 4), color, -1)
+        cv2.rectangle(legend, (6, y + 2), (6 + row - 6, y + row - 4), (0, 0, 0), 1)
+        cv2.putText(legend, f"{cls}: {name}", (row + 8, y + row - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    return legend

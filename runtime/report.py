@@ -1,0 +1,126 @@
+"""summary.csv rows, ground-truth scores and metrics.json. numpy + OpenCV + utils only."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from utils import UserError, atomic_write_json, dice_iou, list_images, read_mask
+
+CSV_COLUMNS = (
+    "file", "status", "width", "height", "area_px", "area_pct", "threshold", "max_prob",
+    "components", "largest_component_px", "ms", "dice", "iou", "error",
+)
+FRAME_COLUMNS = ("frame", "inferred") + CSV_COLUMNS[1:]
+
+
+class CsvLog:
+    """A CSV written row by row and flushed each time, so a crash loses nothing already done."""
+
+    def __init__(self, path: Path, columns=CSV_COLUMNS):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.columns = path, columns
+        self.fh = open(path, "w", newline="", encoding="utf-8")
+        self.writer = csv.DictWriter(self.fh, fieldnames=columns, extrasaction="ignore")
+        self.writer.writeheader()
+        self.fh.flush()
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow(row)
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def new_row(name: str, columns=CSV_COLUMNS) -> dict:
+    row = dict.fromkeys(columns, "")
+    row["file" if "file" in columns else "frame"] = name
+    return row
+
+
+def fill_row(row: dict, mask: np.ndarray, info: dict) -> None:
+    """Size, area, threshold, max prob and component columns from a prediction's info."""
+    h, w = mask.shape[:2]
+    area = int(info["area_px"])
+    row.update(
+        status="ok" if info["detected"] else "no_detection", width=w, height=h, area_px=area,
+        area_pct=round(100.0 * area / (h * w), 3), threshold="" if info["threshold"] is None else info["threshold"],
+        max_prob=round(float(info["max_prob"]), 4), components=info["components"],
+        largest_component_px=info["largest_component_px"],
+    )
+
+
+def error_row(name: str, reason: str, columns=CSV_COLUMNS) -> dict:
+    row = new_row(name, columns)
+    row.update(status="error", error=reason)
+    return row
+
+
+# ----------------------------------------------------------------------------- ground truth
+
+
+def load_gt_index(gt_dir) -> dict[str, Path]:
+    """Ground-truth masks by relative path without suffix and by bare stem (first one wins)."""
+    if gt_dir is None:
+        return {}
+    gt_dir = Path(gt_dir)
+    if not gt_dir.is_dir():
+        raise UserError(f"ground-truth folder not found: {gt_dir} (check --gt)")
+    index: dict[str, Path] = {}
+    for path in list_images(gt_dir):
+        index.setdefault(path.relative_to(gt_dir).with_suffix("").as_posix(), path)
+        index.setdefault(path.stem, path)
+    return index
+
+
+def find_gt(gt_index: dict[str, Path], name: str) -> Path | None:
+    """The ground-truth mask for image `name`: same relative path first, then same stem."""
+    rel = Path(name).with_suffix("")
+    return gt_index.get(rel.as_posix()) or gt_index.get(rel.name)
+
+
+def score(row: dict, mask: np.ndarray, gt_path: Path | None, num_classes: int) -> tuple[int, int, int] | None:
+    """Add foreground Dice/IoU to `row`; returns (intersection, predicted, true) pixels for pooling.
+
+    A bad ground-truth mask is noted in the error column; the prediction stays.
+    """
+    if gt_path is None:
+        return None
+    try:
+        gt = read_mask(gt_path, num_classes)
+    except UserError as exc:
+        row["error"] = f"ground truth: {exc}"
+        return None
+    if gt.shape != mask.shape:
+        gt_size, image_size = f"{gt.shape[1]}x{gt.shape[0]}", f"{mask.shape[1]}x{mask.shape[0]}"
+        row["error"] = f"ground truth {gt_path.name} is {gt_size} but the image is {image_size}"
+        return None
+    pred, true = mask > 0, gt > 0
+    dice, iou = dice_iou(pred, true)
+    row.update(dice=round(dice, 4), iou=round(iou, 4))
+    return int(np.logical_and(pred, true).sum()), int(pred.sum()), int(true.sum())
+
+
+def write_metrics(path: Path, rows: list[dict], counts: list[tuple[int, int, int]]) -> dict:
+    """metrics.json: mean per-image Dice/IoU and Dice/IoU pooled over all pixels."""
+    scored = [row for row in rows if row["dice"] != ""]
+    inter = sum(c[0] for c in counts)
+    total = sum(c[1] + c[2] for c in counts)
+    metrics = {
+        "images_with_gt": len(scored),
+        "mean_dice": float(np.mean([float(r["dice"]) for r in scored])) if scored else None,
+        "mean_iou": float(np.mean([float(r["iou"]) for r in scored])) if scored else None,
+        "pixel_dice": (2 * inter / total if total else 1.0) if counts else None,
+        "pixel_iou": (inter / (total - inter) if total else 1.0) if counts else None,
+    }
+    atomic_write_json(path, metrics)
+    return metrics
