@@ -139,14 +139,15 @@ def resolve_class_weights(cfg: Config, entries: list[CacheEntry], train_idx: lis
 
 
 def per_image_scores(logits: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     threshold: float = 0.5) -> torch.Tensor:
+                     threshold: float = 0.5, from_probs: bool = False) -> torch.Tensor:
     """(B, 2, K) per-image [dice, iou] for each of the K foreground classes; both empty counts as 1.
 
     Binary: logits/target (B, 1, H, W), K = 1. Multi-class: logits (B, C, H, W), target (B, H, W)
-    class ids, K = C - 1 (class 0 is background).
+    class ids, K = C - 1 (class 0 is background). from_probs: `logits` already holds probabilities.
     """
     if num_classes == 1:
-        pred = (torch.sigmoid(logits.float()) > threshold).flatten(1).float()[:, None]  # (B, 1, N)
+        probs = logits.float() if from_probs else torch.sigmoid(logits.float())
+        pred = (probs > threshold).flatten(1).float()[:, None]  # (B, 1, N)
         true = target.flatten(1).float()[:, None]
     else:
         classes = torch.arange(1, num_classes, device=logits.device)[None, :, None]
@@ -189,9 +190,10 @@ class OOFStats:
     iou_sum: np.ndarray = field(default_factory=lambda: np.zeros(len(THRESHOLD_GRID)))
     count: int = 0
 
-    def add(self, logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> None:
+    def add(self, logits: torch.Tensor, target: torch.Tensor, num_classes: int, from_probs: bool = False) -> None:
         for i, thr in enumerate(THRESHOLD_GRID):
-            scores = per_image_scores(logits, target, num_classes, thr).mean(-1).double().sum(0).cpu().numpy()
+            scores = per_image_scores(logits, target, num_classes, thr, from_probs)
+            scores = scores.mean(-1).double().sum(0).cpu().numpy()
             self.dice_sum[i] += scores[0]
             self.iou_sum[i] += scores[1]
         self.count += logits.shape[0]
@@ -493,26 +495,50 @@ def evaluate_checkpoint(cfg: Config, path: Path, entries, indices, device, oof: 
     return evaluate(model, loader, build_loss(cfg.classes, cfg.dice_weight, cfg.bce_weight).to(device), cfg, device, oof)
 
 
-def summarize(fold_scores: dict[int, dict], oof: OOFStats, test_scores: dict[int, dict]) -> dict:
+@torch.inference_mode()
+def score_original_resolution(cfg: Config, path: Path, sources: list, device, oof: OOFStats) -> None:
+    """Score a fold model as the runtime will: the shared torch-free preprocessing, the output mapped
+    back to each source image's own size, compared with the source mask."""
+    from utils import IMAGENET_MEAN, IMAGENET_STD, preprocess, read_image, restore_size
+
+    model = build_model(cfg.arch, cfg.encoder, None, cfg.classes).to(device).eval()
+    load_checkpoint(model, path)
+    meta = {"input_size": cfg.input_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "stride": 32}
+    for source in sources:
+        image, mask = read_image(source.image_path), source.load_mask(cfg.classes)
+        chw, valid_hw = preprocess(image, meta)  # (3, H', W')
+        with autocast(cfg, device):
+            logits = model(torch.from_numpy(chw)[None].to(device)).float()[0]
+        probs = torch.sigmoid(logits) if cfg.classes == 1 else torch.softmax(logits, 0)
+        probs = torch.from_numpy(restore_size(probs.cpu().numpy(), valid_hw, image.shape[:2]))  # (C, H, W)
+        target = torch.from_numpy(mask.astype(np.int64))
+        oof.add(probs[None], target[None, None] if cfg.classes == 1 else target[None], cfg.classes, from_probs=True)
+
+
+def summarize(fold_scores: dict[int, dict], oof: OOFStats, oof_original: OOFStats,
+              test_scores: dict[int, dict]) -> dict:
     dice = np.array([s["dice"] for s in fold_scores.values()])
     iou = np.array([s["iou"] for s in fold_scores.values()])
-    threshold, oof_dice_best, oof_iou_best = oof.best()
-    oof_dice, oof_iou = oof.at(0.5)
+    threshold, oof_dice_best, oof_iou_best = oof_original.best()
+    oof_dice, oof_iou = oof_original.at(0.5)
+    cached_dice, cached_iou = oof.at(0.5)
     summary = {
         "folds": {str(k): v for k, v in fold_scores.items()},
         "dice_mean": float(dice.mean()), "dice_std": float(dice.std()),
         "iou_mean": float(iou.mean()), "iou_std": float(iou.std()),
-        "oof_dice": oof_dice, "oof_iou": oof_iou, "oof_images": oof.count,
+        "oof_dice": oof_dice, "oof_iou": oof_iou, "oof_images": oof_original.count,
         "best_threshold": threshold, "oof_dice_at_best_threshold": oof_dice_best,
         "oof_iou_at_best_threshold": oof_iou_best,
-        "note": "per-image scores at the cached training resolution (long side = INPUT_SIZE)",
+        "oof_dice_cached_resolution": cached_dice, "oof_iou_cached_resolution": cached_iou,
+        "note": "fold dice/iou: per-image means at the training resolution; oof_*: per-image means at each "
+                "image's original resolution (as inference.py scores), threshold 0.5 unless named",
     }
     if test_scores:
         summary["test"] = {str(k): v for k, v in test_scores.items()}
     return summary
 
 
-def prepare(cfg: Config) -> tuple[list[CacheEntry], torch.device]:
+def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     work = Path(cfg.work_dir)
     setup_logging(work / "logs" / "training.log")
     LOG.info("config:\n%s", describe(cfg))
@@ -525,29 +551,32 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], torch.device]:
     sources = collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, cfg.raw_json_path)
     entries = build_cache(sources, work, cfg.input_size, cfg.classes,
                           progress=lambda it: tqdm(it, desc="cache", leave=False, dynamic_ncols=True, disable=None))
-    return entries, device
+    return entries, {s.key: s for s in sources}, device
 
 
 def run(cfg: Config) -> dict:
     """The whole training job; returns the CV summary."""
-    entries, device = prepare(cfg)
+    entries, sources, device = prepare(cfg)
     work = Path(cfg.work_dir)
     splits, fold_ids, test_idx = resolve_splits(cfg, entries)
     atomic_write_json(work / "folds.json", {str(k): [entries[i].key for i in va] for k, (_, va) in enumerate(splits)})
     metrics, tracker = MetricsLog(work / "logs" / "metrics.json"), Tracker(cfg.tracker, work / "logs", cfg.to_dict())
-    oof, fold_scores, test_scores, best_paths = OOFStats(), {}, {}, {}
+    oof, oof_original, fold_scores, test_scores, best_paths = OOFStats(), OOFStats(), {}, {}, {}
     try:
         for fold in fold_ids:
             best_paths[fold] = train_fold(cfg, fold, entries, splits[fold], device, metrics, tracker)
             fold_scores[fold] = evaluate_checkpoint(cfg, best_paths[fold], entries, splits[fold][1], device, oof)
+            score_original_resolution(cfg, best_paths[fold], [sources[entries[i].key] for i in splits[fold][1]],
+                                      device, oof_original)
             LOG.info("fold %d best: val dice %.4f iou %.4f", fold, fold_scores[fold]["dice"], fold_scores[fold]["iou"])
             if test_idx:
                 test_scores[fold] = evaluate_checkpoint(cfg, best_paths[fold], entries, test_idx, device)
     finally:
         tracker.close()
-    summary = summarize(fold_scores, oof, test_scores)
+    summary = summarize(fold_scores, oof, oof_original, test_scores)
     atomic_write_json(work / "cv_summary.json", summary)
-    LOG.info("CV dice %.4f ± %.4f, IoU %.4f ± %.4f; out-of-fold dice %.4f; best threshold %.2f (oof dice %.4f)",
+    LOG.info("CV dice %.4f ± %.4f, IoU %.4f ± %.4f; out-of-fold dice at original size %.4f; "
+             "best threshold %.2f (oof dice %.4f)",
              summary["dice_mean"], summary["dice_std"], summary["iou_mean"], summary["iou_std"],
              summary["oof_dice"], summary["best_threshold"], summary["oof_dice_at_best_threshold"])
     if cfg.export:

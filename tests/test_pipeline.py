@@ -21,3 +21,35 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         mask = cv2.imread(str(work / "predictions" / "masks" / row["file"]), cv2.IMREAD_GRAYSCALE)
         assert mask.shape == image.shape[:2] and row["dice"] != ""
     assert (work / "run" / "demo.onnx").is_file()
+
+
+def test_runtime_reproduces_the_trainers_original_resolution_dice(trained_run, tmp_path):
+    """inference.py --gt on a fold's validation images == train.py's original-size scoring of that fold."""
+    import json
+    import shutil
+
+    import torch
+
+    import export
+    import inference
+    import train
+    from config import Config
+    from dataset import pair_by_stem
+
+    cfg = Config(**json.loads((trained_run / "config.json").read_text()))
+    val_keys = json.loads((trained_run / "folds.json").read_text())["0"]
+    sources = {s.key: s for s in pair_by_stem(cfg.raw_img_dir, cfg.raw_mask_dir)}
+    val_dir = tmp_path / "val"
+    for folder in ("images", "masks"):
+        (val_dir / folder).mkdir(parents=True)
+    for key in val_keys:
+        shutil.copy(sources[key].image_path, val_dir / "images")
+        shutil.copy(sources[key].mask_path, val_dir / "masks")
+
+    oof = train.OOFStats()
+    best = trained_run / "models" / "fold0_best.pt"
+    train.score_original_resolution(cfg, best, [sources[k] for k in val_keys], torch.device("cpu"), oof)
+    onnx_path = export.export_onnx(trained_run, folds=[0], output=tmp_path / "fold0.onnx")
+    result = inference.run_folder(inference.Segmenter(onnx_path, device="cpu"), val_dir / "images",
+                                  tmp_path / "out", threshold=0.5, min_area=0, gt_dir=val_dir / "masks")
+    assert abs(result["mean_dice"] - oof.at(0.5)[0]) < 1e-3
