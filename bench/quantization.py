@@ -1,0 +1,78 @@
+"""int8 vs fp32: latency measured side by side in one run, and Dice on a labelled folder.
+
+    python export.py --work-dir runs/horse --int8          # writes runs/horse/horse.int8.onnx
+    python bench/quantization.py --fp32 runs/horse/horse.onnx --int8 runs/horse/horse.int8.onnx \
+        --val-dir ../shared/data/weizmann_horse --split val
+
+Latency: one preprocessed image, a warm-up, then ROUNDS rounds that alternate the two models so that
+machine noise hits both alike; the table shows medians and the ratio. Dice: mean per-image Dice at the
+model's threshold over every image of the folder (each at its original size). Writes JSON to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from export import evaluate, load_pairs  # noqa: E402
+from utils import decode_metadata, preprocess, read_image  # noqa: E402
+
+
+def session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def side_by_side_ms(paths: dict[str, Path], x: np.ndarray, rounds: int, threads: int) -> dict[str, list[float]]:
+    sessions = {name: session(p, threads) for name, p in paths.items()}
+    for s in sessions.values():  # warm-up
+        s.run(None, {"image": x})
+    times = {name: [] for name in sessions}
+    for _ in range(rounds):
+        for name, s in sessions.items():
+            start = time.perf_counter()
+            s.run(None, {"image": x})
+            times[name].append(1000 * (time.perf_counter() - start))
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--fp32", required=True, type=Path)
+    parser.add_argument("--int8", required=True, type=Path)
+    parser.add_argument("--val-dir", required=True, type=Path, help="folder with images/ and masks/")
+    parser.add_argument("--split", default="", help="subfolder of images/ and masks/, e.g. val")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/quantization.json"))
+    args = parser.parse_args()
+
+    meta, _ = decode_metadata(session(args.fp32, 1).get_modelmeta().custom_metadata_map)
+    pairs = load_pairs(args.val_dir / "images" / args.split, args.val_dir / "masks" / args.split, None)
+    x = preprocess(read_image(pairs[0][0]), meta)[0][None]  # (1, 3, H, W)
+    times = side_by_side_ms({"fp32": args.fp32, "int8": args.int8}, x, args.rounds, args.threads)
+    dice = {name: evaluate(path, pairs, meta)[0] for name, path in (("fp32", args.fp32), ("int8", args.int8))}
+    median = {name: float(np.median(t)) for name, t in times.items()}
+    result = {"input_shape": list(x.shape), "rounds": args.rounds, "threads": args.threads, "images": len(pairs),
+              "median_ms": median, "speedup": median["fp32"] / median["int8"], "dice": dice,
+              "dice_delta": dice["int8"] - dice["fp32"]}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"| model | median ms ({args.rounds} rounds, input {tuple(x.shape)}) | Dice ({len(pairs)} images) |")
+    print("| --- | --- | --- |")
+    for name in ("fp32", "int8"):
+        print(f"| {name} | {median[name]:.1f} | {dice[name]:.4f} |")
+    print(f"speed-up int8/fp32: {result['speedup']:.2f}x   Dice change: {result['dice_delta']:+.4f}")
+
+
+if __name__ == "__main__":
+    main()
