@@ -76,3 +76,12 @@ def test_cli_bad_env_is_one_clear_line_not_a_traceback():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "EPOCHS='abc'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_lists_every_setting_with_env_var_and_default():
+    from config import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    for field in FIELDS:
+        assert f"(env {field.env}, default {field.default!r})" in text, field.name
+        assert field.all_flags[0] in text

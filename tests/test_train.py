@@ -247,3 +247,11 @@ def test_kill_9_mid_run_then_resume(tmp_path):
     records = json.loads((work / "logs" / "metrics.json").read_text())
     assert sorted(r["epoch"] for r in records if r["kind"] == "epoch") == [0, 1, 2, 3, 4]  # each exactly once
     assert torch.load(last, weights_only=True)["state"]["finished"] is True
+
+
+def test_amp_bf16_on_cpu_trains(tmp_path):
+    data = write_blobs(tmp_path / "data", 12)
+    summary = train.run(load_config(tiny_argv(data, tmp_path / "work", use_amp="true", fold_ids="0", export="false"),
+                                    environ={}))
+    records = json.loads((tmp_path / "work" / "logs" / "metrics.json").read_text())
+    assert np.isfinite(records[-1]["train_loss"]) and 0 <= summary["dice_mean"] <= 1
