@@ -167,6 +167,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
