@@ -1,0 +1,420 @@
+"""Web page on the runtime engine: single image, batch ZIP and video, for people who never open a terminal.
+
+Run book (needs requirements-app.txt: the runtime side plus streamlit; never torch):
+
+    pip install -r requirements-app.txt
+    MODEL_PATH=runs/horse/horse.onnx streamlit run app.py        # the model path can also be typed in the sidebar
+    streamlit run app.py --server.port 8502 --server.headless true
+
+Everything runs through `inference.Segmenter` and `inference.run`, exactly as the CLI does: the page
+adds widgets, progress bars and downloads, never a second copy of pre- or post-processing.
+Upload limits live in .streamlit/config.toml (server.maxUploadSize) and UPLOAD_LIMIT_MB below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import streamlit as st
+
+from inference import PROVIDER_CHOICES, TTA_FLIPS, RunOptions, Segmenter, run
+from runtime.postprocess import PALETTE, colorize, draw_legend, make_overlay
+from runtime.report import fill_row, new_row
+from utils import LOG, UserError, dice_iou, read_image, read_mask, resize_long_side, setup_logging, write_png
+
+# Upload limits per mode, in MB; the server-wide cap (.streamlit/config.toml) must be at least the largest.
+UPLOAD_LIMIT_MB = {"image": 25, "mask": 25, "zip": 200, "video": 200}
+IMAGE_TYPES = ["jpg", "jpeg", "png"]
+MASK_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"]
+VIDEO_TYPES = ["mp4", "avi", "mov", "mkv"]
+MODES = ("Single image", "Batch ZIP", "Video")
+# Browsers cannot play the engine's MPEG-4 Part 2 (mp4v) or AVI output, so the page shows a VP8 WebM copy.
+PREVIEW_FORMAT = ("VP80", ".webm", "video/webm")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the sidebar decides; hashable, so it keys the cached results of a run."""
+
+    model_path: str
+    device: str = "auto"
+    threads: int = 0
+    tta: str = "none"
+    threshold: str | float = "adaptive"
+    close: int = 0
+    open: int = 0
+    fill_holes: bool = False
+    alpha: float = 0.5
+    image_max_side: int = 2048  # 0: as is
+    video_max_side: int = 640
+    vid_stride: int = 1
+
+    def post(self) -> dict:
+        """The Segmenter's post-processing options (PostOptions fields)."""
+        return dict(threshold=self.threshold, close=self.close, open=self.open, fill_holes=self.fill_holes)
+
+
+def read_env(environ) -> dict:
+    """The page's only config read: defaults from the environment (the page is an entry point)."""
+    return {"model_path": environ.get("MODEL_PATH", "model.onnx")}
+
+
+# ----------------------------------------------------------------------------- engine glue
+
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=4)
+def load_segmenter(model_path: str, stamp: tuple, device: str, threads: int, tta: str) -> Segmenter:
+    """One ONNX Runtime session per model file (and its mtime/size stamp), device, threads and TTA.
+
+    Post-processing options are not part of the key: `with_options` copies the segmenter around the
+    same session, so moving a slider never reloads the model.
+    """
+    return Segmenter(model_path, device=device, threads=threads, tta=tta)
+
+
+@st.cache_resource
+def configure_logging() -> bool:
+    setup_logging()
+    return True
+
+
+def open_segmenter(settings: Settings) -> Segmenter:
+    path = Path(settings.model_path).expanduser()
+    if not settings.model_path.strip() or not path.is_file():
+        raise UserError(f"model file not found: {settings.model_path!r}. Type the path of an .onnx file from "
+                        "export.py in the sidebar, or start the page with MODEL_PATH=path/to/model.onnx")
+    stat = path.stat()
+    segmenter = load_segmenter(str(path), (stat.st_mtime_ns, stat.st_size), settings.device, settings.threads,
+                               settings.tta)
+    return segmenter.with_options(**settings.post())
+
+
+def safe_name(name: str, default: str = "upload") -> str:
+    """A file name of the upload that is safe to write in our own temporary folder."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name or default).name).strip("._") or default
+    return stem[:120]
+
+
+def save_upload(upload, folder: Path, kind: str) -> Path:
+    """Write an uploaded file into `folder`, refusing it when over the mode's limit."""
+    limit = UPLOAD_LIMIT_MB[kind]
+    if upload.size > limit * 2**20:
+        raise UserError(f"{upload.name} is {upload.size / 2**20:.1f} MB, more than the {limit} MB limit for "
+                        f"{kind} uploads; upload a smaller file")
+    path = folder / safe_name(upload.name)
+    path.write_bytes(upload.getvalue())
+    return path
+
+
+@contextmanager
+def shown_errors(folder: Path | None = None):
+    """Turn any failure into a readable st.error (never a traceback); hide our temporary folder in it."""
+    try:
+        yield
+    except UserError as exc:
+        st.error(strip_folder(str(exc), folder))
+    except Exception as exc:  # noqa: BLE001 - the page must keep running
+        LOG.exception("unexpected error in the app")
+        st.error(f"Something went wrong: {strip_folder(str(exc), folder) or type(exc).__name__}. "
+                 "Check the input and the sidebar settings; the server log has the details.")
+
+
+def strip_folder(text: str, folder: Path | None) -> str:
+    return text.replace(str(folder) + os.sep, "").replace(str(folder), "") if folder else text
+
+
+def png_bytes(image: np.ndarray, folder: Path, name: str) -> bytes:
+    """PNG bytes through the engine's own writer."""
+    write_png(folder / name, image)
+    return (folder / name).read_bytes()
+
+
+def progress_callback(bar, unit: str):
+    def update(done: int, total: int | None) -> None:
+        fraction = min(done / total, 1.0) if total else 0.0
+        bar.progress(fraction, text=f"{done}/{total} {unit}" if total else f"{done} {unit}")
+    return update
+
+
+# ----------------------------------------------------------------------------- sidebar
+
+
+def sidebar(defaults: dict) -> Settings:
+    st.sidebar.header("Model")
+    model_path = st.sidebar.text_input("Model (.onnx path)", value=defaults["model_path"], key="model_path")
+    device = st.sidebar.selectbox("Device", PROVIDER_CHOICES, key="device",
+                                  help="auto tries TensorRT > CUDA > CPU; a GPU that cannot run falls back to CPU")
+    threads = int(st.sidebar.number_input("CPU threads (0 = automatic)", 0, 64, 0, key="threads"))
+    tta = st.sidebar.selectbox("Flip TTA", tuple(TTA_FLIPS), key="tta")
+    st.sidebar.header("Threshold")
+    mode = st.sidebar.radio("Threshold mode", ("adaptive", "fixed"), key="threshold_mode", horizontal=True,
+                            help="adaptive: the model's cascade (e.g. 0.5 -> 0.3 -> 0.15)")
+    threshold = "adaptive"
+    if mode == "fixed":
+        threshold = float(st.sidebar.slider("Fixed threshold", 0.01, 0.99, 0.5, 0.01, key="threshold"))
+    st.sidebar.header("Post-processing")
+    close = int(st.sidebar.number_input("Closing kernel (px, 0 = off)", 0, 101, 0, key="close"))
+    open_ = int(st.sidebar.number_input("Opening kernel (px, 0 = off)", 0, 101, 0, key="open"))
+    fill = st.sidebar.checkbox("Fill holes", key="fill_holes")
+    alpha = float(st.sidebar.slider("Overlay alpha", 0.0, 1.0, 0.5, 0.05, key="alpha"))
+    st.sidebar.header("Size")
+    image_max = int(st.sidebar.number_input("Image max long side (px, 0 = as is)", 0, 16384, 2048, 64,
+                                            key="image_max_side"))
+    video_max = int(st.sidebar.number_input("Video max long side (px, 0 = as is)", 0, 8192, 640, 64,
+                                            key="video_max_side"))
+    stride = int(st.sidebar.number_input("Video: infer every Nth frame", 1, 100, 1, key="vid_stride"))
+    return Settings(model_path.strip(), device, threads, tta, threshold, close, open_, fill, alpha, image_max,
+                    video_max, stride)
+
+
+def show_metadata(segmenter: Segmenter) -> None:
+    meta = segmenter.meta
+    with st.sidebar.expander("Model metadata"):
+        if not segmenter.has_metadata:
+            st.warning("This model has no 'segmentation' metadata; defaults are used. Re-export it with export.py.")
+        st.markdown(
+            f"- **arch**: {meta.get('arch')} / {meta.get('encoder')}\n"
+            f"- **classes**: {meta.get('num_classes')} ({', '.join(map(str, meta.get('class_names') or []))})\n"
+            f"- **threshold** (CV): {meta.get('threshold', 'n/a')}\n"
+            f"- **folds**: {meta.get('folds', 'n/a')}\n"
+            f"- **running on**: {segmenter.providers[0]}"
+        )
+        st.json(meta, expanded=False)
+
+
+# ----------------------------------------------------------------------------- single image
+
+
+def predict_image(segmenter: Segmenter, image: np.ndarray, settings: Settings) -> dict:
+    """Mask, overlay and the summary row of one RGB image (downscaled to the max long side first)."""
+    original_hw = image.shape[:2]
+    if settings.image_max_side and max(original_hw) > settings.image_max_side:
+        image = resize_long_side(image, settings.image_max_side)
+    result = segmenter.predict(image)
+    multi = result.probs.shape[0] > 1
+    row = new_row("image")
+    fill_row(row, result.mask, result.info)
+    return {
+        "image": image, "mask": result.mask, "multi": multi, "row": row, "original_hw": original_hw,
+        "mask_view": colorize(result.mask) if multi else result.mask * 255,
+        "overlay": make_overlay(image, result.mask, alpha=settings.alpha, palette=PALETTE if multi else None),
+    }
+
+
+def compare_gt(mask: np.ndarray, gt_path: Path, num_classes: int, original_hw: tuple) -> tuple[np.ndarray, float, float]:
+    """(ground truth at the mask's size, foreground Dice, IoU); the GT must match the uploaded image's size."""
+    gt = read_mask(gt_path, num_classes)
+    if gt.shape != tuple(original_hw):
+        raise UserError(f"the ground-truth mask is {gt.shape[1]}x{gt.shape[0]} but the image is "
+                        f"{original_hw[1]}x{original_hw[0]}; upload the mask that belongs to this image")
+    if gt.shape != mask.shape:  # the image was downscaled to the max long side
+        gt = cv2.resize(gt, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_NEAREST)
+    dice, iou = dice_iou(mask > 0, gt > 0)
+    return gt, dice, iou
+
+
+def single_image_mode(settings: Settings, segmenter: Segmenter) -> None:
+    upload = st.file_uploader("Image (JPG/PNG)", type=IMAGE_TYPES, key="image_upload",
+                              max_upload_size=UPLOAD_LIMIT_MB["image"])
+    gt_upload = st.file_uploader("Ground-truth mask (optional)", type=MASK_TYPES, key="gt_upload",
+                                 max_upload_size=UPLOAD_LIMIT_MB["mask"])
+    if upload is None:
+        st.info("Upload an image to segment it.")
+        return
+    with tempfile.TemporaryDirectory(prefix="segapp-") as tmp, shown_errors(Path(tmp)):
+        folder = Path(tmp)
+        out = predict_image(segmenter, read_image(save_upload(upload, folder, "image")), settings)
+        show_prediction(out, upload.name, folder)
+        if out["multi"]:
+            names = list(segmenter.meta.get("class_names") or range(segmenter.meta["num_classes"]))
+            st.image(draw_legend([str(n) for n in names]), caption="Class colours")
+        if gt_upload is not None:
+            gt, dice, iou = compare_gt(out["mask"], save_upload(gt_upload, folder, "mask"),
+                                       int(segmenter.meta.get("num_classes", 1)), out["original_hw"])
+            show_gt(out, gt, dice, iou)
+
+
+def show_prediction(out: dict, name: str, folder: Path) -> None:
+    row, (h, w) = out["row"], out["image"].shape[:2]
+    columns = st.columns(3)
+    columns[0].image(out["image"], caption=f"Input {w}x{h}", width="stretch")
+    columns[1].image(out["mask_view"], caption="Mask", width="stretch")
+    columns[2].image(out["overlay"], caption="Overlay", width="stretch")
+    if tuple(out["original_hw"]) != (h, w):
+        st.caption(f"Downscaled from {out['original_hw'][1]}x{out['original_hw'][0]} (image max long side).")
+    threshold = "n/a (argmax)" if row["threshold"] == "" else f"{float(row['threshold']):.3f}"
+    metrics = st.columns(4)
+    metrics[0].metric("Area", f"{row['area_px']} px")
+    metrics[1].metric("Area %", f"{row['area_pct']:.2f} %")
+    metrics[2].metric("Threshold used", threshold)
+    metrics[3].metric("Components", row["components"])
+    if row["status"] == "no_detection":
+        st.warning("Nothing detected: try a fixed, lower threshold in the sidebar.")
+    stem = Path(safe_name(name)).stem
+    downloads = st.columns(2)
+    downloads[0].download_button("Download mask PNG", png_bytes(out["mask"] if out["multi"] else out["mask_view"],
+                                 folder, "mask.png"), f"{stem}_mask.png", "image/png", on_click="ignore")
+    downloads[1].download_button("Download overlay PNG", png_bytes(out["overlay"], folder, "overlay.png"),
+                                 f"{stem}_overlay.png", "image/png", on_click="ignore")
+
+
+def show_gt(out: dict, gt: np.ndarray, dice: float, iou: float) -> None:
+    st.subheader("Prediction vs ground truth")
+    gt_view = colorize(gt) if out["multi"] else gt * 255
+    columns = st.columns(2)
+    columns[0].image(out["mask_view"], caption="Prediction", width="stretch")
+    columns[1].image(gt_view, caption="Ground truth", width="stretch")
+    scores = st.columns(2)
+    scores[0].metric("Dice", f"{dice:.4f}")
+    scores[1].metric("IoU", f"{iou:.4f}")
+
+
+# ----------------------------------------------------------------------------- batch ZIP and video
+
+
+def cached_run(kind: str, upload, settings: Settings, segmenter: Segmenter) -> dict | None:
+    """Run `inference.run` on an upload once; reruns of the page (a widget, a download) reuse the result."""
+    key = (kind, upload.file_id, dataclasses.astuple(settings))
+    stored = st.session_state.get("last_run")
+    if stored is not None and stored["key"] == key:
+        return stored
+    st.session_state.pop("last_run", None)  # free the previous result's bytes
+    with tempfile.TemporaryDirectory(prefix="segapp-") as tmp, shown_errors(Path(tmp)):
+        folder = Path(tmp)
+        source = save_upload(upload, folder, kind)
+        bar = st.progress(0.0, text="starting")
+        options = RunOptions(alpha=settings.alpha, video_max_side=settings.video_max_side,
+                             vid_stride=settings.vid_stride)
+        result = run(segmenter, source, folder / "out", options,
+                     progress=progress_callback(bar, "frames" if kind == "video" else "images"))
+        bar.progress(1.0, text="done")
+        stored = collect_outputs(kind, result, folder)
+        stored["key"] = key
+        st.session_state["last_run"] = stored
+        return stored
+    return None
+
+
+def collect_outputs(kind: str, result: dict, folder: Path) -> dict:
+    """Read what a run wrote into memory (the temporary folder goes away) and clean its messages."""
+    import pandas as pd  # streamlit's own dependency; only needed here
+
+    table = pd.read_csv(result["summary_csv"])  # empty cells (no GT, no error) become NaN: numeric columns
+    reasons = table["error"].dropna() if "error" in table else []
+    stored = {"result": {k: v for k, v in result.items() if not isinstance(v, Path)}, "table": table,
+              "errors": [strip_folder(str(reason), folder) for reason in reasons]}
+    if result.get("predictions_zip"):
+        stored["zip"] = Path(result["predictions_zip"]).read_bytes()
+    if result.get("video"):
+        video = Path(result["video"])
+        stored["video"], stored["video_name"] = video.read_bytes(), video.name
+        stored["preview"] = browser_preview(video)
+    return stored
+
+
+def browser_preview(video: Path) -> bytes | None:
+    """A VP8 WebM copy a browser can play (frames re-encoded as they are), or None without that encoder."""
+    fourcc, suffix, _ = PREVIEW_FORMAT
+    capture = cv2.VideoCapture(str(video))
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    target, writer = video.with_name(video.stem + "_preview" + suffix), None
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            if writer is None:
+                writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*fourcc), fps,
+                                         (frame.shape[1], frame.shape[0]))
+                if not writer.isOpened():
+                    return None
+            writer.write(frame)
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    return target.read_bytes() if target.is_file() and target.stat().st_size else None
+
+
+def zip_mode(settings: Settings, segmenter: Segmenter) -> None:
+    upload = st.file_uploader("ZIP of images", type=["zip"], key="zip_upload", max_upload_size=UPLOAD_LIMIT_MB["zip"])
+    if upload is None:
+        st.info("Upload a .zip of JPG/PNG images; you get masks, overlays and summary.csv in predictions.zip.")
+        return
+    stored = cached_run("zip", upload, settings, segmenter)
+    if stored is None:
+        return
+    result = stored["result"]
+    if result["images"] == result["errors"]:
+        st.error("No image could be segmented: " + "; ".join(stored["errors"][:3]))
+    elif result["errors"]:
+        st.warning(f"{result['errors']} of {result['images']} file(s) failed; see the error column.")
+    counts = st.columns(4)
+    for column, (label, key) in zip(counts, (("Images", "images"), ("OK", "ok"), ("No detection", "no_detection"),
+                                             ("Errors", "errors"))):
+        column.metric(label, result[key])
+    st.dataframe(stored["table"], hide_index=True)
+    if "zip" in stored and result["images"] > result["errors"]:
+        st.download_button("Download predictions.zip", stored["zip"], "predictions.zip", "application/zip",
+                           on_click="ignore")
+
+
+def video_mode(settings: Settings, segmenter: Segmenter) -> None:
+    upload = st.file_uploader("Video (MP4/AVI/MOV/MKV)", type=VIDEO_TYPES, key="video_upload",
+                              max_upload_size=UPLOAD_LIMIT_MB["video"])
+    if upload is None:
+        st.info("Upload a video; every Nth frame is segmented (sidebar) and the annotated video comes back.")
+        return
+    stored = cached_run("video", upload, settings, segmenter)
+    if stored is None:
+        return
+    result = stored["result"]
+    if not stored.get("video"):
+        reason = "; ".join(stored["errors"][:1]) or "no frames could be read"
+        st.error(f"Cannot decode the video {upload.name}: {reason}. Upload an MP4/AVI/MOV/MKV file that plays.")
+        return
+    st.caption(f"{result['images']} frames, {result['inferences']} inferred, {result['errors']} errors.")
+    name = stored["video_name"]
+    if stored.get("preview"):
+        st.video(stored["preview"], format=PREVIEW_FORMAT[2])
+    elif name.endswith(".mp4"):
+        st.video(stored["video"], format="video/mp4")
+    if name.endswith(".avi"):
+        st.info("No MP4 encoder was available, so the annotated video is an AVI; browsers cannot play AVI "
+                "files" + (" (the player above shows a WebM copy)" if stored.get("preview") else "")
+                + ". Download it and open it in a video player.")
+    mime = "video/mp4" if name.endswith(".mp4") else "video/x-msvideo"
+    st.download_button(f"Download {name}", stored["video"], name, mime, on_click="ignore")
+    with st.expander("Per-frame table"):
+        st.dataframe(stored["table"], hide_index=True)
+
+
+# ----------------------------------------------------------------------------- page
+
+
+def main() -> None:
+    defaults = read_env(os.environ)
+    st.set_page_config(page_title="Segmentation", layout="wide")
+    configure_logging()
+    settings = sidebar(defaults)
+    st.title("Segmentation")
+    mode = st.radio("Mode", MODES, horizontal=True, key="mode", label_visibility="collapsed")
+    segmenter = None
+    with shown_errors():
+        segmenter = open_segmenter(settings)
+    if segmenter is None:
+        return
+    show_metadata(segmenter)
+    {"Single image": single_image_mode, "Batch ZIP": zip_mode, "Video": video_mode}[mode](settings, segmenter)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Tests for app.py: streamlit's AppTest drives every mode with a tiny generated ONNX model, CPU only.
+
+AppTest simulates the uploads (FileUploader.set_value), so the page runs exactly as for a user,
+with torch blocked.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from onnx import TensorProto, checker, helper, numpy_helper, save
+
+pytest.importorskip("streamlit", reason="streamlit is not installed (pip install -r requirements-app.txt)")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "app.py"
+H, W = 64, 80  # the test image: a white 32x40 rectangle on black, i.e. 25 % of it
+
+
+def build_model(path: Path, classes: int = 1) -> Path:
+    """Conv(3->C, 1x1) + Sigmoid/Softmax with dynamic N/H/W: white pixels are foreground (class 1)."""
+    weight = np.full((1, 3, 1, 1), 2.0, np.float32)
+    if classes > 1:
+        weight = np.zeros((classes, 3, 1, 1), np.float32)
+        weight[0], weight[1] = -2.0, 2.0
+    act = helper.make_node("Sigmoid", ["logits"], ["probs"]) if classes == 1 else helper.make_node(
+        "Softmax", ["logits"], ["probs"], axis=1)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["logits"]), act], "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", classes, "h", "w"])],
+        initializer=[numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    names = ["fg"] if classes == 1 else ["background", "horse"] + [f"c{i}" for i in range(2, classes)]
+    meta = {"input_size": 64, "stride": 32, "num_classes": classes, "class_names": names, "name": "tiny",
+            "arch": "Conv1x1", "threshold": 0.42, "folds": [0, 1]}
+    helper.set_model_props(model, {"segmentation": json.dumps(meta)})
+    checker.check_model(model)
+    save(model, str(path))
+    return path
+
+
+def rect_image() -> np.ndarray:
+    image = np.zeros((H, W, 3), np.uint8)
+    image[H // 4: H - H // 4, W // 4: W - W // 4] = 255
+    return image
+
+
+def png(image: np.ndarray) -> bytes:
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+@pytest.fixture
+def model(tmp_path) -> Path:
+    return build_model(tmp_path / "tiny.onnx")
+
+
+@pytest.fixture
+def app(model, monkeypatch) -> AppTest:
+    """The page with MODEL_PATH pointing at the tiny model; torch is blocked for the whole run."""
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setenv("MODEL_PATH", str(model))
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def errors(at: AppTest) -> str:
+    assert not at.exception, at.exception  # a traceback would be an exception element
+    return " ".join(e.value for e in at.error)
+
+
+def choose(at: AppTest, mode: str) -> AppTest:
+    at.radio(key="mode").set_value(mode).run()
+    return at
+
+
+# ----------------------------------------------------------------------------- import and sidebar
+
+
+def test_import_without_torch():
+    code = "import sys; sys.modules['torch'] = None; import app; assert 'torch' not in sys.modules or " \
+           "sys.modules['torch'] is None"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_sidebar_reads_model_path_from_env_and_shows_metadata(app, model):
+    assert app.text_input(key="model_path").value == str(model)
+    shown = " ".join(m.value for m in app.sidebar.markdown)
+    assert "Conv1x1" in shown and "0.42" in shown and "[0, 1]" in shown
+    assert not app.error
+
+
+def test_missing_model_is_a_readable_error(app, tmp_path):
+    app.text_input(key="model_path").set_value(str(tmp_path / "nope.onnx")).run()
+    assert "model file not found" in errors(app)
+
+
+def test_not_an_onnx_file_is_a_readable_error(app, tmp_path):
+    fake = tmp_path / "fake.onnx"
+    fake.write_bytes(b"not a model")
+    app.text_input(key="model_path").set_value(str(fake)).run()
+    assert "not an ONNX model" in errors(app)
+
+
+# ----------------------------------------------------------------------------- single image
+
+
+def test_single_image_shows_area_threshold_and_downloads(app):
+    app.file_uploader(key="image_upload").set_value(("rect.png", png(rect_image()), "image/png")).run()
+    assert not errors(app)
+    shown = metrics(app)
+    assert shown["Area"] == "1280 px" and shown["Area %"] == "25.00 %"
+    assert shown["Threshold used"] == "0.500"  # the first step of the adaptive cascade
+    assert [c for el in app.image for c in el.captions][1:] == ["Mask", "Overlay"]  # after "Input 80x64"
+    assert [b.label for b in app.get("download_button")] == ["Download mask PNG", "Download overlay PNG"]
+
+
+def test_fixed_threshold_and_post_options_reach_the_engine(app):
+    app.file_uploader(key="image_upload").set_value(("rect.png", png(rect_image()), "image/png"))
+    app.radio(key="threshold_mode").set_value("fixed").run()
+    app.slider(key="threshold").set_value(0.7).run()
+    assert metrics(app)["Threshold used"] == "0.700"
+    app.number_input(key="open").set_value(81).run()  # an opening wider than the rectangle removes it
+    assert metrics(app)["Area"] == "0 px"
+    assert any("Nothing detected" in w.value for w in app.warning)
+
+
+def test_image_max_long_side_downscales(app):
+    app.file_uploader(key="image_upload").set_value(("rect.png", png(rect_image()), "image/png"))
+    app.number_input(key="image_max_side").set_value(40).run()  # 80x64 -> 40x32
+    assert metrics(app)["Area"] == "320 px" and metrics(app)["Area %"] == "25.00 %"
+    assert any("Downscaled from 80x64" in c.value for c in app.caption)
+
+
+def test_ground_truth_gives_dice_and_iou(app):
+    gt = np.zeros((H, W), np.uint8)
+    gt[H // 4: H - H // 4, W // 4: W // 2] = 255  # the left half of the predicted rectangle
+    app.file_uploader(key="image_upload").set_value(("rect.png", png(rect_image()), "image/png"))
+    app.file_uploader(key="gt_upload").set_value(("rect_mask.png", png(gt), "image/png")).run()
+    shown = metrics(app)
+    assert shown["Dice"] == "0.6667" and shown["IoU"] == "0.5000"  # 2*640/(1280+640), 640/1280
+
+
+def test_ground_truth_of_another_size_is_a_readable_error(app):
+    app.file_uploader(key="image_upload").set_value(("rect.png", png(rect_image()), "image/png"))
+    app.file_uploader(key="gt_upload").set_value(("gt.png", png(np.zeros((10, 10), np.uint8)), "image/png")).run()
+    assert "ground-truth mask is 10x10 but the image is 80x64" in errors(app)
+
+
+def test_multi_class_model_shows_a_legend(app, tmp_path):
+    app.text_input(key="model_path").set_value(str(build_model(tmp_path / "multi.onnx", classes=3)))
+    app.file_uploader(key="image_upload").set_value(("rect.png", png(rect_image()), "image/png")).run()
+    assert metrics(app)["Area %"] == "25.00 %" and metrics(app)["Threshold used"] == "n/a (argmax)"
+    captions = [c for el in app.image for c in el.captions]
+    assert "Class colours" in captions
+
+
+@pytest.mark.parametrize("name, data, expected", [
+    ("notes.png", b"this is not an image", "cannot decode image: notes.png"),
+    ("huge.png", b"\0" * (26 * 2**20), "more than the 25 MB limit"),
+])
+def test_bad_image_uploads_are_readable_errors(app, name, data, expected):
+    app.file_uploader(key="image_upload").set_value((name, data, "image/png")).run()
+    assert expected in errors(app)
+    assert "segapp-" not in errors(app)  # our temporary folder stays hidden
+
+
+# ----------------------------------------------------------------------------- batch ZIP
+
+
+def zip_bytes(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_zip_mode_gives_a_table_and_predictions_zip(app):
+    choose(app, "Batch ZIP")
+    data = zip_bytes({"a.png": png(rect_image()), "sub/b.jpg": cv2.imencode(".jpg", rect_image())[1].tobytes(),
+                      "broken.png": b"junk", "readme.txt": b"ignored"})
+    app.file_uploader(key="zip_upload").set_value(("batch.zip", data, "application/zip")).run()
+    assert not errors(app)
+    assert metrics(app) == {"Images": "3", "OK": "2", "No detection": "0", "Errors": "1"}
+    table = app.dataframe[0].value.set_index("file")
+    assert table.loc["a.png", "area_pct"] == 25.0 and table.loc["broken.png", "status"] == "error"
+    assert [b.label for b in app.get("download_button")] == ["Download predictions.zip"]
+    stored = app.session_state["last_run"]
+    names = zipfile.ZipFile(io.BytesIO(stored["zip"])).namelist()
+    assert {"masks/a.png", "overlays/sub/b.png", "summary.csv"} <= set(names)
+    assert app.progress[0].value == 100
+
+
+def test_corrupt_zip_is_a_readable_error(app):
+    choose(app, "Batch ZIP")
+    app.file_uploader(key="zip_upload").set_value(("batch.zip", b"PK not really a zip", "application/zip")).run()
+    text = errors(app)
+    assert "cannot open ZIP batch.zip" in text and "segapp-" not in text
+    assert not app.get("download_button")
+
+
+# ----------------------------------------------------------------------------- video
+
+
+def video_bytes(tmp_path: Path, frames: int = 6) -> bytes:
+    path = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (W, H))
+    assert writer.isOpened()
+    for _ in range(frames):
+        writer.write(rect_image())
+    writer.release()
+    return path.read_bytes()
+
+
+def test_video_mode_plays_the_annotated_video(app, tmp_path):
+    choose(app, "Video")
+    app.number_input(key="vid_stride").set_value(2)
+    app.file_uploader(key="video_upload").set_value(("clip.mp4", video_bytes(tmp_path), "video/mp4")).run()
+    assert not errors(app)
+    assert any(c.value.startswith("6 frames, 3 inferred, 0 errors") for c in app.caption)
+    assert len(app.get("video")) == 1
+    assert [b.label for b in app.get("download_button")] == ["Download clip.mp4"]
+    table = app.dataframe[0].value
+    assert list(table["inferred"]) == [1, 0, 1, 0, 1, 0] and set(table["area_pct"]) == {25.0}
+
+
+def test_undecodable_video_is_a_readable_error(app):
+    choose(app, "Video")
+    app.file_uploader(key="video_upload").set_value(("clip.mp4", b"\0junk" * 100, "video/mp4")).run()
+    text = errors(app)
+    assert "Cannot decode the video clip.mp4" in text and "segapp-" not in text
+    assert not app.get("video")
