@@ -25,7 +25,7 @@ from utils import (
     read_image, read_mask, resize_long_side, write_png,
 )
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: EXIF orientation applied when decoding
 MANIFEST_NAME = "cache_manifest.json"
 
 

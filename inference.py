@@ -36,6 +36,9 @@ Post-processing order: threshold -> close -> open -> fill holes -> min component
 (see runtime/postprocess.py). Masks are PNGs at the original image size: 0/255 for binary models,
 class ids plus a colour PNG and OUT/legend.png for multi-class ones. summary.csv is written row by
 row. A bad input gets an `error` row and the run goes on; --strict makes the exit code 1 then.
+Untrusted input (docs/reliability.md): images whose header claims more than --max-pixels (env
+MAX_IMAGE_PIXELS) are refused undecoded, symlinks leaving a source folder are not followed
+(--follow-symlinks), and OUT/.lock refuses a second run on the same output folder.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import argparse
 import copy
 import ctypes
 import dataclasses
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -57,7 +61,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 # Re-exported names below are the engine's public API: `from inference import ...` keeps working.
-from runtime.pipeline import RunOptions, run_items, run_zip, summarize  # noqa: F401
+from runtime.pipeline import RunOptions, output_lock, run_items, run_zip, summarize  # noqa: F401
 from runtime.postprocess import (  # noqa: F401
     PALETTE, PostOptions, apply_threshold, colorize, component_stats, make_overlay, otsu_level, parse_color,
     parse_threshold, postprocess, remove_small_components,
@@ -68,7 +72,10 @@ from runtime.sources import (  # noqa: F401
     output_names,
 )
 from runtime.video import run_video
-from utils import LOG, UserError, decode_metadata, normalize, read_image, resize_long_side, run_cli, setup_logging
+from utils import (
+    LOG, MAX_IMAGE_PIXELS, METADATA_VERSION, UserError, decode_metadata, normalize, read_image, resize_long_side,
+    run_cli, setup_logging,
+)
 
 # ----------------------------------------------------------------------------- providers
 
@@ -178,15 +185,48 @@ def read_metadata(session, model_path) -> tuple[dict, bool]:
     return meta, found
 
 
+# Flip TTA: the (H, W) axes of a (C, H, W) tensor each copy is flipped along; () is the original.
+TTA_FLIPS = {"none": ((),), "hflip": ((), (2,)), "flips": ((), (2,), (1,), (1, 2))}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _in_unit(value) -> bool:
+    return _is_number(value) and 0 < value < 1
+
+
+# field -> (check, what it must be). JSON gives any type, so every field the runtime uses is checked
+# here, once, instead of failing deep inside preprocessing with a TypeError.
+METADATA_RULES = {
+    "format_version": (lambda v: _is_int(v) and 1 <= v <= METADATA_VERSION,
+                       f"an integer from 1 to {METADATA_VERSION} (a newer export needs a newer runtime)"),
+    "num_classes": (lambda v: _is_int(v) and 1 <= v <= 255, "an integer from 1 to 255"),
+    "class_names": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v), "a list of strings"),
+    "input_size": (lambda v: _is_int(v) and 0 <= v <= 16384, "an integer from 0 (no resize) to 16384"),
+    "resize": (lambda v: v in ("long_side", "none"), "'long_side' or 'none'"),
+    "mean": (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_number(x) for x in v), "3 numbers"),
+    "std": (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_number(x) and x > 0 for x in v),
+            "3 positive numbers"),
+    "stride": (lambda v: _is_int(v) and 1 <= v <= 1024, "a positive integer"),
+    "output": (lambda v: v in ("probs", "logits"), "'probs' or 'logits'"),
+    "threshold": (_in_unit, "a number in (0, 1)"),
+    "thresholds": (lambda v: isinstance(v, list) and len(v) > 0 and all(_in_unit(t) for t in v),
+                   "a non-empty list of numbers in (0, 1)"),
+    "min_area": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "tta": (lambda v: v is None or v in TTA_FLIPS, f"one of {', '.join(TTA_FLIPS)}"),
+}
+
+
 def check_metadata(meta: dict) -> None:
-    """Fail early and clearly on metadata that would break preprocessing later."""
-    problems = []
-    if len(meta.get("mean") or ()) != 3 or len(meta.get("std") or ()) != 3:
-        problems.append("mean/std need 3 values each")
-    if not isinstance(meta.get("stride"), int) or meta["stride"] < 1:
-        problems.append(f"stride={meta.get('stride')!r} must be a positive integer")
-    if not all(isinstance(t, (int, float)) and 0 < t < 1 for t in meta.get("thresholds") or [None]):
-        problems.append(f"thresholds={meta.get('thresholds')!r} must be numbers in (0, 1)")
+    """Fail early and clearly on metadata that would break preprocessing later, naming each bad field."""
+    problems = [f"'{field}' = {meta[field]!r} must be {what}"
+                for field, (ok, what) in METADATA_RULES.items() if field in meta and not ok(meta[field])]
     if problems:
         raise UserError(f"model metadata is invalid: {'; '.join(problems)}. Re-export the model with export.py")
 
@@ -202,9 +242,6 @@ def to_probs(output: np.ndarray, kind: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- segmenter
-
-# Flip TTA: the (H, W) axes of a (C, H, W) tensor each copy is flipped along; () is the original.
-TTA_FLIPS = {"none": ((),), "hflip": ((), (2,)), "flips": ((), (2,), (1,), (1, 2))}
 
 
 @dataclass
@@ -261,6 +298,7 @@ class Segmenter:
         self.input_name = model_input.name
         self.input_dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32
         self.fixed_hw = self._fixed_input_size(model_input.shape)
+        self._check_output_channels()
         self.max_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else 0  # 0: any
         self.tta = self._resolve_tta(tta)
         self.post = self._post_options(post)
@@ -270,13 +308,23 @@ class Segmenter:
     def _fixed_input_size(self, shape) -> tuple[int, int] | None:
         """(H, W) when the model was exported with a static size, else None (dynamic)."""
         if len(shape) != 4:
-            raise UserError(f"model input '{self.input_name}' has shape {shape}; an NCHW image input is needed")
+            raise UserError(f"model input '{self.input_name}' has rank {len(shape)}, shape {shape}; expected rank 4, "
+                            "(N, 3, H, W): export an NCHW image model")
         if isinstance(shape[1], int) and shape[1] != 3:
-            raise UserError(f"model expects {shape[1]} input channels; only RGB (3-channel) models are supported")
+            raise UserError(f"model input '{self.input_name}' has shape {shape}: {shape[1]} channels, expected "
+                            "(N, 3, H, W); only RGB (3-channel) models are supported")
         if isinstance(shape[2], int) and isinstance(shape[3], int):
             LOG.info("model has a fixed %dx%d input; images are letterboxed to it", shape[3], shape[2])
             return shape[2], shape[3]
         return None
+
+    def _check_output_channels(self) -> None:
+        """A static output channel count must match the metadata's num_classes."""
+        outputs = self.session.get_outputs() if self.has_metadata and hasattr(self.session, "get_outputs") else []
+        shape = list(outputs[0].shape) if outputs else []
+        if len(shape) == 4 and isinstance(shape[1], int) and shape[1] != self.meta["num_classes"]:
+            raise UserError(f"model output '{outputs[0].name}' has shape {shape} ({shape[1]} channels) but its "
+                            f"metadata says num_classes={self.meta['num_classes']}; re-export the model with export.py")
 
     def _resolve_tta(self, tta: str | None) -> str:
         """The TTA to apply. Flips already baked into the graph are not repeated unless asked for."""
@@ -480,13 +528,14 @@ def run(segmenter, source, output, options: RunOptions | None = None, progress=N
     output = Path(output)
     kind = detect_source(source)
     gt_index = load_gt_index(options.gt_dir)
-    if kind in ("video", "stream", "webcam"):
-        output.mkdir(parents=True, exist_ok=True)
-        return run_video(segmenter, source, output, options, progress)
-    if kind == "zip":
-        return run_zip(segmenter, Path(source), output, options, gt_index, progress)
-    items = list_items(Path(source)) if kind == "list" else image_items(source, exclude=output)
-    return run_items(segmenter, items, output, options, gt_index, progress)
+    with output_lock(output):  # one run per output folder: a second one is refused, not interleaved
+        if kind in ("video", "stream", "webcam"):
+            return run_video(segmenter, source, output, options, progress)
+        if kind == "zip":
+            return run_zip(segmenter, Path(source), output, options, gt_index, progress)
+        items = (list_items(Path(source)) if kind == "list"
+                 else image_items(source, exclude=output, follow_symlinks=options.follow_symlinks))
+        return run_items(segmenter, items, output, options, gt_index, progress)
 
 
 def run_folder(segmenter, source, output, threshold=None, min_area=None, alpha: float = 0.5, gt_dir=None,
@@ -576,6 +625,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--zip-max-mb", type=float, default=ZIP_MAX_BYTES / 2**20, help="refuse a ZIP expanding past this size")
     add("--zip-max-ratio", type=float, default=ZIP_MAX_RATIO, help="refuse a ZIP entry compressed more than this")
     add("--zip-max-entries", type=int, default=ZIP_MAX_ENTRIES, help="refuse a ZIP with more entries")
+    # untrusted files
+    add("--max-pixels", type=int, default=None,
+        help=f"refuse images whose header claims more pixels, before decoding (decompression bombs); "
+             f"default: env MAX_IMAGE_PIXELS, else {MAX_IMAGE_PIXELS}")
+    add("--follow-symlinks", action="store_true",
+        help="read symlinks in a source folder that point outside it (by default they are error rows)")
     # videos and streams
     add("--video-max-side", type=int, default=0, help="downscale frames to this long side, 0 = as is")
     add("--vid-stride", type=int, default=1, help="infer every Nth frame and reuse the last mask between")
@@ -621,6 +676,19 @@ def print_summary(result: dict, with_gt: bool) -> None:
               f"({result['with_gt']} images with ground truth){pooled}")
 
 
+def resolve_max_pixels(flag: int | None, environ) -> int:
+    """--max-pixels, else env MAX_IMAGE_PIXELS, else the built-in limit (default < env < flag)."""
+    if flag is not None:
+        return flag
+    text = environ.get("MAX_IMAGE_PIXELS", "").strip()
+    if not text:
+        return MAX_IMAGE_PIXELS
+    try:
+        return int(text.replace("_", ""))
+    except ValueError:
+        raise UserError(f"MAX_IMAGE_PIXELS={text!r} is not a valid positive int (e.g. 100000000)") from None
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     setup_logging(level=10 if args.verbose else 20)
@@ -629,6 +697,7 @@ def main(argv=None) -> None:
         io_threads=args.io_threads, zip_max_mb=args.zip_max_mb, zip_max_ratio=args.zip_max_ratio,
         zip_max_entries=args.zip_max_entries, video_max_side=args.video_max_side, vid_stride=args.vid_stride,
         max_frames=args.max_frames, view_img=args.view_img,
+        max_pixels=resolve_max_pixels(args.max_pixels, os.environ), follow_symlinks=args.follow_symlinks,
     )
     segmenter = build_segmenter(args)
     kind = detect_source(args.source)

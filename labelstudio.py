@@ -9,7 +9,9 @@ Label Studio stores two kinds of segmentation results that we read:
 - ``polygonlabels``: vertices in percent of the image width/height.
 
 Uploaded files are renamed to ``/data/upload/<project>/<8 hex>-<name>``, so images are
-found in ``image_dir`` by their original name, not by the path in the export.
+found in ``image_dir`` by their original name, not by the path in the export. This is also the
+safety rule for untrusted exports: a reference (``../x.png``, ``/etc/x.png``, a URL) only ever
+contributes its base name, looked up among the files under ``image_dir``; no other path is opened.
 
 Usage::
 
@@ -303,7 +305,13 @@ def rasterize_annotation(
             continue
         _check_size(result, image_hw, task_id, image_path)
         class_id = _class_id((result.get("value") or {}).get(kind) or [], class_map, task_id)
-        mask[_result_region(result, height, width)] = class_id
+        try:
+            mask[_result_region(result, height, width)] = class_id
+        except UserError as exc:  # a malformed RLE or polygon: say which task holds it
+            raise UserError(f"task {task_id}, {kind} result {result.get('id')!r}: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"task {task_id}, {kind} result {result.get('id')!r} is malformed ({exc}); "
+                            "re-export the annotation from Label Studio") from None
     if ignored:
         LOG.warning("task %s: ignored result types %s (only %s are read)", task_id, sorted(ignored), _RESULT_TYPES)
     return mask

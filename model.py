@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from config import ARCHITECTURES
-from utils import LOG, UserError
+from utils import DISK_FULL, LOG, UserError, disk_full_error
 
 
 def model_args(arch: str, encoder: str, classes: int) -> dict:
@@ -160,7 +160,10 @@ def build_loss(classes: int, dice_weight: float = 0.5, bce_weight: float = 0.5,
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
-    """torch.save to a temp file, then rename: a crash never leaves half a checkpoint."""
+    """torch.save to a temp file, then rename: a crash never leaves half a checkpoint.
+
+    Out of space (ENOSPC/EDQUOT), the temp file is removed and the previous checkpoint stays (UserError).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -169,8 +172,12 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
         torch.save(payload, tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        # torch.save wraps the OSError of a full disk in a RuntimeError: look at the cause too.
+        cause = exc if isinstance(exc, OSError) else exc.__cause__ or exc.__context__
+        if isinstance(cause, OSError) and cause.errno in DISK_FULL:
+            raise disk_full_error(path, cause) from exc
         raise
 
 
@@ -193,7 +200,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several unrelated types for a bad file
-        raise UserError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
+        raise UserError(f"cannot read checkpoint {path} ({path.stat().st_size} bytes; truncated, corrupt or not "
+                        f"written by train.py): {type(exc).__name__}: {exc}") from None
 
 
 def load_checkpoint(model: nn.Module, source) -> dict:

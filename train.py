@@ -375,7 +375,16 @@ def restore(run: FoldRun) -> None:
     """Continue from fold<K>_last.pt when it was written with the same training settings."""
     if not run.last_path.is_file():
         return
-    ckpt = read_checkpoint(run.last_path)
+    try:
+        ckpt = read_checkpoint(run.last_path)
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state"), dict):
+            raise UserError(f"{run.last_path} is not a resumable checkpoint (no training state)")
+    except UserError as exc:  # truncated or corrupt: keep it for inspection, train the fold again
+        aside = run.last_path.with_name(run.last_path.name + ".corrupt")
+        run.last_path.replace(aside)
+        LOG.warning("fold %d: %s; moved it to %s and training this fold from scratch", run.fold, exc, aside.name)
+        run.metrics.drop_fold(run.fold)
+        return
     if not run.cfg.resume:
         LOG.info("fold %d: RESUME=false, ignoring %s", run.fold, run.last_path)
     elif ckpt.get("config_hash") != config_hash(run.cfg):

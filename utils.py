@@ -7,6 +7,7 @@ file, metrics and atomic writes. Only numpy, OpenCV and the standard library are
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -110,8 +111,20 @@ def file_sha1(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(path: str | os.PathLike, exc: OSError) -> UserError:
+    """The one-line error for a write that ran out of space; the previous file was left as it was."""
+    return UserError(f"cannot write {path}: {exc.strerror or exc} (disk full or over quota). The previous "
+                     f"version of the file, if any, is intact; free space on {Path(path).parent} and run again")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+    """Write to a temp file in the same folder, then rename: readers never see half a file.
+
+    Out of space, the temp file is removed and the old `path` stays intact (UserError).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -120,8 +133,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fh.write(data)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are meant to be shared like any written file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            raise disk_full_error(path, exc) from exc
         raise
 
 
@@ -132,20 +147,116 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 # ----------------------------------------------------------------------------- images
 
 
-def _decode(path: Path, flags: int) -> np.ndarray:
+# Decoded-size limit: a small file can claim a huge canvas (a decompression bomb). Checked from
+# the header, before anything is decoded. Entry points may override it (inference.py --max-pixels).
+MAX_IMAGE_PIXELS = 100_000_000
+
+# Decoding flags. EXIF orientation is applied (as browsers and Label Studio show the photo), so a
+# mask drawn on the displayed image lines up; IMREAD_UNCHANGED would ignore it.
+IMAGE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH  # always 3 channels, 8 or 16 bit
+MASK_FLAGS = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH  # grey stays grey, ids keep their depth
+
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"BM", "BMP"), (b"II*\x00", "TIFF"),
+          (b"MM\x00*", "TIFF"), (b"GIF8", "GIF"), (b"RIFF", "WebP"))
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format from the first bytes ('PNG', 'JPEG', ...), or None when not recognised."""
+    return next((name for magic, name in _MAGIC if data.startswith(magic)), None)
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first SOF marker of a JPEG, without decoding."""
+    pos = 2
+    while pos + 9 < len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(data[pos + 7:pos + 9], "big"), int.from_bytes(data[pos + 5:pos + 7], "big")
+        pos += 2 + length
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first IFD of a TIFF (tags 256/257)."""
+    order = "little" if data[:2] == b"II" else "big"
+    ifd = int.from_bytes(data[4:8], order)
+    if ifd + 2 > len(data):
+        return None
+    size = {}
+    for i in range(int.from_bytes(data[ifd:ifd + 2], order)):
+        entry = data[ifd + 2 + 12 * i: ifd + 14 + 12 * i]
+        if len(entry) < 12:
+            break
+        tag, kind = int.from_bytes(entry[:2], order), int.from_bytes(entry[2:4], order)
+        if tag in (256, 257):
+            size[tag] = int.from_bytes(entry[8:10] if kind == 3 else entry[8:12], order)
+    return (size[256], size[257]) if len(size) == 2 else None
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) an image file claims in its header, or None when it cannot be told cheaply."""
+    kind = sniff_format(data)
+    if kind == "PNG" and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if kind == "JPEG":
+        return _jpeg_size(data)
+    if kind == "BMP" and len(data) >= 26:
+        return abs(int.from_bytes(data[18:22], "little", signed=True)), abs(int.from_bytes(data[22:26], "little", signed=True))
+    if kind == "GIF" and len(data) >= 10:
+        return int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
+    if kind == "TIFF":
+        return _tiff_size(data)
+    return None
+
+
+def _refusal(data: bytes, max_pixels: int) -> str | None:
+    """Why `data` must not be decoded (empty, not an image, truncated, too large), or None."""
+    if not data:
+        return "empty file (0 bytes)"
+    kind = sniff_format(data)
+    if kind is None and data[:64].lstrip()[:1] == b"<":
+        return "not an image: the content is HTML/XML text"
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        return (f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels is over the limit of {max_pixels:,} "
+                "(a decompression bomb, or raise --max-pixels / MAX_IMAGE_PIXELS if you trust it); not decoded")
+    # libjpeg decodes a cut-off JPEG with grey filler and only a warning: refuse it instead.
+    if kind == "JPEG" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        return "truncated JPEG: no end-of-image marker after the image data - the file was cut short"
+    return None
+
+
+def _decode(path: Path, flags: int, max_pixels: int | None = None) -> np.ndarray:
     if not path.is_file():
         raise UserError(f"file not found: {path}")
-    # np.fromfile + imdecode instead of imread: handles non-ASCII paths on every OS.
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, flags) if data.size else None
+    raw = path.read_bytes()  # Python's own open: non-ASCII paths work on every OS (cv2.imread's do not)
+    reason = _refusal(raw, MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels))
+    image = None if reason else cv2.imdecode(np.frombuffer(raw, np.uint8), flags)
     if image is None:
-        raise UserError(f"cannot decode image: {path} (not a readable image file; remove or replace it)")
+        if reason is None:
+            kind = sniff_format(raw)
+            if kind == "PNG" and b"IEND" not in raw[-4096:]:
+                reason = "truncated PNG: no IEND chunk at the end - the file was cut short"
+            else:
+                reason = f"{kind} data that OpenCV cannot decode" if kind else "not a readable image file"
+        raise UserError(f"cannot decode image: {path} ({reason}; remove or replace it)")
     return image
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read any supported image as RGB uint8 (H, W, 3); grey, alpha and 16-bit are converted."""
-    image = _decode(Path(path), cv2.IMREAD_UNCHANGED)
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """Read any supported image as RGB uint8 (H, W, 3), EXIF orientation applied.
+
+    Grey, palette, alpha, CMYK and 16-bit are converted. A file claiming more than `max_pixels`
+    (default MAX_IMAGE_PIXELS) is refused from its header, before decoding; so are empty,
+    truncated and non-image files. Every refusal is a UserError naming the file and the reason.
+    """
+    image = _decode(Path(path), IMAGE_FLAGS, max_pixels)
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
     elif image.dtype != np.uint8:
@@ -159,7 +270,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def read_mask(path: str | os.PathLike, num_classes: int = 1) -> np.ndarray:
     """Read a mask as uint8 (H, W). Binary: 0/255 or 0/1 -> {0, 1}. Multi-class: class ids."""
-    mask = _decode(Path(path), cv2.IMREAD_UNCHANGED)
+    mask = _decode(Path(path), MASK_FLAGS)  # EXIF orientation applied, as in read_image
     if mask.ndim == 3:
         # Colour-saved masks: any channel set counts (alpha ignored).
         mask = mask[..., :3].max(axis=2)

@@ -7,11 +7,15 @@ summary.csv in input order, flushed one by one.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import tempfile
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from itertools import islice
 from pathlib import Path
 
@@ -20,7 +24,9 @@ import numpy as np
 from runtime.postprocess import PALETTE, colorize, draw_legend, make_overlay, parse_color
 from runtime.report import CsvLog, error_row, fill_row, find_gt, new_row, score, write_metrics
 from runtime.sources import ZIP_MAX_BYTES, ZIP_MAX_ENTRIES, ZIP_MAX_RATIO, Item, extract_zip, pack_outputs
-from utils import LOG, UserError, read_image, write_png
+from utils import LOG, MAX_IMAGE_PIXELS, UserError, read_image, write_png
+
+LOCK_NAME = ".lock"
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -39,6 +45,8 @@ class RunOptions:
     vid_stride: int = 1  # infer every Nth frame, reuse the last mask between
     max_frames: int = 0  # 0: all
     view_img: bool = False
+    max_pixels: int = MAX_IMAGE_PIXELS  # images claiming more (in their header) are refused undecoded
+    follow_symlinks: bool = False  # folders: read symlinks that lead outside the folder
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:
@@ -47,6 +55,8 @@ class RunOptions:
         for name in ("batch_size", "io_threads", "vid_stride"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)} is not valid; use 1 or more")
+        if int(self.max_pixels) < 1:
+            raise UserError(f"--max-pixels {self.max_pixels} is not valid; use a positive pixel count, e.g. 100000000")
         for name in ("video_max_side", "max_frames"):
             if int(getattr(self, name)) < 0:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)} is not valid; use 0 (off) or more")
@@ -72,14 +82,76 @@ def run_zip(segmenter, zip_path: Path, output: Path, options: RunOptions, gt_ind
     return result
 
 
-def load_item(item: Item):
+# ----------------------------------------------------------------------------- output lock
+
+
+def lock_owner(lock: Path) -> tuple[int, str] | None:
+    """(pid, host) recorded in a lock file, or None when it is unreadable."""
+    try:
+        pid, host = lock.read_text(encoding="utf-8").split("\n")[:2]
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(output: Path):
+    """Hold OUT/.lock (pid and host) for one run: a second live run on the same folder is refused.
+
+    The lock is created complete and atomically (hard link of a written temp file), so a reader
+    never sees it half written. A lock left by a dead process on this host is taken over.
+    """
+    output.mkdir(parents=True, exist_ok=True)
+    lock, me = output / LOCK_NAME, f"{os.getpid()}\n{socket.gethostname()}\n"
+    fd, tmp = tempfile.mkstemp(prefix=".lock.", dir=output)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(me)
+    try:
+        for _ in range(3):
+            try:
+                os.link(tmp, lock)
+                break
+            except FileExistsError:
+                owner = lock_owner(lock)
+                if owner is None or owner[1] != socket.gethostname() or pid_alive(owner[0]):
+                    who = f"pid {owner[0]} on {owner[1]}" if owner else "an unknown process"
+                    raise UserError(
+                        f"output folder {output} is in use by another run ({who}; lock file {lock}). Wait for it "
+                        "to finish or choose another --output; delete the lock file only if that run is gone"
+                    ) from None
+                LOG.warning("taking over %s left by pid %d, which is no longer running", lock, owner[0])
+                lock.unlink(missing_ok=True)
+        else:
+            raise UserError(f"could not take the lock {lock}: other runs keep taking it; choose another --output")
+    finally:
+        os.unlink(tmp)
+    try:
+        yield lock
+    finally:
+        if lock_owner(lock) == (os.getpid(), socket.gethostname()):
+            lock.unlink(missing_ok=True)
+
+
+def load_item(item: Item, max_pixels: int = MAX_IMAGE_PIXELS):
     """(item, RGB image or None, error or '') - runs in a reader thread, never raises."""
     if item.error:
         return item, None, item.error
     try:
-        return item, read_image(item.path), ""
+        return item, read_image(item.path, max_pixels), ""
     except Exception as exc:  # noqa: BLE001 - a bad file is a row, not a crash
-        return item, None, str(exc)
+        return item, None, str(exc).replace(str(item.path), item.name)  # no temp/extraction paths in the CSV
 
 
 def prefetch(pool: ThreadPoolExecutor, fn, items, ahead: int):
@@ -136,7 +208,7 @@ def run_items(segmenter, items: list[Item], output: Path, options: RunOptions, g
             if progress is not None:
                 progress(len(rows), len(items))
 
-        loaded = prefetch(readers, load_item, items, ahead=2 * options.batch_size + 2)
+        loaded = prefetch(readers, partial(load_item, max_pixels=options.max_pixels), items, ahead=2 * options.batch_size + 2)
         while batch := list(islice(loaded, options.batch_size)):
             start = time.perf_counter()
             outcomes = predict_loaded(segmenter, batch)

@@ -106,10 +106,31 @@ def output_names(images: list[Path], root: Path) -> list[tuple[str, Path]]:
     return names
 
 
-def image_items(source, exclude: Path | None = None) -> list[Item]:
-    """Items of an image file, a folder (recursive) or a glob."""
+def image_items(source, exclude: Path | None = None, follow_symlinks: bool = False) -> list[Item]:
+    """Items of an image file, a folder (recursive) or a glob.
+
+    A symlink whose target lies outside the folder is an error item unless `follow_symlinks`:
+    an upload folder must not become a way to read any file on the machine.
+    """
     root, images = collect_images(str(source), exclude)
-    return [Item(name, path, out) for path, (name, out) in zip(images, output_names(images, root))]
+    items = []
+    for path, (name, out) in zip(images, output_names(images, root)):
+        error = "" if follow_symlinks or Path(source).is_file() else escaping_link(path, root)
+        items.append(Item(name, path, out, error))
+    return items
+
+
+def escaping_link(path: Path, root: Path) -> str:
+    """An error when `path` is a symlink (itself or a parent below `root`) leading outside `root`, else ''."""
+    if not any(p.is_symlink() for p in [path, *path.parents] if p.is_relative_to(root) and p != root):
+        return ""
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:  # a dangling link or a loop
+        return f"broken symbolic link ({exc}); not followed"
+    if target.is_relative_to(root.resolve()):
+        return ""
+    return "symbolic link to a file outside the input folder; not followed (use --follow-symlinks to allow)"
 
 
 def list_items(list_file: Path) -> list[Item]:
@@ -182,7 +203,7 @@ def extract_zip(
         archive = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise UserError(f"cannot open ZIP {zip_path}: {exc}") from exc
-    items, written = [], 0
+    items, written, seen_names, seen_outs = [], 0, set(), set()
     dest = dest.resolve()
     with archive:
         check_zip_limits(archive, max_bytes, max_ratio, max_entries)
@@ -194,6 +215,9 @@ def extract_zip(
             reason = unsafe_reason(info)
             if reason is None and Path(name).suffix.lower() not in IMAGE_EXTS:
                 continue  # a readme or a .DS_Store: not an input
+            if reason is None and name in seen_names:  # a ZIP may hold the same name twice
+                reason = f"duplicate ZIP entry name {info.filename!r}: only the first one is used"
+            seen_names.add(name)
             target = (dest / name).resolve()
             if reason is None and not target.is_relative_to(dest):
                 reason = f"unsafe ZIP entry {info.filename!r}: leaves the extraction folder (not extracted)"
@@ -201,6 +225,9 @@ def extract_zip(
                 LOG.warning("%s", reason)
                 items.append(Item(name, None, Path(Path(name).name).with_suffix(".png"), reason))
                 continue
+            if out in seen_outs:  # a.jpg and a.png side by side: keep both outputs
+                out = Path(name + ".png")
+            seen_outs.add(out)
             written += copy_entry(archive, info, target, max_bytes - written)
             items.append(Item(name, target, out))
     if not items:

@@ -21,6 +21,8 @@ from onnx import TensorProto, checker, helper, numpy_helper, save
 pytest.importorskip("streamlit", reason="streamlit is not installed (pip install -r requirements-app.txt)")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+from hostile import bomb_png, hostile_files  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "app.py"
 H, W = 64, 80  # the test image: a white 32x40 rectangle on black, i.e. 25 % of it
@@ -176,6 +178,8 @@ def test_multi_class_model_shows_a_legend(app, tmp_path):
 @pytest.mark.parametrize("name, data, expected", [
     ("notes.png", b"this is not an image", "cannot decode image: notes.png"),
     ("huge.png", b"\0" * (26 * 2**20), "more than the 25 MB limit"),
+    ("bomb.png", bomb_png(), "bomb.png (50000x50000 = 2,500,000,000 pixels is over the limit"),
+    ("cut.jpg", hostile_files()["truncated.jpg"][0], "cut.jpg (truncated JPEG"),
 ])
 def test_bad_image_uploads_are_readable_errors(app, name, data, expected):
     app.file_uploader(key="image_upload").set_value((name, data, "image/png")).run()

@@ -300,3 +300,46 @@ def test_not_a_labelstudio_export(tmp_path, content):
 def test_missing_json_path(tmp_path):
     with pytest.raises(UserError, match="not found.*nope.json"):
         load_labelstudio(tmp_path / "nope.json", tmp_path)
+
+
+# ----------------------------------------------------------------------------- untrusted exports
+
+
+@pytest.mark.parametrize("reference", [
+    "../../outside/a.png", "/etc/outside/a.png", "https://evil.example.com/x/a.png?raw=1", "C:\\Users\\x\\a.png",
+    "/data/local-files/?d=../../outside/a.png", "s3://bucket/../a.png",
+])
+def test_image_reference_outside_the_folder_resolves_by_name_inside_it(tmp_path, reference):
+    image_dir = make_images(tmp_path, ["a.png"])
+    write_png(tmp_path / "outside" / "a.png", np.zeros((5, 5, 3), np.uint8))  # must never be read
+    task = {"id": 3, "data": {"image": reference}, "annotations": [{"result": []}]}
+    items = load_labelstudio(write_export(tmp_path, [task]), image_dir)
+    assert items[0].image_path == image_dir / "nested" / "a.png" and items[0].mask.shape == (20, 30)
+
+
+@pytest.mark.parametrize("reference", ["../../etc/passwd", "https://evil.example.com/", "/data/upload/1/.."])
+def test_reference_to_a_file_not_in_the_folder_is_refused(tmp_path, reference):
+    image_dir = make_images(tmp_path, ["a.png"])
+    task = {"id": 9, "data": {"image": reference}, "annotations": [{"result": []}]}
+    with pytest.raises(UserError, match=r"task 9: (image .* not found in|no image reference)"):
+        load_labelstudio(write_export(tmp_path, [task]), image_dir)
+
+
+@pytest.mark.parametrize("rle, message", [
+    ([1, 2, 3], "truncated"), ("not a list", "byte values"), ([300, 1], "byte values"), (None, "byte values"),
+])
+def test_malformed_rle_names_the_task(tmp_path, rle, message):
+    image_dir = make_images(tmp_path, ["a.png"])
+    result = brush_result(np.zeros((20, 30), np.uint8), "x")
+    result["value"]["rle"] = rle
+    task = {"id": 1234, "data": {"image": "a.png"}, "annotations": [{"result": [result]}]}
+    with pytest.raises(UserError, match=rf"task 1234, brushlabels result .*{message}"):
+        load_labelstudio(write_export(tmp_path, [task]), image_dir)
+
+
+def test_malformed_polygon_names_the_task(tmp_path):
+    image_dir = make_images(tmp_path, ["a.png"])
+    task = {"id": 77, "data": {"image": "a.png"},
+            "annotations": [{"result": [polygon_result([["x", 0], [50, 0], [50, 50]], "x", 30, 20)]}]}
+    with pytest.raises(UserError, match=r"task 77, polygonlabels result .* malformed"):
+        load_labelstudio(write_export(tmp_path, [task]), image_dir)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -180,3 +182,31 @@ def test_class_weighted_multiclass_loss_uses_the_weights():
     assert torch.allclose(plain, weighted)  # uniform logits: weighted CE equals plain CE...
     logits[:, 1] = 2.0  # ...but once class 1 is predicted well, its larger weight dominates
     assert build_loss(3, 0, 1, [1.0, 5.0, 1.0])(logits, target) < build_loss(3, 0, 1)(logits, target)
+
+
+# ----------------------------------------------------------------------------- damaged files and full disks
+
+
+def test_truncated_checkpoint_is_named_as_damaged(tmp_path, unet):
+    path = tmp_path / "fold0_best.pt"
+    save_checkpoint(path, {"model": unet.state_dict()})
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(UserError, match=r"cannot read checkpoint .*fold0_best\.pt .*truncated, corrupt"):
+        load_checkpoint(unet, path)
+
+
+def test_out_of_space_keeps_the_previous_checkpoint(tmp_path, unet, monkeypatch):
+    import errno
+
+    path = tmp_path / "fold0_last.pt"
+    save_checkpoint(path, {"model": unet.state_dict(), "epoch": 1})
+    before = path.read_bytes()
+
+    def full_disk(obj, target):
+        Path(target).write_bytes(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserError, match=r"cannot write .*fold0_last\.pt: No space left on device .*intact"):
+        save_checkpoint(path, {"model": unet.state_dict(), "epoch": 2})
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["fold0_last.pt"]

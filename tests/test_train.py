@@ -255,3 +255,18 @@ def test_amp_bf16_on_cpu_trains(tmp_path):
                                     environ={}))
     records = json.loads((tmp_path / "work" / "logs" / "metrics.json").read_text())
     assert np.isfinite(records[-1]["train_loss"]) and 0 <= summary["dice_mean"] <= 1
+
+
+def test_corrupt_last_checkpoint_restarts_the_fold(tmp_path, caplog):
+    data = write_blobs(tmp_path / "data", 12)
+    cfg = load_config(tiny_argv(data, tmp_path / "work", export="false", fold_ids="0"), environ={})
+    train.run(cfg)
+    last = tmp_path / "work" / "models" / "fold0_last.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # cut short on disk
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="seg"):
+        train.run(cfg)
+    assert "fold0_last.pt" in caplog.text and "training this fold from scratch" in caplog.text
+    assert "fold 0 epoch 1/1" in caplog.text  # trained again instead of crashing
+    assert (last.parent / "fold0_last.pt.corrupt").stat().st_size == 1000
+    assert torch.load(last, weights_only=True)["state"]["finished"]

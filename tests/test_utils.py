@@ -1,3 +1,4 @@
+import json
 import stat
 
 import numpy as np
@@ -39,3 +40,33 @@ def test_pad_to_multiple_pads_bottom_right_with_zeros():
 ])
 def test_dice_iou(pred, true, want):
     assert dice_iou(np.array(pred), np.array(true)) == pytest.approx(want)
+
+
+def test_atomic_write_out_of_space_keeps_the_old_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import utils
+
+    target = tmp_path / "cache_manifest.json"
+    utils.atomic_write_json(target, {"entries": {"a": 1}})
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, fd, mode):
+            self.fh = real_fdopen(fd, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, data):
+            self.fh.write(data[:3])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(utils.os, "fdopen", FullDisk)
+    with pytest.raises(utils.UserError, match=r"cannot write .*cache_manifest\.json: No space left .*intact"):
+        utils.atomic_write_json(target, {"entries": {}})
+    assert json.loads(target.read_text()) == {"entries": {"a": 1}} and len(list(tmp_path.iterdir())) == 1
