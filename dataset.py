@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from utils import (
-    IMAGENET_MEAN, IMAGENET_STD, LOG, UserError, atomic_write_json, file_sha1, list_images, normalize,
+    IMAGENET_MEAN, IMAGENET_STD, LOG, UserError, atomic_write_json, file_sha1, index_masks, list_images, normalize,
     read_image, read_mask, resize_long_side, write_png,
 )
 
@@ -73,10 +73,7 @@ def pair_by_stem(image_dir: str | Path, mask_dir: str | Path) -> list[Source]:
     images = list_images(image_dir)
     if not images:
         raise UserError(f"no images (jpg/png/tif/bmp) in RAW_IMG_DIR={image_dir}")
-    masks: dict[str, Path] = {}
-    for path in list_images(mask_dir):
-        stem = path.stem[:-5] if path.stem.endswith("_mask") else path.stem
-        masks.setdefault(stem, path)
+    masks = index_masks(mask_dir)
     sources, seen = [], {}
     for image in images:
         if image.stem in seen:

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from model import build_model_from_checkpoint
 from utils import (
     DEFAULT_METADATA, IMAGENET_MEAN, IMAGENET_STD, LOG, METADATA_KEY, METADATA_VERSION, UserError,
-    atomic_write_bytes, decode_metadata, dice_iou, encode_metadata, list_images, preprocess, read_image,
+    atomic_write_bytes, decode_metadata, dice_iou, encode_metadata, index_masks, list_images, preprocess, read_image,
     read_mask, run_cli, setup_logging,
 )
 
@@ -402,7 +402,7 @@ def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 def load_pairs(image_dir: Path, mask_dir: Path, keys: list[str] | None = None) -> list[tuple[Path, Path]]:
     """(image, mask) paths paired by stem (a mask may be <stem>_mask.*), optionally only `keys`."""
-    masks = {p.stem.removesuffix("_mask"): p for p in list_images(mask_dir)}
+    masks = index_masks(mask_dir)
     pairs = [(p, masks[p.stem]) for p in list_images(image_dir) if p.stem in masks]
     if keys is not None:
         wanted = set(keys)

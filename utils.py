@@ -103,6 +103,19 @@ def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]
     return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
 
 
+def mask_stem(path: Path) -> str:
+    """The image stem a mask file belongs to: `a.png` and `a_mask.png` both belong to image `a`."""
+    return path.stem.removesuffix("_mask")
+
+
+def index_masks(folder: str | os.PathLike) -> dict[str, Path]:
+    """Mask files under `folder` by the image stem they belong to (first one wins)."""
+    index: dict[str, Path] = {}
+    for path in list_images(folder):
+        index.setdefault(mask_stem(path), path)
+    return index
+
+
 def file_sha1(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha1()
     with open(path, "rb") as fh:

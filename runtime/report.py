@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import UserError, atomic_write_json, dice_iou, list_images, read_mask
+from utils import UserError, atomic_write_json, dice_iou, list_images, mask_stem, read_mask
 
 CSV_COLUMNS = (
     "file", "status", "width", "height", "area_px", "area_pct", "threshold", "max_prob",
@@ -77,8 +77,8 @@ def load_gt_index(gt_dir) -> dict[str, Path]:
         raise UserError(f"ground-truth folder not found: {gt_dir} (check --gt)")
     index: dict[str, Path] = {}
     for path in list_images(gt_dir):
-        index.setdefault(path.relative_to(gt_dir).with_suffix("").as_posix(), path)
-        index.setdefault(path.stem, path)
+        index.setdefault(path.relative_to(gt_dir).with_name(mask_stem(path)).as_posix(), path)
+        index.setdefault(mask_stem(path), path)
     return index
 
 

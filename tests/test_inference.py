@@ -731,3 +731,15 @@ def test_threshold_model_uses_the_recommended_threshold_from_metadata(tmp_path):
     assert segmenter.post.threshold == 0.35
     probs = np.full((1, 20, 20), 0.4, np.float32)
     assert inference.postprocess(probs, segmenter.post)[1]["threshold"] == 0.35
+
+
+def test_gt_named_like_training_masks_is_matched(tmp_path):
+    """`<stem>_mask.png` pairs with image `<stem>` everywhere: training, export and --gt."""
+    from runtime.report import find_gt, load_gt_index
+
+    (tmp_path / "sub").mkdir()
+    for name in ("a_mask.png", "sub/b_mask.png"):
+        (tmp_path / name).write_bytes(b"")
+    index = load_gt_index(tmp_path)
+    assert find_gt(index, "a.jpg").name == "a_mask.png"
+    assert find_gt(index, "sub/b.png").name == "b_mask.png"
