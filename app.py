@@ -344,12 +344,19 @@ def browser_preview(video: Path) -> bytes | None:
     return target.read_bytes() if target.is_file() and target.stat().st_size else None
 
 
-def zip_mode(settings: Settings, segmenter: Segmenter) -> None:
-    upload = st.file_uploader("ZIP of images", type=["zip"], key="zip_upload", max_upload_size=UPLOAD_LIMIT_MB["zip"])
+def upload_and_run(kind: str, label: str, types: list[str], hint: str, settings: Settings, segmenter: Segmenter):
+    """The uploader of a batch mode ('zip' or 'video') and its cached run: (upload, stored or None)."""
+    upload = st.file_uploader(label, type=types, key=f"{kind}_upload", max_upload_size=UPLOAD_LIMIT_MB[kind])
     if upload is None:
-        st.info("Upload a .zip of JPG/PNG images; you get masks, overlays and summary.csv in predictions.zip.")
-        return
-    stored = cached_run("zip", upload, settings, segmenter)
+        st.info(hint)
+        return None, None
+    return upload, cached_run(kind, upload, settings, segmenter)
+
+
+def zip_mode(settings: Settings, segmenter: Segmenter) -> None:
+    upload, stored = upload_and_run(
+        "zip", "ZIP of images", ["zip"],
+        "Upload a .zip of JPG/PNG images; you get masks, overlays and summary.csv in predictions.zip.", settings, segmenter)
     if stored is None:
         return
     result = stored["result"]
@@ -368,12 +375,9 @@ def zip_mode(settings: Settings, segmenter: Segmenter) -> None:
 
 
 def video_mode(settings: Settings, segmenter: Segmenter) -> None:
-    upload = st.file_uploader("Video (MP4/AVI/MOV/MKV)", type=VIDEO_TYPES, key="video_upload",
-                              max_upload_size=UPLOAD_LIMIT_MB["video"])
-    if upload is None:
-        st.info("Upload a video; every Nth frame is segmented (sidebar) and the annotated video comes back.")
-        return
-    stored = cached_run("video", upload, settings, segmenter)
+    upload, stored = upload_and_run(
+        "video", "Video (MP4/AVI/MOV/MKV)", VIDEO_TYPES,
+        "Upload a video; every Nth frame is segmented (sidebar) and the annotated video comes back.", settings, segmenter)
     if stored is None:
         return
     result = stored["result"]
