@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from utils import UserError, atomic_write_json
+from utils import MAX_IMAGE_PIXELS, UserError, atomic_write_json
 
 # The smp architectures (segmentation_models_pytorch 0.6); test_config checks this list against
 # smp's registry so the two cannot drift. Plus our own HRNet backbone with a light head.
@@ -143,6 +143,9 @@ FIELDS: tuple[Field, ...] = (
     Field("threads", non_negative(int), 0, "torch CPU threads; 0 = torch's default"),
     Field("min_area", non_negative(int), 64, "min region area (px) for the adaptive threshold at inference"),
     Field("export", parse_bool, True, "export <name>.onnx after training"),
+    Field("max_image_pixels", positive(int), MAX_IMAGE_PIXELS,
+          "images or masks claiming more pixels are refused from their header (decompression bombs)",
+          flags=("--max-pixels",)),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 
@@ -192,6 +195,7 @@ class Config:
     threads: int
     min_area: int
     export: bool
+    max_image_pixels: int
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -167,16 +167,19 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        torch.save(payload, tmp)
+        # A Python file object, not a path: torch's own C++ writer reports a full disk only as an "unexpected pos"
+        # RuntimeError, while Python's write raises OSError(ENOSPC), which torch keeps as the error's context.
+        with os.fdopen(fd, "wb") as file:
+            torch.save(payload, file)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        # torch.save wraps the OSError of a full disk in a RuntimeError: look at the cause too.
-        cause = exc if isinstance(exc, OSError) else exc.__cause__ or exc.__context__
-        if isinstance(cause, OSError) and cause.errno in DISK_FULL:
+        cause = exc
+        while cause is not None and not (isinstance(cause, OSError) and cause.errno in DISK_FULL):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
             raise disk_full_error(path, cause) from exc
         raise
 

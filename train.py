@@ -42,13 +42,14 @@ from dataset import (
     split_indices,
 )
 from model import build_loss, build_model, load_checkpoint, model_args, read_checkpoint, save_checkpoint
+import utils
 from utils import LOG, UserError, atomic_write_json, run_cli, setup_logging, write_png
 
 # Thresholds searched on the out-of-fold predictions for the recommended threshold.
 THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
 # Settings that do not change what is trained: a change in them keeps finished folds valid.
 NON_TRAINING_KEYS = ("work_dir", "workers", "pin_memory", "device", "threads", "export", "fold_ids", "name",
-                     "min_area", "resume", "tracker", "save_checkpoints", "eval_step")
+                     "min_area", "resume", "tracker", "save_checkpoints", "eval_step", "max_image_pixels")
 
 
 def seed_everything(seed: int) -> None:
@@ -556,6 +557,7 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
+    utils.MAX_IMAGE_PIXELS = cfg.max_image_pixels  # every image and mask read in this process, the cache included
     LOG.info("device: %s, torch threads: %d%s", device, torch.get_num_threads(), ", AMP on" if cfg.use_amp else "")
     sources = collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, cfg.raw_json_path)
     entries = build_cache(sources, work, cfg.input_size, cfg.classes,

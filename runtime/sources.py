@@ -203,7 +203,7 @@ def extract_zip(
         archive = zipfile.ZipFile(zip_path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise UserError(f"cannot open ZIP {zip_path}: {exc}") from exc
-    items, written, seen_names, seen_outs = [], 0, set(), set()
+    items, written, seen_names, seen_outs, seen_targets = [], 0, set(), set(), set()
     dest = dest.resolve()
     with archive:
         check_zip_limits(archive, max_bytes, max_ratio, max_entries)
@@ -225,14 +225,30 @@ def extract_zip(
                 LOG.warning("%s", reason)
                 items.append(Item(name, None, Path(Path(name).name).with_suffix(".png"), reason))
                 continue
-            if out in seen_outs:  # a.jpg and a.png side by side: keep both outputs
+            # a.jpg beside a.png, or Dup.PNG beside dup.png (distinct here, one file on a case-insensitive disk such
+            # as macOS's or Windows', or in predictions.zip unpacked there): both are processed, the later one's
+            # outputs named after its full entry name; distinct() settles anything still colliding.
+            if out.as_posix().casefold() in seen_outs:
                 out = Path(name + ".png")
-            seen_outs.add(out)
+            out = distinct(out, seen_outs)
+            target = dest / distinct(Path(name), seen_targets)
             written += copy_entry(archive, info, target, max_bytes - written)
             items.append(Item(name, target, out))
     if not items:
         raise UserError(f"no images found in {zip_path} (looked for {', '.join(IMAGE_EXTS)})")
     return items
+
+
+def distinct(path: Path, seen: set[str]) -> Path:
+    """`path`, or `<stem>~N<suffix>` when a path equal to it ignoring case is in `seen`; records the one returned."""
+    candidate, n = path, 1
+    while candidate.as_posix().casefold() in seen:
+        n += 1
+        candidate = path.with_name(f"{path.stem}~{n}{path.suffix}")
+    if candidate != path:
+        LOG.warning("ZIP entry %s differs from an earlier one only by case: written as %s", path, candidate)
+    seen.add(candidate.as_posix().casefold())
+    return candidate
 
 
 def copy_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: int) -> int:

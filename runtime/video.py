@@ -27,7 +27,13 @@ def open_capture(source) -> cv2.VideoCapture:
     capture = cv2.VideoCapture(int(text) if text.isdigit() else text)
     if not capture.isOpened():
         capture.release()
-        raise UserError(f"cannot open video {source} (missing, corrupt, an unsupported codec or an unreachable stream)")
+        path = Path(text)
+        if text.isdigit() or "://" in text:
+            raise UserError(f"cannot open video {source} (no such camera, or an unreachable stream)")
+        if not path.is_file():
+            raise UserError(f"cannot open video {source}: no such file")
+        raise UserError(f"cannot open video {source}: no decodable video stream in {path.stat().st_size} bytes "
+                        f"(empty, truncated, not a video, or an unsupported codec)")
     return capture
 
 
@@ -130,6 +136,23 @@ def video_name(source) -> str:
     return Path(text).stem
 
 
+def ended_early_reason(source, frames_read: int, frames_expected: int, quit_early: bool) -> str | None:
+    """Why a video gave fewer frames than it should (None when it did not): empty, or truncated mid-file.
+
+    `frames_expected` is the container's frame count (0 for streams and webcams, which may end at any time).
+    A file whose header promises more frames than could be decoded is truncated or corrupt past that point;
+    the frames before it have been processed and written, this says where it stopped.
+    """
+    if frames_read == 0:
+        return f"no frames could be read from {source} (empty, truncated or not a video)"
+    # Some containers only estimate their frame count (duration x fps): a shortfall of 1% (at least one frame) is
+    # within that estimate and not called truncation.
+    if not quit_early and frames_expected - frames_read > max(1, frames_expected // 100):
+        return (f"video ended after {frames_read} of {frames_expected} frames: {source} is truncated or corrupt "
+                f"past frame {frames_read - 1}; the frames before it were processed")
+    return None
+
+
 def run_video(segmenter, source, output: Path, options, progress=None) -> dict:
     """Annotated video OUT/<name>.mp4 (or .avi) and OUT/<name>_frames.csv from a file, stream or webcam.
 
@@ -154,6 +177,7 @@ def run_video(segmenter, source, output: Path, options, progress=None) -> dict:
         total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if Path(str(source)).is_file() else 0
         total = min(total, options.max_frames) if options.max_frames and total > 0 else max(total, 0)
         writer, viewer, mask, info, infer_ms = None, Viewer(options.view_img), None, None, 0.0
+        quit_early = False
         try:
             for index, frame in iter_frames(capture, options.video_max_side, options.max_frames):
                 start = time.perf_counter()
@@ -184,13 +208,16 @@ def run_video(segmenter, source, output: Path, options, progress=None) -> dict:
                 if progress is not None:
                     progress(result["images"], total or None)
                 if not viewer.show(shown):
+                    quit_early = True
                     break
         finally:
             capture.release()
             viewer.close()
             if writer is not None:
                 writer.release()
-        if result["images"] == 0:
-            log.write(error_row(str(source), f"no frames could be read from {source}", FRAME_COLUMNS))
+        reason = ended_early_reason(source, result["images"], total, quit_early)
+        if reason:
+            LOG.warning("%s", reason)
+            log.write(error_row(str(source), reason, FRAME_COLUMNS))
             counts["error"] += 1
     return {**result, "ok": counts["ok"], "no_detection": counts["no_detection"], "errors": counts["error"]}

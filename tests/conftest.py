@@ -57,3 +57,19 @@ def trained_run(tmp_path_factory) -> Path:
     cfg = load_config(tiny_argv(data, base / "work"), environ={})
     train.run(cfg)
     return base / "work"
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 1 MiB tmpfs (a full disk that says ENOSPC), mounted for one test; skipped where mount is not allowed."""
+    import subprocess
+
+    mount = tmp_path / "tiny_disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

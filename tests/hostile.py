@@ -70,10 +70,12 @@ def bomb_png(width: int = 50000, height: int = 50000) -> bytes:
 def hostile_files() -> dict[str, tuple[bytes, Case]]:
     """name -> (file content, expected outcome), for every case that is a plain file."""
     jpeg = encode(rect(60, 80), ".jpg")
+    png = encode(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))  # noise: a long IDAT
     palette = Image.fromarray(rect(24, 30)).convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
     rgba = np.dstack([rect(25, 25), np.full((25, 25), 128, np.uint8)])
     return {
         "truncated.jpg": (jpeg[: len(jpeg) // 2], Case("error", "truncated JPEG")),
+        "truncated.png": (png[: len(png) * 2 // 3], Case("error", "truncated PNG")),
         "zero.png": (b"", Case("error", "empty file (0 bytes)")),
         "text.png": (b"just some text, not a PNG\n", Case("error", "not a readable image file")),
         "page.jpg": (b"<!DOCTYPE html><html><body>404</body></html>", Case("error", "HTML")),
@@ -125,6 +127,10 @@ def write_hostile_zip(path: Path) -> dict[str, Case]:
         cases["inner.zip"] = Case("error", "nested archive")
         archive.writestr("dup.png", encode(rect(12, 12)))
         archive.writestr("dup.png", encode(rect(14, 14)))  # zipfile warns, and writes it anyway
+        archive.writestr("Case.PNG", encode(rect(18, 18)))  # the same name as case.png on a case-insensitive disk
+        cases["Case.PNG"] = Case(GOOD, hw=(18, 18))
+        archive.writestr("case.png", encode(rect(20, 20)))
+        cases["case.png"] = Case(GOOD, hw=(20, 20))
     return cases
 
 

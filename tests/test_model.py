@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -203,10 +204,29 @@ def test_out_of_space_keeps_the_previous_checkpoint(tmp_path, unet, monkeypatch)
     before = path.read_bytes()
 
     def full_disk(obj, target):
-        Path(target).write_bytes(b"half a checkpoint")
+        target.write(b"half a checkpoint")
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(UserError, match=r"cannot write .*fold0_last\.pt: No space left on device .*intact"):
         save_checkpoint(path, {"model": unet.state_dict(), "epoch": 2})
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["fold0_last.pt"]
+
+
+def test_a_real_full_disk_keeps_the_previous_checkpoint_and_artifacts(tiny_disk):
+    """A 1 MiB tmpfs, not a monkeypatch: torch.save's own error path on ENOSPC, and utils' atomic writes."""
+    import utils
+
+    path = tiny_disk / "fold0_last.pt"
+    save_checkpoint(path, {"model": {"w": torch.zeros(100_000)}, "epoch": 1})  # ~400 KB
+    before = path.read_bytes()
+    with pytest.raises(UserError, match=r"cannot write .*fold0_last\.pt: No space left on device .*intact"):
+        save_checkpoint(path, {"model": {"w": torch.ones(200_000)}, "epoch": 2})  # ~800 KB: no room beside the old
+    assert path.read_bytes() == before and [p.name for p in tiny_disk.iterdir()] == ["fold0_last.pt"]
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+
+    utils.atomic_write_json(tiny_disk / "metrics.json", {"epoch": 1})
+    with pytest.raises(UserError, match=r"cannot write .*metrics\.json: No space left"):
+        utils.atomic_write_json(tiny_disk / "metrics.json", {"epoch": 2, "pad": "x" * 700_000})
+    assert json.loads((tiny_disk / "metrics.json").read_text()) == {"epoch": 1}
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["fold0_last.pt", "metrics.json"]

@@ -75,7 +75,12 @@ def test_hostile_zip_gives_a_specific_row_per_entry(segmenter, tmp_path):
     dups = [row for row in rows if row["file"] == "dup.png"]
     assert [row["status"] for row in dups] == ["no_detection", "error"] and "duplicate ZIP entry" in dups[1]["error"]
     assert cv2.imread(str(out / "masks" / "dup.png")).shape[:2] == (12, 12)  # the first one, not overwritten
-    check_rows([row for row in rows if row["file"] != "dup.png"], cases, out)
+    # Case.PNG and case.png: both processed, outputs that stay distinct on a case-insensitive disk
+    assert cv2.imread(str(out / "masks" / "Case.png")).shape[:2] == (18, 18)
+    assert cv2.imread(str(out / "masks" / "case.png.png")).shape[:2] == (20, 20)
+    assert len({p.name.casefold() for p in (out / "masks").iterdir()}) == len(list((out / "masks").iterdir()))
+    del cases["case.png"]
+    check_rows([row for row in rows if row["file"] not in ("dup.png", "case.png")], cases, out)
     assert not (tmp_path / "evil.png").exists() and not (tmp_path.parent / "evil.png").exists()
     assert not Path("/abs/evil.png").exists() and not list(out.glob(".unzipped-*"))
 
@@ -298,3 +303,68 @@ def test_peak_memory_is_flat_from_100_to_1000_files(model_path, tmp_path):
         peaks[count] = int(done.stdout.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux
     print(f"peak RSS: 100 files {peaks[100]:.0f} MiB, 1000 files {peaks[1000]:.0f} MiB")
     assert peaks[1000] < peaks[100] * 1.25 + 30, peaks  # 10x the files: no more than a quarter more memory
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_training_pixel_limit_is_a_setting(tmp_path, monkeypatch, how):
+    """MAX_IMAGE_PIXELS / --max-pixels bound the training side's reads as they do inference's (80x100 images)."""
+    import train
+    from conftest import tiny_argv, write_blobs
+    from config import load_config
+
+    import utils
+
+    monkeypatch.setattr(utils, "MAX_IMAGE_PIXELS", utils.MAX_IMAGE_PIXELS)  # prepare() sets it process-wide
+    data = write_blobs(tmp_path / "data", 4)
+    argv = tiny_argv(data, tmp_path / "work", **({"max_pixels": 7999} if how == "flag" else {}))
+    cfg = load_config(argv, environ={"MAX_IMAGE_PIXELS": "7999"} if how == "env" else {})
+    assert cfg.max_image_pixels == 7999
+    with pytest.raises(UserError, match=r"img_000\.jpg .*100x80 = 8,000 pixels is over the limit of 7,999"):
+        train.prepare(cfg)
+    cfg = load_config(tiny_argv(data, tmp_path / "work", max_pixels=8000), environ={})
+    assert len(train.prepare(cfg)[0]) == 4
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from dataset import build_cache, pair_by_stem
+calls, real_replace = 0, os.replace
+def replace(src, dst):  # every atomic write ends in os.replace: die, SIGKILL, right before call number KILL_AT
+    global calls
+    calls += 1
+    if calls == int(sys.argv[4]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_replace(src, dst)
+os.replace = replace
+build_cache(pair_by_stem(sys.argv[2] + "/images", sys.argv[2] + "/masks"), sys.argv[3], 32)
+"""
+
+
+def test_kill_9_during_the_cache_stage_resumes_without_reading_a_half_written_entry(tmp_path):
+    """SIGKILL between an entry's image and mask writes, after the manifest checkpoint at 200 entries:
+    the rerun reuses exactly the checkpointed entries, rewrites the rest, and ends byte-identical to a clean build."""
+    from conftest import write_blobs
+    from dataset import build_cache, pair_by_stem
+
+    data = write_blobs(tmp_path / "data", 300, size=(40, 48))
+    work, clean = tmp_path / "work", tmp_path / "clean"
+    # os.replace calls: 2 per entry (image, mask) + 1 manifest checkpoint after entry 200; 463 = mask of entry 231
+    done = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(ROOT), str(data), str(work), "463"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -9, done.stderr
+    assert len(json.loads((work / "cache_manifest.json").read_text())["entries"]) == 200
+    half = list((work / "masks").glob(".img_230.png.*.tmp"))  # the mask that never got its rename
+    assert len(half) == 1 and not (work / "masks" / "img_230.png").exists()
+    assert (work / "images" / "img_230.png").exists()  # its image did: the entry must be redone, not trusted
+    before = {p.name: p.stat().st_mtime_ns for p in (work / "images").glob("img_*.png")}
+
+    entries = build_cache(pair_by_stem(data / "images", data / "masks"), work, 32)
+    reference = build_cache(pair_by_stem(data / "images", data / "masks"), clean, 32)
+    assert [e.key for e in entries] == [e.key for e in reference] and len(entries) == 300
+    reused = [n for n, t in before.items() if (work / "images" / n).stat().st_mtime_ns == t]
+    assert sorted(reused) == [f"img_{i:03d}.png" for i in range(200)]  # checkpointed: kept, not redone
+    for got, want in zip(entries, reference):
+        assert got.image.read_bytes() == want.image.read_bytes() and got.mask.read_bytes() == want.mask.read_bytes()
+        assert (got.empty, got.class_pixels) == (want.empty, want.class_pixels)
+    assert json.loads((work / "cache_manifest.json").read_text())["entries"].keys() == {e.key for e in entries}

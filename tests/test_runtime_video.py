@@ -124,3 +124,41 @@ def test_view_img_without_display_says_so(monkeypatch, records):  # noqa: F811
     viewer = video.Viewer(True)
     assert not viewer.enabled and viewer.show(np.zeros((4, 4, 3), np.uint8))
     assert any("no display" in r.getMessage() for r in records.records)
+
+
+def test_video_with_zero_frames_is_a_specific_error_row(segmenter, tmp_path):
+    """A container written with no frames at all (what a crashed recorder leaves): one row that says so."""
+    empty = tmp_path / "empty.mp4"
+    cv2.VideoWriter(str(empty), cv2.VideoWriter_fourcc(*"mp4v"), 10, (W, H)).release()
+    assert empty.stat().st_size > 0
+    result = inference.run(segmenter, empty, tmp_path / "out")
+    rows = read_rows(tmp_path / "out" / "empty_frames.csv")
+    assert len(rows) == 1 and rows[0]["status"] == "error"
+    assert "no decodable video stream" in rows[0]["error"] and result["errors"] == 1 and result["video"] is None
+
+
+def test_video_truncated_mid_file_keeps_every_decodable_frame_then_says_where_it_stopped(segmenter, tmp_path):
+    """An MJPG AVI cut in half: its header still promises 30 frames. Every frame that decodes is inferred
+    and written to the annotated video, then one error row names the shortfall."""
+    whole = write_clip(tmp_path / "whole.avi", fourcc="MJPG")
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    decodable = video_info(cut)[0]
+    assert 0 < decodable < FRAMES
+    result = inference.run(segmenter, cut, tmp_path / "out")
+    rows = read_rows(tmp_path / "out" / "cut_frames.csv")
+    frames, tail = rows[:-1], rows[-1]
+    assert [int(r["frame"]) for r in frames] == list(range(decodable))
+    assert all(r["status"] == "ok" for r in frames)
+    assert tail["status"] == "error" and f"ended after {decodable} of {FRAMES} frames" in tail["error"]
+    assert "truncated" in tail["error"]
+    assert result["images"] == decodable and result["errors"] == 1
+    assert video_info(result["video"])[0] == decodable
+
+
+def test_a_complete_video_is_not_called_truncated(segmenter, clip, tmp_path):
+    inference.run(segmenter, clip, tmp_path / "out", max_frames=5)  # stopping at --max-frames is not truncation
+    rows = read_rows(tmp_path / "out" / "clip_frames.csv")
+    assert len(rows) == 5 and all(r["status"] == "ok" for r in rows)
+    assert video.ended_early_reason("v.mkv", 99, 100, False) is None  # within a container's estimate
+    assert video.ended_early_reason("v.mp4", 10, 30, True) is None  # the user pressed q
