@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
+
+from utils import LOG, UserError
 
 CROP_MODES = ("off", "person")
 PERSON_CLASS = 0  # COCO class id of "person" in the YOLO models
@@ -293,3 +296,51 @@ class PersonDetector:
 def background_fill(num_classes: int) -> list[float]:
     """What `paste_back` puts outside the crop for probabilities: background everywhere."""
     return [0.0] if num_classes == 1 else [1.0] + [0.0] * (num_classes - 1)
+
+
+# ----------------------------------------------------------------------------- runtime stage
+
+
+class CropStage:
+    """Inference with smart crop: detect -> crop each image -> (the segmenter runs) -> paste probs back."""
+
+    def __init__(self, detector: PersonDetector, settings: CropSettings, path: Path | None = None):
+        self.detector, self.settings, self.path = detector, settings, path
+
+    def crop(self, images: list[np.ndarray]) -> list[Crop]:
+        return [self.detector.crop(image, self.settings) for image in images]
+
+    @staticmethod
+    def paste(probs: np.ndarray, crop: Crop, orig_hw: tuple[int, int]) -> np.ndarray:
+        """(C, S, S) probabilities on the crop -> (C, H, W) on the original image, background outside."""
+        return np.ascontiguousarray(paste_back(probs, crop.box, orig_hw, background_fill(len(probs))), np.float32)
+
+    @staticmethod
+    def describe(crop: Crop) -> dict:
+        """The crop columns of a summary.csv row."""
+        return {"crop_status": crop.status, "crop_box": " ".join(str(v) for v in crop.box)}
+
+
+def load_crop_stage(meta: dict, model_path, make_session, detector: str | Path | None = None) -> CropStage | None:
+    """The CropStage a model's metadata asks for (crop_mode 'person'), else None.
+
+    The detector is `detector` when given, else the file the metadata names, beside the model.
+    `make_session(path)` builds its ONNX Runtime session (same providers as the segmenter).
+    """
+    if meta.get("crop_mode", "off") != "person":
+        if detector:
+            LOG.warning("--detector %s ignored: the model was not trained with smart crop", detector)
+        return None
+    if detector is None:
+        if not meta.get("detector") or model_path is None:
+            raise UserError("the model was trained with smart crop (CROP=person) but names no detector file; "
+                            "pass --detector PATH to its YOLO11-seg .onnx")
+        detector = Path(model_path).parent / str(meta["detector"])
+    detector = Path(detector)
+    if not detector.is_file():
+        raise UserError(f"the model was trained with smart crop (CROP=person) and needs its person detector "
+                        f"{detector}: export.py writes it beside the model as <name>.detector.onnx; copy it there "
+                        "or pass --detector PATH")
+    settings = CropSettings.from_dict({**(meta.get("crop") or {}), "mode": "person"})
+    LOG.info("smart crop: detector %s, roi_factor %s, min_size %s", detector, settings.roi_factor, settings.min_size)
+    return CropStage(PersonDetector(make_session(detector), settings.conf), settings, detector)
