@@ -57,3 +57,15 @@ def trained_run(tmp_path_factory) -> Path:
     cfg = load_config(tiny_argv(data, base / "work"), environ={})
     train.run(cfg)
     return base / "work"
+
+
+@pytest.fixture(scope="session")
+def yolo_files(tmp_path_factory) -> tuple[Path, Path]:
+    """(det.pt, det.onnx): YOLO11n-seg built from its yaml (random weights, no download) and its ONNX export."""
+    from smartcrop import export_detector  # sets ultralytics' offline switches before it is imported
+    from ultralytics import YOLO
+
+    folder = tmp_path_factory.mktemp("yolo")
+    YOLO("yolo11n-seg.yaml").save(folder / "det.pt")
+    export_detector(folder / "det.pt", folder / "det.onnx")
+    return folder / "det.pt", folder / "det.onnx"
