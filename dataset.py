@@ -162,7 +162,9 @@ def _write_crop_entry(source: Source, image_out: Path, mask_out: Path, num_class
         crop = cropper.crop(image)
     except Exception as exc:  # noqa: BLE001 - a bad file is a manifest row, not a crash
         LOG.warning("crop: %s skipped: %s", source.image_path, exc)
-        return {"status": "error", "error": str(exc), "crop_box": None, "class_pixels": []}
+        # a bad file stays an error until it changes; anything else (e.g. out of GPU memory) is retried
+        return {"status": "error", "error": str(exc), "retry": not isinstance(exc, UserError), "crop_box": None,
+                "class_pixels": []}
     mask = crop_square(mask, crop.box, cropper.settings.input_size, 0, nearest=True)
     write_png(image_out, crop.image)
     write_png(mask_out, mask, rgb=False)
@@ -172,7 +174,9 @@ def _write_crop_entry(source: Source, image_out: Path, mask_out: Path, num_class
 def _is_valid(record: dict | None, digest: str, settings: dict, image_out: Path, mask_out: Path) -> bool:
     if not record or record.get("hash") != digest or record.get("settings") != settings:
         return False
-    return record.get("status") == "error" or (image_out.is_file() and mask_out.is_file())
+    if record.get("status") == "error":
+        return not record.get("retry", False)
+    return image_out.is_file() and mask_out.is_file()
 
 
 def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int, num_classes: int = 1,

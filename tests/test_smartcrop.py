@@ -121,6 +121,29 @@ def test_manifest_rows_and_the_same_box_crops_the_mask(tmp_path):
             assert expected.sum() > 0
 
 
+def test_bad_files_stay_errors_but_detector_failures_are_retried(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="seg")
+    data = write_blobs(tmp_path / "data", 3)
+    (data / "images" / "img_001.jpg").write_bytes(b"not an image")
+
+    class Flaky(FakeCropper):
+        def crop(self, image):
+            if self.calls == 0:
+                self.calls += 1
+                raise RuntimeError("CUDA out of memory")
+            return super().crop(image)
+
+    cropper = Flaky(settings())
+    entries = build_cache(pair_by_stem(data / "images", data / "masks"), tmp_path / "work", 64, cropper=cropper)
+    rows = json.loads((tmp_path / "work" / MANIFEST_NAME).read_text())["entries"]
+    assert [e.key for e in entries] == ["img_002"]
+    assert rows["img_000"]["status"] == rows["img_001"]["status"] == "error"
+    assert "out of memory" in rows["img_000"]["error"] and "cannot decode" in rows["img_001"]["error"]
+    entries = build_cache(pair_by_stem(data / "images", data / "masks"), tmp_path / "work", 64, cropper=cropper)
+    assert [e.key for e in entries] == ["img_000", "img_002"]  # the failure was retried, the bad file was not
+    assert crop_counts(caplog)[:2] == (1, 2)
+
+
 def test_bad_inputs_give_a_crop_or_an_error_row_and_the_run_goes_on(tmp_path, yolo_files):
     from smartcrop import SmartCropper
 
