@@ -99,3 +99,32 @@ def export_detector(model_path: str | os.PathLike, output: str | os.PathLike, im
     atomic_write_bytes(output, proto.SerializeToString())
     LOG.info("exported detector %s -> %s", model_path, output)
     return output
+
+
+def random_detector(output: str | os.PathLike, seed: int = 0) -> Path:
+    """A YOLO11n-seg .pt built from its yaml (random weights, no download) for tests and benchmarks.
+
+    As built, activations vanish through the random layers and every score is the same ~1e-4. So
+    the BatchNorm statistics are calibrated on random images (unit-variance activations, as the
+    export matrix does) and the 'person' bias is zeroed: many person candidates with spread scores.
+    """
+    import torch
+    from ultralytics import YOLO
+
+    torch.manual_seed(seed)
+    model = YOLO("yolo11n-seg.yaml")
+    net = model.model
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over the calibration batches
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.rand(2, 3, 320, 320))
+        for branch in net.model[-1].cv3:
+            branch[-1].weight[PERSON_CLASS] *= 0.1  # scores spread over (0, 1), not saturated at 1
+            branch[-1].bias[PERSON_CLASS] = 0.0
+    net.eval()
+    model.save(output)
+    return Path(output)

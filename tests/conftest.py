@@ -62,10 +62,9 @@ def trained_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def yolo_files(tmp_path_factory) -> tuple[Path, Path]:
     """(det.pt, det.onnx): YOLO11n-seg built from its yaml (random weights, no download) and its ONNX export."""
-    from smartcrop import export_detector  # sets ultralytics' offline switches before it is imported
-    from ultralytics import YOLO
+    from smartcrop import export_detector, random_detector
 
     folder = tmp_path_factory.mktemp("yolo")
-    YOLO("yolo11n-seg.yaml").save(folder / "det.pt")
+    random_detector(folder / "det.pt")
     export_detector(folder / "det.pt", folder / "det.onnx")
     return folder / "det.pt", folder / "det.onnx"
