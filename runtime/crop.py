@@ -268,7 +268,7 @@ def decode_yolo_seg(output0: np.ndarray, protos: np.ndarray, input_hw: tuple[int
     kept = nms(xyxy + best[:, None] * 7680.0, score, iou)[:max_det]  # class offset: NMS within a class
     boxes = scale_boxes(xyxy[kept], input_hw, orig_hw)
     masks = instance_masks(protos, pred[kept, 4 + nc:], boxes, orig_hw)
-    has_pixels = masks.reshape(len(masks), -1).any(axis=1)  # ultralytics drops detections with an empty mask
+    has_pixels = masks.any(axis=(1, 2))  # ultralytics drops detections with an empty mask
     return Detections(boxes[has_pixels], score[kept][has_pixels], best[kept][has_pixels], masks[has_pixels])
 
 

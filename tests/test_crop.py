@@ -139,6 +139,16 @@ def test_decoder_on_a_synthetic_output():
     assert mask[40:440, 220:420].all() and not mask[:, :220].any() and not mask[:, 420:].any()
 
 
+def test_decoder_with_nobody_above_the_threshold_gives_a_fallback_crop():
+    out = np.zeros((4 + 2 + 2, 5), np.float32)
+    out[4] = 0.1  # every box below conf
+    found = decode_yolo_seg(out, np.ones((2, 160, 160), np.float32), (640, 640), (300, 200), conf=0.25)
+    assert found.boxes.shape == (0, 4) and found.masks.shape == (0, 300, 200)
+    settings = CropSettings("person", input_size=32)
+    crop = crop_from_masks(np.zeros((300, 200, 3), np.uint8), found.masks, found.scores, settings)
+    assert crop.status == "fallback" and crop.box == (0, 0, 300, 300)
+
+
 def test_letterbox_matches_ultralytics_padding():
     x = letterbox(np.zeros((480, 640, 3), np.uint8), (640, 640))
     assert x.shape == (1, 3, 640, 640)
