@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from runtime.crop import CROP_MODES, CropSettings
 from utils import MAX_IMAGE_PIXELS, UserError, atomic_write_json
 
 # The smp architectures (segmentation_models_pytorch 0.6); test_config checks this list against
@@ -65,6 +66,13 @@ def non_negative(kind: Callable) -> Callable:
     return parse
 
 
+def byte_value(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 255:
+        raise ValueError("expected an integer from 0 to 255")
+    return value
+
+
 def fraction(text: str) -> float:
     value = float(text)
     if not 0.0 < value < 1.0:
@@ -101,6 +109,13 @@ FIELDS: tuple[Field, ...] = (
     Field("groups", parse_optional_path, None, "CSV of <image stem>,<group>: a group never spans two folds"),
     Field("work_dir", str, "work", "run folder: cache, models, logs, ONNX"),
     Field("name", str, "model", "name of the exported <name>.onnx"),
+    # Smart crop (README "Smart cropping"): a square around the largest person, found by YOLO11-seg
+    Field("crop", str, "off", "smart crop: off, or person (crop around the largest person)", choices=CROP_MODES),
+    Field("crop_model", str, "weights/yolo11n-seg.pt", "local YOLO11-seg weights (.pt or .onnx); never downloaded"),
+    Field("crop_conf", fraction, 0.25, "person detection confidence threshold"),
+    Field("crop_roi_factor", positive(float), 2.5, "ROI side = this x torso size (source pixels)"),
+    Field("crop_min_size", positive(int), 256, "smallest ROI side in source pixels"),
+    Field("crop_pad_value", byte_value, 114, "grey level (0-255) where the ROI leaves the image"),
     # Model
     Field("arch", str, "UnetPlusPlus", "architecture", flags=("--model",), choices=ARCHITECTURES),
     Field("encoder", str, "resnet34", "smp encoder name, or tu-<timm name>"),
@@ -160,6 +175,12 @@ class Config:
     groups: str | None
     work_dir: str
     name: str
+    crop: str
+    crop_model: str
+    crop_conf: float
+    crop_roi_factor: float
+    crop_min_size: int
+    crop_pad_value: int
     arch: str
     encoder: str
     encoder_weights: str | None
@@ -199,6 +220,10 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def crop_settings(self) -> CropSettings:
+        return CropSettings(self.crop, self.crop_conf, self.crop_roi_factor, self.crop_min_size, self.crop_pad_value,
+                            self.input_size)
 
     def selected_folds(self) -> list[int]:
         if self.fold_ids.strip().lower() == "all":
@@ -283,10 +308,22 @@ def validate(cfg: Config) -> None:
         value = getattr(cfg, name)
         if value and not Path(value).is_file():
             raise UserError(f"{name.upper()}={value!r}: file not found")
+    if cfg.crop == "person":
+        check_crop_model(cfg.crop_model)
     names = cfg.names()
     if cfg.classes > 1 and len(names) != cfg.classes:
         raise UserError(f"CLASS_NAMES/CLASSES_FILE give {len(names)} names ({', '.join(names)}) but CLASSES={cfg.classes}")
     parse_class_weights(cfg.class_weights, cfg.classes)
+
+
+def check_crop_model(path: str) -> None:
+    """CROP=person needs a local detector file; say where it goes (nothing is ever downloaded)."""
+    if not Path(path).is_file():
+        raise UserError(f"CROP=person needs YOLO11-seg weights at CROP_MODEL={path!r}, which does not exist: put a "
+                        f"yolo11n-seg.pt (or an exported .onnx) file there, or set CROP_MODEL / --crop-model to its "
+                        "path (nothing is downloaded)")
+    if Path(path).suffix.lower() not in (".pt", ".onnx"):
+        raise UserError(f"CROP_MODEL={path!r} must be a YOLO11-seg .pt or .onnx file")
 
 
 def parse_class_weights(text: str, classes: int) -> list[float] | str | None:

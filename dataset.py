@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from runtime.crop import crop_square
 from utils import (
     IMAGENET_MEAN, IMAGENET_STD, LOG, UserError, atomic_write_json, file_sha1, index_masks, list_images, normalize,
     read_image, read_mask, resize_long_side, write_png,
 )
 
-CACHE_VERSION = 3  # 3: EXIF orientation applied when decoding
+CACHE_VERSION = 4  # 3: EXIF orientation applied when decoding; 4: crop box, status and smart-crop settings
 MANIFEST_NAME = "cache_manifest.json"
 
 
@@ -60,6 +61,7 @@ class CacheEntry:
     empty: bool
     source: str
     class_pixels: tuple[int, ...] = ()  # pixel count per class id in the cached mask
+    crop_box: tuple[int, int, int, int] | None = None  # smart crop: the square cut from the source image
 
 
 # ----------------------------------------------------------------------------- sources
@@ -111,8 +113,11 @@ def collect_sources(raw_img_dir: str | None, raw_mask_dir: str | None, raw_json_
 # ----------------------------------------------------------------------------- disk cache
 
 
-def _settings(input_size: int, num_classes: int) -> dict:
-    return {"cache_version": CACHE_VERSION, "input_size": input_size, "num_classes": num_classes}
+def _settings(input_size: int, num_classes: int, cropper=None) -> dict:
+    settings = {"cache_version": CACHE_VERSION, "input_size": input_size, "num_classes": num_classes}
+    if cropper is not None:  # a new detector file or crop setting invalidates every crop
+        settings.update(crop=cropper.settings.to_dict(), detector_hash=cropper.detector_hash)
+    return settings
 
 
 def _load_manifest(path: Path) -> dict:
@@ -125,47 +130,101 @@ def _load_manifest(path: Path) -> dict:
         return {}
 
 
-def _write_entry(source: Source, image_out: Path, mask_out: Path, input_size: int, num_classes: int) -> list[int]:
-    """Resize one source into the cache. Returns the pixel count of each class in the cached mask."""
+def _load_pair(source: Source, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     image = read_image(source.image_path)
     mask = source.load_mask(num_classes)
     if mask.shape[:2] != image.shape[:2]:
         raise UserError(f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
                         f"{image.shape[1]}x{image.shape[0]} for {source.image_path}")
-    mask = resize_long_side(mask, input_size, nearest=True)
-    write_png(image_out, resize_long_side(image, input_size))
-    write_png(mask_out, mask, rgb=False)
+    return image, mask
+
+
+def _class_pixels(mask: np.ndarray, num_classes: int) -> list[int]:
     return np.bincount(mask.ravel(), minlength=max(num_classes, 2)).tolist()
 
 
+def _write_entry(source: Source, image_out: Path, mask_out: Path, input_size: int, num_classes: int) -> dict:
+    """Resize one source into the cache. Returns the record fields it decided."""
+    image, mask = _load_pair(source, num_classes)
+    mask = resize_long_side(mask, input_size, nearest=True)
+    write_png(image_out, resize_long_side(image, input_size))
+    write_png(mask_out, mask, rgb=False)
+    return {"status": "ok", "crop_box": None, "class_pixels": _class_pixels(mask, num_classes)}
+
+
+def _write_crop_entry(source: Source, image_out: Path, mask_out: Path, num_classes: int, cropper) -> dict:
+    """Smart-crop one source into the cache: the detector's box cuts both the image and its mask.
+
+    A source that cannot be read or cropped becomes an `error` record with the reason; the run goes on.
+    """
+    try:
+        image, mask = _load_pair(source, num_classes)
+        crop = cropper.crop(image)
+    except Exception as exc:  # noqa: BLE001 - a bad file is a manifest row, not a crash
+        LOG.warning("crop: %s skipped: %s", source.image_path, exc)
+        # a bad file stays an error until it changes; anything else (e.g. out of GPU memory) is retried
+        return {"status": "error", "error": str(exc), "retry": not isinstance(exc, UserError), "crop_box": None,
+                "class_pixels": []}
+    mask = crop_square(mask, crop.box, cropper.settings.input_size, 0, nearest=True)
+    write_png(image_out, crop.image)
+    write_png(mask_out, mask, rgb=False)
+    return {"status": crop.status, "crop_box": list(crop.box), "class_pixels": _class_pixels(mask, num_classes)}
+
+
+def _is_valid(record: dict | None, digest: str, settings: dict, image_out: Path, mask_out: Path) -> bool:
+    if not record or record.get("hash") != digest or record.get("settings") != settings:
+        return False
+    if record.get("status") == "error":
+        return not record.get("retry", False)
+    return image_out.is_file() and mask_out.is_file()
+
+
 def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int, num_classes: int = 1,
-                progress: Callable[[Iterable], Iterable] | None = None) -> list[CacheEntry]:
-    """Bring WORK_DIR/images, WORK_DIR/masks and the manifest up to date with `sources`."""
+                progress: Callable[[Iterable], Iterable] | None = None, cropper=None) -> list[CacheEntry]:
+    """Bring WORK_DIR/images, WORK_DIR/masks and the manifest up to date with `sources`.
+
+    With a `cropper` (smartcrop.SmartCropper, or anything with .settings, .detector_hash and
+    .crop(image)), each source is cut to the square around its person first. A record is reused
+    when the source content, the settings and (cropping) the detector file are unchanged; errors
+    are recorded per file and left out of the returned entries.
+    """
     work_dir = Path(work_dir)
     manifest_path = work_dir / MANIFEST_NAME
     old = _load_manifest(manifest_path)
-    settings = _settings(input_size, num_classes)
-    entries, records, reused = [], {}, 0
+    settings = _settings(input_size, num_classes, cropper)
+    entries, records, counts = [], {}, dict.fromkeys(("cached", "computed", "fallback", "error"), 0)
     sources = list(sources)
-    for i, source in enumerate(progress(sources) if progress else sources):
+    bar = progress(sources) if progress else sources
+    for i, source in enumerate(bar):
         image_out = work_dir / "images" / f"{source.key}.png"
         mask_out = work_dir / "masks" / f"{source.key}.png"
         digest = source.content_hash()
         record = old.get(source.key)
-        if record and record.get("hash") == digest and record.get("settings") == settings \
-                and image_out.is_file() and mask_out.is_file():
-            reused += 1
+        if _is_valid(record, digest, settings, image_out, mask_out):
+            counts["cached"] += 1
         else:
-            pixels = _write_entry(source, image_out, mask_out, input_size, num_classes)
+            fields = (_write_crop_entry(source, image_out, mask_out, num_classes, cropper) if cropper else
+                      _write_entry(source, image_out, mask_out, input_size, num_classes))
+            counts["computed"] += 1
             record = {"source": str(source.image_path), "mask_source": str(source.mask_path or "<labelstudio>"),
-                      "hash": digest, "settings": settings, "empty": sum(pixels[1:]) == 0, "class_pixels": pixels}
+                      "hash": digest, "settings": settings, **fields,
+                      "empty": sum(fields["class_pixels"][1:]) == 0}
         records[source.key] = record
-        entries.append(CacheEntry(source.key, image_out, mask_out, record["empty"], record["source"],
-                                  tuple(record["class_pixels"])))
+        counts[record.get("status", "ok")] = counts.get(record.get("status", "ok"), 0) + 1
+        if hasattr(bar, "set_postfix") and cropper:
+            bar.set_postfix({k: counts[k] for k in ("cached", "computed", "fallback")}, refresh=False)
+        if record.get("status") != "error":
+            box = tuple(record["crop_box"]) if record.get("crop_box") else None
+            entries.append(CacheEntry(source.key, image_out, mask_out, record["empty"], record["source"],
+                                      tuple(record["class_pixels"]), box))
         if (i + 1) % 200 == 0:  # checkpoint the manifest so a killed run keeps its work
             atomic_write_json(manifest_path, {"entries": {**old, **records}})
     atomic_write_json(manifest_path, {"entries": records})
-    LOG.info("cache: %d samples (%d reused, %d written) in %s", len(entries), reused, len(entries) - reused, work_dir)
+    LOG.info("cache: %d samples (%d reused, %d written) in %s", len(entries), counts["cached"], counts["computed"],
+             work_dir)
+    if cropper:
+        LOG.info("crop: %d computed, %d cached, %d fallback, %d error", counts["computed"], counts["cached"],
+                 counts["fallback"], counts["error"])
     return entries
 
 

@@ -157,8 +157,22 @@ def package_versions() -> dict:
     return {"torch": torch.__version__, "smp": smp.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__}
 
 
+def crop_metadata(cfg: dict, detector_name: str) -> dict:
+    """The smart-crop fields of the metadata: mode, the ROI settings and the detector file beside the model."""
+    if cfg.get("crop", "off") != "person":
+        return {"crop_mode": "off", "detector": None}
+    settings = {"conf": cfg["crop_conf"], "roi_factor": cfg["crop_roi_factor"], "min_size": cfg["crop_min_size"],
+                "pad_value": cfg["crop_pad_value"], "input_size": cfg["input_size"]}
+    return {"crop_mode": "person", "detector": detector_name, "crop": settings}
+
+
+def detector_path(output: Path) -> Path:
+    """Where the YOLO detector goes: <name>.detector.onnx beside <name>.onnx."""
+    return output.with_name(f"{output.stem}.detector.onnx")
+
+
 def build_metadata(ckpt: dict, folds: list[int], threshold: float | None, min_area: int | None,
-                   tta: str = "none", output: str = "probs") -> dict:
+                   tta: str = "none", output: str = "probs", detector_name: str = "") -> dict:
     cfg = ckpt.get("config", {})
     args = ckpt["model_args"]
     classes = args["classes"]
@@ -175,7 +189,7 @@ def build_metadata(ckpt: dict, folds: list[int], threshold: float | None, min_ar
         "threshold": 0.5 if threshold is None else float(threshold),
         "thresholds": DEFAULT_METADATA["thresholds"],
         "min_area": int(cfg.get("min_area", 64) if min_area is None else min_area),
-        "folds": folds, "crop_mode": cfg.get("crop_mode", "off"), "detector": cfg.get("detector"),
+        "folds": folds, **crop_metadata(cfg, detector_name),
         "config_hash": ckpt.get("config_hash"),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": package_versions(),
@@ -515,7 +529,12 @@ def export_onnx(work_dir: str | Path, folds: list[int] | None = None, output: st
     if threshold is None:
         threshold = read_recommended_threshold(work_dir)
     kind = "logits" if logits else "probs"
-    metadata = build_metadata(ckpt, list(checkpoints), threshold, min_area, tta, kind)
+    output = Path(output) if output else work_dir / f"{ckpt.get('config', {}).get('name') or 'model'}.onnx"
+    metadata = build_metadata(ckpt, list(checkpoints), threshold, min_area, tta, kind, detector_path(output).name)
+    if metadata["crop_mode"] == "person":  # first: a missing detector fails before the long export
+        from smartcrop import export_detector
+
+        export_detector(ckpt["config"]["crop_model"], detector_path(output))
     ensemble = ExportEnsemble(models, metadata["num_classes"], tta, kind).eval()
     proto = add_metadata(to_onnx_bytes(ensemble, metadata["input_size"], opset, kind), metadata)
     if simplify_graph:
@@ -523,7 +542,6 @@ def export_onnx(work_dir: str | Path, folds: list[int] | None = None, output: st
     if check:
         metadata["checks"] = verify(ensemble, proto.SerializeToString(), metadata["input_size"], metadata["arch"])
         proto = set_metadata(proto, metadata)
-    output = Path(output) if output else work_dir / f"{metadata['name']}.onnx"
     atomic_write_bytes(output, proto.SerializeToString())
     LOG.info("exported %s (folds %s, tta %s, %s, %.1f MB, threshold %.2f)", output, list(checkpoints), tta, kind,
              output.stat().st_size / 1e6, metadata["threshold"])

@@ -13,6 +13,10 @@ Run book (only onnxruntime(-gpu), opencv-python-headless and numpy are needed):
     python inference.py --model model.onnx --source clip.mp4 --output preds/ --vid-stride 3 --video-max-side 640
     python inference.py --model model.onnx --source rtsp://camera/stream --output preds/ --max-frames 500
 
+    # a model trained with CROP=person finds the person with <name>.detector.onnx (beside it, or --detector),
+    # segments the crop and pastes the mask back; summary.csv gets crop_status and crop_box
+    python inference.py --model model.onnx --source photos/ --output preds/ --detector model.detector.onnx
+
     # flip TTA, Otsu instead of the adaptive cascade, and a clean-up chain
     python inference.py --model model.onnx --source images/ --output preds/ --tta flips --threshold otsu \
         --close 5 --open 3 --fill-holes --min-component-area 100 --keep-largest 1
@@ -61,6 +65,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 # Re-exported names below are the engine's public API: `from inference import ...` keeps working.
+from runtime.crop import CROP_MODES, load_crop_stage
 from runtime.pipeline import RunOptions, output_lock, run_items, run_zip, summarize  # noqa: F401
 from runtime.postprocess import (  # noqa: F401
     PALETTE, PostOptions, apply_threshold, colorize, component_stats, make_overlay, otsu_level, parse_color,
@@ -220,6 +225,14 @@ METADATA_RULES = {
                    "a non-empty list of numbers in (0, 1)"),
     "min_area": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "tta": (lambda v: v is None or v in TTA_FLIPS, f"one of {', '.join(TTA_FLIPS)}"),
+    "crop_mode": (lambda v: v in CROP_MODES, f"one of {', '.join(CROP_MODES)}"),
+    "detector": (lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "null or a file name"),
+    "crop": (lambda v: v is None or (isinstance(v, dict) and _is_number(v.get("conf")) and 0 <= v["conf"] < 1
+                                    and _is_number(v.get("roi_factor")) and v["roi_factor"] > 0
+                                    and _is_int(v.get("min_size")) and v["min_size"] >= 1
+                                    and _is_int(v.get("pad_value")) and 0 <= v["pad_value"] <= 255
+                                    and _is_int(v.get("input_size")) and 32 <= v["input_size"] <= 16384),
+             "null or {conf in [0, 1), roi_factor > 0, min_size >= 1, pad_value 0-255, input_size 32-16384}"),
 }
 
 
@@ -284,7 +297,7 @@ class Segmenter:
     """
 
     def __init__(self, model_path, device: str = "auto", threads: int = 0, tta: str | None = None,
-                 session=None, providers: str | None = None, **post):
+                 session=None, providers: str | None = None, detector=None, **post):
         self.model_path = Path(model_path) if model_path is not None else None
         if session is None:
             self.wanted = select_providers(providers or device)  # --providers is the old name
@@ -303,6 +316,9 @@ class Segmenter:
         self.tta = self._resolve_tta(tta)
         self.post = self._post_options(post)
         self.timing = {"pre_ms": 0.0, "infer_ms": 0.0, "post_ms": 0.0}
+        # smart crop (metadata crop_mode 'person'): the YOLO detector runs on the same providers
+        self.crop_stage = load_crop_stage(self.meta, self.model_path,
+                                          lambda path: create_session(path, self.wanted, threads), detector)
         self._report_provider()
 
     def _fixed_input_size(self, shape) -> tuple[int, int] | None:
@@ -409,6 +425,23 @@ class Segmenter:
         return to_probs(output, kind)
 
     def predict_probs_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """RGB images -> (C, H, W) float32 probabilities at each image's own size."""
+        return self._predict_cropped(images)[0]
+
+    def _predict_cropped(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], list[dict]]:
+        """Probabilities plus per-image crop columns; with smart crop the model sees the person crops."""
+        if getattr(self, "crop_stage", None) is None:
+            return self._predict_probs(images), [{} for _ in images]
+        t0 = time.perf_counter()
+        images = [as_rgb(image) for image in images]
+        crops = self.crop_stage.crop(images)
+        crop_ms = (time.perf_counter() - t0) * 1e3 / max(len(images), 1)
+        probs = self._predict_probs([crop.image for crop in crops])
+        self.timing["crop_ms"] = crop_ms
+        return ([self.crop_stage.paste(p, crop, image.shape[:2]) for p, crop, image in zip(probs, crops, images)],
+                [self.crop_stage.describe(crop) for crop in crops])
+
+    def _predict_probs(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """RGB images -> (C, H, W) float32 probabilities at each image's own size.
 
         All images and their TTA flips go through the model together (one session.run per input
@@ -448,12 +481,12 @@ class Segmenter:
         return self.predict_probs_batch([image])[0]
 
     def predict_batch(self, images: list[np.ndarray]) -> list[Result]:
-        probs_list = self.predict_probs_batch(images)
+        probs_list, crop_infos = self._predict_cropped(images)
         t0 = time.perf_counter()
         results = []
-        for probs in probs_list:
+        for probs, crop_info in zip(probs_list, crop_infos):
             mask, info = postprocess(probs, self.post)
-            info["status"] = "ok" if info["detected"] else "no_detection"
+            info.update(crop_info, status="ok" if info["detected"] else "no_detection")
             results.append(Result(mask, probs, info))
         self.timing["post_ms"] += (time.perf_counter() - t0) * 1e3 / max(len(images), 1)
         for result in results:
@@ -488,13 +521,13 @@ class OtsuSegmenter(Segmenter):
     def __init__(self, **post):
         self.model_path, self.session, self.providers, self.wanted = None, None, ["none (Otsu)"], ["none"]
         self.meta, self.has_metadata = decode_metadata({})[0], False
-        self.tta, self.fixed_hw, self.max_batch = "none", None, 0
+        self.tta, self.fixed_hw, self.max_batch, self.crop_stage = "none", None, 0, None
         post["threshold"] = "otsu"
         self.post = self._post_options(post)
         self.timing = {"pre_ms": 0.0, "infer_ms": 0.0, "post_ms": 0.0}
         LOG.info("method otsu: no model, Otsu threshold on the grey image")
 
-    def predict_probs_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+    def _predict_probs(self, images: list[np.ndarray]) -> list[np.ndarray]:
         t0 = time.perf_counter()
         results = []
         for image in images:
@@ -601,6 +634,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--threads", type=int, default=0, help="CPU threads for onnxruntime, 0 = automatic")
     add("--batch-size", type=int, default=1, help="images per model run for folders, lists and ZIPs")
     add("--io-threads", type=int, default=2, help="background threads for decoding and for writing")
+    add("--detector", default=None,
+        help="smart-crop models: the YOLO11-seg .onnx (default: the file the model's metadata names, beside it)")
     add("--tta", default=None, choices=tuple(TTA_FLIPS),
         help="flip test-time augmentation, batched into one run (None: none, and flips already baked into "
              "the model are not repeated)")
@@ -653,7 +688,8 @@ def build_segmenter(args: argparse.Namespace):
         return OtsuSegmenter(**{**post, "threshold": "otsu"})
     if args.model is None:
         raise UserError("--model is required (the .onnx from export.py), or use --method otsu for the baseline")
-    return Segmenter(args.model, device=args.device, threads=args.threads, tta=args.tta, **post)
+    return Segmenter(args.model, device=args.device, threads=args.threads, tta=args.tta, detector=args.detector,
+                     **post)
 
 
 def print_summary(result: dict, with_gt: bool) -> None:

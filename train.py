@@ -12,6 +12,8 @@ Run book:
     python train.py --raw-img-dir data/images --raw-mask-dir data/masks --search-files true
     # multi-class: class ids in the masks, named classes, weights from pixel counts
     python train.py ... --classes 3 --class-names background,scratch,dent --class-weights auto
+    # smart crop: a square around the largest person (YOLO11-seg weights are a local file)
+    python train.py ... --crop person --crop-model weights/yolo11n-seg.pt --crop-roi-factor 2.5
     python train.py --help
 
 Writes to WORK_DIR: config.json, images/ + masks/ (the cache), folds.json, models/fold<K>_{best,last}.pt,
@@ -506,21 +508,28 @@ def evaluate_checkpoint(cfg: Config, path: Path, entries, indices, device, oof: 
 
 
 @torch.inference_mode()
-def score_original_resolution(cfg: Config, path: Path, sources: list, device, oof: OOFStats) -> None:
+def score_original_resolution(cfg: Config, path: Path, sources: list, device, oof: OOFStats,
+                              boxes: list | None = None) -> None:
     """Score a fold model as the runtime will: the shared torch-free preprocessing, the output mapped
-    back to each source image's own size, compared with the source mask."""
+    back to each source image's own size, compared with the source mask. With smart crop, each image
+    is cut to its cached crop box first and the prediction pasted back (runtime/crop.py)."""
+    from runtime.crop import background_fill, crop_square, paste_back
     from utils import IMAGENET_MEAN, IMAGENET_STD, preprocess, read_image, restore_size
 
     model = build_model(cfg.arch, cfg.encoder, None, cfg.classes).to(device).eval()
     load_checkpoint(model, path)
     meta = {"input_size": cfg.input_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "stride": 32}
-    for source in sources:
+    for source, box in zip(sources, boxes or [None] * len(sources)):
         image, mask = read_image(source.image_path), source.load_mask(cfg.classes)
-        chw, valid_hw = preprocess(image, meta)  # (3, H', W')
+        view = crop_square(image, box, cfg.input_size, cfg.crop_pad_value) if box else image
+        chw, valid_hw = preprocess(view, meta)  # (3, H', W')
         with autocast(cfg, device):
             logits = model(torch.from_numpy(chw)[None].to(device)).float()[0]
         probs = torch.sigmoid(logits) if cfg.classes == 1 else torch.softmax(logits, 0)
-        probs = torch.from_numpy(restore_size(probs.cpu().numpy(), valid_hw, image.shape[:2]))  # (C, H, W)
+        probs = restore_size(probs.cpu().numpy(), valid_hw, view.shape[:2])  # (C, h, w)
+        if box:
+            probs = paste_back(probs, box, image.shape[:2], background_fill(cfg.classes))
+        probs = torch.from_numpy(np.ascontiguousarray(probs))  # (C, H, W)
         target = torch.from_numpy(mask.astype(np.int64))
         oof.add(probs[None], target[None, None] if cfg.classes == 1 else target[None], cfg.classes, from_probs=True)
 
@@ -548,6 +557,15 @@ def summarize(fold_scores: dict[int, dict], oof: OOFStats, oof_original: OOFStat
     return summary
 
 
+def make_cropper(cfg: Config, device: torch.device):
+    """The SmartCropper for CROP=person, else None (the cache then only resizes)."""
+    if cfg.crop != "person":
+        return None
+    from smartcrop import SmartCropper
+
+    return SmartCropper(cfg.crop_model, cfg.crop_settings(), device=str(device))
+
+
 def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     work = Path(cfg.work_dir)
     setup_logging(work / "logs" / "training.log")
@@ -560,7 +578,7 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     utils.MAX_IMAGE_PIXELS = cfg.max_image_pixels  # every image and mask read in this process, the cache included
     LOG.info("device: %s, torch threads: %d%s", device, torch.get_num_threads(), ", AMP on" if cfg.use_amp else "")
     sources = collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, cfg.raw_json_path)
-    entries = build_cache(sources, work, cfg.input_size, cfg.classes,
+    entries = build_cache(sources, work, cfg.input_size, cfg.classes, cropper=make_cropper(cfg, device),
                           progress=lambda it: tqdm(it, desc="cache", leave=False, dynamic_ncols=True, disable=None))
     return entries, {s.key: s for s in sources}, device
 
@@ -577,8 +595,9 @@ def run(cfg: Config) -> dict:
         for fold in fold_ids:
             best_paths[fold] = train_fold(cfg, fold, entries, splits[fold], device, metrics, tracker)
             fold_scores[fold] = evaluate_checkpoint(cfg, best_paths[fold], entries, splits[fold][1], device, oof)
-            score_original_resolution(cfg, best_paths[fold], [sources[entries[i].key] for i in splits[fold][1]],
-                                      device, oof_original)
+            val = [entries[i] for i in splits[fold][1]]
+            score_original_resolution(cfg, best_paths[fold], [sources[e.key] for e in val], device, oof_original,
+                                      [e.crop_box for e in val])
             LOG.info("fold %d best: val dice %.4f iou %.4f", fold, fold_scores[fold]["dice"], fold_scores[fold]["iou"])
             if test_idx:
                 test_scores[fold] = evaluate_checkpoint(cfg, best_paths[fold], entries, test_idx, device)

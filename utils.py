@@ -49,8 +49,9 @@ DEFAULT_METADATA = {
     "thresholds": [0.5, 0.3, 0.15],
     "min_area": 64,
     "folds": [],
-    "crop_mode": "off",
+    "crop_mode": "off",  # "person": smart crop with the detector file below (runtime/crop.py)
     "detector": None,
+    "crop": None,  # the ROI settings: conf, roi_factor, min_size, pad_value, input_size
 }
 
 

@@ -11,7 +11,7 @@ from utils import UserError, atomic_write_json, dice_iou, list_images, mask_stem
 
 CSV_COLUMNS = (
     "file", "status", "width", "height", "area_px", "area_pct", "threshold", "max_prob",
-    "components", "largest_component_px", "ms", "dice", "iou", "error",
+    "components", "largest_component_px", "ms", "dice", "iou", "crop_status", "crop_box", "error",
 )
 FRAME_COLUMNS = ("frame", "inferred") + CSV_COLUMNS[1:]
 
@@ -56,6 +56,7 @@ def fill_row(row: dict, mask: np.ndarray, info: dict) -> None:
         area_pct=round(100.0 * area / (h * w), 3), threshold="" if info["threshold"] is None else info["threshold"],
         max_prob=round(float(info["max_prob"]), 4), components=info["components"],
         largest_component_px=info["largest_component_px"],
+        crop_status=info.get("crop_status", ""), crop_box=info.get("crop_box", ""),
     )
 
 

@@ -73,3 +73,14 @@ def tiny_disk(tmp_path):
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture(scope="session")
+def yolo_files(tmp_path_factory) -> tuple[Path, Path]:
+    """(det.pt, det.onnx): YOLO11n-seg built from its yaml (random weights, no download) and its ONNX export."""
+    from smartcrop import export_detector, random_detector
+
+    folder = tmp_path_factory.mktemp("yolo")
+    random_detector(folder / "det.pt")
+    export_detector(folder / "det.pt", folder / "det.onnx")
+    return folder / "det.pt", folder / "det.onnx"

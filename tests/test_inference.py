@@ -743,3 +743,49 @@ def test_gt_named_like_training_masks_is_matched(tmp_path):
     index = load_gt_index(tmp_path)
     assert find_gt(index, "a.jpg").name == "a_mask.png"
     assert find_gt(index, "sub/b.png").name == "b_mask.png"
+
+
+# ----------------------------------------------------------------------------- smart crop
+
+
+CROP_META = {**TEST_META, "crop_mode": "person", "detector": "tiny.detector.onnx",
+             "crop": {"conf": 1e-4, "roi_factor": 1.0, "min_size": 48, "pad_value": 0, "input_size": 64}}
+
+
+def test_smart_crop_model_segments_the_crop_and_pastes_back(tmp_path, yolo_files):
+    """A model whose metadata says crop_mode person: the detector beside it finds the crop, the mask comes
+    back at the original size, zero outside the crop box and right inside it; the CSV names the box."""
+    model = build_model(tmp_path / "tiny.onnx", CROP_META)
+    with pytest.raises(UserError, match="needs its person detector"):
+        inference.Segmenter(model, device="cpu")
+    (tmp_path / "tiny.detector.onnx").write_bytes(yolo_files[1].read_bytes())
+    segmenter = inference.Segmenter(model, device="cpu", threshold=0.5)
+    image, truth = rect_image(160, 240)
+    result = segmenter.predict(image)
+    assert result.info["crop_status"] == "ok" and result.mask.shape == (160, 240)
+    x0, y0, x1, y1 = (int(v) for v in result.info["crop_box"].split())
+    assert x1 - x0 == y1 - y0 >= 48
+    inside = np.zeros((160, 240), bool)
+    inside[max(y0, 0):y1, max(x0, 0):x1] = True
+    assert not result.mask[~inside].any()
+    assert (result.mask[inside] == truth[inside]).mean() > 0.97
+    cv2.imwrite(str(tmp_path / "a.png"), image)
+    out = tmp_path / "out"
+    inference.main(["--model", str(model), "--source", str(tmp_path / "a.png"), "--output", str(out), "--device", "cpu"])
+    row = read_rows(out / "summary.csv")[0]
+    assert row["crop_status"] == "ok" and row["crop_box"] == result.info["crop_box"]
+
+
+def test_detector_flag_overrides_the_metadata(tmp_path, yolo_files):
+    model = build_model(tmp_path / "tiny.onnx", CROP_META)
+    segmenter = inference.Segmenter(model, device="cpu", detector=yolo_files[1])
+    assert segmenter.crop_stage.path == yolo_files[1]
+    plain = build_model(tmp_path / "plain.onnx", TEST_META)
+    assert inference.Segmenter(plain, device="cpu").crop_stage is None
+
+
+@pytest.mark.parametrize("bad", [{"crop_mode": "face"}, {"crop": {"conf": 2}}, {"detector": 3}])
+def test_invalid_crop_metadata_is_a_user_error(tmp_path, bad):
+    model = build_model(tmp_path / "bad.onnx", {**CROP_META, **bad})
+    with pytest.raises(UserError, match="model metadata is invalid"):
+        inference.Segmenter(model, device="cpu", detector=tmp_path / "none.onnx")
