@@ -139,8 +139,11 @@ def _write_entry(source: Source, image_out: Path, mask_out: Path, input_size: in
 
 
 def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int, num_classes: int = 1,
-                progress: Callable[[Iterable], Iterable] | None = None) -> list[CacheEntry]:
-    """Bring WORK_DIR/images, WORK_DIR/masks and the manifest up to date with `sources`."""
+                progress: Callable[[Iterable], Iterable] | None = None, write: bool = True) -> list[CacheEntry]:
+    """Bring WORK_DIR/images, WORK_DIR/masks and the manifest up to date with `sources`.
+
+    write=False (DDP ranks other than 0, after rank 0 built it): only read the cache; a stale entry is an error.
+    """
     work_dir = Path(work_dir)
     manifest_path = work_dir / MANIFEST_NAME
     old = _load_manifest(manifest_path)
@@ -155,6 +158,9 @@ def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int
         if record and record.get("hash") == digest and record.get("settings") == settings \
                 and image_out.is_file() and mask_out.is_file():
             reused += 1
+        elif not write:
+            raise UserError(f"cache entry {source.key} in {work_dir} is missing or stale after rank 0 built it; "
+                            "under torchrun on several nodes WORK_DIR must be on a filesystem every node shares")
         else:
             pixels = _write_entry(source, image_out, mask_out, input_size, num_classes)
             record = {"source": str(source.image_path), "mask_source": str(source.mask_path or "<labelstudio>"),
@@ -162,9 +168,10 @@ def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int
         records[source.key] = record
         entries.append(CacheEntry(source.key, image_out, mask_out, record["empty"], record["source"],
                                   tuple(record["class_pixels"])))
-        if (i + 1) % 200 == 0:  # checkpoint the manifest so a killed run keeps its work
+        if write and (i + 1) % 200 == 0:  # checkpoint the manifest so a killed run keeps its work
             atomic_write_json(manifest_path, {"entries": {**old, **records}})
-    atomic_write_json(manifest_path, {"entries": records})
+    if write:
+        atomic_write_json(manifest_path, {"entries": records})
     LOG.info("cache: %d samples (%d reused, %d written) in %s", len(entries), reused, len(entries) - reused, work_dir)
     return entries
 
