@@ -601,16 +601,18 @@ def triton_config(proto: onnx.ModelProto, name: str, max_batch_size: int = 8, ki
     """
     initializers = {init.name for init in proto.graph.initializer}
     inputs = [v for v in proto.graph.input if v.name not in initializers]
-    specs = [(section, v.name, *tensor_spec(v)) for section, values in (("input", inputs), ("output", proto.graph.output))
-             for v in values]
+    specs = [(section, v.name, *tensor_spec(v))
+             for section, values in (("input", inputs), ("output", proto.graph.output)) for v in values]
     batched = max_batch_size > 0 and all(dims and dims[0] == -1 for *_, dims in specs)
     if dynamic_batching and not batched:
         raise UserError("--triton-dynamic-batching needs a dynamic batch dim in every input and output and "
                         "--triton-max-batch > 0")
     lines = [f'name: "{name}"', 'platform: "onnxruntime_onnx"', 'backend: "onnxruntime"',
              f"max_batch_size: {max_batch_size if batched else 0}"]
+    skip = 1 if batched else 0  # Triton's batch dim is implicit
     for section in ("input", "output"):
-        entries = [f'  {{\n    name: "{tensor}"\n    data_type: {dtype}\n    dims: [ {", ".join(map(str, dims[batched:]))} ]\n  }}'
+        entries = [f'  {{\n    name: "{tensor}"\n    data_type: {dtype}\n'
+                   f'    dims: [ {", ".join(map(str, dims[skip:]))} ]\n  }}'
                    for kind_, tensor, dtype, dims in specs if kind_ == section]
         lines.append(f"{section} [\n" + ",\n".join(entries) + "\n]")
     lines.append(f"instance_group [\n  {{\n    count: {instances}\n    kind: KIND_{kind.upper()}\n  }}\n]")
@@ -652,7 +654,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: the cached validation images of the exported folds)")
     parser.add_argument("--calib-images", type=int, default=64, help="cached images used for int8 calibration")
     triton = parser.add_argument_group("Triton model repository (written only; Triton is not started)")
-    triton.add_argument("--triton-repo", default=None, help="also write DIR/<name>/config.pbtxt + DIR/<name>/1/model.onnx")
+    triton.add_argument("--triton-repo", default=None,
+                        help="also write DIR/<name>/config.pbtxt + DIR/<name>/1/model.onnx")
     triton.add_argument("--triton-name", default=None, help="model name in the repository (default: the model's name)")
     triton.add_argument("--triton-max-batch", type=int, default=8, help="max_batch_size (0: no batching by Triton)")
     triton.add_argument("--triton-kind", default="gpu", choices=("gpu", "cpu"), help="instance_group kind")

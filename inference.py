@@ -649,7 +649,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--ray-cpus-per-actor", type=float, default=1.0, help="CPUs reserved by each actor")
     add("--ray-gpus-per-actor", type=float, default=None,
         help="GPUs per actor (fractions share a GPU); default 1 when the cluster has GPUs, else 0")
-    add("--ray-block-size", type=int, default=8, help="images per actor call (rounded up to a multiple of --batch-size)")
+    add("--ray-block-size", type=int, default=8,
+        help="images per actor call (rounded up to a multiple of --batch-size)")
     add("--verbose", action="store_true", help="debug logging")
     return parser.parse_args(argv)
 
@@ -684,11 +685,12 @@ def run_ray(args: argparse.Namespace, options: RunOptions, progress=None, enviro
         items = (list_items(Path(args.source)) if kind == "list"
                  else image_items(args.source, exclude=output, follow_symlinks=options.follow_symlinks))
         # without --threads each actor's session gets the CPUs the actor reserved, not the whole machine
-        actor_args = argparse.Namespace(**{**vars(args), "threads": args.threads or max(1, round(args.ray_cpus_per_actor))})
+        threads = args.threads or max(1, round(args.ray_cpus_per_actor))
+        actor_args = argparse.Namespace(**{**vars(args), "threads": threads})
         import inference  # by module name, so actors unpickle it even when this file runs as __main__
 
-        return run_items_ray(partial(inference.build_segmenter, actor_args), items, output, options, load_gt_index(options.gt_dir),
-                             progress, ray_options, environ)
+        return run_items_ray(partial(inference.build_segmenter, actor_args), items, output, options,
+                             load_gt_index(options.gt_dir), progress, ray_options, environ)
 
 
 def print_summary(result: dict, with_gt: bool) -> None:

@@ -701,7 +701,8 @@ def run(cfg: Config) -> dict:
     work = Path(cfg.work_dir)
     splits, fold_ids, test_idx = resolve_splits(cfg, entries)
     if is_main():
-        atomic_write_json(work / "folds.json", {str(k): [entries[i].key for i in va] for k, (_, va) in enumerate(splits)})
+        atomic_write_json(work / "folds.json",
+                          {str(k): [entries[i].key for i in va] for k, (_, va) in enumerate(splits)})
     metrics = MetricsLog(work / "logs" / "metrics.json", write=is_main())
     tracker = Tracker(cfg.tracker if is_main() else "none", work / "logs", cfg.to_dict())
     oof, oof_original, fold_scores, test_scores, best_paths = OOFStats(), OOFStats(), {}, {}, {}

@@ -314,7 +314,8 @@ def test_triton_repository_config_matches_the_onnx(trained_run, tmp_path, kind, 
 def test_triton_static_batch_model_gets_max_batch_size_zero(tmp_path):
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT16, [1, 3, 32, 32])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT16, [1, 3, 32, 32])
-    proto = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]))
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    proto = onnx.helper.make_model(graph)
     config = parse_pbtxt(export.triton_config(proto, "static", max_batch_size=8, kind="cpu"))
     assert config["max_batch_size"] == 0
     assert config["input"][0] == {"name": "x", "data_type": "TYPE_FP16", "dims": [1, 3, 32, 32]}
