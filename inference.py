@@ -686,7 +686,8 @@ def run_ray(args: argparse.Namespace, options: RunOptions, progress=None, enviro
                  else image_items(args.source, exclude=output, follow_symlinks=options.follow_symlinks))
         # without --threads each actor's session gets the CPUs the actor reserved, not the whole machine
         threads = args.threads or max(1, round(args.ray_cpus_per_actor))
-        actor_args = argparse.Namespace(**{**vars(args), "threads": threads})
+        model = os.path.abspath(args.model) if args.model else None  # actors may run in another directory
+        actor_args = argparse.Namespace(**{**vars(args), "threads": threads, "model": model})
         import inference  # by module name, so actors unpickle it even when this file runs as __main__
 
         return run_items_ray(partial(inference.build_segmenter, actor_args), items, output, options,

@@ -90,8 +90,9 @@ class SegmentActor:
 
 
 def dataset_records(items: list[Item]) -> list[dict]:
-    return [{"index": i, "name": item.name, "path": str(item.path or ""), "out": str(item.out), "error": item.error}
-            for i, item in enumerate(items)]
+    """Plain rows for ray.data; absolute paths, since an actor's working directory is not the driver's."""
+    return [{"index": i, "name": item.name, "path": os.path.abspath(item.path) if item.path else "",
+             "out": str(item.out), "error": item.error} for i, item in enumerate(items)]
 
 
 def run_items_ray(make_segmenter, items: list[Item], output: Path, options: RunOptions, gt_index: dict, progress,
@@ -115,9 +116,10 @@ def run_items_ray(make_segmenter, items: list[Item], output: Path, options: RunO
         context.enable_progress_bars = False
         block = -(-ray_options.block_size // options.batch_size) * options.batch_size
         dataset = ray.data.from_items(dataset_records(items), override_num_blocks=max(1, -(-len(items) // block)))
+        gt_index = {name: Path(os.path.abspath(path)) for name, path in gt_index.items()}
         dataset = dataset.map_batches(
-            SegmentActor, fn_constructor_args=(make_segmenter, str(output), options, gt_index), batch_size=block,
-            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=ray_options.actors),
+            SegmentActor, fn_constructor_args=(make_segmenter, os.path.abspath(output), options, gt_index),
+            batch_size=block, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=ray_options.actors),
             num_cpus=ray_options.cpus_per_actor, num_gpus=gpus)
         return collect(dataset, len(items), output, gt_index, progress)
     except ray.exceptions.RayError as exc:  # e.g. an actor could not load the model on its node

@@ -1,6 +1,7 @@
 """--engine ray: Ray Data on a local 2-CPU Ray writes what the single-machine engine writes."""
 
 import csv
+import json
 import zipfile
 
 import pytest
@@ -18,17 +19,20 @@ def _rows(path):
 
 
 def test_ray_engine_matches_the_local_engine(trained_run, tmp_path):
-    images = write_blobs(tmp_path / "data", 40, seed=5) / "images"
+    data = write_blobs(tmp_path / "data", 40, seed=5)
+    images = data / "images"
     (images / "broken.jpg").write_bytes(b"not an image")  # a per-file error stays a status row
     common = ["--model", str(trained_run / "model.onnx"), "--source", str(images), "--threads", "1",
-              "--batch-size", "2", "--close", "3"]
+              "--batch-size", "2", "--close", "3", "--gt", str(data / "masks")]
     inference.main([*common, "--output", str(tmp_path / "local")])
     inference.main([*common, "--output", str(tmp_path / "ray"), "--engine", "ray", "--ray-num-cpus", "2",
                     "--ray-actors", "2", "--ray-block-size", "4"])
 
     local_rows, ray_rows = _rows(tmp_path / "local" / "summary.csv"), _rows(tmp_path / "ray" / "summary.csv")
     assert len(ray_rows) == 41 and ray_rows == local_rows  # same order, same values
-    assert [r["status"] for r in ray_rows].count("error") == 1
+    assert [r["status"] for r in ray_rows].count("error") == 1 and all(r["dice"] for r in ray_rows[1:])
+    metrics = [json.loads((tmp_path / engine / "metrics.json").read_text()) for engine in ("local", "ray")]
+    assert metrics[0] == metrics[1]
     for folder in ("masks", "overlays"):
         local = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local" / folder).iterdir())
         assert len(local) == 40
