@@ -515,7 +515,7 @@ def restore(run: FoldRun) -> None:
 
 def train_step(run: FoldRun, images: torch.Tensor, masks: torch.Tensor) -> tuple[float, torch.Tensor]:
     with autocast(run.cfg, run.device):
-        logits = (run.net or run.model)(images)
+        logits = (run.model if run.net is None else run.net)(images)
     logits = logits.float()
     loss = run.loss_fn(logits, masks)
     run.optimizer.zero_grad(set_to_none=True)
