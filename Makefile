@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:  make demo  |  make test
-# Each creates .venv (Python 3.11) and installs requirements-train.txt + requirements-app.txt once.
+# Each creates .venv (Python 3.11) and installs requirements-train.txt + -app.txt + -dist.txt once.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,9 +9,9 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): requirements-train.txt requirements-infer.txt requirements-app.txt
+$(STAMP): requirements-train.txt requirements-infer.txt requirements-app.txt requirements-dist.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-train.txt -r requirements-app.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-train.txt -r requirements-app.txt -r requirements-dist.txt
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -180,13 +180,17 @@ def _is_valid(record: dict | None, digest: str, settings: dict, image_out: Path,
 
 
 def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int, num_classes: int = 1,
-                progress: Callable[[Iterable], Iterable] | None = None, cropper=None) -> list[CacheEntry]:
+                progress: Callable[[Iterable], Iterable] | None = None, cropper=None,
+                write: bool = True) -> list[CacheEntry]:
     """Bring WORK_DIR/images, WORK_DIR/masks and the manifest up to date with `sources`.
 
     With a `cropper` (smartcrop.SmartCropper, or anything with .settings, .detector_hash and
     .crop(image)), each source is cut to the square around its person first. A record is reused
     when the source content, the settings and (cropping) the detector file are unchanged; errors
     are recorded per file and left out of the returned entries.
+
+    write=False (DDP ranks other than 0, after rank 0 built it): only read the manifest, without hashing the
+    sources again; a missing entry is an error.
     """
     work_dir = Path(work_dir)
     manifest_path = work_dir / MANIFEST_NAME
@@ -198,10 +202,14 @@ def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int
     for i, source in enumerate(bar):
         image_out = work_dir / "images" / f"{source.key}.png"
         mask_out = work_dir / "masks" / f"{source.key}.png"
-        digest = source.content_hash()
         record = old.get(source.key)
+        # a reader trusts the hash rank 0 has just checked instead of reading every file again
+        digest = source.content_hash() if write else (record or {}).get("hash")
         if _is_valid(record, digest, settings, image_out, mask_out):
             counts["cached"] += 1
+        elif not write:
+            raise UserError(f"cache entry {source.key} in {work_dir} is missing after rank 0 built it; "
+                            "under torchrun on several nodes WORK_DIR must be on a filesystem every node shares")
         else:
             fields = (_write_crop_entry(source, image_out, mask_out, num_classes, cropper) if cropper else
                       _write_entry(source, image_out, mask_out, input_size, num_classes))
@@ -217,9 +225,10 @@ def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int
             box = tuple(record["crop_box"]) if record.get("crop_box") else None
             entries.append(CacheEntry(source.key, image_out, mask_out, record["empty"], record["source"],
                                       tuple(record["class_pixels"]), box))
-        if (i + 1) % 200 == 0:  # checkpoint the manifest so a killed run keeps its work
+        if write and (i + 1) % 200 == 0:  # checkpoint the manifest so a killed run keeps its work
             atomic_write_json(manifest_path, {"entries": {**old, **records}})
-    atomic_write_json(manifest_path, {"entries": records})
+    if write:
+        atomic_write_json(manifest_path, {"entries": records})
     LOG.info("cache: %d samples (%d reused, %d written) in %s", len(entries), counts["cached"], counts["computed"],
              work_dir)
     if cropper:

@@ -9,6 +9,8 @@ Run book:
     python export.py --work-dir runs/exp1 --simplify       # onnxslim
     python export.py --work-dir runs/exp1 --fp16           # + <name>.fp16.onnx for GPUs (I/O stays float32)
     python export.py --work-dir runs/exp1 --int8 --val-dir data/val   # + <name>.int8.onnx, Dice before/after
+    python export.py --work-dir runs/exp1 --triton-repo models/ --triton-kind gpu --triton-dynamic-batching
+        # + models/<name>/config.pbtxt and models/<name>/1/model.onnx: an NVIDIA Triton model repository
 
 The graph takes `image` float32 (N, 3, H, W), H and W multiples of 32, dynamic N/H/W, and returns
 `probs` (N, C, H, W): sigmoid (binary) or softmax (multi-class) inside the graph, averaged over
@@ -591,6 +593,66 @@ def read_recommended_threshold(work_dir: Path) -> float | None:
     return None
 
 
+# ----------------------------------------------------------------------------- Triton model repository
+
+TRITON_DTYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
+                 onnx.TensorProto.DOUBLE: "TYPE_FP64", onnx.TensorProto.UINT8: "TYPE_UINT8",
+                 onnx.TensorProto.INT8: "TYPE_INT8", onnx.TensorProto.INT32: "TYPE_INT32",
+                 onnx.TensorProto.INT64: "TYPE_INT64", onnx.TensorProto.BOOL: "TYPE_BOOL"}
+
+
+def tensor_spec(value: onnx.ValueInfoProto) -> tuple[str, list[int]]:
+    """(Triton data type, dims with -1 for every symbolic or unknown dim) of one graph input/output."""
+    tensor = value.type.tensor_type
+    if tensor.elem_type not in TRITON_DTYPES:
+        raise UserError(f"--triton-repo: {value.name} has ONNX element type {tensor.elem_type}, "
+                        f"which this writer does not map; supported: {sorted(TRITON_DTYPES.values())}")
+    return TRITON_DTYPES[tensor.elem_type], [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+
+
+def triton_config(proto: onnx.ModelProto, name: str, max_batch_size: int = 8, kind: str = "gpu", instances: int = 1,
+                  dynamic_batching: bool = False) -> str:
+    """config.pbtxt for Triton's onnxruntime backend, every tensor described from the graph itself.
+
+    A dynamic first dim becomes Triton's batch dim (max_batch_size > 0, dims without it); a static
+    one means max_batch_size 0 and full dims, and no dynamic batching.
+    """
+    initializers = {init.name for init in proto.graph.initializer}
+    inputs = [v for v in proto.graph.input if v.name not in initializers]
+    specs = [(section, v.name, *tensor_spec(v))
+             for section, values in (("input", inputs), ("output", proto.graph.output)) for v in values]
+    batched = max_batch_size > 0 and all(dims and dims[0] == -1 for *_, dims in specs)
+    if dynamic_batching and not batched:
+        raise UserError("--triton-dynamic-batching needs a dynamic batch dim in every input and output and "
+                        "--triton-max-batch > 0")
+    lines = [f'name: "{name}"', 'platform: "onnxruntime_onnx"', 'backend: "onnxruntime"',
+             f"max_batch_size: {max_batch_size if batched else 0}"]
+    skip = 1 if batched else 0  # Triton's batch dim is implicit
+    for section in ("input", "output"):
+        entries = [f'  {{\n    name: "{tensor}"\n    data_type: {dtype}\n'
+                   f'    dims: [ {", ".join(map(str, dims[skip:]))} ]\n  }}'
+                   for kind_, tensor, dtype, dims in specs if kind_ == section]
+        lines.append(f"{section} [\n" + ",\n".join(entries) + "\n]")
+    lines.append(f"instance_group [\n  {{\n    count: {instances}\n    kind: KIND_{kind.upper()}\n  }}\n]")
+    if dynamic_batching:
+        lines.append("dynamic_batching {\n  max_queue_delay_microseconds: 100\n}")
+    return "\n".join(lines) + "\n"
+
+
+def write_triton_repo(onnx_path: Path, repo: str | Path, name: str | None = None, **config) -> Path:
+    """REPO/<name>/config.pbtxt + REPO/<name>/1/model.onnx; returns the model folder. Triton itself is not run."""
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    name = name or read_metadata(proto).get("name") or onnx_path.stem
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise UserError(f"--triton-name {name!r} is not a valid Triton model name; use letters, digits, - and _")
+    folder = Path(repo) / name
+    text = triton_config(proto, name, **config)
+    atomic_write_bytes(folder / "1" / "model.onnx", onnx_path.read_bytes())
+    atomic_write_bytes(folder / "config.pbtxt", text.encode())
+    LOG.info("Triton model repository: %s (config.pbtxt + 1/model.onnx)", folder)
+    return folder
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Export fold checkpoints to one ONNX file.")
     parser.add_argument("--work-dir", required=True, help="the WORK_DIR of a training run")
@@ -609,16 +671,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val-dir", default=None, help="--int8 Dice on DIR/images + DIR/masks "
                         "(default: the cached validation images of the exported folds)")
     parser.add_argument("--calib-images", type=int, default=64, help="cached images used for int8 calibration")
+    triton = parser.add_argument_group("Triton model repository (written only; Triton is not started)")
+    triton.add_argument("--triton-repo", default=None,
+                        help="also write DIR/<name>/config.pbtxt + DIR/<name>/1/model.onnx")
+    triton.add_argument("--triton-name", default=None, help="model name in the repository (default: the model's name)")
+    triton.add_argument("--triton-max-batch", type=int, default=8, help="max_batch_size (0: no batching by Triton)")
+    triton.add_argument("--triton-kind", default="gpu", choices=("gpu", "cpu"), help="instance_group kind")
+    triton.add_argument("--triton-instances", type=int, default=1, help="model instances (per GPU for KIND_GPU)")
+    triton.add_argument("--triton-dynamic-batching", action="store_true", help="let Triton batch requests together")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging()
-    export_onnx(args.work_dir, parse_folds(args.folds, args.fold), args.output, threshold=args.threshold,
-                opset=args.opset, check=not args.no_verify, tta=args.tta, logits=args.logits,
-                simplify_graph=args.simplify, fp16=args.fp16, int8=args.int8, val_dir=args.val_dir,
-                calib_count=args.calib_images)
+    if args.triton_max_batch < 0 or args.triton_instances < 1:
+        raise UserError("--triton-max-batch must be >= 0 and --triton-instances >= 1")
+    path = export_onnx(args.work_dir, parse_folds(args.folds, args.fold), args.output, threshold=args.threshold,
+                       opset=args.opset, check=not args.no_verify, tta=args.tta, logits=args.logits,
+                       simplify_graph=args.simplify, fp16=args.fp16, int8=args.int8, val_dir=args.val_dir,
+                       calib_count=args.calib_images)
+    if args.triton_repo:
+        write_triton_repo(path, args.triton_repo, args.triton_name, max_batch_size=args.triton_max_batch,
+                          kind=args.triton_kind, instances=args.triton_instances,
+                          dynamic_batching=args.triton_dynamic_batching)
 
 
 if __name__ == "__main__":

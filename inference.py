@@ -29,6 +29,10 @@ Run book (only onnxruntime(-gpu), opencv-python-headless and numpy are needed):
     # force the CPU with 4 threads; --device auto picks TensorRT > CUDA > CPU
     python inference.py --model model.onnx --source images/ --output preds/ --device cpu --threads 4
 
+    # the same outputs through Ray Data: a pool of actors, one onnxruntime session (and GPU) each;
+    # RAY_ADDRESS=host:6379 joins a running cluster, else a local Ray is started (pip install -r requirements-dist.txt)
+    python inference.py --model model.onnx --source images/ --output preds/ --engine ray --ray-actors 4
+
 Python API (the CLI and the app use the same code):
 
     seg = Segmenter("model.onnx", tta="hflip", threshold="adaptive", fill_holes=True)
@@ -55,7 +59,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from itertools import islice
 from pathlib import Path
 
@@ -76,6 +80,7 @@ from runtime.sources import (  # noqa: F401
     ZIP_MAX_BYTES, ZIP_MAX_ENTRIES, ZIP_MAX_RATIO, collect_images, detect_source, image_items, list_items,
     output_names,
 )
+from runtime.ray_engine import RayOptions, run_items_ray
 from runtime.video import run_video
 from utils import (
     LOG, MAX_IMAGE_PIXELS, METADATA_VERSION, UserError, decode_metadata, normalize, read_image, resize_long_side,
@@ -671,6 +676,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--vid-stride", type=int, default=1, help="infer every Nth frame and reuse the last mask between")
     add("--max-frames", type=int, default=0, help="stop after this many frames, 0 = all")
     add("--view-img", action="store_true", help="show a window with the annotated frames (when a display exists)")
+    # scale-out (folders, globs and lists): Ray Data over a local or remote (RAY_ADDRESS) Ray cluster
+    add("--engine", default="local", choices=("local", "ray"),
+        help="'ray': the same outputs through Ray Data and a pool of actors (requirements-dist.txt)")
+    add("--ray-actors", type=int, default=2, help="actors in the pool, one onnxruntime session each")
+    add("--ray-num-cpus", type=int, default=0, help="CPUs of the local Ray started when RAY_ADDRESS is unset, 0 = all")
+    add("--ray-cpus-per-actor", type=float, default=1.0, help="CPUs reserved by each actor")
+    add("--ray-gpus-per-actor", type=float, default=None,
+        help="GPUs per actor (fractions share a GPU); default 1 when the cluster has GPUs, else 0")
+    add("--ray-block-size", type=int, default=8,
+        help="images per actor call (rounded up to a multiple of --batch-size)")
     add("--verbose", action="store_true", help="debug logging")
     return parser.parse_args(argv)
 
@@ -690,6 +705,29 @@ def build_segmenter(args: argparse.Namespace):
         raise UserError("--model is required (the .onnx from export.py), or use --method otsu for the baseline")
     return Segmenter(args.model, device=args.device, threads=args.threads, tta=args.tta, detector=args.detector,
                      **post)
+
+
+def run_ray(args: argparse.Namespace, options: RunOptions, progress=None, environ=os.environ) -> dict:
+    """--engine ray: the folder/glob/list run of `run`, with the model run by Ray actors."""
+    ray_options = RayOptions(args.ray_actors, args.ray_num_cpus, args.ray_cpus_per_actor, args.ray_gpus_per_actor,
+                             args.ray_block_size)
+    kind = detect_source(args.source)
+    if kind not in ("folder", "glob", "list", "image"):
+        raise UserError(f"--engine ray runs folders, globs and .txt lists; {args.source} is a {kind}: "
+                        "use --engine local for it")
+    build_segmenter(argparse.Namespace(**{**vars(args), "device": "cpu", "threads": 1}))  # fail fast, here
+    output = Path(args.output)
+    with output_lock(output):
+        items = (list_items(Path(args.source)) if kind == "list"
+                 else image_items(args.source, exclude=output, follow_symlinks=options.follow_symlinks))
+        # without --threads each actor's session gets the CPUs the actor reserved, not the whole machine
+        threads = args.threads or max(1, round(args.ray_cpus_per_actor))
+        model = os.path.abspath(args.model) if args.model else None  # actors may run in another directory
+        actor_args = argparse.Namespace(**{**vars(args), "threads": threads, "model": model})
+        import inference  # by module name, so actors unpickle it even when this file runs as __main__
+
+        return run_items_ray(partial(inference.build_segmenter, actor_args), items, output, options,
+                             load_gt_index(options.gt_dir), progress, ray_options, environ)
 
 
 def print_summary(result: dict, with_gt: bool) -> None:
@@ -735,10 +773,12 @@ def main(argv=None) -> None:
         max_frames=args.max_frames, view_img=args.view_img,
         max_pixels=resolve_max_pixels(args.max_pixels, os.environ), follow_symlinks=args.follow_symlinks,
     )
-    segmenter = build_segmenter(args)
     kind = detect_source(args.source)
     label = "frames" if kind in ("video", "stream", "webcam") else "images"
-    result = run(segmenter, args.source, args.output, options, progress=ProgressBar(label))
+    if args.engine == "ray":
+        result = run_ray(args, options, progress=ProgressBar(label))
+    else:
+        result = run(build_segmenter(args), args.source, args.output, options, progress=ProgressBar(label))
     if result["errors"]:
         LOG.warning("%d item(s) failed; see the error column of %s", result["errors"], result["summary_csv"])
     print_summary(result, with_gt=args.gt is not None)

@@ -20,6 +20,11 @@ Writes to WORK_DIR: config.json, images/ + masks/ (the cache), folds.json, model
 logs/metrics.json, logs/training.log, logs/val_preview_fold<K>.png, cv_summary.json and <NAME>.onnx.
 A killed run resumes (RESUME=true, the default): finished folds are kept and an unfinished fold
 continues from its last checkpoint with its optimizer and scheduler.
+
+Several GPUs or nodes (DDP; gloo on CPU, NCCL on CUDA; BATCH_SIZE is per process):
+    torchrun --nproc_per_node=4 train.py --raw-img-dir data/images --raw-mask-dir data/masks
+    torchrun --nnodes=2 --node_rank=0 --nproc_per_node=4 --rdzv_backend=c10d --rdzv_endpoint=host0:29500 \
+        --rdzv_id=exp1 train.py ...   # node_rank=1 on the second node; WORK_DIR on a shared filesystem
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -34,8 +41,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from config import Config, describe, load_config, parse_class_weights
@@ -71,6 +80,80 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+# ----------------------------------------------------------------------------- torchrun (DDP)
+# Without torchrun (no WORLD_SIZE > 1) every helper below is the single-process identity.
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """Rank 0: the only process that logs, writes checkpoints, metrics, the cache and the export."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """Sum a float64 CPU tensor over all ranks (gloo and NCCL both accept it on its device)."""
+    if not dist.is_initialized():
+        return values
+    backend_device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    summed = values.to(backend_device)
+    dist.all_reduce(summed)
+    return summed.cpu()
+
+
+def shard(items: list) -> list:
+    """This rank's contiguous slice of an evaluation list, unpadded, so the summed metrics count
+    every sample exactly once (DistributedSampler would pad with repeats)."""
+    return [items[i] for i in np.array_split(np.arange(len(items)), world_size())[rank()]]
+
+
+@contextlib.contextmanager
+def distributed(cfg: Config, environ=os.environ):
+    """Join the torchrun process group (RANK/WORLD_SIZE/MASTER_ADDR from the launcher) for the run."""
+    if int(environ.get("WORLD_SIZE", "1")) <= 1:
+        yield
+        return
+    cuda = cfg.device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def ddp_device(device: torch.device) -> torch.device:
+    """One GPU per process under torchrun: cuda:LOCAL_RANK (torch.cuda.set_device in distributed())."""
+    if dist.is_initialized() and device.type == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    if not dist.is_initialized():
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """BatchNorm running stats drift apart per rank during training; evaluate and save rank 0's."""
+    if dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
 
 
 # ----------------------------------------------------------------------------- splits
@@ -169,13 +252,19 @@ class ScoreSum:
 
     def __init__(self, class_names: list[str]):
         self.class_names = class_names
-        self.loss, self.scores, self.seen = 0.0, None, 0
+        self.loss, self.scores, self.seen = 0.0, torch.zeros(2, max(len(class_names) - 1, 1), dtype=torch.float64), 0
 
     def add(self, loss: float, scores: torch.Tensor) -> None:  # scores (B, 2, K)
-        batch_sum = scores.double().sum(0).cpu()
-        self.scores = batch_sum if self.scores is None else self.scores + batch_sum
+        self.scores = self.scores + scores.double().sum(0).cpu()
         self.loss += loss * scores.shape[0]
         self.seen += scores.shape[0]
+
+    def reduce(self) -> "ScoreSum":
+        """Sum over DDP ranks: per-image score sums and image counts, never means of means."""
+        flat = all_reduce_sum(torch.cat([torch.tensor([self.loss, self.seen], dtype=torch.float64),
+                                         self.scores.flatten()]))
+        self.loss, self.seen, self.scores = float(flat[0]), int(flat[1]), flat[2:].view_as(self.scores)
+        return self
 
     def result(self) -> dict:
         mean = self.scores / max(self.seen, 1)  # (2, K)
@@ -201,6 +290,16 @@ class OOFStats:
             self.iou_sum[i] += scores[1]
         self.count += logits.shape[0]
 
+    def reduce(self) -> "OOFStats":
+        """Sum over DDP ranks (each holds its shard's sums)."""
+        flat = all_reduce_sum(torch.from_numpy(np.concatenate([self.dice_sum, self.iou_sum, [self.count]])))
+        grid = len(THRESHOLD_GRID)
+        return OOFStats(flat[:grid].numpy(), flat[grid:2 * grid].numpy(), int(flat[-1]))
+
+    def merge(self, other: "OOFStats") -> None:
+        self.dice_sum, self.iou_sum = self.dice_sum + other.dice_sum, self.iou_sum + other.iou_sum
+        self.count += other.count
+
     def best(self) -> tuple[float, float, float]:
         dice = self.dice_sum / max(self.count, 1)
         i = int(np.argmax(dice))
@@ -214,20 +313,22 @@ class OOFStats:
 class MetricsLog:
     """logs/metrics.json: one record per evaluation, rewritten atomically so a crash keeps all."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, write: bool = True):
+        self.path, self.write = path, write  # write=False on DDP ranks other than 0
         self.records = json.loads(path.read_text()) if path.is_file() else []
 
     def drop_fold(self, fold: int) -> None:
         self.records = [r for r in self.records if r["fold"] != fold]
-        atomic_write_json(self.path, self.records)
+        if self.write:
+            atomic_write_json(self.path, self.records)
 
     def add(self, record: dict) -> None:
         def key(r):
             return r["fold"], r["epoch"], r["step"], r.get("kind")
         self.records = [r for r in self.records if key(r) != key(record)]
         self.records.append(record)
-        atomic_write_json(self.path, self.records)
+        if self.write:
+            atomic_write_json(self.path, self.records)
 
 
 class Tracker:
@@ -273,13 +374,17 @@ class Tracker:
 
 
 def make_loader(cfg: Config, entries: list[CacheEntry], indices: list[int], train: bool, device) -> DataLoader:
-    transform = get_transform(train, cfg.input_size, seed=cfg.seed)
-    dataset = SegDataset([entries[i] for i in indices], transform, cfg.classes)
+    """Under DDP: training through a DistributedSampler (set_epoch each epoch), evaluation on this
+    rank's unpadded shard. Augmentation is seeded per rank."""
+    transform = get_transform(train, cfg.input_size, seed=cfg.seed + rank())
+    dataset = SegDataset([entries[i] for i in (indices if train else shard(indices))], transform, cfg.classes)
+    sampler = DistributedSampler(dataset, shuffle=True, seed=cfg.seed) if train and dist.is_initialized() else None
     return DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=train, num_workers=cfg.workers,
-        pin_memory=cfg.pin_memory and device.type == "cuda", persistent_workers=cfg.workers > 0,
-        generator=torch.Generator().manual_seed(cfg.seed) if train else None, worker_init_fn=seed_worker,
-        drop_last=train and len(dataset) > cfg.batch_size,
+        dataset, batch_size=cfg.batch_size, shuffle=train and sampler is None, sampler=sampler,
+        num_workers=cfg.workers, pin_memory=cfg.pin_memory and device.type == "cuda",
+        persistent_workers=cfg.workers > 0, worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(cfg.seed) if train else None,
+        drop_last=train and len(sampler or dataset) > cfg.batch_size,
     )
 
 
@@ -300,8 +405,10 @@ def autocast(cfg: Config, device: torch.device):
 
 @torch.inference_mode()
 def evaluate(model, loader, loss_fn, cfg: Config, device, oof: OOFStats | None = None) -> dict:
+    """Metrics over the loader's samples; under DDP over every rank's shard, summed (all ranks call it)."""
     model.eval()
-    sums = ScoreSum(cfg.names())
+    sync_buffers(model)
+    sums, local_oof = ScoreSum(cfg.names()), OOFStats()
     for images, masks in loader:
         images, masks = images.to(device), masks.to(device)
         with autocast(cfg, device):
@@ -309,8 +416,10 @@ def evaluate(model, loader, loss_fn, cfg: Config, device, oof: OOFStats | None =
         logits = logits.float()
         sums.add(loss_fn(logits, masks).item(), per_image_scores(logits, masks, cfg.classes))
         if oof is not None:
-            oof.add(logits, masks, cfg.classes)
-    return sums.result()
+            local_oof.add(logits, masks, cfg.classes)
+    if oof is not None:
+        oof.merge(local_oof.reduce())
+    return sums.reduce().result()
 
 
 @torch.inference_mode()
@@ -349,6 +458,7 @@ class FoldRun:
     last_path: Path
     state: dict = field(default_factory=lambda: {"epoch": -1, "step": 0, "best_dice": -1.0, "best_epoch": -1,
                                                  "finished": False})
+    net: torch.nn.Module | None = None  # what train_step runs: the DDP wrapper under torchrun, else model
 
     def payload(self) -> dict:
         return {"model": self.model.state_dict(), "model_args": model_args(self.cfg.arch, self.cfg.encoder,
@@ -370,7 +480,7 @@ def setup_fold(cfg: Config, fold: int, entries, split: Split, device, metrics: M
         cfg, fold, model, train_loader, make_loader(cfg, entries, split[1], False, device), loss_fn.to(device),
         optimizer, make_scheduler(cfg, optimizer, len(train_loader)),
         torch.amp.GradScaler(device.type, enabled=cfg.use_amp and device.type == "cuda"), device, metrics, tracker,
-        models_dir / f"fold{fold}_best.pt", models_dir / f"fold{fold}_last.pt",
+        models_dir / f"fold{fold}_best.pt", models_dir / f"fold{fold}_last.pt", net=wrap_ddp(model, device),
     )
 
 
@@ -384,7 +494,8 @@ def restore(run: FoldRun) -> None:
             raise UserError(f"{run.last_path} is not a resumable checkpoint (no training state)")
     except UserError as exc:  # truncated or corrupt: keep it for inspection, train the fold again
         aside = run.last_path.with_name(run.last_path.name + ".corrupt")
-        run.last_path.replace(aside)
+        if is_main():
+            run.last_path.replace(aside)
         LOG.warning("fold %d: %s; moved it to %s and training this fold from scratch", run.fold, exc, aside.name)
         run.metrics.drop_fold(run.fold)
         return
@@ -407,7 +518,7 @@ def restore(run: FoldRun) -> None:
 
 def train_step(run: FoldRun, images: torch.Tensor, masks: torch.Tensor) -> tuple[float, torch.Tensor]:
     with autocast(run.cfg, run.device):
-        logits = run.model(images)
+        logits = (run.model if run.net is None else run.net)(images)
     logits = logits.float()
     loss = run.loss_fn(logits, masks)
     run.optimizer.zero_grad(set_to_none=True)
@@ -423,9 +534,12 @@ def train_step(run: FoldRun, images: torch.Tensor, masks: torch.Tensor) -> tuple
 
 def train_one_epoch(run: FoldRun, epoch: int) -> dict:
     run.model.train()
+    if isinstance(run.train_loader.sampler, DistributedSampler):
+        run.train_loader.sampler.set_epoch(epoch)  # a different shuffle every epoch, the same on every rank
     sums = ScoreSum(run.cfg.names())
     desc = f"fold {run.fold} epoch {epoch + 1}/{run.cfg.epochs}"
-    bar = tqdm(run.train_loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)  # None: off without a TTY
+    bar = tqdm(run.train_loader, desc=desc, leave=False, dynamic_ncols=True,
+               disable=None if is_main() else True)  # None: off without a TTY
     for images, masks in bar:
         loss, scores = train_step(run, images.to(run.device, non_blocking=True), masks.to(run.device, non_blocking=True))
         sums.add(loss, scores)
@@ -451,6 +565,7 @@ def record_evaluation(run: FoldRun, epoch: int, train_stats: dict, val_stats: di
     improved = epoch >= run.cfg.cooldown and val_stats["dice"] > run.state["best_dice"]
     if improved:
         run.state.update(best_dice=val_stats["dice"], best_epoch=epoch)
+    if improved and is_main():
         save_checkpoint(run.best_path, {**run.payload(), "epoch": epoch, "step": run.state["step"],
                                         "val_dice": val_stats["dice"]})
     return improved
@@ -463,20 +578,25 @@ def end_epoch(run: FoldRun, epoch: int, train_stats: dict, start: float) -> bool
     cfg = run.cfg
     stop = epoch >= cfg.cooldown and epoch - max(run.state["best_epoch"], cfg.cooldown) >= cfg.patience
     run.state.update(epoch=epoch, finished=stop or epoch == cfg.epochs - 1)
-    last = {**run.payload(), "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-            "scaler": run.scaler.state_dict(), "state": dict(run.state)}
-    save_checkpoint(run.last_path, last)
-    if cfg.save_checkpoints:
-        save_checkpoint(run.last_path.with_name(f"fold{run.fold}_epoch{epoch + 1}.pt"), last)
-    grid = preview_grid(run.model, run.val_loader.dataset, cfg, run.device)
-    write_png(Path(cfg.work_dir) / "logs" / f"val_preview_fold{run.fold}.png", grid)
-    run.tracker.image(f"fold{run.fold}/val_preview", grid, run.state["step"])
+    if is_main():
+        save_last_and_preview(run, epoch)
     LOG.info("fold %d epoch %d/%d  train loss %.4f dice %.4f | val loss %.4f dice %.4f iou %.4f | lr %.2e%s",
              run.fold, epoch + 1, cfg.epochs, train_stats["loss"], train_stats["dice"], val_stats["loss"],
              val_stats["dice"], val_stats["iou"], run.optimizer.param_groups[0]["lr"], "  *best*" if improved else "")
     if stop:
         LOG.info("fold %d: early stop, no val dice gain for %d epochs", run.fold, cfg.patience)
     return stop
+
+
+def save_last_and_preview(run: FoldRun, epoch: int) -> None:
+    last = {**run.payload(), "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(), "state": dict(run.state)}
+    save_checkpoint(run.last_path, last)
+    if run.cfg.save_checkpoints:
+        save_checkpoint(run.last_path.with_name(f"fold{run.fold}_epoch{epoch + 1}.pt"), last)
+    grid = preview_grid(run.model, run.val_loader.dataset, run.cfg, run.device)
+    write_png(Path(run.cfg.work_dir) / "logs" / f"val_preview_fold{run.fold}.png", grid)
+    run.tracker.image(f"fold{run.fold}/val_preview", grid, run.state["step"])
 
 
 def train_fold(cfg: Config, fold: int, entries, split: Split, device, metrics: MetricsLog,
@@ -492,8 +612,9 @@ def train_fold(cfg: Config, fold: int, entries, split: Split, device, metrics: M
         start = time.perf_counter()
         if end_epoch(run, epoch, train_one_epoch(run, epoch), start):
             break
-    if not run.best_path.is_file():  # every epoch fell inside the cooldown: keep the last weights
+    if is_main() and not run.best_path.is_file():  # every epoch fell inside the cooldown: keep the last weights
         save_checkpoint(run.best_path, {**run.payload(), "epoch": run.state["epoch"]})
+    barrier()  # every rank reads the best checkpoint next
     return run.best_path
 
 
@@ -519,7 +640,8 @@ def score_original_resolution(cfg: Config, path: Path, sources: list, device, oo
     model = build_model(cfg.arch, cfg.encoder, None, cfg.classes).to(device).eval()
     load_checkpoint(model, path)
     meta = {"input_size": cfg.input_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "stride": 32}
-    for source, box in zip(sources, boxes or [None] * len(sources)):
+    local = OOFStats()
+    for source, box in shard(list(zip(sources, boxes or [None] * len(sources)))):
         image, mask = read_image(source.image_path), source.load_mask(cfg.classes)
         view = crop_square(image, box, cfg.input_size, cfg.crop_pad_value) if box else image
         chw, valid_hw = preprocess(view, meta)  # (3, H', W')
@@ -531,7 +653,8 @@ def score_original_resolution(cfg: Config, path: Path, sources: list, device, oo
             probs = paste_back(probs, box, image.shape[:2], background_fill(cfg.classes))
         probs = torch.from_numpy(np.ascontiguousarray(probs))  # (C, H, W)
         target = torch.from_numpy(mask.astype(np.int64))
-        oof.add(probs[None], target[None, None] if cfg.classes == 1 else target[None], cfg.classes, from_probs=True)
+        local.add(probs[None], target[None, None] if cfg.classes == 1 else target[None], cfg.classes, from_probs=True)
+    oof.merge(local.reduce())
 
 
 def summarize(fold_scores: dict[int, dict], oof: OOFStats, oof_original: OOFStats,
@@ -568,18 +691,28 @@ def make_cropper(cfg: Config, device: torch.device):
 
 def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     work = Path(cfg.work_dir)
-    setup_logging(work / "logs" / "training.log")
-    LOG.info("config:\n%s", describe(cfg))
-    cfg.save()
+    if is_main():
+        setup_logging(work / "logs" / "training.log")
+        LOG.info("config:\n%s", describe(cfg))
+        cfg.save()
+    else:
+        setup_logging(level=logging.ERROR)
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    device = ddp_device(pick_device(cfg.device))
     utils.MAX_IMAGE_PIXELS = cfg.max_image_pixels  # every image and mask read in this process, the cache included
-    LOG.info("device: %s, torch threads: %d%s", device, torch.get_num_threads(), ", AMP on" if cfg.use_amp else "")
+    LOG.info("device: %s, torch threads: %d%s%s", device, torch.get_num_threads(), ", AMP on" if cfg.use_amp else "",
+             f", DDP over {world_size()} processes ({dist.get_backend()})" if dist.is_initialized() else "")
     sources = collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, cfg.raw_json_path)
-    entries = build_cache(sources, work, cfg.input_size, cfg.classes, cropper=make_cropper(cfg, device),
-                          progress=lambda it: tqdm(it, desc="cache", leave=False, dynamic_ncols=True, disable=None))
+    cropper = make_cropper(cfg, device)
+    entries = None
+    if is_main():  # rank 0 builds the cache while the others wait, then they read its manifest
+        entries = build_cache(sources, work, cfg.input_size, cfg.classes, cropper=cropper, progress=lambda it: tqdm(
+            it, desc="cache", leave=False, dynamic_ncols=True, disable=None))
+    barrier()
+    if entries is None:
+        entries = build_cache(sources, work, cfg.input_size, cfg.classes, cropper=cropper, write=False)
     return entries, {s.key: s for s in sources}, device
 
 
@@ -588,8 +721,11 @@ def run(cfg: Config) -> dict:
     entries, sources, device = prepare(cfg)
     work = Path(cfg.work_dir)
     splits, fold_ids, test_idx = resolve_splits(cfg, entries)
-    atomic_write_json(work / "folds.json", {str(k): [entries[i].key for i in va] for k, (_, va) in enumerate(splits)})
-    metrics, tracker = MetricsLog(work / "logs" / "metrics.json"), Tracker(cfg.tracker, work / "logs", cfg.to_dict())
+    if is_main():
+        atomic_write_json(work / "folds.json",
+                          {str(k): [entries[i].key for i in va] for k, (_, va) in enumerate(splits)})
+    metrics = MetricsLog(work / "logs" / "metrics.json", write=is_main())
+    tracker = Tracker(cfg.tracker if is_main() else "none", work / "logs", cfg.to_dict())
     oof, oof_original, fold_scores, test_scores, best_paths = OOFStats(), OOFStats(), {}, {}, {}
     try:
         for fold in fold_ids:
@@ -604,6 +740,8 @@ def run(cfg: Config) -> dict:
     finally:
         tracker.close()
     summary = summarize(fold_scores, oof, oof_original, test_scores)
+    if not is_main():  # the summary is the same on every rank; rank 0 writes it and exports
+        return summary
     atomic_write_json(work / "cv_summary.json", summary)
     LOG.info("CV dice %.4f ± %.4f, IoU %.4f ± %.4f; out-of-fold dice at original size %.4f; "
              "best threshold %.2f (oof dice %.4f)",
@@ -620,7 +758,8 @@ def run(cfg: Config) -> dict:
 
 def main() -> None:
     cfg = load_config()
-    run(cfg)
+    with distributed(cfg):
+        run(cfg)
 
 
 if __name__ == "__main__":

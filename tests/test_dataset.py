@@ -87,6 +87,19 @@ def test_cache_rebuilds_a_deleted_file(blobs, tmp_path):
     assert entries[0].mask.is_file()
 
 
+def test_read_only_cache_reuses_rank_zeros_work_and_writes_nothing(blobs, tmp_path, monkeypatch):
+    sources = pair_by_stem(blobs / "images", blobs / "masks")
+    with pytest.raises(UserError, match="missing after rank 0 built it"):
+        build_cache(sources, tmp_path / "empty", 64, write=False)
+    assert not (tmp_path / "empty").exists()
+    built = build_cache(sources, tmp_path / "work", 64)
+    manifest = tmp_path / "work" / "cache_manifest.json"
+    before = manifest.stat().st_mtime_ns
+    monkeypatch.setattr(type(sources[0]), "content_hash", lambda self: pytest.fail("a reader hashed a source"))
+    assert build_cache(sources, tmp_path / "work", 64, write=False) == built
+    assert manifest.stat().st_mtime_ns == before
+
+
 def test_mask_size_mismatch_is_a_user_error(blobs, tmp_path):
     cv2.imwrite(str(blobs / "masks" / "img_002.png"), np.zeros((10, 10), np.uint8))
     with pytest.raises(UserError, match="mask size 10x10 differs"):

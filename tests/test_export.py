@@ -243,3 +243,89 @@ def test_architecture_parity(arch, encoder, monkeypatch):
     model_bytes = export.to_onnx_bytes(module, size, 17)
     assert export.check_parity(module, model_bytes, size) < 1e-3  # raises ParityError on a wrong graph
 
+
+
+# ----------------------------------------------------------------------------- Triton model repository
+
+
+def parse_pbtxt(text: str) -> dict:
+    """Protobuf text format -> dict; repeated fields and `[...]` lists become lists. Enough for config.pbtxt."""
+    import re
+    tokens = re.findall(r'"[^"]*"|[{}\[\]:,]|[^\s{}\[\]:,"]+', text)
+    pos = 0
+
+    def value():
+        nonlocal pos
+        tok = tokens[pos]
+        pos += 1
+        if tok == "{":
+            return message("}")
+        if tok == "[":
+            items = []
+            while tokens[pos] != "]":
+                items.append(value())
+                pos += tokens[pos] == ","
+            pos += 1
+            return items
+        if tok.startswith('"'):
+            return tok[1:-1]
+        return int(tok) if re.fullmatch(r"-?\d+", tok) else tok
+
+    def message(end):
+        nonlocal pos
+        out = {}
+        while pos < len(tokens) and tokens[pos] != end:
+            key = tokens[pos]
+            pos += 1 + (tokens[pos + 1] == ":")
+            out.setdefault(key, []).append(value())
+        pos += 1
+        return {k: v[0] if len(v) == 1 else v for k, v in out.items()}
+
+    return message(None)
+
+
+def _expected_spec(value):
+    tensor = value.type.tensor_type
+    return tensor.elem_type, [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim]
+
+
+@pytest.mark.parametrize("kind,dynamic", [("gpu", True), ("cpu", False)])
+def test_triton_repository_config_matches_the_onnx(trained_run, tmp_path, kind, dynamic):
+    folder = export.write_triton_repo(trained_run / "model.onnx", tmp_path / "repo", max_batch_size=4, kind=kind,
+                                      instances=2, dynamic_batching=dynamic)
+    assert folder == tmp_path / "repo" / "model"
+    assert (folder / "1" / "model.onnx").read_bytes() == (trained_run / "model.onnx").read_bytes()
+    config = parse_pbtxt((folder / "config.pbtxt").read_text())
+    proto = onnx.load(str(trained_run / "model.onnx"))
+    assert config["name"] == "model" and config["platform"] == "onnxruntime_onnx" and config["max_batch_size"] == 4
+    assert config["instance_group"] == [{"count": 2, "kind": f"KIND_{kind.upper()}"}]
+    assert ("dynamic_batching" in config) == dynamic
+    names = {onnx.TensorProto.FLOAT: "TYPE_FP32"}
+    for section, values in (("input", proto.graph.input), ("output", proto.graph.output)):
+        [tensor] = config[section]
+        [value] = values
+        elem_type, dims = _expected_spec(value)
+        assert tensor["name"] == value.name and tensor["data_type"] == names[elem_type]
+        assert dims[0] == -1 and tensor["dims"] == dims[1:]  # batch dim left to Triton
+    assert config["input"][0]["name"] == "image" and config["input"][0]["dims"] == [3, -1, -1]  # dynamic H, W
+    assert config["output"][0]["dims"][1:] == [-1, -1]
+
+
+def test_triton_static_batch_model_gets_max_batch_size_zero(tmp_path):
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT16, [1, 3, 32, 32])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT16, [1, 3, 32, 32])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    proto = onnx.helper.make_model(graph)
+    config = parse_pbtxt(export.triton_config(proto, "static", max_batch_size=8, kind="cpu"))
+    assert config["max_batch_size"] == 0
+    assert config["input"][0] == {"name": "x", "data_type": "TYPE_FP16", "dims": [1, 3, 32, 32]}
+    with pytest.raises(UserError, match="dynamic batch dim"):
+        export.triton_config(proto, "static", dynamic_batching=True)
+
+
+def test_cli_writes_the_triton_repository(trained_run, tmp_path):
+    export.main(["--work-dir", str(trained_run), "--fold", "0", "--output", str(tmp_path / "f0.onnx"), "--no-verify",
+                 "--triton-repo", str(tmp_path / "repo"), "--triton-name", "seg_f0", "--triton-kind", "cpu"])
+    config = parse_pbtxt((tmp_path / "repo" / "seg_f0" / "config.pbtxt").read_text())
+    assert config["name"] == "seg_f0" and config["instance_group"][0]["kind"] == "KIND_CPU"
+    assert (tmp_path / "repo" / "seg_f0" / "1" / "model.onnx").read_bytes() == (tmp_path / "f0.onnx").read_bytes()

@@ -1,5 +1,7 @@
 import json
 import logging
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -270,3 +272,45 @@ def test_corrupt_last_checkpoint_restarts_the_fold(tmp_path, caplog):
     assert "fold 0 epoch 1/1" in caplog.text  # trained again instead of crashing
     assert (last.parent / "fold0_last.pt.corrupt").stat().st_size == 1000
     assert torch.load(last, weights_only=True)["state"]["finished"]
+
+
+def _torchrun(data: Path, work: Path, **overrides) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parents[1]
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+            *tiny_argv(data, work, fold_ids="0", threads="1", device="cpu", **overrides)]
+    done = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_torchrun_two_cpu_processes_write_one_run_with_all_reduced_metrics(tmp_path):
+    data, work = write_blobs(tmp_path / "data", 12), tmp_path / "work"
+    done = _torchrun(data, work, export="false")
+    log = done.stderr + done.stdout
+    assert "DDP over 2 processes (gloo)" in log
+    assert log.count("fold 0 epoch 1/1") == 1  # only rank 0 logs
+    assert sorted(p.name for p in (work / "models").iterdir()) == ["fold0_best.pt", "fold0_last.pt"]
+    assert not list(work.rglob("*.tmp*")) and (work / "cache_manifest.json").is_file()
+    [record] = json.loads((work / "logs" / "metrics.json").read_text())
+    val_keys = json.loads((work / "folds.json").read_text())["0"]
+    assert json.loads((work / "cv_summary.json").read_text())["oof_images"] == len(val_keys) == 6
+
+    # one process, the same checkpoint, the whole val fold: what the two ranks' sums must add up to
+    cfg = load_config(tiny_argv(data, work, fold_ids="0", export="false"), environ={})
+    entries = train.build_cache(train.collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, None), work,
+                                cfg.input_size, write=False)
+    val_idx = [i for i, e in enumerate(entries) if e.key in set(val_keys)]
+    single = train.evaluate_checkpoint(cfg, work / "models" / "fold0_last.pt", entries, val_idx, torch.device("cpu"))
+    assert record["val_dice"] == pytest.approx(single["dice"], abs=1e-6)
+    assert record["val_iou"] == pytest.approx(single["iou"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_torchrun_resume_keeps_the_finished_fold(tmp_path):
+    data, work = write_blobs(tmp_path / "data", 12), tmp_path / "work"
+    _torchrun(data, work, export="false")
+    best = work / "models" / "fold0_best.pt"
+    before = best.stat().st_mtime_ns
+    done = _torchrun(data, work, export="false")
+    assert "fold 0: already finished" in done.stderr and "12 reused" in done.stderr
+    assert best.stat().st_mtime_ns == before
