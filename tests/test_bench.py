@@ -73,9 +73,9 @@ def test_latency(run_script):
 
 @needs_horse
 def test_end_to_end(run_script):
-    result = run_script("end_to_end", "--limit", "3", "--size", "64", "--repeats", "1", "--threads", "1", "--no-cli")
+    result = run_script("end_to_end", "--limit", "3", "--size", "64", "--repeats", "1", "--threads", "1")
     assert result["images"] == 3
-    assert set(result["runs"]) == {"engine", "eager", "model"}
+    assert set(result["runs"]) == {"engine", "eager", "model", "stubbed"}
     assert all(positive(series) for series in result["runs"].values())
     assert result["overhead"] == pytest.approx(result["runs"]["engine"]["median_ms"] / result["runs"]["model"]["median_ms"])
 
