@@ -9,6 +9,7 @@ torch-free scripts (video, footprint) can use this module from an inference-only
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 import statistics
@@ -110,9 +111,16 @@ def write_result(name: str, result: dict, out: Path | None = None, start_info: d
     """bench/results/<name>.json (or `out`), atomically, with the machine before and after the run."""
     path = Path(out) if out else RESULTS / f"{name}.json"
     machine = {"start": start_info, "end": machine_info()} if start_info else machine_info()
-    atomic_write_json(path, {"benchmark": name, "machine": machine, **result})
+    atomic_write_json(path, json.loads(relative_paths(json.dumps({"benchmark": name, "machine": machine, **result}))))
     print(f"wrote {path}")
     return path
+
+
+def relative_paths(text: str) -> str:
+    """Paths of this checkout written relative to it (results are committed; absolute paths are not)."""
+    for folder, short in ((ROOT, "."), (ROOT.parent, "..")):
+        text = text.replace(json.dumps(str(folder))[1:-1] + "/", short + "/")
+    return text
 
 
 def print_table(headers: list[str], rows: list[list]) -> None:
