@@ -116,6 +116,13 @@ def write_result(name: str, result: dict, out: Path | None = None, start_info: d
     return path
 
 
+def add_run_args(parser, repeats: int = 5) -> None:
+    """The options every timing script shares: --threads, --repeats, --out."""
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads (default: every core)")
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed rounds after the warm-up")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: bench/results/<name>.json)")
+
+
 def relative_paths(text: str) -> str:
     """Paths of this checkout written relative to it (results are committed; absolute paths are not)."""
     for folder, short in ((ROOT, "."), (ROOT.parent, "..")):

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import (export_model, machine_info, median, ort_session, print_table, random_model, side_by_side, summary,
-                    write_result)
+from common import (add_run_args, export_model, machine_info, median, ort_session, print_table, random_model,
+                    side_by_side, summary, write_result)
 
 VIEWS = {"none": 1, "hflip": 2, "flips": 4}
 
@@ -108,9 +107,7 @@ def main() -> None:
     parser.add_argument("--base", type=int, default=256, help="side of the folds x TTA grid")
     parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512, 1024])
     parser.add_argument("--tta-sizes", nargs="+", type=int, default=[256, 512])
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=None)
+    add_run_args(parser)
     args = parser.parse_args()
 
     start_info = machine_info()

@@ -23,15 +23,14 @@ Overhead = engine time / pure model time (1.00 means decode, post-processing and
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 
-from common import (HORSE, export_model, machine_info, median, ort_session, print_table, random_model, run_python,
-                    side_by_side, summary, verdict, write_result)
+from common import (HORSE, add_run_args, export_model, machine_info, median, ort_session, print_table, random_model,
+                    run_python, side_by_side, summary, verdict, write_result)
 
 TARGET_SPEEDUP, TARGET_OVERHEAD = 2.0, 1.15
 
@@ -120,11 +119,9 @@ def main() -> None:
     parser.add_argument("--arch", default="Unet")
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--size", type=int, default=192, help="input size (long side) of the exported model")
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--limit", type=int, default=0, help="use only the first N images (0: all)")
+    add_run_args(parser)
     parser.add_argument("--cli", action="store_true", help="add the two subprocess rows (cold start included)")
-    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
     start_info = machine_info()

@@ -14,15 +14,14 @@ time, shown as a fraction of this CPU's float32 matmul throughput measured in th
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from common import (count_flops, export_model, machine_info, ort_session, print_table, random_model, sgemm_gflops,
-                    side_by_side, summary, verdict, write_result)
+from common import (add_run_args, count_flops, export_model, machine_info, ort_session, print_table, random_model,
+                    sgemm_gflops, side_by_side, summary, verdict, write_result)
 
 MODELS = ("UnetPlusPlus/resnet34", "Unet/resnet34", "Unet/mobilenet_v2")
 TARGET = 1.6  # onnxruntime / torch eager on the default model, batch 1
@@ -61,9 +60,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), help="ARCH/ENCODER pairs")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 4])
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=None)
+    add_run_args(parser)
     args = parser.parse_args()
 
     start_info = machine_info()

@@ -14,15 +14,14 @@ engine's predict() on one decoded frame, times the frame count: the floor with s
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from common import (export_model, machine_info, median, print_table, random_model, side_by_side, summary,
-                    write_result)
+from common import (add_run_args, export_model, machine_info, median, print_table, random_model, side_by_side,
+                    summary, write_result)
 
 
 def write_clip(path: Path, frames: int, width: int, height: int, fps: float = 25.0) -> Path:
@@ -53,9 +52,7 @@ def main() -> None:
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--size", type=int, default=192, help="input size (long side) of the exported model")
     parser.add_argument("--strides", nargs="+", type=int, default=[1, 3])
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", type=Path, default=None)
+    add_run_args(parser)
     args = parser.parse_args()
 
     import inference
