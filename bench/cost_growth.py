@@ -2,7 +2,7 @@
 
     python bench/cost_growth.py                                  # Unet/resnet34, onnxruntime CPU
     python bench/cost_growth.py --arch UnetPlusPlus --encoder resnet34 --repeats 7
-    python bench/cost_growth.py --encoder resnet18 --base 64 --sizes 64 128 --repeats 1 --out /tmp/x.json  # smoke
+    python bench/cost_growth.py --encoder resnet18 --base 64 --sizes 64 128 --repeats 1 --out smoke.json  # smoke
 
 Two graphs are exported with export.py's code: one model, and a 5-fold ensemble of five different
 random-init models (identical folds would be merged by onnxruntime's common-subexpression

@@ -3,7 +3,7 @@
     python bench/end_to_end.py                       # horse val (77 images), Unet/resnet18 @192 (the README recipe)
     python bench/end_to_end.py --cli                 # plus both scripts as cold command lines
     python bench/end_to_end.py --arch UnetPlusPlus --encoder resnet34 --size 512 --repeats 5   # the default model
-    python bench/end_to_end.py --limit 4 --size 64 --repeats 1 --out /tmp/x.json               # smoke
+    python bench/end_to_end.py --limit 4 --size 64 --repeats 1 --out smoke.json               # smoke
 
 One random-init model (BatchNorm calibrated) is exported with export.py's code and its state dict
 saved, so both sides run the same weights. Same work on each side: read, resize the long side to

@@ -2,7 +2,7 @@
 
     python bench/footprint.py                     # all three (the fresh infer venv needs the package index)
     python bench/footprint.py --no-venv           # sizes from package metadata only
-    python bench/footprint.py --no-venv --size 64 --rss-images 3 30 --repeats 1 --rss-repeats 1 --out /tmp/x.json
+    python bench/footprint.py --no-venv --size 64 --rss-images 3 30 --repeats 1 --rss-repeats 1 --out smoke.json
 
 Install size, two methods: (a) a fresh venv with `pip install -r requirements-infer.txt`, its size
 minus the size of the same venv before the install; (b) for both files, the dependency closure

@@ -2,7 +2,7 @@
 
     python bench/latency.py                                   # the default table (3 models x batch 1, 4 @512)
     python bench/latency.py --models UnetPlusPlus/resnet34 --batches 1 --repeats 9
-    python bench/latency.py --size 64 --models Unet/resnet18 --batches 1 --repeats 1 --out /tmp/x.json  # smoke
+    python bench/latency.py --size 64 --models Unet/resnet18 --batches 1 --repeats 1 --out smoke.json  # smoke
 
 Both run the graph export.py writes (model + sigmoid): torch eager under torch.inference_mode, and
 onnxruntime's CPU provider with graph optimisation ORT_ENABLE_ALL, both with --threads intra-op

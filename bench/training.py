@@ -2,7 +2,7 @@
 
     python bench/training.py                      # horse train set (250 images), 5 blocks of 6 steps after 2 warm-up
     python bench/training.py --steps 12 --blocks 7
-    python bench/training.py --limit 16 --size 64 --batch-size 4 --steps 1 --blocks 1 --repeats 1 --out /tmp/x.json
+    python bench/training.py --limit 16 --size 64 --batch-size 4 --steps 1 --blocks 1 --repeats 1 --out smoke.json
 
 Training: train.py's own pieces (build_cache, setup_fold, train_step) with the README recipe's
 settings (Unet/resnet18, random init, 192 px, batch 8, AdamW + OneCycle, 2 DataLoader workers);

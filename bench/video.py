@@ -2,7 +2,7 @@
 
     python bench/video.py                                   # 150 frames 1280x720, Unet/resnet18 @192 (README recipe)
     python bench/video.py --arch UnetPlusPlus --encoder resnet34 --size 512 --frames 60
-    python bench/video.py --frames 6 --width 320 --height 180 --size 64 --repeats 1 --out /tmp/x.json   # smoke
+    python bench/video.py --frames 6 --width 320 --height 180 --size 64 --repeats 1 --out smoke.json   # smoke
 
 The clip (moving discs on a gradient, mp4v) is written with cv2.VideoWriter. Rows, alternating
 round by round after a warm-up (medians of --repeats): decode only (open_capture + iter_frames:
