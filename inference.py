@@ -171,6 +171,9 @@ def create_session(model_path: Path, providers: list[str], threads: int = 0) -> 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: ORT's placement warnings are noise to a user
+    # Idle intra-op threads sleep instead of spinning: the spinning burns the cores that the decode
+    # and write threads of runtime/pipeline.py need between runs (BENCHMARKS.md, end to end).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads > 0:
         options.intra_op_num_threads = threads
     try:

@@ -12,18 +12,14 @@ model's threshold over every image of the folder (each at its original size). Wr
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from export import evaluate, load_pairs  # noqa: E402
-from utils import decode_metadata, preprocess, read_image  # noqa: E402
+from common import machine_info, side_by_side, write_result
+from export import evaluate, load_pairs
+from utils import decode_metadata, preprocess, read_image
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:
@@ -34,15 +30,8 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
 
 def side_by_side_ms(paths: dict[str, Path], x: np.ndarray, rounds: int, threads: int) -> dict[str, list[float]]:
     sessions = {name: session(p, threads) for name, p in paths.items()}
-    for s in sessions.values():  # warm-up
-        s.run(None, {"image": x})
-    times = {name: [] for name in sessions}
-    for _ in range(rounds):
-        for name, s in sessions.items():
-            start = time.perf_counter()
-            s.run(None, {"image": x})
-            times[name].append(1000 * (time.perf_counter() - start))
-    return times
+    fns = {name: (lambda s=s: s.run(None, {"image": x})) for name, s in sessions.items()}
+    return {name: [1000 * t for t in times] for name, times in side_by_side(fns, repeats=rounds).items()}
 
 
 def main() -> None:
@@ -53,9 +42,10 @@ def main() -> None:
     parser.add_argument("--split", default="", help="subfolder of images/ and masks/, e.g. val")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=Path("bench/results/quantization.json"))
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/quantization.json")
     args = parser.parse_args()
 
+    start_info = machine_info()
     meta, _ = decode_metadata(session(args.fp32, 1).get_modelmeta().custom_metadata_map)
     pairs = load_pairs(args.val_dir / "images" / args.split, args.val_dir / "masks" / args.split, None)
     x = preprocess(read_image(pairs[0][0]), meta)[0][None]  # (1, 3, H, W)
@@ -65,13 +55,12 @@ def main() -> None:
     result = {"input_shape": list(x.shape), "rounds": args.rounds, "threads": args.threads, "images": len(pairs),
               "median_ms": median, "speedup": median["fp32"] / median["int8"], "dice": dice,
               "dice_delta": dice["int8"] - dice["fp32"]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"| model | median ms ({args.rounds} rounds, input {tuple(x.shape)}) | Dice ({len(pairs)} images) |")
     print("| --- | --- | --- |")
     for name in ("fp32", "int8"):
         print(f"| {name} | {median[name]:.1f} | {dice[name]:.4f} |")
     print(f"speed-up int8/fp32: {result['speedup']:.2f}x   Dice change: {result['dice_delta']:+.4f}")
+    write_result("quantization", result, args.out, start_info)
 
 
 if __name__ == "__main__":

@@ -253,6 +253,14 @@ def make_overlay(
     """
     overlay = image.copy()
     where = mask > 0  # (H, W)
+    if palette is None and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
+        # One colour: blend every byte value once (a 256-entry table per channel, the same float32
+        # formula as below) and copy the table's answer where the mask is set. 720p: ~2.5x faster
+        # (16 vs 41 ms) than gathering the masked pixels as floats (BENCHMARKS.md, video).
+        table = np.arange(256, dtype=np.float32)[:, None] * (1.0 - alpha) + np.asarray(color, np.float32) * alpha
+        table = np.clip(np.rint(table), 0, 255).astype(np.uint8)  # (256, 3)
+        # LUT on `overlay`: a contiguous copy (cv2 refuses some numpy views)
+        return cv2.copyTo(cv2.LUT(overlay, table[None]), where.view(np.uint8), overlay)
     if palette is not None:
         tint = palette[mask[where] % len(palette)]  # (N, 3)
     else:

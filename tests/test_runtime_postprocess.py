@@ -149,3 +149,19 @@ def test_colorize_and_legend():
     assert colour.shape == (2, 2, 3) and tuple(colour[0, 1]) == tuple(pp.PALETTE[1].astype(int))
     legend = pp.draw_legend(["bg", "horse", "rider"])
     assert legend.shape[0] >= 3 * 20 and legend.dtype == np.uint8
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.33, 0.5, 0.8, 1.0])
+def test_make_overlay_table_blend_equals_the_float_formula(alpha):
+    """The one-colour fast path (lookup table + masked copy) gives the same bytes as the float blend."""
+    rng = np.random.default_rng(int(alpha * 100))
+    image = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)[:, ::-1]  # a non-contiguous view too
+    mask = (rng.random((37, 53)) > 0.4).astype(np.uint8) * 2
+    color = (255, 17, 128)
+    where = mask > 0
+    want = image.copy()
+    want[where] = np.clip(np.rint(image[where].astype(np.float32) * (1.0 - alpha)
+                                  + np.asarray(color, np.float32) * alpha), 0, 255).astype(np.uint8)
+    got = pp.make_overlay(image, mask, color, alpha)
+    assert got.dtype == np.uint8 and np.array_equal(got, want)
+    assert np.array_equal(got[~where], image[~where])

@@ -1,0 +1,219 @@
+"""Shared benchmark helpers: timing (warm-up + median), side-by-side rounds, machine info, JSON, tables.
+
+Every figure in BENCHMARKS.md is a median of at least 5 runs after a warm-up; comparisons are
+measured in the same run, alternating the contenders round by round so machine noise hits both.
+The torch-dependent helpers (sgemm, random models, ONNX export) import torch lazily, so the
+torch-free scripts (video, footprint) can use this module from an inference-only install.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from utils import atomic_write_json  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+HORSE = ROOT.parent / "shared" / "data" / "weizmann_horse"
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def time_once(fn: Callable[[], object]) -> float:
+    """Seconds one call of fn takes."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def side_by_side(fns: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each fn: `warmup` untimed rounds, then `repeats` rounds alternating the fns."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(time_once(fn))
+    return times
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def summary(seconds: list[float]) -> dict:
+    """Median, min and max (ms) and the raw samples of one timed series."""
+    return {"median_ms": 1e3 * median(seconds), "min_ms": 1e3 * min(seconds), "max_ms": 1e3 * max(seconds),
+            "runs": len(seconds), "samples_ms": [round(1e3 * s, 3) for s in seconds]}
+
+
+# ----------------------------------------------------------------------------- machine
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def machine_info() -> dict:
+    """Cores, CPU model, memory and load average at the time of the call, plus package versions."""
+    info = {"cores": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
+            "load_average": load_average(), "time_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        info["memory_gib"] = round(pages * size / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    versions = {}
+    for name in ("onnxruntime", "numpy", "cv2", "torch", "segmentation_models_pytorch"):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = getattr(module, "__version__", "?")
+    info["versions"] = versions
+    return info
+
+
+def machine_line(info: dict) -> str:
+    load = info.get("load_average") or ["?"]
+    return f"{info['cores']} cores, {info['cpu']}, load average {load[0]} (1 min) at {info['time_utc']}"
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def write_result(name: str, result: dict, out: Path | None = None, start_info: dict | None = None) -> Path:
+    """bench/results/<name>.json (or `out`), atomically, with the machine before and after the run."""
+    path = Path(out) if out else RESULTS / f"{name}.json"
+    machine = {"start": start_info, "end": machine_info()} if start_info else machine_info()
+    atomic_write_json(path, json.loads(relative_paths(json.dumps({"benchmark": name, "machine": machine, **result}))))
+    print(f"wrote {path}")
+    return path
+
+
+def add_run_args(parser, repeats: int = 5) -> None:
+    """The options every timing script shares: --threads, --repeats, --out."""
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads (default: every core)")
+    parser.add_argument("--repeats", type=int, default=repeats, help="timed rounds after the warm-up")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default: bench/results/<name>.json)")
+
+
+def relative_paths(text: str) -> str:
+    """Paths of this checkout written relative to it (results are committed; absolute paths are not)."""
+    for folder, short in ((ROOT, "."), (ROOT.parent, "..")):
+        text = text.replace(json.dumps(str(folder))[1:-1] + "/", short + "/")
+    return text
+
+
+def print_table(headers: list[str], rows: list[list]) -> None:
+    """A Markdown table on stdout (pasted as is into BENCHMARKS.md)."""
+    def cell(value) -> str:
+        return f"{value:.3g}" if isinstance(value, float) and abs(value) < 100 else \
+            f"{value:.0f}" if isinstance(value, float) else str(value)
+
+    print("| " + " | ".join(headers) + " |")
+    print("| " + " | ".join("---" for _ in headers) + " |")
+    for row in rows:
+        print("| " + " | ".join(cell(v) for v in row) + " |")
+
+
+def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
+    met = value >= target if higher_is_better else value <= target
+    return f"{'met' if met else 'MISSED'} ({value:.2f} vs target {'>=' if higher_is_better else '<='} {target})"
+
+
+def run_python(args: list[str], env: dict | None = None, cwd: Path = ROOT) -> float:
+    """Seconds a `python ...` subprocess takes (fails loudly with its stderr if it fails)."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return seconds
+
+
+# ----------------------------------------------------------------------------- torch side (lazy imports)
+
+
+def sgemm_gflops(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """This CPU's float32 matmul throughput (torch/oneDNN BLAS, `threads` threads): median over repeats."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    seconds = side_by_side({"mm": lambda: torch.mm(a, b)}, repeats=repeats, warmup=2)["mm"]
+    return 2 * n**3 / median(seconds) / 1e9
+
+
+def count_flops(model, x) -> float:
+    """Forward FLOPs (2 x multiply-adds) counted by torch.utils.flop_counter for input x."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(x)
+    return float(counter.get_total_flops())
+
+
+def random_model(arch: str, encoder: str, seed: int = 0, calibrate_size: int = 128):
+    """A random-init model (no download) with BatchNorm statistics calibrated as training would."""
+    from export_matrix import build_random, calibrate_batchnorm
+
+    return calibrate_batchnorm(build_random(arch, encoder, seed), calibrate_size)
+
+
+def export_model(model, arch: str, encoder: str, input_size: int, onnx_path: Path, weights_path: Path | None = None,
+                 tta: str = "none") -> Path:
+    """Export with export.py's own code (ensemble wrapper, metadata); optionally save the state dict too.
+
+    `model` may be a list: the fold models of an ensemble. They must have different weights, or
+    onnxruntime's common-subexpression elimination merges the identical branches into one.
+    """
+    import torch
+
+    import export
+    from model import model_args
+
+    models = model if isinstance(model, list) else [model]
+    ckpt = {"model_args": model_args(arch, encoder, 1), "config": {"input_size": input_size, "name": "bench"}}
+    metadata = export.build_metadata(ckpt, list(range(len(models))), None, None, tta)
+    ensemble = export.ExportEnsemble(models, 1, tta).eval()
+    proto = export.add_metadata(export.to_onnx_bytes(ensemble, input_size, 17), metadata)
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    export.atomic_write_bytes(onnx_path, proto.SerializeToString())
+    if weights_path is not None:
+        torch.save({"model_args": ckpt["model_args"], "state_dict": models[0].state_dict()}, weights_path)
+    return onnx_path
+
+
+def ort_session(path: Path, threads: int):
+    """An onnxruntime CPU session as inference.py builds it (graph optimisation all, `threads` intra-op)."""
+    from inference import create_session
+
+    return create_session(Path(path), ["CPUExecutionProvider"], threads)

@@ -1,0 +1,147 @@
+"""Smoke tests of the bench/ scripts: tiny sizes, one repeat, so that none of them silently rots.
+
+They run each script's main() in-process (torch is imported once) and check the JSON it writes;
+timings are never asserted, only that every row was measured and the derived numbers add up.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import runpy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, SHARED_DATA
+
+BENCH = ROOT / "bench"
+HORSE = SHARED_DATA / "weizmann_horse"
+needs_horse = pytest.mark.skipif(not (HORSE / "images" / "val").is_dir(), reason="needs ../shared/data/weizmann_horse")
+
+
+@pytest.fixture
+def run_script(monkeypatch, tmp_path):
+    """Run bench/<name>.py with argv + --out; return its JSON."""
+    threads = torch.get_num_threads()
+    monkeypatch.syspath_prepend(str(BENCH))
+    monkeypatch.chdir(ROOT)
+
+    def run(name: str, *argv: str) -> dict:
+        out = tmp_path / f"{name}.json"
+        monkeypatch.setattr(sys, "argv", [str(BENCH / f"{name}.py"), *argv, "--out", str(out)])
+        runpy.run_path(str(BENCH / f"{name}.py"), run_name="__main__")
+        return json.loads(out.read_text())
+
+    yield run
+    torch.set_num_threads(threads)
+
+
+def positive(series: dict) -> bool:
+    return series["runs"] >= 1 and 0 < series["min_ms"] <= series["median_ms"] <= series["max_ms"]
+
+
+def test_common_helpers():
+    sys.path.insert(0, str(BENCH))
+    import common
+
+    calls = []
+    times = common.side_by_side({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4  # warm-up round, then alternating rounds
+    assert [len(t) for t in times.values()] == [3, 3]
+    assert common.median([3.0, 1.0, 2.0]) == 2.0
+    info = common.machine_info()
+    assert info["cores"] >= 1 and info["cpu"] and len(info["load_average"]) == 3
+    assert common.verdict(2.0, 1.6).startswith("met") and common.verdict(1.2, 1.15, False).startswith("MISSED")
+
+
+def test_latency(run_script):
+    result = run_script("latency", "--size", "64", "--models", "Unet/resnet18", "--batches", "1", "2",
+                        "--repeats", "1", "--threads", "1")
+    assert [(r["model"], r["batch"]) for r in result["rows"]] == [("Unet/resnet18", 1), ("Unet/resnet18", 2)]
+    for row in result["rows"]:
+        assert positive(row["torch"]) and positive(row["onnxruntime"])
+        assert row["max_abs_diff"] < 1e-3  # same weights on both sides
+        assert row["speedup"] == pytest.approx(row["torch"]["median_ms"] / row["onnxruntime"]["median_ms"])
+    rows = result["rows"]
+    assert rows[1]["gflop"] == pytest.approx(2 * rows[0]["gflop"], rel=1e-6)  # FLOPs scale with the batch
+    assert result["sgemm_gflops"] > 0 and result["target"] == "not measured"
+
+
+@needs_horse
+def test_end_to_end(run_script):
+    result = run_script("end_to_end", "--limit", "3", "--size", "64", "--repeats", "1", "--threads", "1")
+    assert result["images"] == 3
+    assert set(result["runs"]) == {"engine", "eager", "model", "stubbed"}
+    assert all(positive(series) for series in result["runs"].values())
+    assert result["overhead"] == pytest.approx(result["runs"]["engine"]["median_ms"] / result["runs"]["model"]["median_ms"])
+
+
+def test_eager_baseline_matches_the_engine(tmp_path, monkeypatch):
+    """Same weights, same work: the baseline's masks agree with inference.py's on almost every pixel."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import common
+    import eager_baseline
+    import inference
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        import cv2
+
+        cv2.imwrite(str(images / f"im{i}.png"), (rng.random((50 + 10 * i, 70, 3)) * 255).astype(np.uint8))
+    model = common.random_model("Unet", "resnet18", calibrate_size=64)
+    onnx_path = common.export_model(model, "Unet", "resnet18", 64, tmp_path / "m.onnx", tmp_path / "m.pt")
+    eager_baseline.run_folder(eager_baseline.load_model(tmp_path / "m.pt"), sorted(images.iterdir()),
+                              tmp_path / "eager", size=64, threshold=0.5, close=5)
+    segmenter = inference.Segmenter(onnx_path, device="cpu", threshold=0.5, close=5, min_area=0)
+    inference.run(segmenter, str(images), tmp_path / "engine")
+    for i in range(2):
+        a = cv2.imread(str(tmp_path / "eager" / "masks" / f"im{i}.png"), cv2.IMREAD_GRAYSCALE)
+        b = cv2.imread(str(tmp_path / "engine" / "masks" / f"im{i}.png"), cv2.IMREAD_GRAYSCALE)
+        assert a.shape == b.shape
+        assert np.mean(a != b) < 0.02
+    rows = (tmp_path / "eager" / "summary.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("im0.png,ok,")
+
+
+def test_cost_growth(run_script):
+    result = run_script("cost_growth", "--encoder", "resnet18", "--folds", "2", "--base", "32", "--sizes", "32", "64",
+                        "--tta-sizes", "32", "--repeats", "1", "--threads", "1")
+    assert [(r["folds"], r["tta"], r["units"]) for r in result["folds_tta"]] == [
+        (1, "none", 1), (1, "hflip", 2), (1, "flips", 4), (2, "none", 2), (2, "hflip", 4), (2, "flips", 8)]
+    assert [r["side"] for r in result["sides"]] == [32, 64]
+    assert math.isfinite(result["folds_tta_slope"]) and math.isfinite(result["side_slope"])
+    assert result["tta_batching"][0]["gain"] > 0
+
+
+def test_video(run_script):
+    result = run_script("video", "--frames", "4", "--width", "96", "--height", "64", "--size", "64", "--repeats", "1",
+                        "--threads", "1")
+    assert set(result["frames_per_s"]) == {"decode only", "model only (x frames)", "inference, --vid-stride 1",
+                                           "inference, --vid-stride 3"}
+    assert all(positive(series) for series in result["runs"].values())
+
+
+@needs_horse
+def test_training(run_script):
+    result = run_script("training", "--limit", "10", "--size", "64", "--batch-size", "2", "--warmup", "1",
+                        "--steps", "1", "--blocks", "1", "--repeats", "1")
+    assert result["training"]["images_per_s"] > 0 and result["training"]["batch_size"] == 2
+    assert result["etl"]["images"] == 10 and positive(result["etl"]["first"]) and positive(result["etl"]["second"])
+    assert "not included" in result["smart_crop"]
+
+
+@needs_horse
+def test_footprint(run_script):
+    result = run_script("footprint", "--no-venv", "--arch", "Unet", "--encoder", "resnet18", "--size", "64", "--rss-size", "64", "--rss-images", "2", "4",
+                        "--repeats", "1", "--rss-repeats", "1")
+    infer, train = result["install"]["infer"], result["install"]["train"]
+    assert 0 < infer["bytes"] < train["bytes"] and infer["packages"] < train["packages"]
+    assert positive(result["cold_start"]["import"]) and positive(result["cold_start"]["session"])
+    peaks = [v[0] for v in result["peak_rss_mib"].values()]
+    assert all(40 < p < 4000 for p in peaks)  # the child's own peak, not the benchmark process's
