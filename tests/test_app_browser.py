@@ -60,7 +60,12 @@ def streamlit_server(model: Path, timeout: float = 40.0):
                         log.seek(0)
                         raise RuntimeError(f"streamlit did not start: {log.read().decode(errors='replace')[-2000:]}")
                     time.sleep(0.3)
-            yield url
+            try:
+                yield url
+            except Exception as error:  # a failure in the browser: show what the server said too
+                log.seek(0)
+                tail = log.read().decode(errors="replace")[-3000:]
+                raise RuntimeError(f"{error}\n--- streamlit log (tail) ---\n{tail}") from error
         finally:
             server.terminate()
             try:
@@ -69,7 +74,11 @@ def streamlit_server(model: Path, timeout: float = 40.0):
                 server.kill()
 
 
-def screenshot_single_image(url: str, image: Path, out: Path, profile: Path, size=(1400, 900)) -> dict:
+APP_IDLE = '[data-testid="stApp"][data-test-connection-state="CONNECTED"][data-test-script-state="notRunning"]'
+
+
+def screenshot_single_image(url: str, image: Path, out: Path, profile: Path, size=(1400, 900),
+                            timeout_ms: int = 120_000) -> dict:
     """Upload `image` in single-image mode, wait for the overlay, save a screenshot; returns what was shown."""
     from playwright.sync_api import sync_playwright
 
@@ -80,11 +89,19 @@ def screenshot_single_image(url: str, image: Path, out: Path, profile: Path, siz
         )
         try:
             page = browser.new_page()
-            page.set_default_timeout(30_000)
+            # A cold first run on a loaded 2-core CI box (imports, session creation) can take a while.
+            page.set_default_timeout(timeout_ms)
             page.goto(url)
+            # Upload only once the websocket is up and the first script run has finished; an upload sent
+            # earlier can be dropped by the session that is still starting.
+            page.locator(APP_IDLE).wait_for(state="attached")
             page.locator("input[type=file]").first.set_input_files(str(image))
             overlay = page.locator('[data-testid="stImage"]', has_text="Overlay").locator("img")
-            overlay.wait_for(state="visible")
+            try:
+                overlay.wait_for(state="visible")
+            except Exception as error:
+                shown = page.locator('[data-testid="stApp"]').inner_text(timeout=5_000)
+                raise AssertionError(f"no overlay after the upload ({error}); the page shows:\n{shown[-2000:]}")
             page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=overlay.element_handle())
             area = page.locator('[data-testid="stMetric"]', has_text="Area %")
             area.wait_for()
