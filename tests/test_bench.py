@@ -145,3 +145,18 @@ def test_footprint(run_script):
     assert positive(result["cold_start"]["import"]) and positive(result["cold_start"]["session"])
     peaks = [v[0] for v in result["peak_rss_mib"].values()]
     assert all(40 < p < 4000 for p in peaks)  # the child's own peak, not the benchmark process's
+
+
+def test_plain_unet_baseline(run_script, tmp_path):
+    from conftest import write_blobs
+
+    for split, seed in (("train", 0), ("val", 1)):  # images/<split> pairs with masks/<split>
+        data = write_blobs(tmp_path / f"blobs_{split}", 6, size=(40, 56), seed=seed)
+        for kind in ("images", "masks"):
+            (tmp_path / kind).mkdir(exist_ok=True)
+            (data / kind).rename(tmp_path / kind / split)
+    result = run_script("plain_unet", "--train", str(tmp_path / "images" / "train"),
+                        "--val", str(tmp_path / "images" / "val"), "--size", "32", "--epochs", "1", "--batch-size", "3")
+    assert result["train_images"] == 6 and result["val_images"] == 6
+    assert 0.0 <= result["val_iou"] <= result["val_dice"] <= 1.0
+    assert result["train_seconds"] > 0 and result["recipe"]["epochs"] == 1
