@@ -34,6 +34,7 @@ METADATA_VERSION = 1
 # What the runtime assumes for a model without our metadata (with a warning).
 DEFAULT_METADATA = {
     "format_version": METADATA_VERSION,
+    "task": "segment",  # or "gate": the clean/defect classifier of train.py --task classify (runtime/gate.py)
     "name": "model",
     "arch": "unknown",
     "encoder": "unknown",
