@@ -241,7 +241,9 @@ def finish_item(item: Item, image, outcome, model_ms: float, output: Path, optio
         write_png(output / "masks" / item.out, mask if multi else mask * 255)
         if multi:
             write_png(output / "masks_color" / item.out, colorize(mask))
-        overlay = make_overlay(image, mask, options.color, options.alpha, palette=PALETTE if multi else None)
+        gated = outcome.info.get("gated")  # judged clean by the gate: its mask is empty, the overlay is the image
+        overlay = image if gated else make_overlay(image, mask, options.color, options.alpha,
+                                                   palette=PALETTE if multi else None)
         write_png(output / "overlays" / item.out, overlay)
         if options.save_probs:
             target = output / "probs" / item.out.with_suffix(".npy")
@@ -264,10 +266,13 @@ def summarize(rows: list[dict], timings: list[dict], output: Path) -> dict:
         "ok": statuses.count("ok"),
         "no_detection": statuses.count("no_detection"),
         "errors": statuses.count("error"),
+        "gated_clean": statuses.count("gated_clean"),
         "with_gt": len(scored),
         "mean_dice": float(np.mean([float(row["dice"]) for row in scored])) if scored else None,
         "mean_iou": float(np.mean([float(row["iou"]) for row in scored])) if scored else None,
-        "timing_ms": {key: float(np.mean([t[key] for t in timings])) for key in timings[0]} if timings else {},
+        # per image over every timed image; a stage an image skipped (the segmenter, for gated ones) counts 0
+        "timing_ms": {key: float(np.mean([t.get(key, 0.0) for t in timings]))
+                      for key in dict.fromkeys(k for t in timings for k in t)},
         "masks": output / "masks",
         "overlays": output / "overlays",
         "summary_csv": output / "summary.csv",
