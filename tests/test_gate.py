@@ -414,3 +414,17 @@ def test_cli_help_documents_the_gate():
     done = subprocess.run([sys.executable, str(ROOT / "inference.py"), "--help"], capture_output=True, text=True,
                           cwd=ROOT, timeout=60)
     assert "--gate GATE" in done.stdout and "--gate-threshold" in done.stdout and "gated_clean" in done.stdout
+
+
+def test_ray_engine_runs_the_gate_like_the_local_engine(line):
+    pytest.importorskip("ray", reason="ray is not installed (requirements-dist.txt)")
+    common = ["--model", str(line["model"]), "--gate", str(line["gate"]), "--source", str(line["src"]),
+              "--threads", "1", "--gt", str(line["gt"])]
+    inference.main([*common, "--output", str(line["tmp"] / "local")])
+    inference.main([*common, "--output", str(line["tmp"] / "ray"), "--engine", "ray", "--ray-num-cpus", "2",
+                    "--ray-actors", "1", "--ray-block-size", "2"])
+    drop_ms = [{k: v for k, v in r.items() if k != "ms"} for r in read_rows(line["tmp"] / "local" / "summary.csv")]
+    assert drop_ms == [{k: v for k, v in r.items() if k != "ms"} for r in read_rows(line["tmp"] / "ray" / "summary.csv")]
+    assert [r["status"] for r in drop_ms].count("gated_clean") == 2
+    for name in ("clean_a.png", "defect_b.png"):
+        assert (line["tmp"] / "ray" / "masks" / name).read_bytes() == (line["tmp"] / "local" / "masks" / name).read_bytes()
