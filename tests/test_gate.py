@@ -428,3 +428,23 @@ def test_ray_engine_runs_the_gate_like_the_local_engine(line):
     assert [r["status"] for r in drop_ms].count("gated_clean") == 2
     for name in ("clean_a.png", "defect_b.png"):
         assert (line["tmp"] / "ray" / "masks" / name).read_bytes() == (line["tmp"] / "local" / "masks" / name).read_bytes()
+
+
+@pytest.mark.parametrize("mode", ["png", "fast", "skip"])
+def test_gated_overlay_modes(line, mode):
+    segmenter, _ = segmenter_with_gate(line)
+    out = line["tmp"] / mode
+    inference.run(segmenter, line["src"], out, gated_overlay=mode)
+    overlay = out / "overlays" / "clean_a.png"
+    assert (out / "overlays" / "defect_a.png").is_file() and (out / "masks" / "clean_a.png").is_file()
+    if mode == "skip":
+        assert not overlay.exists()
+        return
+    assert np.array_equal(read_image(overlay), read_image(line["src"] / "clean_a.png"))  # same pixels either way
+    if mode == "fast":  # stored, not deflated: the raw 48 x 64 x 3 bytes are all in the file
+        assert overlay.stat().st_size > 48 * 64 * 3 > (line["src"] / "clean_a.png").stat().st_size
+
+
+def test_bad_gated_overlay_mode_is_named():
+    with pytest.raises(UserError, match="--gated-overlay 'jpeg' is not valid"):
+        inference.RunOptions(gated_overlay="jpeg")
