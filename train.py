@@ -14,10 +14,15 @@ Run book:
     python train.py ... --classes 3 --class-names background,scratch,dent --class-weights auto
     # smart crop: a square around the largest person (YOLO11-seg weights are a local file)
     python train.py ... --crop person --crop-model weights/yolo11n-seg.pt --crop-roi-factor 2.5
+    # the clean/defect gate in front of the segmenter (its own WORK_DIR; trains at INPUT_SIZE / 2 unless
+    # GATE_INPUT_SIZE says otherwise) -> WORK_DIR/gate.onnx, cv_summary.json with the out-of-fold threshold
+    python train.py --task classify --raw-img-dir data/images --raw-mask-dir data/masks --work-dir runs/gate \
+        --encoder resnet18 --gate-recall 0.99
     python train.py --help
 
 Writes to WORK_DIR: config.json, images/ + masks/ (the cache), folds.json, models/fold<K>_{best,last}.pt,
-logs/metrics.json, logs/training.log, logs/val_preview_fold<K>.png, cv_summary.json and <NAME>.onnx.
+logs/metrics.json, logs/training.log, logs/val_preview_fold<K>.png, cv_summary.json and <NAME>.onnx
+(a gate run: no previews, plus gate_oof.csv, the out-of-fold probability of every image).
 A killed run resumes (RESUME=true, the default): finished folds are kept and an unfinished fold
 continues from its last checkpoint with its optimizer and scheduler.
 

@@ -448,3 +448,16 @@ def test_gated_overlay_modes(line, mode):
 def test_bad_gated_overlay_mode_is_named():
     with pytest.raises(UserError, match="--gated-overlay 'jpeg' is not valid"):
         inference.RunOptions(gated_overlay="jpeg")
+
+
+def test_gate_export_fp16_and_triton_repository(gate_run, tmp_path):
+    from export import main as export_main
+
+    export_main(["--work-dir", str(gate_run), "--output", str(tmp_path / "g.onnx"), "--fp16", "--threshold", "0.3",
+                 "--triton-repo", str(tmp_path / "repo")])
+    meta = read_metadata(tmp_path / "g.onnx")
+    assert meta["threshold"] == 0.3 and meta["threshold_source"] == "given" and meta["task"] == "gate"
+    half = read_metadata(tmp_path / "g.fp16.onnx")
+    assert half["precision"] == "fp16" and half["task"] == "gate"
+    config = (tmp_path / "repo" / "gate" / "config.pbtxt").read_text()
+    assert 'name: "prob"' in config and "dims: [ 1 ]" in config and "max_batch_size: 8" in config
