@@ -4,6 +4,7 @@ Run book (needs requirements-app.txt: the runtime side plus streamlit; never tor
 
     pip install -r requirements-app.txt
     MODEL_PATH=runs/horse/horse.onnx streamlit run app.py        # the model path can also be typed in the sidebar
+    MODEL_PATH=runs/steel/steel.onnx GATE_PATH=runs/gate/gate.onnx streamlit run app.py   # + the clean/defect gate
     streamlit run app.py --server.port 8502 --server.headless true
 
 Everything runs through `inference.Segmenter` and `inference.run`, exactly as the CLI does: the page
@@ -56,6 +57,8 @@ class Settings:
     image_max_side: int = 2048  # 0: as is
     video_max_side: int = 640
     vid_stride: int = 1
+    gate_path: str = ""  # the clean/defect gate .onnx; empty: none
+    gate_threshold: float | None = None  # None: the gate's own (out-of-fold) threshold
 
     def post(self) -> dict:
         """The Segmenter's post-processing options (PostOptions fields)."""
@@ -64,20 +67,22 @@ class Settings:
 
 def read_env(environ) -> dict:
     """The page's only config read: defaults from the environment (the page is an entry point)."""
-    return {"model_path": environ.get("MODEL_PATH", "model.onnx")}
+    return {"model_path": environ.get("MODEL_PATH", "model.onnx"), "gate_path": environ.get("GATE_PATH", "")}
 
 
 # ----------------------------------------------------------------------------- engine glue
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=4)
-def load_segmenter(model_path: str, stamp: tuple, device: str, threads: int, tta: str) -> Segmenter:
-    """One ONNX Runtime session per model file (and its mtime/size stamp), device, threads and TTA.
+def load_segmenter(model_path: str, stamp: tuple, device: str, threads: int, tta: str, gate_path: str | None = None,
+                   gate_stamp: tuple = ()) -> Segmenter:
+    """One ONNX Runtime session per model file (and its mtime/size stamp), device, threads and TTA,
+    plus the gate's session when a gate file is given.
 
-    Post-processing options are not part of the key: `with_options` copies the segmenter around the
-    same session, so moving a slider never reloads the model.
+    Post-processing options and the gate threshold are not part of the key: `with_options` and
+    `with_gate_threshold` copy the segmenter around the same sessions, so a slider never reloads a model.
     """
-    return Segmenter(model_path, device=device, threads=threads, tta=tta)
+    return Segmenter(model_path, device=device, threads=threads, tta=tta, gate=gate_path)
 
 
 @st.cache_resource
@@ -92,8 +97,17 @@ def open_segmenter(settings: Settings) -> Segmenter:
         raise UserError(f"model file not found: {settings.model_path!r}. Type the path of an .onnx file from "
                         "export.py in the sidebar, or start the page with MODEL_PATH=path/to/model.onnx")
     stat = path.stat()
+    gate, gate_stamp = None, ()
+    if settings.gate_path.strip():
+        gate = Path(settings.gate_path).expanduser()
+        if not gate.is_file():
+            raise UserError(f"gate file not found: {settings.gate_path!r}. Type the path of a gate.onnx from "
+                            "`train.py --task classify` in the sidebar, or leave the gate field empty")
+        gate_stamp = (gate.stat().st_mtime_ns, gate.stat().st_size)
     segmenter = load_segmenter(str(path), (stat.st_mtime_ns, stat.st_size), settings.device, settings.threads,
-                               settings.tta)
+                               settings.tta, str(gate) if gate else None, gate_stamp)
+    if gate is not None and settings.gate_threshold is not None:
+        segmenter = segmenter.with_gate_threshold(settings.gate_threshold)
     return segmenter.with_options(**settings.post())
 
 
@@ -154,6 +168,13 @@ def sidebar(defaults: dict) -> Settings:
                                   help="auto tries TensorRT > CUDA > CPU; a GPU that cannot run falls back to CPU")
     threads = int(st.sidebar.number_input("CPU threads (0 = automatic)", 0, 64, 0, key="threads"))
     tta = st.sidebar.selectbox("Flip TTA", tuple(TTA_FLIPS), key="tta")
+    gate_path = st.sidebar.text_input("Gate (.onnx path, optional)", value=defaults.get("gate_path", ""),
+                                      key="gate_path", help="a clean/defect gate from train.py --task classify: images "
+                                      "it judges clean are not segmented (status gated_clean)")
+    gate_threshold = None
+    if gate_path.strip() and st.sidebar.checkbox("Override the gate's threshold", key="gate_override"):
+        gate_threshold = float(st.sidebar.slider("Gate threshold", 0.0, 1.0, 0.5, 0.001, key="gate_threshold",
+                                                 format="%.3f", help="segment images whose gate probability is >= this"))
     st.sidebar.header("Threshold")
     mode = st.sidebar.radio("Threshold mode", ("adaptive", "fixed"), key="threshold_mode", horizontal=True,
                             help="adaptive: the model's cascade (e.g. 0.5 -> 0.3 -> 0.15)")
@@ -172,7 +193,7 @@ def sidebar(defaults: dict) -> Settings:
                                             key="video_max_side"))
     stride = int(st.sidebar.number_input("Video: infer every Nth frame", 1, 100, 1, key="vid_stride"))
     return Settings(model_path.strip(), device, threads, tta, threshold, close, open_, fill, alpha, image_max,
-                    video_max, stride)
+                    video_max, stride, gate_path.strip(), gate_threshold)
 
 
 def show_metadata(segmenter: Segmenter) -> None:
@@ -188,6 +209,18 @@ def show_metadata(segmenter: Segmenter) -> None:
             f"- **running on**: {segmenter.providers[0]}"
         )
         st.json(meta, expanded=False)
+    gate = segmenter.gate
+    if gate is not None:
+        oof = gate.meta.get("oof") or {}
+        skipped = "n/a" if oof.get("specificity") is None else f"{oof['specificity']:.1%}"
+        with st.sidebar.expander("Gate metadata"):
+            st.markdown(
+                f"- **gate**: {gate.meta.get('arch')} / {gate.meta.get('encoder')} at {gate.meta.get('input_size')} px\n"
+                f"- **threshold in use**: {gate.threshold:.4g} (out-of-fold: {gate.meta.get('threshold', 'n/a')}, "
+                f"recall target {gate.meta.get('recall_target', 'n/a')})\n"
+                f"- **clean images skipped out of fold**: {skipped}"
+            )
+            st.json(gate.meta, expanded=False)
 
 
 # ----------------------------------------------------------------------------- single image
@@ -204,6 +237,7 @@ def predict_image(segmenter: Segmenter, image: np.ndarray, settings: Settings) -
     fill_row(row, result.mask, result.info)
     return {
         "image": image, "mask": result.mask, "multi": multi, "row": row, "original_hw": original_hw,
+        "gate_threshold": segmenter.gate.threshold if segmenter.gate is not None else None,
         "mask_view": colorize(result.mask) if multi else result.mask * 255,
         "overlay": make_overlay(image, result.mask, alpha=settings.alpha, palette=PALETTE if multi else None),
     }
@@ -250,13 +284,19 @@ def show_prediction(out: dict, name: str, folder: Path) -> None:
     columns[2].image(out["overlay"], caption="Overlay", width="stretch")
     if tuple(out["original_hw"]) != (h, w):
         st.caption(f"Downscaled from {out['original_hw'][1]}x{out['original_hw'][0]} (image max long side).")
-    threshold = "n/a (argmax)" if row["threshold"] == "" else f"{float(row['threshold']):.3f}"
-    metrics = st.columns(4)
+    gated = row["status"] == "gated_clean"
+    threshold = "n/a (gated)" if gated else "n/a (argmax)" if row["threshold"] == "" else f"{float(row['threshold']):.3f}"
+    metrics = st.columns(5 if row["gate_prob"] != "" else 4)
     metrics[0].metric("Area", f"{row['area_px']} px")
     metrics[1].metric("Area %", f"{row['area_pct']:.2f} %")
     metrics[2].metric("Threshold used", threshold)
     metrics[3].metric("Components", row["components"])
-    if row["status"] == "no_detection":
+    if row["gate_prob"] != "":
+        metrics[4].metric("Gate prob", f"{float(row['gate_prob']):.4f}")
+    if gated:
+        st.info(f"gated_clean: the gate judged this image clean (probability {float(row['gate_prob']):.4f} below "
+                f"its threshold {out['gate_threshold']:.4g}), so it was not segmented and the mask is empty.")
+    elif row["status"] == "no_detection":
         st.warning("Nothing detected: try a fixed, lower threshold in the sidebar.")
     stem = Path(safe_name(name)).stem
     downloads = st.columns(2)
@@ -364,10 +404,11 @@ def zip_mode(settings: Settings, segmenter: Segmenter) -> None:
         st.error("No image could be segmented: " + "; ".join(stored["errors"][:3]))
     elif result["errors"]:
         st.warning(f"{result['errors']} of {result['images']} file(s) failed; see the error column.")
-    counts = st.columns(4)
-    for column, (label, key) in zip(counts, (("Images", "images"), ("OK", "ok"), ("No detection", "no_detection"),
-                                             ("Errors", "errors"))):
-        column.metric(label, result[key])
+    shown = [("Images", "images"), ("OK", "ok"), ("No detection", "no_detection"), ("Errors", "errors")]
+    if segmenter.gate is not None:
+        shown.insert(3, ("Gated clean", "gated_clean"))
+    for column, (label, key) in zip(st.columns(len(shown)), shown):
+        column.metric(label, result.get(key, 0))
     st.dataframe(stored["table"], hide_index=True)
     if "zip" in stored and result["images"] > result["errors"]:
         st.download_button("Download predictions.zip", stored["zip"], "predictions.zip", "application/zip",
@@ -385,7 +426,8 @@ def video_mode(settings: Settings, segmenter: Segmenter) -> None:
         reason = "; ".join(stored["errors"][:1]) or "no frames could be read"
         st.error(f"Cannot decode the video {upload.name}: {reason}. Upload an MP4/AVI/MOV/MKV file that plays.")
         return
-    st.caption(f"{result['images']} frames, {result['inferences']} inferred, {result['errors']} errors.")
+    gated = f", {result.get('gated_clean', 0)} gated clean" if segmenter.gate is not None else ""
+    st.caption(f"{result['images']} frames, {result['inferences']} inferred, {result['errors']} errors{gated}.")
     name = stored["video_name"]
     if stored.get("preview"):
         st.video(stored["preview"], format=PREVIEW_FORMAT[2])

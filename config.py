@@ -30,6 +30,7 @@ SMP_ARCHITECTURES = (
 )
 ARCHITECTURES = SMP_ARCHITECTURES + ("HRNetLite",)
 SCHEDULERS = ("cosine", "onecycle")
+TASKS = ("segment", "classify")  # classify: the clean/defect gate in front of the segmenter (README "Gate")
 TRACKERS = ("none", "tensorboard", "wandb")
 
 
@@ -64,6 +65,23 @@ def non_negative(kind: Callable) -> Callable:
         return value
     parse.__name__ = f"non-negative {kind.__name__}"
     return parse
+
+
+def recall_value(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise ValueError("expected a number in (0, 1]")
+    return value
+
+
+def pos_weight_value(text: str) -> str:
+    """'' (no weighting), 'auto' (clean / defective images of the training fold) or a positive number."""
+    value = text.strip().lower()
+    if value in ("", "none", "auto"):
+        return "" if value == "none" else value
+    if float(value) <= 0:
+        raise ValueError("expected '', 'auto' or a positive number")
+    return value
 
 
 def byte_value(text: str) -> int:
@@ -116,6 +134,15 @@ FIELDS: tuple[Field, ...] = (
     Field("crop_roi_factor", positive(float), 2.5, "ROI side = this x torso size (source pixels)"),
     Field("crop_min_size", positive(int), 256, "smallest ROI side in source pixels"),
     Field("crop_pad_value", byte_value, 114, "grey level (0-255) where the ROI leaves the image"),
+    # Task: segment (the segmenter) or classify (the image-level clean/defect gate, README "Gate")
+    Field("task", str, "segment", "segment: train the segmenter; classify: train the clean/defect gate "
+          "(encoder + pooling head, 1 logit: any mask pixel > 0)", choices=TASKS),
+    Field("gate_input_size", non_negative(int), 0,
+          "classify: long side of the gate's input (multiple of 32); 0 = INPUT_SIZE / 2"),
+    Field("gate_recall", recall_value, 0.99,
+          "classify: recall of defective images the gate threshold must keep out of fold (highest such threshold)"),
+    Field("gate_pos_weight", pos_weight_value, "",
+          "classify: BCE pos_weight: empty (none), 'auto' (clean/defective ratio of the training fold) or a number"),
     # Model
     Field("arch", str, "UnetPlusPlus", "architecture", flags=("--model",), choices=ARCHITECTURES),
     Field("encoder", str, "resnet34", "smp encoder name, or tu-<timm name>"),
@@ -181,6 +208,10 @@ class Config:
     crop_roi_factor: float
     crop_min_size: int
     crop_pad_value: int
+    task: str
+    gate_input_size: int
+    gate_recall: float
+    gate_pos_weight: str
     arch: str
     encoder: str
     encoder_weights: str | None
@@ -291,7 +322,21 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
         values[field.name] = value
     cfg = Config(**values)
     validate(cfg)
-    return cfg
+    return resolve_task(cfg)
+
+
+def gate_size(cfg: Config) -> int:
+    """The gate's input long side: GATE_INPUT_SIZE, else half of INPUT_SIZE (a multiple of 32, at least 32)."""
+    return cfg.gate_input_size or max(32, cfg.input_size // 2 // 32 * 32)
+
+
+def resolve_task(cfg: Config) -> Config:
+    """TASK=classify trains at the gate's own, smaller size: INPUT_SIZE becomes that size for the whole run
+    (cache, loaders, export metadata), and NAME defaults to 'gate' (-> gate.onnx)."""
+    if cfg.task != "classify":
+        return cfg
+    name = "gate" if cfg.name == FIELD_BY_NAME["name"].default else cfg.name
+    return dataclasses.replace(cfg, input_size=gate_size(cfg), name=name)
 
 
 def validate(cfg: Config) -> None:
@@ -310,10 +355,21 @@ def validate(cfg: Config) -> None:
             raise UserError(f"{name.upper()}={value!r}: file not found")
     if cfg.crop == "person":
         check_crop_model(cfg.crop_model)
+    if cfg.task == "classify":
+        validate_gate(cfg)
     names = cfg.names()
     if cfg.classes > 1 and len(names) != cfg.classes:
         raise UserError(f"CLASS_NAMES/CLASSES_FILE give {len(names)} names ({', '.join(names)}) but CLASSES={cfg.classes}")
     parse_class_weights(cfg.class_weights, cfg.classes)
+
+
+def validate_gate(cfg: Config) -> None:
+    if cfg.gate_input_size % 32:
+        raise UserError(f"GATE_INPUT_SIZE={cfg.gate_input_size} must be a multiple of 32 "
+                        f"(e.g. {cfg.gate_input_size // 32 * 32 or 32}), or 0 for INPUT_SIZE / 2")
+    if cfg.crop != "off":
+        raise UserError(f"TASK=classify with CROP={cfg.crop} is not supported: the gate judges the whole image; "
+                        "train the gate with CROP=off")
 
 
 def check_crop_model(path: str) -> None:

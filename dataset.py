@@ -240,20 +240,25 @@ def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int
 # ----------------------------------------------------------------------------- torch side
 
 
-def get_transform(train: bool, input_size: int, mean=IMAGENET_MEAN, seed: int | None = None) -> A.Compose:
-    """Pad bottom/right to a square (as the runtime pads), plus augmentation when training."""
+def get_transform(train: bool, input_size: int, mean=IMAGENET_MEAN, seed: int | None = None,
+                  square: bool = True) -> A.Compose:
+    """Pad bottom/right to a square (as the runtime pads), plus augmentation when training.
+
+    square=False leaves the size as cached (the gate: its batches are padded to the stride by
+    classify.pad_collate, as the runtime pads, so global pooling sees no extra padding).
+    """
     fill = tuple(round(m * 255) for m in mean)  # the mean colour: zero after normalisation
-    pad = A.PadIfNeeded(input_size, input_size, position="top_left", border_mode=cv2.BORDER_CONSTANT,
-                        fill=fill, fill_mask=0)
+    pad = [A.PadIfNeeded(input_size, input_size, position="top_left", border_mode=cv2.BORDER_CONSTANT,
+                         fill=fill, fill_mask=0)] if square else []
     if not train:
-        return A.Compose([pad])
+        return A.Compose(pad)
     return A.Compose(seed=seed, transforms=[
         A.HorizontalFlip(p=0.5),
         A.Affine(scale=(0.85, 1.15), translate_percent=(-0.05, 0.05), rotate=(-15, 15),
                  border_mode=cv2.BORDER_REFLECT_101, p=0.5),
         A.RandomBrightnessContrast(0.2, 0.2, p=0.5),
         A.HueSaturationValue(8, 12, 8, p=0.3),
-        pad,
+        *pad,
     ])
 
 

@@ -17,6 +17,10 @@ The graph takes `image` float32 (N, 3, H, W), H and W multiples of 32, dynamic N
 the folds and TTA views (nnU-Net style); or `logits`, averaged the same way. A JSON document
 under metadata_props['segmentation'] tells the runtime everything it needs.
 
+A gate run (train.py --task classify) exports the same way, by the same command: `prob` (N, 1), the
+folds' sigmoids averaged, and metadata with task 'gate', the out-of-fold threshold and its metrics
+(written to WORK_DIR/<NAME>.onnx, NAME defaulting to 'gate'). No TTA, logits or int8 for a gate.
+
 Checks (on by default, --no-verify skips them): onnx.checker; onnxruntime vs torch on a batch and
 shape unlike the export's (max abs diff <= 1e-4, else the export aborts); OpenCV DNN vs onnxruntime
 (<= 1e-3; where OpenCV cannot run the model the export warns and records it in the metadata).
@@ -41,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import build_model_from_checkpoint
+from model import GATE_ARCH, build_model_from_checkpoint
 from utils import (
     DEFAULT_METADATA, IMAGENET_MEAN, IMAGENET_STD, LOG, METADATA_KEY, METADATA_VERSION, UserError,
     atomic_write_bytes, decode_metadata, dice_iou, encode_metadata, index_masks, list_images, preprocess, read_image,
@@ -54,6 +58,7 @@ STRIDE = 32
 MIN_OPSET, MAX_OPSET = 13, 20  # 13: per-channel QDQ and modern Resize; 20: torch's TorchScript exporter
 TTA_FLIPS = {"none": [()], "hflip": [(), (3,)], "flips": [(), (3,), (2,), (2, 3)]}  # dims flipped per view
 OUTPUTS = ("probs", "logits")
+GATE_OUTPUT = "prob"  # the gate's (N, 1) defect probability
 
 
 class ParityError(UserError, RuntimeError):
@@ -90,6 +95,17 @@ class ExportEnsemble(nn.Module):
         per_view = total.unflatten(0, (len(views), -1))  # (V, N, C, H', W')
         unflipped = [per_view[i].flip(dims) if dims else per_view[i] for i, dims in enumerate(self.flips)]
         return sum(unflipped) / len(unflipped)
+
+
+class GateEnsemble(nn.Module):
+    """The gate's folds in one graph: image (N, 3, H, W) -> prob (N, 1), the mean of the folds' sigmoids."""
+
+    def __init__(self, models: list[nn.Module]):
+        super().__init__()
+        self.models = nn.ModuleList(models)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return sum(torch.sigmoid(model(image)) for model in self.models) / len(self.models)
 
 
 def ProbabilityEnsemble(models: list[nn.Module], num_classes: int) -> ExportEnsemble:  # noqa: N802
@@ -187,7 +203,7 @@ def build_metadata(ckpt: dict, folds: list[int], threshold: float | None, min_ar
         "class_names": list(cfg.get("class_names") or default_names),
         "input_size": cfg.get("input_size", DEFAULT_METADATA["input_size"]),
         "resize": "long_side", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "stride": STRIDE,
-        "output": output, "tta": tta, "precision": "fp32",
+        "task": "segment", "output": output, "tta": tta, "precision": "fp32",
         "threshold": 0.5 if threshold is None else float(threshold),
         "thresholds": DEFAULT_METADATA["thresholds"],
         "min_area": int(cfg.get("min_area", 64) if min_area is None else min_area),
@@ -196,6 +212,25 @@ def build_metadata(ckpt: dict, folds: list[int], threshold: float | None, min_ar
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": package_versions(),
     }
+
+
+def build_gate_metadata(ckpt: dict, folds: list[int], summary: dict | None, threshold: float | None) -> dict:
+    """The gate's metadata: task 'gate', the threshold (the out-of-fold one unless given) and the
+    out-of-fold metrics it came with, plus the shared preprocessing keys the runtime needs."""
+    meta = build_metadata(ckpt, folds, None, None)
+    for key in ("thresholds", "min_area", "tta", "crop_mode", "detector", "crop"):  # segmenter-only
+        meta.pop(key, None)
+    oof = dict((summary or {}).get("oof") or {})
+    source = "oof" if threshold is None else "given"
+    threshold = oof.get("threshold") if threshold is None else float(threshold)
+    if threshold is None:
+        LOG.warning("no gate cv_summary.json in the run folder: gate threshold 0.5 (pass --threshold to choose)")
+        threshold, source = 0.5, "default"
+    meta.update(task="gate", num_classes=1, class_names=["defective"], output="probs", threshold=float(threshold),
+                threshold_source=source, recall_target=oof.get("recall_target"),
+                oof={k: oof.get(k) for k in ("images", "defective", "clean", "accuracy", "auc", "threshold", "recall",
+                                             "specificity", "precision", "skipped_fraction") if k in oof})
+    return meta
 
 
 def set_metadata(proto: onnx.ModelProto, metadata: dict) -> onnx.ModelProto:
@@ -263,8 +298,11 @@ def exportable_adaptive_pooling():
         F.adaptive_avg_pool2d = _ADAPTIVE_AVG_POOL2D
 
 
-def to_onnx_bytes(module: nn.Module, input_size: int, opset: int, output_name: str = "probs") -> bytes:
-    """Trace with the TorchScript exporter: dynamic N/H/W, stable for the smp architectures."""
+def to_onnx_bytes(module: nn.Module, input_size: int, opset: int, output_name: str = "probs",
+                  output_axes: dict | None = None) -> bytes:
+    """Trace with the TorchScript exporter: dynamic N/H/W, stable for the smp architectures.
+
+    output_axes: the output's dynamic axes (default N, H, W; the gate's (N, 1) output: N only)."""
     check_opset(opset)
     dummy = torch.randn(1, 3, input_size, input_size)
     buffer = io.BytesIO()
@@ -274,7 +312,7 @@ def to_onnx_bytes(module: nn.Module, input_size: int, opset: int, output_name: s
             module, (dummy,), buffer, dynamo=False, opset_version=opset,
             input_names=["image"], output_names=[output_name],
             dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                          output_name: {0: "batch", 2: "height", 3: "width"}},
+                          output_name: output_axes or {0: "batch", 2: "height", 3: "width"}},
         )
     return buffer.getvalue()
 
@@ -528,6 +566,11 @@ def export_onnx(work_dir: str | Path, folds: list[int] | None = None, output: st
     work_dir = Path(work_dir)
     checkpoints = find_checkpoints(work_dir, folds)
     models, ckpt = load_fold_models(checkpoints)
+    if ckpt["model_args"].get("arch") == GATE_ARCH:
+        unsupported = [name for name, on in (("--tta", tta != "none"), ("--logits", logits), ("--int8", int8)) if on]
+        if unsupported:
+            raise UserError(f"{', '.join(unsupported)}: not available for a gate (TASK=classify) export; drop it")
+        return export_gate(work_dir, checkpoints, models, ckpt, output, threshold, opset, check, simplify_graph, fp16)
     if threshold is None:
         threshold = read_recommended_threshold(work_dir)
     kind = "logits" if logits else "probs"
@@ -539,18 +582,40 @@ def export_onnx(work_dir: str | Path, folds: list[int] | None = None, output: st
         export_detector(ckpt["config"]["crop_model"], detector_path(output))
     ensemble = ExportEnsemble(models, metadata["num_classes"], tta, kind).eval()
     proto = add_metadata(to_onnx_bytes(ensemble, metadata["input_size"], opset, kind), metadata)
-    if simplify_graph:
-        proto = simplify(proto)
-    if check:
-        metadata["checks"] = verify(ensemble, proto.SerializeToString(), metadata["input_size"], metadata["arch"])
-        proto = set_metadata(proto, metadata)
-    atomic_write_bytes(output, proto.SerializeToString())
+    proto = finish_export(proto, ensemble, metadata, output, check, simplify_graph)
     LOG.info("exported %s (folds %s, tta %s, %s, %.1f MB, threshold %.2f)", output, list(checkpoints), tta, kind,
              output.stat().st_size / 1e6, metadata["threshold"])
     if fp16:
         write_fp16(proto, output.with_suffix(".fp16.onnx"), metadata, check)
     if int8:
         write_int8(work_dir, output, metadata, val_dir, calib_count)
+    return output
+
+
+def finish_export(proto: onnx.ModelProto, module: nn.Module, metadata: dict, output: Path, check: bool,
+                  simplify_graph: bool) -> onnx.ModelProto:
+    """Simplify (optional), verify against `module` (results go into the metadata) and write atomically."""
+    if simplify_graph:
+        proto = simplify(proto)
+    if check:
+        metadata["checks"] = verify(module, proto.SerializeToString(), metadata["input_size"], metadata["arch"])
+        proto = set_metadata(proto, metadata)
+    atomic_write_bytes(output, proto.SerializeToString())
+    return proto
+
+
+def export_gate(work_dir: Path, checkpoints: dict[int, Path], models: list[nn.Module], ckpt: dict, output,
+                threshold: float | None, opset: int, check: bool, simplify_graph: bool, fp16: bool) -> Path:
+    """A gate run's folds as one graph: image (N, 3, H, W) -> prob (N, 1), with the gate's metadata."""
+    metadata = build_gate_metadata(ckpt, list(checkpoints), read_summary(work_dir), threshold)
+    output = Path(output) if output else work_dir / f"{metadata['name']}.onnx"
+    ensemble = GateEnsemble(models).eval()
+    proto = to_onnx_bytes(ensemble, metadata["input_size"], opset, GATE_OUTPUT, {0: "batch"})
+    proto = finish_export(add_metadata(proto, metadata), ensemble, metadata, output, check, simplify_graph)
+    LOG.info("exported gate %s (folds %s, %.1f MB, threshold %.6g)", output, list(checkpoints),
+             output.stat().st_size / 1e6, metadata["threshold"])
+    if fp16:
+        write_fp16(proto, output.with_suffix(".fp16.onnx"), metadata, check)
     return output
 
 
@@ -586,11 +651,13 @@ def write_int8(work_dir: Path, fp32_path: Path, metadata: dict, val_dir, calib_c
     return path
 
 
-def read_recommended_threshold(work_dir: Path) -> float | None:
+def read_summary(work_dir: Path) -> dict | None:
     summary = work_dir / "cv_summary.json"
-    if summary.is_file():
-        return json.loads(summary.read_text()).get("best_threshold")
-    return None
+    return json.loads(summary.read_text()) if summary.is_file() else None
+
+
+def read_recommended_threshold(work_dir: Path) -> float | None:
+    return (read_summary(work_dir) or {}).get("best_threshold")
 
 
 # ----------------------------------------------------------------------------- Triton model repository
@@ -662,7 +729,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tta", default="none", choices=list(TTA_FLIPS), help="flips baked into the graph")
     parser.add_argument("--logits", action="store_true", help="output raw logits instead of probabilities")
     parser.add_argument("--opset", type=int, default=17, help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET}")
-    parser.add_argument("--threshold", type=float, default=None, help="default: the CV best threshold")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="default: the CV best threshold (a gate: the out-of-fold threshold keeping GATE_RECALL)")
     parser.add_argument("--no-verify", "--skip-checks", dest="no_verify", action="store_true",
                         help="skip the checker, onnxruntime and OpenCV checks")
     parser.add_argument("--simplify", action="store_true", help="simplify the graph with onnxslim")

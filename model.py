@@ -19,9 +19,34 @@ from config import ARCHITECTURES
 from utils import DISK_FULL, LOG, UserError, disk_full_error
 
 
+# The clean/defect gate (TASK=classify): an encoder and a pooling head, one logit per image.
+GATE_ARCH = "GateClassifier"
+GATE_DROPOUT = 0.2
+
+
 def model_args(arch: str, encoder: str, classes: int) -> dict:
-    """The arguments that rebuild a model; stored in every checkpoint (nanoGPT style)."""
+    """The arguments that rebuild a model; stored in every checkpoint (nanoGPT style), with the task."""
+    if arch == GATE_ARCH:
+        return {"arch": arch, "encoder": encoder, "classes": 1, "task": "classify"}
     return {"arch": arch, "encoder": encoder, "classes": classes}
+
+
+class GateClassifier(nn.Module):
+    """Image-level "has any foreground" classifier: image (B, 3, H, W) -> logits (B, 1).
+
+    An smp encoder (smp names and tu-<timm> names alike, as for the segmenters), global average pooling
+    of its deepest feature map, dropout and one linear layer. No decoder: far cheaper than a segmenter.
+    """
+
+    def __init__(self, encoder: str = "resnet18", weights: str | None = None, dropout: float = GATE_DROPOUT):
+        super().__init__()
+        self.encoder = smp.encoders.get_encoder(encoder, in_channels=3, depth=5, weights=weights)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.encoder.out_channels[-1], 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(image)[-1]  # (B, C, H/32, W/32)
+        return self.head(self.dropout(features.mean(dim=(2, 3))))  # (B, 1)
 
 
 class HRNetLite(nn.Module):
@@ -56,6 +81,8 @@ class HRNetLite(nn.Module):
 
 
 def _create(arch: str, encoder: str, weights: str | None, classes: int) -> nn.Module:
+    if arch == GATE_ARCH:
+        return GateClassifier(encoder, weights)
     if arch == "HRNetLite":
         if not encoder.startswith("hrnet"):
             raise UserError(f"ARCH=HRNetLite needs an HRNet encoder, got ENCODER={encoder!r}; "
@@ -68,12 +95,13 @@ def _create(arch: str, encoder: str, weights: str | None, classes: int) -> nn.Mo
 
 
 def build_model(arch: str, encoder: str, encoder_weights: str | None = None, classes: int = 1) -> nn.Module:
-    """A model returning logits (B, classes, H, W): any smp architecture, or HRNetLite.
+    """A model returning logits (B, classes, H, W): any smp architecture, or HRNetLite; or the gate
+    (arch GateClassifier), returning logits (B, 1).
 
     encoder_weights: None/"none" (random init, works offline), "imagenet" (downloaded once by
     smp/timm), or a path to a local encoder state dict (.pth/.pt).
     """
-    if arch not in ARCHITECTURES:
+    if arch not in ARCHITECTURES + (GATE_ARCH,):
         raise UserError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
     weights = None if encoder_weights in (None, "", "none", "None") else encoder_weights
     local_file = weights is not None and weights not in ("imagenet",) and (
@@ -145,6 +173,26 @@ class MultiClassComboLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         ce = F.cross_entropy(logits, target, weight=self.class_weights)
         return self.dice_weight * self.dice(logits, target) + self.ce_weight * ce
+
+
+def image_labels(masks: torch.Tensor) -> torch.Tensor:
+    """(B, 1) float: 1 where the image's mask has any pixel > 0. masks (B, 1, H, W) or (B, H, W) class ids."""
+    return (masks.flatten(1).amax(1, keepdim=True) > 0).float()
+
+
+class GateLoss(nn.Module):
+    """BCEWithLogits of the gate's logits (B, 1) against image_labels(masks); pos_weight optional.
+
+    Takes the masks the segmentation loader yields, so both tasks share the training loop.
+    """
+
+    def __init__(self, pos_weight: float | None = None):
+        super().__init__()
+        self.register_buffer("pos_weight", None if pos_weight is None else torch.tensor([float(pos_weight)]))
+
+    def forward(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(logits, image_labels(masks).to(logits.dtype),
+                                                  pos_weight=self.pos_weight)
 
 
 def build_loss(classes: int, dice_weight: float = 0.5, bce_weight: float = 0.5,

@@ -14,10 +14,15 @@ Run book:
     python train.py ... --classes 3 --class-names background,scratch,dent --class-weights auto
     # smart crop: a square around the largest person (YOLO11-seg weights are a local file)
     python train.py ... --crop person --crop-model weights/yolo11n-seg.pt --crop-roi-factor 2.5
+    # the clean/defect gate in front of the segmenter (its own WORK_DIR; trains at INPUT_SIZE / 2 unless
+    # GATE_INPUT_SIZE says otherwise) -> WORK_DIR/gate.onnx, cv_summary.json with the out-of-fold threshold
+    python train.py --task classify --raw-img-dir data/images --raw-mask-dir data/masks --work-dir runs/gate \
+        --encoder resnet18 --gate-recall 0.99
     python train.py --help
 
 Writes to WORK_DIR: config.json, images/ + masks/ (the cache), folds.json, models/fold<K>_{best,last}.pt,
-logs/metrics.json, logs/training.log, logs/val_preview_fold<K>.png, cv_summary.json and <NAME>.onnx.
+logs/metrics.json, logs/training.log, logs/val_preview_fold<K>.png, cv_summary.json and <NAME>.onnx
+(a gate run: no previews, plus gate_oof.csv, the out-of-fold probability of every image).
 A killed run resumes (RESUME=true, the default): finished folds are kept and an unfinished fold
 continues from its last checkpoint with its optimizer and scheduler.
 
@@ -47,12 +52,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
+import classify
 from config import Config, describe, load_config, parse_class_weights
 from dataset import (
     CacheEntry, SegDataset, build_cache, collect_sources, get_transform, read_groups, read_split_lists, seed_worker,
     split_indices,
 )
-from model import build_loss, build_model, load_checkpoint, model_args, read_checkpoint, save_checkpoint
+from model import (
+    GATE_ARCH, GateLoss, build_loss, build_model, load_checkpoint, model_args, read_checkpoint, save_checkpoint,
+)
 import utils
 from utils import LOG, UserError, atomic_write_json, run_cli, setup_logging, write_png
 
@@ -60,7 +68,10 @@ from utils import LOG, UserError, atomic_write_json, run_cli, setup_logging, wri
 THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
 # Settings that do not change what is trained: a change in them keeps finished folds valid.
 NON_TRAINING_KEYS = ("work_dir", "workers", "pin_memory", "device", "threads", "export", "fold_ids", "name",
-                     "min_area", "resume", "tracker", "save_checkpoints", "eval_step", "max_image_pixels")
+                     "min_area", "resume", "tracker", "save_checkpoints", "eval_step", "max_image_pixels",
+                     "gate_recall")
+# Settings of the gate only: left out of a segmenter's hash, so adding them kept its runs resumable.
+GATE_KEYS = ("task", "gate_input_size", "gate_pos_weight")
 
 
 def seed_everything(seed: int) -> None:
@@ -70,7 +81,8 @@ def seed_everything(seed: int) -> None:
 
 
 def config_hash(cfg: Config) -> str:
-    relevant = {k: v for k, v in cfg.to_dict().items() if k not in NON_TRAINING_KEYS}
+    skip = NON_TRAINING_KEYS + (GATE_KEYS if cfg.task == "segment" else ())
+    relevant = {k: v for k, v in cfg.to_dict().items() if k not in skip}
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -221,6 +233,56 @@ def resolve_class_weights(cfg: Config, entries: list[CacheEntry], train_idx: lis
     return weights
 
 
+# ----------------------------------------------------------------------------- task: segment or classify
+# TASK=classify trains the clean/defect gate (classify.py) through the same loop: only the model, the
+# loss, the metrics and what early stopping watches differ. Its loss and metrics take the masks
+# the loaders yield and reduce them to image labels themselves.
+
+
+def is_gate(cfg: Config) -> bool:
+    return cfg.task == "classify"
+
+
+def build_task_model(cfg: Config, weights: str | None = None) -> torch.nn.Module:
+    if is_gate(cfg):
+        return build_model(GATE_ARCH, cfg.encoder, weights, 1)
+    return build_model(cfg.arch, cfg.encoder, weights, cfg.classes)
+
+
+def task_model_args(cfg: Config) -> dict:
+    return model_args(GATE_ARCH if is_gate(cfg) else cfg.arch, cfg.encoder, cfg.classes)
+
+
+def build_task_loss(cfg: Config, entries: list[CacheEntry] | None = None,
+                    train_idx: list[int] | None = None) -> torch.nn.Module:
+    """The training loss; without entries (scoring a checkpoint) no class or positive weighting."""
+    if is_gate(cfg):
+        labels = [not entries[i].empty for i in train_idx] if entries is not None else []
+        return GateLoss(classify.resolve_pos_weight(cfg.gate_pos_weight, labels) if labels else None)
+    weights = resolve_class_weights(cfg, entries, train_idx) if entries is not None else None
+    return build_loss(cfg.classes, cfg.dice_weight, cfg.bce_weight, weights)
+
+
+def new_sums(cfg: Config):
+    return classify.GateSum() if is_gate(cfg) else ScoreSum(cfg.names())
+
+
+def monitor_name(cfg: Config) -> str:
+    return "auc" if is_gate(cfg) else "dice"
+
+
+def monitor_score(cfg: Config, stats: dict) -> float:
+    """What early stopping and the best checkpoint maximise: val Dice, or the gate's val AUC (-loss
+    when its val fold holds one class only)."""
+    return classify.monitor(stats) if is_gate(cfg) else stats["dice"]
+
+
+def describe_stats(cfg: Config, stats: dict, iou: bool = False) -> str:
+    if is_gate(cfg):
+        return classify.describe(stats)
+    return f"loss {stats['loss']:.4f} dice {stats['dice']:.4f}" + (f" iou {stats['iou']:.4f}" if iou else "")
+
+
 # ----------------------------------------------------------------------------- metrics
 
 
@@ -258,6 +320,9 @@ class ScoreSum:
         self.scores = self.scores + scores.double().sum(0).cpu()
         self.loss += loss * scores.shape[0]
         self.seen += scores.shape[0]
+
+    def add_batch(self, loss: float, logits: torch.Tensor, masks: torch.Tensor, num_classes: int) -> None:
+        self.add(loss, per_image_scores(logits, masks, num_classes))
 
     def reduce(self) -> "ScoreSum":
         """Sum over DDP ranks: per-image score sums and image counts, never means of means."""
@@ -376,13 +441,14 @@ class Tracker:
 def make_loader(cfg: Config, entries: list[CacheEntry], indices: list[int], train: bool, device) -> DataLoader:
     """Under DDP: training through a DistributedSampler (set_epoch each epoch), evaluation on this
     rank's unpadded shard. Augmentation is seeded per rank."""
-    transform = get_transform(train, cfg.input_size, seed=cfg.seed + rank())
+    transform = get_transform(train, cfg.input_size, seed=cfg.seed + rank(), square=not is_gate(cfg))
     dataset = SegDataset([entries[i] for i in (indices if train else shard(indices))], transform, cfg.classes)
     sampler = DistributedSampler(dataset, shuffle=True, seed=cfg.seed) if train and dist.is_initialized() else None
     return DataLoader(
         dataset, batch_size=cfg.batch_size, shuffle=train and sampler is None, sampler=sampler,
         num_workers=cfg.workers, pin_memory=cfg.pin_memory and device.type == "cuda",
         persistent_workers=cfg.workers > 0, worker_init_fn=seed_worker,
+        collate_fn=classify.pad_collate if is_gate(cfg) else None,
         generator=torch.Generator().manual_seed(cfg.seed) if train else None,
         drop_last=train and len(sampler or dataset) > cfg.batch_size,
     )
@@ -408,13 +474,13 @@ def evaluate(model, loader, loss_fn, cfg: Config, device, oof: OOFStats | None =
     """Metrics over the loader's samples; under DDP over every rank's shard, summed (all ranks call it)."""
     model.eval()
     sync_buffers(model)
-    sums, local_oof = ScoreSum(cfg.names()), OOFStats()
+    sums, local_oof = new_sums(cfg), OOFStats()
     for images, masks in loader:
         images, masks = images.to(device), masks.to(device)
         with autocast(cfg, device):
             logits = model(images)
         logits = logits.float()
-        sums.add(loss_fn(logits, masks).item(), per_image_scores(logits, masks, cfg.classes))
+        sums.add_batch(loss_fn(logits, masks).item(), logits, masks, cfg.classes)
         if oof is not None:
             local_oof.add(logits, masks, cfg.classes)
     if oof is not None:
@@ -456,25 +522,26 @@ class FoldRun:
     tracker: Tracker
     best_path: Path
     last_path: Path
-    state: dict = field(default_factory=lambda: {"epoch": -1, "step": 0, "best_dice": -1.0, "best_epoch": -1,
-                                                 "finished": False})
+    # best_dice: the best monitored score (val Dice; the gate's val AUC or -loss), kept under its old name
+    state: dict = field(default_factory=lambda: {"epoch": -1, "step": 0, "best_dice": float("-inf"),
+                                                 "best_epoch": -1, "finished": False})
     net: torch.nn.Module | None = None  # what train_step runs: the DDP wrapper under torchrun, else model
 
     def payload(self) -> dict:
-        return {"model": self.model.state_dict(), "model_args": model_args(self.cfg.arch, self.cfg.encoder,
-                self.cfg.classes), "config": {**self.cfg.to_dict(), "class_names": self.cfg.names()},
+        return {"model": self.model.state_dict(), "model_args": task_model_args(self.cfg),
+                "config": {**self.cfg.to_dict(), "class_names": self.cfg.names()},
                 "config_hash": config_hash(self.cfg), "fold": self.fold}
 
 
 def setup_fold(cfg: Config, fold: int, entries, split: Split, device, metrics: MetricsLog, tracker: Tracker) -> FoldRun:
     models_dir = Path(cfg.work_dir) / "models"
-    model = build_model(cfg.arch, cfg.encoder, cfg.encoder_weights, cfg.classes)
+    model = build_task_model(cfg, cfg.encoder_weights)
     if cfg.load_model:
         load_checkpoint(model, cfg.load_model)
         LOG.info("fold %d: fine-tuning from %s", fold, cfg.load_model)
     model.to(device)
     train_loader = make_loader(cfg, entries, split[0], True, device)
-    loss_fn = build_loss(cfg.classes, cfg.dice_weight, cfg.bce_weight, resolve_class_weights(cfg, entries, split[0]))
+    loss_fn = build_task_loss(cfg, entries, split[0])
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     return FoldRun(
         cfg, fold, model, train_loader, make_loader(cfg, entries, split[1], False, device), loss_fn.to(device),
@@ -510,13 +577,14 @@ def restore(run: FoldRun) -> None:
         run.scaler.load_state_dict(ckpt.get("scaler", {}))
         run.state = ckpt["state"]
         if not run.state["finished"]:
-            LOG.info("fold %d: resuming after epoch %d (best dice %.4f)", run.fold, run.state["epoch"] + 1,
-                     run.state["best_dice"])
+            LOG.info("fold %d: resuming after epoch %d (best %s %.4f)", run.fold, run.state["epoch"] + 1,
+                     monitor_name(run.cfg), run.state["best_dice"])
         return
     run.metrics.drop_fold(run.fold)
 
 
 def train_step(run: FoldRun, images: torch.Tensor, masks: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """One optimizer step; returns (loss, detached logits)."""
     with autocast(run.cfg, run.device):
         logits = (run.model if run.net is None else run.net)(images)
     logits = logits.float()
@@ -529,20 +597,21 @@ def train_step(run: FoldRun, images: torch.Tensor, masks: torch.Tensor) -> tuple
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
-    return loss.item(), per_image_scores(logits.detach(), masks, run.cfg.classes)
+    return loss.item(), logits.detach()
 
 
 def train_one_epoch(run: FoldRun, epoch: int) -> dict:
     run.model.train()
     if isinstance(run.train_loader.sampler, DistributedSampler):
         run.train_loader.sampler.set_epoch(epoch)  # a different shuffle every epoch, the same on every rank
-    sums = ScoreSum(run.cfg.names())
+    sums = new_sums(run.cfg)
     desc = f"fold {run.fold} epoch {epoch + 1}/{run.cfg.epochs}"
     bar = tqdm(run.train_loader, desc=desc, leave=False, dynamic_ncols=True,
                disable=None if is_main() else True)  # None: off without a TTY
     for images, masks in bar:
-        loss, scores = train_step(run, images.to(run.device, non_blocking=True), masks.to(run.device, non_blocking=True))
-        sums.add(loss, scores)
+        images, masks = images.to(run.device, non_blocking=True), masks.to(run.device, non_blocking=True)
+        loss, logits = train_step(run, images, masks)
+        sums.add_batch(loss, logits, masks, run.cfg.classes)
         run.state["step"] += 1
         bar.set_postfix(loss=f"{sums.loss / sums.seen:.4f}", lr=f"{run.optimizer.param_groups[0]['lr']:.2e}")
         if run.cfg.eval_step and run.state["step"] % run.cfg.eval_step == 0:
@@ -554,20 +623,21 @@ def train_one_epoch(run: FoldRun, epoch: int) -> dict:
 
 def record_evaluation(run: FoldRun, epoch: int, train_stats: dict, val_stats: dict, seconds: float = 0.0,
                       kind: str = "epoch") -> bool:
-    """Log one evaluation ('epoch' end or mid-epoch 'step'); save the best checkpoint when val Dice
-    improved after the cooldown."""
+    """Log one evaluation ('epoch' end or mid-epoch 'step'); save the best checkpoint when the monitored
+    score (val Dice; the gate's val AUC) improved after the cooldown."""
     record = {"fold": run.fold, "epoch": epoch, "step": run.state["step"], "kind": kind,
               "lr": run.optimizer.param_groups[0]["lr"],
               **{f"train_{k}": v for k, v in train_stats.items()}, **{f"val_{k}": v for k, v in val_stats.items()},
               "time_s": round(seconds, 2)}
     run.metrics.add(record)
     run.tracker.log(record, run.state["step"])
-    improved = epoch >= run.cfg.cooldown and val_stats["dice"] > run.state["best_dice"]
+    score = monitor_score(run.cfg, val_stats)
+    improved = epoch >= run.cfg.cooldown and score > run.state["best_dice"]
     if improved:
-        run.state.update(best_dice=val_stats["dice"], best_epoch=epoch)
+        run.state.update(best_dice=score, best_epoch=epoch)
     if improved and is_main():
         save_checkpoint(run.best_path, {**run.payload(), "epoch": epoch, "step": run.state["step"],
-                                        "val_dice": val_stats["dice"]})
+                                        f"val_{monitor_name(run.cfg)}": score})
     return improved
 
 
@@ -580,11 +650,11 @@ def end_epoch(run: FoldRun, epoch: int, train_stats: dict, start: float) -> bool
     run.state.update(epoch=epoch, finished=stop or epoch == cfg.epochs - 1)
     if is_main():
         save_last_and_preview(run, epoch)
-    LOG.info("fold %d epoch %d/%d  train loss %.4f dice %.4f | val loss %.4f dice %.4f iou %.4f | lr %.2e%s",
-             run.fold, epoch + 1, cfg.epochs, train_stats["loss"], train_stats["dice"], val_stats["loss"],
-             val_stats["dice"], val_stats["iou"], run.optimizer.param_groups[0]["lr"], "  *best*" if improved else "")
+    LOG.info("fold %d epoch %d/%d  train %s | val %s | lr %.2e%s", run.fold, epoch + 1, cfg.epochs,
+             describe_stats(cfg, train_stats), describe_stats(cfg, val_stats, iou=True),
+             run.optimizer.param_groups[0]["lr"], "  *best*" if improved else "")
     if stop:
-        LOG.info("fold %d: early stop, no val dice gain for %d epochs", run.fold, cfg.patience)
+        LOG.info("fold %d: early stop, no val %s gain for %d epochs", run.fold, monitor_name(cfg), cfg.patience)
     return stop
 
 
@@ -594,6 +664,8 @@ def save_last_and_preview(run: FoldRun, epoch: int) -> None:
     save_checkpoint(run.last_path, last)
     if run.cfg.save_checkpoints:
         save_checkpoint(run.last_path.with_name(f"fold{run.fold}_epoch{epoch + 1}.pt"), last)
+    if is_gate(run.cfg):  # no mask to show
+        return
     grid = preview_grid(run.model, run.val_loader.dataset, run.cfg, run.device)
     write_png(Path(run.cfg.work_dir) / "logs" / f"val_preview_fold{run.fold}.png", grid)
     run.tracker.image(f"fold{run.fold}/val_preview", grid, run.state["step"])
@@ -605,8 +677,8 @@ def train_fold(cfg: Config, fold: int, entries, split: Split, device, metrics: M
     run = setup_fold(cfg, fold, entries, split, device, metrics, tracker or Tracker("none", Path(), {}))
     restore(run)
     if run.state["finished"] and run.best_path.is_file():
-        LOG.info("fold %d: already finished (best dice %.4f at epoch %d)", fold, run.state["best_dice"],
-                 run.state["best_epoch"] + 1)
+        LOG.info("fold %d: already finished (best %s %.4f at epoch %d)", fold, monitor_name(cfg),
+                 run.state["best_dice"], run.state["best_epoch"] + 1)
         return run.best_path
     for epoch in range(run.state["epoch"] + 1, cfg.epochs):
         start = time.perf_counter()
@@ -622,10 +694,10 @@ def train_fold(cfg: Config, fold: int, entries, split: Split, device, metrics: M
 
 
 def evaluate_checkpoint(cfg: Config, path: Path, entries, indices, device, oof: OOFStats | None = None) -> dict:
-    model = build_model(cfg.arch, cfg.encoder, None, cfg.classes).to(device)
+    model = build_task_model(cfg).to(device)
     load_checkpoint(model, path)
     loader = make_loader(cfg, entries, indices, False, device)
-    return evaluate(model, loader, build_loss(cfg.classes, cfg.dice_weight, cfg.bce_weight).to(device), cfg, device, oof)
+    return evaluate(model, loader, build_task_loss(cfg).to(device), cfg, device, oof)
 
 
 @torch.inference_mode()
@@ -680,6 +752,73 @@ def summarize(fold_scores: dict[int, dict], oof: OOFStats, oof_original: OOFStat
     return summary
 
 
+@torch.inference_mode()
+def predict_gate(cfg: Config, path: Path, entries: list[CacheEntry], device) -> list[float]:
+    """The gate's defect probability for each cached image, preprocessed as the runtime does (the shared
+    torch-free rule: long side to INPUT_SIZE, normalise, pad to 32), one image at a time, float32."""
+    from utils import IMAGENET_MEAN, IMAGENET_STD, preprocess, read_image
+
+    model = build_task_model(cfg).to(device).eval()
+    load_checkpoint(model, path)
+    meta = {"input_size": cfg.input_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "stride": 32}
+    probs = []
+    for entry in shard(entries):
+        chw, _ = preprocess(read_image(entry.image), meta)  # (3, H', W')
+        probs.append(float(torch.sigmoid(model(torch.from_numpy(chw)[None].to(device)).float())[0, 0]))
+    return [p for part in classify.gather(probs) for p in part]  # rank order = input order (contiguous shards)
+
+
+def summarize_gate(cfg: Config, fold_scores: dict[int, dict], report: dict, test_scores: dict[int, dict]) -> dict:
+    """cv_summary.json of a gate run: per-fold val loss/accuracy/AUC and the out-of-fold report."""
+    summary = {
+        "task": "classify",
+        "folds": {str(k): v for k, v in fold_scores.items()},
+        "accuracy_mean": float(np.mean([s["accuracy"] for s in fold_scores.values()])),
+        "oof": report, "threshold": report["threshold"], "recall_target": report["recall_target"],
+        "input_size": cfg.input_size,
+        "note": "fold metrics: at the training size, accuracy at 0.5; oof: every image scored once by the fold "
+                "model that did not train on it, preprocessed as the runtime does; threshold: the highest one "
+                "whose oof recall of defective images >= recall_target (images below it are not segmented)",
+    }
+    if test_scores:
+        summary["test"] = {str(k): v for k, v in test_scores.items()}
+    return summary
+
+
+def run_gate_folds(cfg: Config, entries, splits, fold_ids, test_idx, device, metrics, tracker) -> dict:
+    """TASK=classify: train the gate's folds, score each image out of fold, pick the threshold."""
+    fold_scores, test_scores, best_paths, oof_rows = {}, {}, {}, []
+    for fold in fold_ids:
+        best_paths[fold] = train_fold(cfg, fold, entries, splits[fold], device, metrics, tracker)
+        fold_scores[fold] = evaluate_checkpoint(cfg, best_paths[fold], entries, splits[fold][1], device)
+        val = [entries[i] for i in splits[fold][1]]
+        probs = predict_gate(cfg, best_paths[fold], val, device)
+        oof_rows += [(e.key, fold, not e.empty, p) for e, p in zip(val, probs)]
+        LOG.info("fold %d best: val %s", fold, classify.describe(fold_scores[fold]))
+        if test_idx:
+            test_scores[fold] = evaluate_checkpoint(cfg, best_paths[fold], entries, test_idx, device)
+    report = classify.gate_report([r[3] for r in oof_rows], [r[2] for r in oof_rows], cfg.gate_recall)
+    summary = summarize_gate(cfg, fold_scores, report, test_scores)
+    if is_main():
+        classify.write_oof_csv(Path(cfg.work_dir) / "gate_oof.csv", oof_rows)
+    summary["best_paths"] = best_paths
+    return summary
+
+
+def check_work_dir_task(cfg: Config) -> None:
+    """A gate run and a segmenter run never share a WORK_DIR: one would retrain over the other's models."""
+    saved = Path(cfg.work_dir) / "config.json"
+    if not saved.is_file():
+        return
+    try:
+        previous = json.loads(saved.read_text()).get("task", "segment")
+    except (json.JSONDecodeError, AttributeError):
+        return
+    if previous != cfg.task:
+        raise UserError(f"WORK_DIR={cfg.work_dir} holds a TASK={previous} run; TASK={cfg.task} would overwrite its "
+                        "models and cache. Use another WORK_DIR (e.g. runs/gate for the gate)")
+
+
 def make_cropper(cfg: Config, device: torch.device):
     """The SmartCropper for CROP=person, else None (the cache then only resizes)."""
     if cfg.crop != "person":
@@ -691,6 +830,7 @@ def make_cropper(cfg: Config, device: torch.device):
 
 def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     work = Path(cfg.work_dir)
+    check_work_dir_task(cfg)
     if is_main():
         setup_logging(work / "logs" / "training.log")
         LOG.info("config:\n%s", describe(cfg))
@@ -726,6 +866,8 @@ def run(cfg: Config) -> dict:
                           {str(k): [entries[i].key for i in va] for k, (_, va) in enumerate(splits)})
     metrics = MetricsLog(work / "logs" / "metrics.json", write=is_main())
     tracker = Tracker(cfg.tracker if is_main() else "none", work / "logs", cfg.to_dict())
+    if is_gate(cfg):
+        return run_gate(cfg, entries, splits, fold_ids, test_idx, device, metrics, tracker)
     oof, oof_original, fold_scores, test_scores, best_paths = OOFStats(), OOFStats(), {}, {}, {}
     try:
         for fold in fold_ids:
@@ -753,6 +895,26 @@ def run(cfg: Config) -> dict:
         onnx_path = export_onnx(work, folds=sorted(best_paths), threshold=summary["best_threshold"],
                                 min_area=cfg.min_area)
         summary["onnx"] = str(onnx_path)
+    return summary
+
+
+def run_gate(cfg: Config, entries, splits, fold_ids, test_idx, device, metrics, tracker) -> dict:
+    """run() for TASK=classify: the gate's folds, cv_summary.json, gate_oof.csv and <NAME>.onnx (gate.onnx)."""
+    LOG.info("task classify: the clean/defect gate, %s encoder + pooling head at %d px", cfg.encoder, cfg.input_size)
+    classify.check_labels([not e.empty for e in entries])
+    try:
+        summary = run_gate_folds(cfg, entries, splits, fold_ids, test_idx, device, metrics, tracker)
+    finally:
+        tracker.close()
+    best_paths = summary.pop("best_paths")
+    if not is_main():
+        return summary
+    atomic_write_json(Path(cfg.work_dir) / "cv_summary.json", summary)
+    LOG.info("%s", classify.describe_report(summary["oof"]))
+    if cfg.export:
+        from export import export_onnx
+
+        summary["onnx"] = str(export_onnx(cfg.work_dir, folds=sorted(best_paths), threshold=summary["threshold"]))
     return summary
 
 

@@ -27,6 +27,7 @@ from runtime.sources import ZIP_MAX_BYTES, ZIP_MAX_ENTRIES, ZIP_MAX_RATIO, Item,
 from utils import LOG, MAX_IMAGE_PIXELS, UserError, read_image, write_png
 
 LOCK_NAME = ".lock"
+GATED_OVERLAYS = ("png", "fast", "skip")
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -47,6 +48,7 @@ class RunOptions:
     view_img: bool = False
     max_pixels: int = MAX_IMAGE_PIXELS  # images claiming more (in their header) are refused undecoded
     follow_symlinks: bool = False  # folders: read symlinks that lead outside the folder
+    gated_overlay: str = "fast"  # overlay of an image the gate judged clean: fast (uncompressed PNG), png or skip
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:
@@ -60,6 +62,9 @@ class RunOptions:
         for name in ("video_max_side", "max_frames"):
             if int(getattr(self, name)) < 0:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)} is not valid; use 0 (off) or more")
+        if self.gated_overlay not in GATED_OVERLAYS:
+            raise UserError(f"--gated-overlay {self.gated_overlay!r} is not valid; use one of: "
+                            f"{', '.join(GATED_OVERLAYS)}")
         if self.zip_max_mb <= 0 or self.zip_max_ratio <= 1:
             raise UserError("--zip-max-mb must be > 0 and --zip-max-ratio > 1")
 
@@ -241,8 +246,12 @@ def finish_item(item: Item, image, outcome, model_ms: float, output: Path, optio
         write_png(output / "masks" / item.out, mask if multi else mask * 255)
         if multi:
             write_png(output / "masks_color" / item.out, colorize(mask))
-        overlay = make_overlay(image, mask, options.color, options.alpha, palette=PALETTE if multi else None)
-        write_png(output / "overlays" / item.out, overlay)
+        gated = outcome.info.get("gated")  # judged clean by the gate: its mask is empty, the overlay is the image
+        if not gated:
+            overlay = make_overlay(image, mask, options.color, options.alpha, palette=PALETTE if multi else None)
+            write_png(output / "overlays" / item.out, overlay)
+        elif options.gated_overlay != "skip":
+            write_png(output / "overlays" / item.out, image, fast=options.gated_overlay == "fast")
         if options.save_probs:
             target = output / "probs" / item.out.with_suffix(".npy")
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -264,10 +273,13 @@ def summarize(rows: list[dict], timings: list[dict], output: Path) -> dict:
         "ok": statuses.count("ok"),
         "no_detection": statuses.count("no_detection"),
         "errors": statuses.count("error"),
+        "gated_clean": statuses.count("gated_clean"),
         "with_gt": len(scored),
         "mean_dice": float(np.mean([float(row["dice"]) for row in scored])) if scored else None,
         "mean_iou": float(np.mean([float(row["iou"]) for row in scored])) if scored else None,
-        "timing_ms": {key: float(np.mean([t[key] for t in timings])) for key in timings[0]} if timings else {},
+        # per image over every timed image; a stage an image skipped (the segmenter, for gated ones) counts 0
+        "timing_ms": {key: float(np.mean([t.get(key, 0.0) for t in timings]))
+                      for key in dict.fromkeys(k for t in timings for k in t)},
         "masks": output / "masks",
         "overlays": output / "overlays",
         "summary_csv": output / "summary.csv",

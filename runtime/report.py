@@ -11,7 +11,7 @@ from utils import UserError, atomic_write_json, dice_iou, list_images, mask_stem
 
 CSV_COLUMNS = (
     "file", "status", "width", "height", "area_px", "area_pct", "threshold", "max_prob",
-    "components", "largest_component_px", "ms", "dice", "iou", "crop_status", "crop_box", "error",
+    "components", "largest_component_px", "ms", "dice", "iou", "crop_status", "crop_box", "gate_prob", "error",
 )
 FRAME_COLUMNS = ("frame", "inferred") + CSV_COLUMNS[1:]
 
@@ -48,15 +48,21 @@ def new_row(name: str, columns=CSV_COLUMNS) -> dict:
 
 
 def fill_row(row: dict, mask: np.ndarray, info: dict) -> None:
-    """Size, area, threshold, max prob and component columns from a prediction's info."""
+    """Size, area, threshold, max prob, component and gate columns from a prediction's info.
+
+    An image the gate judged clean (info 'gated') gets status gated_clean and no max_prob (not segmented).
+    """
     h, w = mask.shape[:2]
     area = int(info["area_px"])
+    status = "gated_clean" if info.get("gated") else "ok" if info["detected"] else "no_detection"
+    gate_prob = info.get("gate_prob")
     row.update(
-        status="ok" if info["detected"] else "no_detection", width=w, height=h, area_px=area,
+        status=status, width=w, height=h, area_px=area,
         area_pct=round(100.0 * area / (h * w), 3), threshold="" if info["threshold"] is None else info["threshold"],
-        max_prob=round(float(info["max_prob"]), 4), components=info["components"],
+        max_prob="" if info["max_prob"] is None else round(float(info["max_prob"]), 4), components=info["components"],
         largest_component_px=info["largest_component_px"],
         crop_status=info.get("crop_status", ""), crop_box=info.get("crop_box", ""),
+        gate_prob="" if gate_prob is None else float(f"{gate_prob:.6g}"),
     )
 
 

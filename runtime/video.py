@@ -164,7 +164,7 @@ def run_video(segmenter, source, output: Path, options, progress=None) -> dict:
 
     name = video_name(source)
     csv_path = output / f"{name}_frames.csv"
-    counts = {"ok": 0, "no_detection": 0, "error": 0}
+    counts = {"ok": 0, "no_detection": 0, "gated_clean": 0, "error": 0}
     result = {"images": 0, "inferences": 0, "with_gt": 0, "mean_dice": None, "mean_iou": None, "timing_ms": {},
               "summary_csv": csv_path, "video": None}
     with CsvLog(csv_path, FRAME_COLUMNS) as log:
@@ -220,4 +220,5 @@ def run_video(segmenter, source, output: Path, options, progress=None) -> dict:
             LOG.warning("%s", reason)
             log.write(error_row(str(source), reason, FRAME_COLUMNS))
             counts["error"] += 1
-    return {**result, "ok": counts["ok"], "no_detection": counts["no_detection"], "errors": counts["error"]}
+    return {**result, "ok": counts["ok"], "no_detection": counts["no_detection"], "gated_clean": counts["gated_clean"],
+            "errors": counts["error"]}

@@ -84,3 +84,38 @@ def yolo_files(tmp_path_factory) -> tuple[Path, Path]:
     random_detector(folder / "det.pt")
     export_detector(folder / "det.pt", folder / "det.onnx")
     return folder / "det.pt", folder / "det.onnx"
+
+
+def build_gate_onnx(path: Path, meta: dict | None = None, weight: float = 4.0, bias: float = 4.0) -> Path:
+    """A hand-built gate: prob (N, 1) = sigmoid(weight * mean of the normalised image + bias).
+
+    A black image gives about 0.12, one with a white quarter about 0.75 (padding included), so
+    with the default threshold 0.5 black images are gated and bright ones segmented.
+    """
+    import json
+
+    from onnx import TensorProto, checker, helper, numpy_helper, save
+
+    nodes = [
+        helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2, 3], keepdims=1),  # (N, 1, 1, 1)
+        helper.make_node("Reshape", ["mean", "shape"], ["flat"]),  # (N, 1)
+        helper.make_node("Mul", ["flat", "w"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "b"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["prob"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_gate",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 1])],
+        initializer=[numpy_helper.from_array(np.array([-1, 1], np.int64), "shape"),
+                     numpy_helper.from_array(np.array(weight, np.float32), "w"),
+                     numpy_helper.from_array(np.array(bias, np.float32), "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = {"task": "gate", "name": "tiny_gate", "arch": "MeanPool", "encoder": "none", "input_size": 32,
+            "stride": 32, "threshold": 0.5, "recall_target": 0.99, **(meta or {})}
+    helper.set_model_props(model, {"segmentation": json.dumps(meta)})
+    checker.check_model(model)
+    save(model, str(path))
+    return path

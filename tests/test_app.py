@@ -253,3 +253,52 @@ def test_undecodable_video_is_a_readable_error(app):
     text = errors(app)
     assert "Cannot decode the video clip.mp4" in text and "segapp-" not in text
     assert not app.get("video")
+
+
+# ----------------------------------------------------------------------------- the clean/defect gate
+
+
+@pytest.fixture
+def gated_app(model, tmp_path, monkeypatch) -> AppTest:
+    """The page with GATE_PATH set: black images are judged clean, images with a white quarter are not."""
+    from conftest import build_gate_onnx
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setenv("MODEL_PATH", str(model))
+    monkeypatch.setenv("GATE_PATH", str(build_gate_onnx(tmp_path / "gate.onnx")))
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_gate_path_from_env_gates_clean_images(gated_app):
+    assert gated_app.text_input(key="gate_path").value.endswith("gate.onnx")
+    black = np.zeros((H, W, 3), np.uint8)
+    gated_app.file_uploader(key="image_upload").set_value(("black.png", png(black), "image/png")).run()
+    assert not errors(gated_app)
+    shown = metrics(gated_app)
+    assert float(shown["Gate prob"]) < 0.5 and shown["Area"] == "0 px" and shown["Threshold used"] == "n/a (gated)"
+    assert any("gated_clean" in i.value for i in gated_app.info)
+    gated_app.file_uploader(key="image_upload").set_value(("rect.png", png(rect_image()), "image/png")).run()
+    shown = metrics(gated_app)
+    assert float(shown["Gate prob"]) >= 0.5 and shown["Area"] == "1280 px"
+    assert not any("gated_clean" in i.value for i in gated_app.info)
+
+
+def test_gate_threshold_override_and_zip_counts(gated_app):
+    gated_app.checkbox(key="gate_override").check().run()
+    gated_app.slider(key="gate_threshold").set_value(0.0).run()  # every image is segmented
+    choose(gated_app, "Batch ZIP")
+    data = zip_bytes({"a.png": png(rect_image()), "black.png": png(np.zeros((H, W, 3), np.uint8))})
+    gated_app.file_uploader(key="zip_upload").set_value(("batch.zip", data, "application/zip")).run()
+    assert metrics(gated_app)["Gated clean"] == "0"
+    gated_app.checkbox(key="gate_override").uncheck().run()  # back to the gate's own 0.5
+    assert metrics(gated_app) == {"Images": "2", "OK": "1", "No detection": "0", "Gated clean": "1", "Errors": "0"}
+    table = gated_app.dataframe[0].value.set_index("file")
+    assert table.loc["black.png", "status"] == "gated_clean" and table.loc["black.png", "gate_prob"] < 0.5
+
+
+def test_missing_gate_file_is_a_readable_error(gated_app, tmp_path):
+    gated_app.text_input(key="gate_path").set_value(str(tmp_path / "nope.onnx")).run()
+    assert "gate file not found" in errors(gated_app)
