@@ -192,10 +192,21 @@ def build_metadata(ckpt: dict, folds: list[int], threshold: float | None, min_ar
         "thresholds": DEFAULT_METADATA["thresholds"],
         "min_area": int(cfg.get("min_area", 64) if min_area is None else min_area),
         "folds": folds, **crop_metadata(cfg, detector_name),
+        **({"train_patch": cfg["train_patch"]} if cfg.get("train_patch") else {}),
         "config_hash": ckpt.get("config_hash"),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": package_versions(),
     }
+
+
+def trace_side(ckpt: dict) -> int:
+    """Side of the square the graph is traced and checked at: INPUT_SIZE, or the long side of the
+    TRAIN_PATCH crops (a 1600x1600 trace of a strip model costs minutes and gigabytes for nothing:
+    H and W stay dynamic either way)."""
+    cfg = ckpt.get("config", {})
+    if cfg.get("train_patch"):
+        return max(int(side) for side in cfg["train_patch"].split("x"))
+    return int(cfg.get("input_size", DEFAULT_METADATA["input_size"]))
 
 
 def set_metadata(proto: onnx.ModelProto, metadata: dict) -> onnx.ModelProto:
@@ -538,27 +549,29 @@ def export_onnx(work_dir: str | Path, folds: list[int] | None = None, output: st
 
         export_detector(ckpt["config"]["crop_model"], detector_path(output))
     ensemble = ExportEnsemble(models, metadata["num_classes"], tta, kind).eval()
-    proto = add_metadata(to_onnx_bytes(ensemble, metadata["input_size"], opset, kind), metadata)
+    side = trace_side(ckpt)
+    proto = add_metadata(to_onnx_bytes(ensemble, side, opset, kind), metadata)
     if simplify_graph:
         proto = simplify(proto)
     if check:
-        metadata["checks"] = verify(ensemble, proto.SerializeToString(), metadata["input_size"], metadata["arch"])
+        metadata["checks"] = verify(ensemble, proto.SerializeToString(), side, metadata["arch"])
         proto = set_metadata(proto, metadata)
     atomic_write_bytes(output, proto.SerializeToString())
     LOG.info("exported %s (folds %s, tta %s, %s, %.1f MB, threshold %.2f)", output, list(checkpoints), tta, kind,
              output.stat().st_size / 1e6, metadata["threshold"])
     if fp16:
-        write_fp16(proto, output.with_suffix(".fp16.onnx"), metadata, check)
+        write_fp16(proto, output.with_suffix(".fp16.onnx"), metadata, check, side)
     if int8:
         write_int8(work_dir, output, metadata, val_dir, calib_count)
     return output
 
 
-def write_fp16(proto: onnx.ModelProto, path: Path, metadata: dict, check: bool) -> Path:
+def write_fp16(proto: onnx.ModelProto, path: Path, metadata: dict, check: bool,
+               side: int | None = None) -> Path:
     half = to_fp16(proto)
     atomic_write_bytes(path, half.SerializeToString())
     if check:
-        x = parity_input(metadata["input_size"])
+        x = parity_input(side or metadata["input_size"])
         try:
             diff = max_diff(run_onnxruntime(path, x), run_onnxruntime(proto.SerializeToString(), x), "fp16 vs fp32")
             LOG.info("fp16: max abs diff vs fp32 %.2e (onnxruntime CPU)", diff)
