@@ -29,7 +29,9 @@ import streamlit as st
 from inference import PROVIDER_CHOICES, TTA_FLIPS, RunOptions, Segmenter, run
 from runtime.postprocess import PALETTE, colorize, draw_legend, make_overlay
 from runtime.report import fill_row, new_row
-from utils import LOG, UserError, dice_iou, read_image, read_mask, resize_long_side, setup_logging, write_png
+from utils import (
+    LOG, UserError, class_dice_iou, dice_iou, read_image, read_mask, resize_long_side, setup_logging, write_png,
+)
 
 # Upload limits per mode, in MB; the server-wide cap (.streamlit/config.toml) must be at least the largest.
 UPLOAD_LIMIT_MB = {"image": 25, "mask": 25, "zip": 200, "video": 200}
@@ -244,14 +246,20 @@ def predict_image(segmenter: Segmenter, image: np.ndarray, settings: Settings) -
 
 
 def compare_gt(mask: np.ndarray, gt_path: Path, num_classes: int, original_hw: tuple) -> tuple[np.ndarray, float, float]:
-    """(ground truth at the mask's size, foreground Dice, IoU); the GT must match the uploaded image's size."""
+    """(ground truth at the mask's size, Dice, IoU); the GT must match the uploaded image's size.
+
+    Binary: the foreground. Multi-class: the mean over the classes, a class absent from both counting 1
+    (utils.MULTICLASS_RULE, as inference.py --gt scores it)."""
     gt = read_mask(gt_path, num_classes)
     if gt.shape != tuple(original_hw):
         raise UserError(f"the ground-truth mask is {gt.shape[1]}x{gt.shape[0]} but the image is "
                         f"{original_hw[1]}x{original_hw[0]}; upload the mask that belongs to this image")
     if gt.shape != mask.shape:  # the image was downscaled to the max long side
         gt = cv2.resize(gt, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_NEAREST)
-    dice, iou = dice_iou(mask > 0, gt > 0)
+    if num_classes > 1:
+        dice, iou = (float(v.mean()) for v in class_dice_iou(mask, gt, num_classes))
+    else:
+        dice, iou = dice_iou(mask > 0, gt > 0)
     return gt, dice, iou
 
 

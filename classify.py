@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from sklearn.metrics import roc_auc_score
 
+from dataset import pad_collate  # noqa: F401  (re-exported: the gate's collate)
 from model import image_labels
 from utils import LOG, UserError, atomic_write_bytes
 
@@ -81,21 +82,6 @@ def monitor(stats: dict) -> float:
 def describe(stats: dict) -> str:
     auc = "n/a" if stats.get("auc") is None else f"{stats['auc']:.4f}"
     return f"loss {stats['loss']:.4f} acc {stats['accuracy']:.4f} auc {auc}"
-
-
-def pad_collate(batch: list, stride: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack (image (3, h, w), mask) samples of different sizes: zero-pad bottom/right to the batch's
-    largest size rounded up to `stride`. Zero is the mean colour after normalisation, as at runtime."""
-    images, masks = zip(*batch)
-    h = max(i.shape[1] for i in images)
-    w = max(i.shape[2] for i in images)
-    h, w = h + (-h) % stride, w + (-w) % stride
-    out_images = images[0].new_zeros((len(images), 3, h, w))
-    out_masks = masks[0].new_zeros((len(masks), *masks[0].shape[:-2], h, w))  # (B, 1, h, w) or (B, h, w)
-    for i, (image, mask) in enumerate(batch):
-        out_images[i, :, :image.shape[1], :image.shape[2]] = image
-        out_masks[i, ..., :mask.shape[-2], :mask.shape[-1]] = mask
-    return out_images, out_masks
 
 
 def resolve_pos_weight(setting: str, labels: list[bool]) -> float | None:

@@ -84,6 +84,20 @@ def pos_weight_value(text: str) -> str:
     return value
 
 
+def parse_patch(text: str) -> str:
+    """'' (off) or 'HxW' such as '256x320'; normalised to '<H>x<W>'. Sizes are checked in validate()."""
+    text = text.strip().lower()
+    if text in ("", "none", "off"):
+        return ""
+    parts = text.replace("*", "x").split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError("expected HxW in pixels such as 256x320, or empty for no patches")
+    return f"{int(parts[0])}x{int(parts[1])}"
+
+
+parse_patch.__name__ = "HxW patch size"  # what a bad value is reported as not being
+
+
 def byte_value(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 255:
@@ -154,6 +168,11 @@ FIELDS: tuple[Field, ...] = (
     Field("class_weights", str, "", "multi-class CE weights: empty, 'auto' (from pixel counts) or a comma list"),
     Field("input_size", positive(int), 512, "long side the images are resized to (multiple of 32)",
           flags=("--patch-size",)),
+    # Patch training (README "Steel-like defects"): random HxW crops for training, whole images for validation
+    Field("train_patch", parse_patch, "", "train on random HxW crops (e.g. 256x320, multiples of 32) of the "
+          "cached images, 1/3 of them centred on a defect; validate on whole images padded to /32 only. "
+          "Empty: every image is padded to an INPUT_SIZE square"),
+    Field("patches_per_image", positive(int), 1, "TRAIN_PATCH: random crops drawn from each training image per epoch"),
     # Optimisation
     Field("batch_size", positive(int), 8, "batch size"),
     Field("epochs", positive(int), 50, "maximum epochs per fold"),
@@ -220,6 +239,8 @@ class Config:
     classes_file: str | None
     class_weights: str
     input_size: int
+    train_patch: str
+    patches_per_image: int
     batch_size: int
     epochs: int
     lr: float
@@ -255,6 +276,13 @@ class Config:
     def crop_settings(self) -> CropSettings:
         return CropSettings(self.crop, self.crop_conf, self.crop_roi_factor, self.crop_min_size, self.crop_pad_value,
                             self.input_size)
+
+    def patch_hw(self) -> tuple[int, int] | None:
+        """(H, W) of the training crops, or None without TRAIN_PATCH."""
+        if not self.train_patch:
+            return None
+        h, w = self.train_patch.split("x")
+        return int(h), int(w)
 
     def selected_folds(self) -> list[int]:
         if self.fold_ids.strip().lower() == "all":
@@ -335,6 +363,9 @@ def resolve_task(cfg: Config) -> Config:
     (cache, loaders, export metadata), and NAME defaults to 'gate' (-> gate.onnx)."""
     if cfg.task != "classify":
         return cfg
+    if cfg.train_patch:
+        raise UserError(f"TRAIN_PATCH={cfg.train_patch!r} is for the segmenter; the gate (TASK=classify) judges whole "
+                        "images at GATE_INPUT_SIZE: leave TRAIN_PATCH empty for the gate run")
     name = "gate" if cfg.name == FIELD_BY_NAME["name"].default else cfg.name
     return dataclasses.replace(cfg, input_size=gate_size(cfg), name=name)
 
@@ -343,6 +374,10 @@ def validate(cfg: Config) -> None:
     """Checks that span several settings."""
     if cfg.input_size % 32:
         raise UserError(f"INPUT_SIZE={cfg.input_size} must be a multiple of 32 (e.g. {cfg.input_size // 32 * 32 or 32})")
+    patch = cfg.patch_hw()
+    if patch and (any(side % 32 for side in patch) or max(patch) > cfg.input_size):
+        raise UserError(f"TRAIN_PATCH={cfg.train_patch!r}: both sides must be multiples of 32 and at most "
+                        f"INPUT_SIZE={cfg.input_size} (e.g. 256x320 for 1600x256 images at INPUT_SIZE=1600)")
     if cfg.folds < 2:
         raise UserError(f"FOLDS={cfg.folds} must be at least 2 for cross-validation")
     if cfg.dice_weight + cfg.bce_weight <= 0:

@@ -4,6 +4,10 @@ Sources are read once, resized (long side = INPUT_SIZE, masks nearest-neighbour)
 to WORK_DIR/images and WORK_DIR/masks with a manifest. Training reads from the cache, one
 sample at a time, so RAM stays flat however large the set. A re-run reuses every entry whose
 source content and settings are unchanged; writes are atomic, so a killed run resumes.
+
+The cached images keep their aspect ratio (no padding on disk). SegDataset pads each one to an
+INPUT_SIZE square; with TRAIN_PATCH, PatchDataset cuts random HxW training crops instead (a third
+of them centred on a defect) and validation images are padded to a multiple of 32 only.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from utils import (
 
 CACHE_VERSION = 4  # 3: EXIF orientation applied when decoding; 4: crop box, status and smart-crop settings
 MANIFEST_NAME = "cache_manifest.json"
+STRIDE = 32  # the models' output stride: whole images are padded to a multiple of it, as at runtime
+FOREGROUND_FRACTION = 1 / 3  # TRAIN_PATCH: share of crops centred on a foreground pixel (nnU-Net's 0.33)
 
 
 @dataclass(frozen=True)
@@ -240,16 +246,29 @@ def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int
 # ----------------------------------------------------------------------------- torch side
 
 
+def mean_fill(mean=IMAGENET_MEAN) -> tuple[int, ...]:
+    """The mean colour as uint8 RGB: zero after normalisation, what the runtime pads with."""
+    return tuple(round(m * 255) for m in mean)
+
+
 def get_transform(train: bool, input_size: int, mean=IMAGENET_MEAN, seed: int | None = None,
-                  square: bool = True) -> A.Compose:
+                  patch: bool = False, square: bool = True) -> A.Compose:
     """Pad bottom/right to a square (as the runtime pads), plus augmentation when training.
 
-    square=False leaves the size as cached (the gate: its batches are padded to the stride by
-    classify.pad_collate, as the runtime pads, so global pooling sees no extra padding).
+    patch=True (TRAIN_PATCH): training gets the augmentation only (PatchDataset crops first) and
+    validation pads to the next multiple of STRIDE only, as the runtime does, not to a square.
+    square=False (the gate) leaves the size as cached: its batches are padded to the stride by
+    pad_collate, as the runtime pads, so global pooling sees no extra padding.
     """
-    fill = tuple(round(m * 255) for m in mean)  # the mean colour: zero after normalisation
-    pad = [A.PadIfNeeded(input_size, input_size, position="top_left", border_mode=cv2.BORDER_CONSTANT,
-                         fill=fill, fill_mask=0)] if square else []
+    fill = mean_fill(mean)
+    if patch:
+        pad = [A.PadIfNeeded(None, None, pad_height_divisor=STRIDE, pad_width_divisor=STRIDE, position="top_left",
+                             border_mode=cv2.BORDER_CONSTANT, fill=fill, fill_mask=0)]
+    elif square:
+        pad = [A.PadIfNeeded(input_size, input_size, position="top_left", border_mode=cv2.BORDER_CONSTANT,
+                             fill=fill, fill_mask=0)]
+    else:
+        pad = []
     if not train:
         return A.Compose(pad)
     return A.Compose(seed=seed, transforms=[
@@ -258,7 +277,7 @@ def get_transform(train: bool, input_size: int, mean=IMAGENET_MEAN, seed: int | 
                  border_mode=cv2.BORDER_REFLECT_101, p=0.5),
         A.RandomBrightnessContrast(0.2, 0.2, p=0.5),
         A.HueSaturationValue(8, 12, 8, p=0.3),
-        *pad,
+        *([] if patch else pad),
     ])
 
 
@@ -287,12 +306,104 @@ class SegDataset(Dataset):
         return image_t, torch.from_numpy(out["mask"].astype(np.int64))
 
 
+def crop_origin(mask: np.ndarray, patch_hw: tuple[int, int], rng: np.random.Generator,
+                foreground_classes: list[int] | None = None) -> tuple[int, int]:
+    """(y0, x0) of an HxW crop of `mask`'s image: uniform, or around a foreground pixel.
+
+    With `foreground_classes` (the ids present in this mask) one class is drawn uniformly, so a
+    rare class is as likely as a common one, then one of its pixels, which lands in the central
+    half of the crop (nnU-Net's foreground oversampling, with some jitter). The origin is clipped
+    so the crop stays inside the image where it fits.
+    """
+    h, w = mask.shape
+    ph, pw = patch_hw
+    max_y, max_x = max(h - ph, 0), max(w - pw, 0)
+    if foreground_classes:
+        cls = int(rng.choice(foreground_classes))
+        ys, xs = np.nonzero(mask == cls)
+        if ys.size:
+            k = int(rng.integers(ys.size))
+            y0 = int(ys[k]) - int(rng.integers(ph // 4, ph - ph // 4))
+            x0 = int(xs[k]) - int(rng.integers(pw // 4, pw - pw // 4))
+            return int(np.clip(y0, 0, max_y)), int(np.clip(x0, 0, max_x))
+    return int(rng.integers(max_y + 1)), int(rng.integers(max_x + 1))
+
+
+def cut_patch(image: np.ndarray, mask: np.ndarray, origin: tuple[int, int], patch_hw: tuple[int, int],
+              fill: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The HxW crop at `origin`; where the image is smaller than the patch, padded bottom/right
+    with `fill` (mask 0), as the runtime pads."""
+    (y0, x0), (ph, pw) = origin, patch_hw
+    image, mask = image[y0:y0 + ph, x0:x0 + pw], mask[y0:y0 + ph, x0:x0 + pw]
+    dy, dx = ph - image.shape[0], pw - image.shape[1]
+    if dy or dx:
+        image = cv2.copyMakeBorder(image, 0, dy, 0, dx, cv2.BORDER_CONSTANT, value=fill)
+        mask = cv2.copyMakeBorder(mask, 0, dy, 0, dx, cv2.BORDER_CONSTANT, value=0)
+    return image, mask
+
+
+class PatchDataset(SegDataset):
+    """TRAIN_PATCH: random HxW crops of the cached (unpadded) images, `patches_per_image` per image
+    and epoch. A share `foreground_fraction` of the crops (1/3, as nnU-Net) is centred on a pixel
+    of a class present in the image (see crop_origin), so rare, small classes are seen; the rest
+    are uniform. The crop is then augmented by `transform`. Same outputs as SegDataset, (H, W) sized."""
+
+    def __init__(self, entries: list[CacheEntry], transform: A.Compose, num_classes: int, patch_hw: tuple[int, int],
+                 patches_per_image: int = 1, foreground_fraction: float = FOREGROUND_FRACTION, seed: int = 0,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__(entries, transform, num_classes, mean, std)
+        self.patch_hw, self.patches_per_image = tuple(patch_hw), patches_per_image
+        self.foreground_fraction = foreground_fraction
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """A new crop stream; DataLoader workers get their own (seed_worker)."""
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.entries) * self.patches_per_image
+
+    def foreground_classes(self, entry: CacheEntry) -> list[int]:
+        return [c for c, n in enumerate(entry.class_pixels) if c > 0 and n > 0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        entry = self.entries[index % len(self.entries)]
+        image = read_image(entry.image)
+        mask = cv2.imread(str(entry.mask), cv2.IMREAD_GRAYSCALE)
+        forced = self.rng.random() < self.foreground_fraction
+        origin = crop_origin(mask, self.patch_hw, self.rng, self.foreground_classes(entry) if forced else None)
+        image, mask = cut_patch(image, mask, origin, self.patch_hw, mean_fill(self.mean))
+        out = self.transform(image=image, mask=mask)
+        image_t = torch.from_numpy(normalize(out["image"], self.mean, self.std))
+        if self.num_classes == 1:
+            return image_t, torch.from_numpy(out["mask"][None].astype(np.float32))
+        return image_t, torch.from_numpy(out["mask"].astype(np.int64))
+
+
+def pad_collate(batch: list, stride: int = STRIDE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (image (3, h, w), mask) samples of different sizes (TRAIN_PATCH validation, the gate): zero-pad
+    bottom/right to the batch's largest size rounded up to `stride`, as the runtime pads. Zero is the mean
+    colour after normalisation; masks get 0 (background)."""
+    images, masks = zip(*batch)
+    h = max(i.shape[1] for i in images)
+    w = max(i.shape[2] for i in images)
+    h, w = h + (-h) % stride, w + (-w) % stride
+    out_images = images[0].new_zeros((len(images), 3, h, w))
+    out_masks = masks[0].new_zeros((len(masks), *masks[0].shape[:-2], h, w))  # (B, 1, h, w) or (B, h, w)
+    for i, (image, mask) in enumerate(batch):
+        out_images[i, :, :image.shape[1], :image.shape[2]] = image
+        out_masks[i, ..., :mask.shape[-2], :mask.shape[-1]] = mask
+    return out_images, out_masks
+
+
 def seed_worker(worker_id: int) -> None:
-    """DataLoader worker_init_fn: a distinct, reproducible augmentation stream per worker."""
+    """DataLoader worker_init_fn: a distinct, reproducible augmentation (and crop) stream per worker."""
     info = torch.utils.data.get_worker_info()
     transform = getattr(info.dataset, "transform", None)
     if hasattr(transform, "set_random_seed"):
         transform.set_random_seed(torch.initial_seed() % 2**32)
+    if hasattr(info.dataset, "reseed"):
+        info.dataset.reseed(torch.initial_seed() % 2**32)
 
 
 # ----------------------------------------------------------------------------- splits and groups

@@ -208,6 +208,7 @@ def build_metadata(ckpt: dict, folds: list[int], threshold: float | None, min_ar
         "thresholds": DEFAULT_METADATA["thresholds"],
         "min_area": int(cfg.get("min_area", 64) if min_area is None else min_area),
         "folds": folds, **crop_metadata(cfg, detector_name),
+        **({"train_patch": cfg["train_patch"]} if cfg.get("train_patch") else {}),
         "config_hash": ckpt.get("config_hash"),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": package_versions(),
@@ -231,6 +232,16 @@ def build_gate_metadata(ckpt: dict, folds: list[int], summary: dict | None, thre
                 oof={k: oof.get(k) for k in ("images", "defective", "clean", "accuracy", "auc", "threshold", "recall",
                                              "specificity", "precision", "skipped_fraction") if k in oof})
     return meta
+
+
+def trace_side(ckpt: dict) -> int:
+    """Side of the square the graph is traced and checked at: INPUT_SIZE, or the long side of the
+    TRAIN_PATCH crops (a 1600x1600 trace of a strip model costs minutes and gigabytes for nothing:
+    H and W stay dynamic either way)."""
+    cfg = ckpt.get("config", {})
+    if cfg.get("train_patch"):
+        return max(int(side) for side in cfg["train_patch"].split("x"))
+    return int(cfg.get("input_size", DEFAULT_METADATA["input_size"]))
 
 
 def set_metadata(proto: onnx.ModelProto, metadata: dict) -> onnx.ModelProto:
@@ -581,24 +592,26 @@ def export_onnx(work_dir: str | Path, folds: list[int] | None = None, output: st
 
         export_detector(ckpt["config"]["crop_model"], detector_path(output))
     ensemble = ExportEnsemble(models, metadata["num_classes"], tta, kind).eval()
-    proto = add_metadata(to_onnx_bytes(ensemble, metadata["input_size"], opset, kind), metadata)
-    proto = finish_export(proto, ensemble, metadata, output, check, simplify_graph)
+    side = trace_side(ckpt)
+    proto = add_metadata(to_onnx_bytes(ensemble, side, opset, kind), metadata)
+    proto = finish_export(proto, ensemble, metadata, output, check, simplify_graph, side)
     LOG.info("exported %s (folds %s, tta %s, %s, %.1f MB, threshold %.2f)", output, list(checkpoints), tta, kind,
              output.stat().st_size / 1e6, metadata["threshold"])
     if fp16:
-        write_fp16(proto, output.with_suffix(".fp16.onnx"), metadata, check)
+        write_fp16(proto, output.with_suffix(".fp16.onnx"), metadata, check, side)
     if int8:
         write_int8(work_dir, output, metadata, val_dir, calib_count)
     return output
 
 
 def finish_export(proto: onnx.ModelProto, module: nn.Module, metadata: dict, output: Path, check: bool,
-                  simplify_graph: bool) -> onnx.ModelProto:
-    """Simplify (optional), verify against `module` (results go into the metadata) and write atomically."""
+                  simplify_graph: bool, side: int | None = None) -> onnx.ModelProto:
+    """Simplify (optional), verify against `module` at a `side` square (default INPUT_SIZE; the results go
+    into the metadata) and write atomically."""
     if simplify_graph:
         proto = simplify(proto)
     if check:
-        metadata["checks"] = verify(module, proto.SerializeToString(), metadata["input_size"], metadata["arch"])
+        metadata["checks"] = verify(module, proto.SerializeToString(), side or metadata["input_size"], metadata["arch"])
         proto = set_metadata(proto, metadata)
     atomic_write_bytes(output, proto.SerializeToString())
     return proto
@@ -619,11 +632,12 @@ def export_gate(work_dir: Path, checkpoints: dict[int, Path], models: list[nn.Mo
     return output
 
 
-def write_fp16(proto: onnx.ModelProto, path: Path, metadata: dict, check: bool) -> Path:
+def write_fp16(proto: onnx.ModelProto, path: Path, metadata: dict, check: bool,
+               side: int | None = None) -> Path:
     half = to_fp16(proto)
     atomic_write_bytes(path, half.SerializeToString())
     if check:
-        x = parity_input(metadata["input_size"])
+        x = parity_input(side or metadata["input_size"])
         try:
             diff = max_diff(run_onnxruntime(path, x), run_onnxruntime(proto.SerializeToString(), x), "fp16 vs fp32")
             LOG.info("fp16: max abs diff vs fp32 %.2e (onnxruntime CPU)", diff)

@@ -75,7 +75,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 # Re-exported names below are the engine's public API: `from inference import ...` keeps working.
 from runtime.crop import CROP_MODES, load_crop_stage
 from runtime.gate import Gate, clean_prediction
-from runtime.pipeline import RunOptions, output_lock, run_items, run_zip, summarize  # noqa: F401
+from runtime.pipeline import RunOptions, model_class_names, output_lock, run_items, run_zip, summarize  # noqa: F401
 from runtime.postprocess import (  # noqa: F401
     PALETTE, PostOptions, apply_threshold, colorize, component_stats, make_overlay, otsu_level, parse_color,
     parse_threshold, postprocess, remove_small_components,
@@ -779,7 +779,8 @@ def run_ray(args: argparse.Namespace, options: RunOptions, progress=None, enviro
     if kind not in ("folder", "glob", "list", "image"):
         raise UserError(f"--engine ray runs folders, globs and .txt lists; {args.source} is a {kind}: "
                         "use --engine local for it")
-    build_segmenter(argparse.Namespace(**{**vars(args), "device": "cpu", "threads": 1}))  # fail fast, here
+    probe = build_segmenter(argparse.Namespace(**{**vars(args), "device": "cpu", "threads": 1}))  # fail fast, here
+    options = dataclasses.replace(options, class_names=model_class_names(probe.meta))  # per-class CSV columns
     output = Path(args.output)
     with output_lock(output):
         items = (list_items(Path(args.source)) if kind == "list"
@@ -814,6 +815,9 @@ def print_summary(result: dict, with_gt: bool) -> None:
                   if metrics.get("pixel_dice") is not None else "")
         print(f"mean dice: {result['mean_dice']:.3f}  mean iou: {result['mean_iou']:.3f}  "
               f"({result['with_gt']} images with ground truth){pooled}")
+        for name, scores in (metrics.get("per_class") or {}).items():
+            print(f"  class {name + ':':<14} dice {scores['mean_dice']:.3f}  iou {scores['mean_iou']:.3f}  "
+                  f"(true in {scores['images_true']} images, predicted in {scores['images_predicted']})")
 
 
 def resolve_max_pixels(flag: int | None, environ) -> int:

@@ -55,8 +55,8 @@ from tqdm import tqdm
 import classify
 from config import Config, describe, load_config, parse_class_weights
 from dataset import (
-    CacheEntry, SegDataset, build_cache, collect_sources, get_transform, read_groups, read_split_lists, seed_worker,
-    split_indices,
+    CacheEntry, PatchDataset, SegDataset, build_cache, collect_sources, get_transform, pad_collate, read_groups,
+    read_split_lists, seed_worker, split_indices,
 )
 from model import (
     GATE_ARCH, GateLoss, build_loss, build_model, load_checkpoint, model_args, read_checkpoint, save_checkpoint,
@@ -72,6 +72,8 @@ NON_TRAINING_KEYS = ("work_dir", "workers", "pin_memory", "device", "threads", "
                      "gate_recall")
 # Settings of the gate only: left out of a segmenter's hash, so adding them kept its runs resumable.
 GATE_KEYS = ("task", "gate_input_size", "gate_pos_weight")
+# Settings added after runs existed: left out of the hash while at their default, so those runs still resume.
+LATER_KEYS = {"train_patch": "", "patches_per_image": 1}
 
 
 def seed_everything(seed: int) -> None:
@@ -82,7 +84,8 @@ def seed_everything(seed: int) -> None:
 
 def config_hash(cfg: Config) -> str:
     skip = NON_TRAINING_KEYS + (GATE_KEYS if cfg.task == "segment" else ())
-    relevant = {k: v for k, v in cfg.to_dict().items() if k not in skip}
+    relevant = {k: v for k, v in cfg.to_dict().items()
+                if k not in skip and not (k in LATER_KEYS and v == LATER_KEYS[k])}
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -335,44 +338,77 @@ class ScoreSum:
         mean = self.scores / max(self.seen, 1)  # (2, K)
         out = {"loss": self.loss / max(self.seen, 1), "dice": float(mean[0].mean()), "iou": float(mean[1].mean())}
         if mean.shape[1] > 1:  # per foreground class
-            for name, dice in zip(self.class_names[1:], mean[0].tolist()):
+            for name, dice, iou in zip(self.class_names[1:], mean[0].tolist(), mean[1].tolist()):
                 out[f"dice_{name}"] = dice
+                out[f"iou_{name}"] = iou
         return out
 
 
 @dataclass
 class OOFStats:
-    """Out-of-fold per-image Dice/IoU for every threshold of THRESHOLD_GRID, summed, not stored."""
-    dice_sum: np.ndarray = field(default_factory=lambda: np.zeros(len(THRESHOLD_GRID)))
-    iou_sum: np.ndarray = field(default_factory=lambda: np.zeros(len(THRESHOLD_GRID)))
+    """Out-of-fold per-image Dice/IoU of each foreground class at every threshold of THRESHOLD_GRID,
+    summed, not stored: dice_sum and iou_sum are (thresholds, K), K = 1 (binary) or classes - 1.
+
+    Multi-class masks are the argmax, so the threshold plays no part: scored once, the same in
+    every row. The class mean of an image is its score, as the runtime's summary.csv has it.
+    """
+    classes: int = 1
+    dice_sum: np.ndarray | None = None
+    iou_sum: np.ndarray | None = None
     count: int = 0
 
+    def __post_init__(self):
+        shape = (len(THRESHOLD_GRID), max(self.classes - 1, 1))
+        self.dice_sum = np.zeros(shape) if self.dice_sum is None else np.asarray(self.dice_sum).reshape(shape)
+        self.iou_sum = np.zeros(shape) if self.iou_sum is None else np.asarray(self.iou_sum).reshape(shape)
+
     def add(self, logits: torch.Tensor, target: torch.Tensor, num_classes: int, from_probs: bool = False) -> None:
-        for i, thr in enumerate(THRESHOLD_GRID):
+        assert num_classes == self.classes, (num_classes, self.classes)
+        grid = [0.5] if num_classes > 1 else THRESHOLD_GRID
+        for i, thr in enumerate(grid):
             scores = per_image_scores(logits, target, num_classes, thr, from_probs)
-            scores = scores.mean(-1).double().sum(0).cpu().numpy()
-            self.dice_sum[i] += scores[0]
-            self.iou_sum[i] += scores[1]
+            scores = scores.double().sum(0).cpu().numpy()  # (2, K)
+            rows = slice(None) if num_classes > 1 else i
+            self.dice_sum[rows] += scores[0]
+            self.iou_sum[rows] += scores[1]
         self.count += logits.shape[0]
 
     def reduce(self) -> "OOFStats":
         """Sum over DDP ranks (each holds its shard's sums)."""
-        flat = all_reduce_sum(torch.from_numpy(np.concatenate([self.dice_sum, self.iou_sum, [self.count]])))
-        grid = len(THRESHOLD_GRID)
-        return OOFStats(flat[:grid].numpy(), flat[grid:2 * grid].numpy(), int(flat[-1]))
+        flat = all_reduce_sum(torch.from_numpy(np.concatenate([self.dice_sum.ravel(), self.iou_sum.ravel(),
+                                                               [self.count]])))
+        half = self.dice_sum.size
+        return OOFStats(self.classes, flat[:half].numpy(), flat[half:2 * half].numpy(), int(flat[-1]))
 
     def merge(self, other: "OOFStats") -> None:
         self.dice_sum, self.iou_sum = self.dice_sum + other.dice_sum, self.iou_sum + other.iou_sum
         self.count += other.count
 
     def best(self) -> tuple[float, float, float]:
-        dice = self.dice_sum / max(self.count, 1)
+        """(threshold, dice, iou) maximising the OOF Dice; multi-class (argmax) reports 0.5."""
+        if self.classes > 1:
+            return (0.5, *self.at(0.5))
+        dice = self.dice_sum.mean(1) / max(self.count, 1)
         i = int(np.argmax(dice))
-        return THRESHOLD_GRID[i], float(dice[i]), float(self.iou_sum[i] / max(self.count, 1))
+        return THRESHOLD_GRID[i], float(dice[i]), float(self.iou_sum[i].mean() / max(self.count, 1))
 
     def at(self, threshold: float) -> tuple[float, float]:
+        dice, iou = self.per_class(threshold)
+        return float(dice.mean()), float(iou.mean())
+
+    def per_class(self, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+        """(dice (K,), iou (K,)): each class's mean over the images, empty/empty counting 1."""
         i = THRESHOLD_GRID.index(threshold)
-        return float(self.dice_sum[i] / max(self.count, 1)), float(self.iou_sum[i] / max(self.count, 1))
+        return self.dice_sum[i] / max(self.count, 1), self.iou_sum[i] / max(self.count, 1)
+
+    def describe(self, class_names: list[str]) -> dict:
+        """{'dice', 'iou', 'per_class': {name: {'dice', 'iou'}}} at 0.5 (argmax for multi-class)."""
+        dice, iou = self.per_class(0.5)
+        out = {"dice": float(dice.mean()), "iou": float(iou.mean()), "images": self.count}
+        if self.classes > 1:
+            out["per_class"] = {name: {"dice": float(d), "iou": float(j)}
+                                for name, d, j in zip(class_names[1:], dice, iou)}
+        return out
 
 
 class MetricsLog:
@@ -438,17 +474,28 @@ class Tracker:
 # ----------------------------------------------------------------------------- one fold
 
 
+def make_dataset(cfg: Config, entries: list[CacheEntry], train: bool) -> SegDataset:
+    """Whole images padded to an INPUT_SIZE square; with TRAIN_PATCH, random HxW crops for training
+    and whole images padded to /32 for evaluation. Augmentation and crops are seeded per rank."""
+    patch = None if is_gate(cfg) else cfg.patch_hw()  # the gate sees whole images (config refuses both)
+    transform = get_transform(train, cfg.input_size, seed=cfg.seed + rank(), patch=patch is not None,
+                              square=not is_gate(cfg))
+    if patch and train:
+        return PatchDataset(entries, transform, cfg.classes, patch, cfg.patches_per_image, seed=cfg.seed + rank())
+    return SegDataset(entries, transform, cfg.classes)
+
+
 def make_loader(cfg: Config, entries: list[CacheEntry], indices: list[int], train: bool, device) -> DataLoader:
     """Under DDP: training through a DistributedSampler (set_epoch each epoch), evaluation on this
-    rank's unpadded shard. Augmentation is seeded per rank."""
-    transform = get_transform(train, cfg.input_size, seed=cfg.seed + rank(), square=not is_gate(cfg))
-    dataset = SegDataset([entries[i] for i in (indices if train else shard(indices))], transform, cfg.classes)
+    rank's unpadded shard. TRAIN_PATCH evaluation and the gate batch whole images of different sizes
+    (pad_collate)."""
+    dataset = make_dataset(cfg, [entries[i] for i in (indices if train else shard(indices))], train)
     sampler = DistributedSampler(dataset, shuffle=True, seed=cfg.seed) if train and dist.is_initialized() else None
     return DataLoader(
         dataset, batch_size=cfg.batch_size, shuffle=train and sampler is None, sampler=sampler,
+        collate_fn=pad_collate if is_gate(cfg) or (cfg.train_patch and not train) else None,
         num_workers=cfg.workers, pin_memory=cfg.pin_memory and device.type == "cuda",
         persistent_workers=cfg.workers > 0, worker_init_fn=seed_worker,
-        collate_fn=classify.pad_collate if is_gate(cfg) else None,
         generator=torch.Generator().manual_seed(cfg.seed) if train else None,
         drop_last=train and len(sampler or dataset) > cfg.batch_size,
     )
@@ -474,7 +521,7 @@ def evaluate(model, loader, loss_fn, cfg: Config, device, oof: OOFStats | None =
     """Metrics over the loader's samples; under DDP over every rank's shard, summed (all ranks call it)."""
     model.eval()
     sync_buffers(model)
-    sums, local_oof = new_sums(cfg), OOFStats()
+    sums, local_oof = new_sums(cfg), OOFStats(cfg.classes)
     for images, masks in loader:
         images, masks = images.to(device), masks.to(device)
         with autocast(cfg, device):
@@ -490,7 +537,10 @@ def evaluate(model, loader, loss_fn, cfg: Config, device, oof: OOFStats | None =
 
 @torch.inference_mode()
 def preview_grid(model, dataset: SegDataset, cfg: Config, device, count: int = 4) -> np.ndarray:
-    """Rows of [image | ground truth | prediction] for the first val images, RGB uint8."""
+    """Rows of [image | ground truth | prediction] for the first val images, RGB uint8. Class ids get
+    the runtime's palette colours; wide images (TRAIN_PATCH strips) stack the three vertically."""
+    from runtime.postprocess import colorize
+
     model.eval()
     rows = []
     for i in range(min(count, len(dataset))):
@@ -498,11 +548,14 @@ def preview_grid(model, dataset: SegDataset, cfg: Config, device, count: int = 4
         logits = model(image[None].to(device)).float()[0]
         pred = (torch.sigmoid(logits[0]) > 0.5) if cfg.classes == 1 else logits.argmax(0)
         truth = mask[0] if cfg.classes == 1 else mask
-        scale = 255 // max(cfg.classes - 1, 1)
         rgb = image.permute(1, 2, 0).numpy() * np.array(dataset.std) + np.array(dataset.mean)
-        as_rgb = lambda m: np.repeat((m.cpu().numpy() * scale).astype(np.uint8)[..., None], 3, 2)  # noqa: E731
-        rows.append(np.concatenate([(rgb.clip(0, 1) * 255).astype(np.uint8), as_rgb(truth), as_rgb(pred)], 1))
-    return np.concatenate(rows, 0)
+        def as_rgb(m: torch.Tensor) -> np.ndarray:
+            ids = m.cpu().numpy().astype(np.uint8)
+            return colorize(ids) if cfg.classes > 1 else np.repeat(ids[..., None] * 255, 3, 2)
+        panels = [(rgb.clip(0, 1) * 255).astype(np.uint8), as_rgb(truth), as_rgb(pred)]
+        rows.append(np.concatenate(panels, 0 if rgb.shape[1] > 2 * rgb.shape[0] else 1))
+    width = max(row.shape[1] for row in rows)  # whole val images may differ in size under TRAIN_PATCH
+    return np.concatenate([np.pad(row, ((0, 0), (0, width - row.shape[1]), (0, 0))) for row in rows], 0)
 
 
 @dataclass
@@ -712,7 +765,7 @@ def score_original_resolution(cfg: Config, path: Path, sources: list, device, oo
     model = build_model(cfg.arch, cfg.encoder, None, cfg.classes).to(device).eval()
     load_checkpoint(model, path)
     meta = {"input_size": cfg.input_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "stride": 32}
-    local = OOFStats()
+    local = OOFStats(cfg.classes)
     for source, box in shard(list(zip(sources, boxes or [None] * len(sources)))):
         image, mask = read_image(source.image_path), source.load_mask(cfg.classes)
         view = crop_square(image, box, cfg.input_size, cfg.crop_pad_value) if box else image
@@ -729,8 +782,14 @@ def score_original_resolution(cfg: Config, path: Path, sources: list, device, oo
     oof.merge(local.reduce())
 
 
+# How per-class scores are counted, on both sides (train.py OOF and inference.py --gt), written into the summary.
+MULTICLASS_RULE = ("per (image, class) Dice/IoU of the argmax mask, a class absent from both the truth and the "
+                   "prediction scoring 1 (the Kaggle Severstal rule); an image's dice is the mean over the foreground "
+                   "classes; per-class values are means over all images")
+
+
 def summarize(fold_scores: dict[int, dict], oof: OOFStats, oof_original: OOFStats,
-              test_scores: dict[int, dict]) -> dict:
+              test_scores: dict[int, dict], class_names: list[str] | None = None) -> dict:
     dice = np.array([s["dice"] for s in fold_scores.values()])
     iou = np.array([s["iou"] for s in fold_scores.values()])
     threshold, oof_dice_best, oof_iou_best = oof_original.best()
@@ -747,6 +806,10 @@ def summarize(fold_scores: dict[int, dict], oof: OOFStats, oof_original: OOFStat
         "note": "fold dice/iou: per-image means at the training resolution; oof_*: per-image means at each "
                 "image's original resolution (as inference.py scores), threshold 0.5 unless named",
     }
+    if oof_original.classes > 1:
+        summary["oof_per_class"] = oof_original.describe(class_names)["per_class"]
+        summary["oof_per_class_cached_resolution"] = oof.describe(class_names)["per_class"]
+        summary["multiclass_rule"] = MULTICLASS_RULE
     if test_scores:
         summary["test"] = {str(k): v for k, v in test_scores.items()}
     return summary
@@ -868,20 +931,24 @@ def run(cfg: Config) -> dict:
     tracker = Tracker(cfg.tracker if is_main() else "none", work / "logs", cfg.to_dict())
     if is_gate(cfg):
         return run_gate(cfg, entries, splits, fold_ids, test_idx, device, metrics, tracker)
-    oof, oof_original, fold_scores, test_scores, best_paths = OOFStats(), OOFStats(), {}, {}, {}
+    oof, oof_original, fold_scores, test_scores, best_paths = OOFStats(cfg.classes), OOFStats(cfg.classes), {}, {}, {}
     try:
         for fold in fold_ids:
             best_paths[fold] = train_fold(cfg, fold, entries, splits[fold], device, metrics, tracker)
             fold_scores[fold] = evaluate_checkpoint(cfg, best_paths[fold], entries, splits[fold][1], device, oof)
             val = [entries[i] for i in splits[fold][1]]
-            score_original_resolution(cfg, best_paths[fold], [sources[e.key] for e in val], device, oof_original,
+            fold_oof = OOFStats(cfg.classes)
+            score_original_resolution(cfg, best_paths[fold], [sources[e.key] for e in val], device, fold_oof,
                                       [e.crop_box for e in val])
+            oof_original.merge(fold_oof)
+            if cfg.classes > 1:  # this fold's val images at their original size, per class
+                fold_scores[fold]["oof"] = fold_oof.describe(cfg.names())
             LOG.info("fold %d best: val dice %.4f iou %.4f", fold, fold_scores[fold]["dice"], fold_scores[fold]["iou"])
             if test_idx:
                 test_scores[fold] = evaluate_checkpoint(cfg, best_paths[fold], entries, test_idx, device)
     finally:
         tracker.close()
-    summary = summarize(fold_scores, oof, oof_original, test_scores)
+    summary = summarize(fold_scores, oof, oof_original, test_scores, cfg.names())
     if not is_main():  # the summary is the same on every rank; rank 0 writes it and exports
         return summary
     atomic_write_json(work / "cv_summary.json", summary)
@@ -889,6 +956,9 @@ def run(cfg: Config) -> dict:
              "best threshold %.2f (oof dice %.4f)",
              summary["dice_mean"], summary["dice_std"], summary["iou_mean"], summary["iou_std"],
              summary["oof_dice"], summary["best_threshold"], summary["oof_dice_at_best_threshold"])
+    if "oof_per_class" in summary:
+        LOG.info("out-of-fold per class at original size: %s", ", ".join(
+            f"{name} dice {v['dice']:.4f} iou {v['iou']:.4f}" for name, v in summary["oof_per_class"].items()))
     if cfg.export:
         from export import export_onnx
 

@@ -390,6 +390,35 @@ def dice_iou(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     return float(2 * inter / total), float(inter / union)
 
 
+# How multi-class masks are scored, the same on both sides (train.py's out-of-fold scores and inference.py --gt).
+MULTICLASS_RULE = ("per (image, class) Dice/IoU of the class-id masks, a class absent from both the truth and the "
+                   "prediction scoring 1 (the Kaggle Severstal rule); an image's dice is the mean over its foreground "
+                   "classes 1..C-1; a class's dice is the mean over all images")
+
+
+def class_counts(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+    """(K, 3) int64 [intersection, predicted, true] pixels of each foreground class 1..C-1 of two class-id masks."""
+    pred_n = np.bincount(pred.ravel(), minlength=num_classes)[1:num_classes]
+    true_n = np.bincount(target.ravel(), minlength=num_classes)[1:num_classes]
+    inter = np.bincount(pred[pred == target].ravel(), minlength=num_classes)[1:num_classes]
+    return np.stack([inter, pred_n, true_n], axis=1).astype(np.int64)
+
+
+def dice_iou_from_counts(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(..., 3) [intersection, predicted, true] -> (dice, iou) of shape (...); both empty counts as 1."""
+    counts = np.asarray(counts, np.float64)
+    inter, total = counts[..., 0], counts[..., 1] + counts[..., 2]
+    empty = total == 0
+    dice = np.where(empty, 1.0, 2 * inter / np.where(empty, 1, total))
+    iou = np.where(empty, 1.0, inter / np.where(empty, 1, total - inter))
+    return dice, iou
+
+
+def class_dice_iou(pred: np.ndarray, target: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dice and IoU (each (C-1,)) of every foreground class of two class-id masks, by MULTICLASS_RULE."""
+    return dice_iou_from_counts(class_counts(pred, target, num_classes))
+
+
 # ----------------------------------------------------------------------------- metadata
 
 

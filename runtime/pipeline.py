@@ -8,6 +8,7 @@ summary.csv in input order, flushed one by one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import tempfile
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.postprocess import PALETTE, colorize, draw_legend, make_overlay, parse_color
-from runtime.report import CsvLog, error_row, fill_row, find_gt, new_row, score, write_metrics
+from runtime.report import CsvLog, csv_columns, error_row, fill_row, find_gt, new_row, score, write_metrics
 from runtime.sources import ZIP_MAX_BYTES, ZIP_MAX_ENTRIES, ZIP_MAX_RATIO, Item, extract_zip, pack_outputs
 from utils import LOG, MAX_IMAGE_PIXELS, UserError, read_image, write_png
 
@@ -49,6 +50,7 @@ class RunOptions:
     max_pixels: int = MAX_IMAGE_PIXELS  # images claiming more (in their header) are refused undecoded
     follow_symlinks: bool = False  # folders: read symlinks that lead outside the folder
     gated_overlay: str = "fast"  # overlay of an image the gate judged clean: fast (uncompressed PNG), png or skip
+    class_names: tuple = ()  # the model's classes (background first); filled from its metadata by run_items
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:
@@ -190,15 +192,25 @@ def predict_loaded(segmenter, batch: list) -> list:
         return out
 
 
+def model_class_names(meta: dict) -> tuple[str, ...]:
+    """Class names of a multi-class model (background first), from its metadata or numbered; () for binary."""
+    classes = int(meta.get("num_classes", 1))
+    if classes < 2:
+        return ()
+    names = list(meta.get("class_names") or [])
+    return tuple(names) if len(names) == classes else tuple(str(c) for c in range(classes))
+
+
 def run_items(segmenter, items: list[Item], output: Path, options: RunOptions, gt_index: dict, progress) -> dict:
     """Decode (background threads) -> batched model -> write (background threads) -> summary.csv, in order."""
     output.mkdir(parents=True, exist_ok=True)
-    multi = int(segmenter.meta.get("num_classes", 1)) > 1
-    if multi:
-        write_png(output / "legend.png", draw_legend(list(segmenter.meta.get("class_names") or [])
-                                                     or [str(c) for c in range(segmenter.meta["num_classes"])]))
+    if not options.class_names:
+        options = dataclasses.replace(options, class_names=model_class_names(segmenter.meta))
+    if options.class_names:
+        write_png(output / "legend.png", draw_legend(list(options.class_names)))
     rows, counts, timings = [], [], []
-    with CsvLog(output / "summary.csv") as log, ThreadPoolExecutor(options.io_threads) as readers, \
+    with CsvLog(output / "summary.csv", csv_columns(options.class_names)) as log, \
+            ThreadPoolExecutor(options.io_threads) as readers, \
             ThreadPoolExecutor(options.io_threads) as writers:
         pending: deque = deque()
 
@@ -226,7 +238,7 @@ def run_items(segmenter, items: list[Item], output: Path, options: RunOptions, g
             emit()
     result = summarize(rows, timings, output)
     if gt_index:
-        result["metrics"] = write_metrics(output / "metrics.json", rows, counts)
+        result["metrics"] = write_metrics(output / "metrics.json", rows, counts, options.class_names)
         result["metrics_json"] = output / "metrics.json"
     return result
 
@@ -239,7 +251,7 @@ def finish_item(item: Item, image, outcome, model_ms: float, output: Path, optio
         row = error_row(item.name, outcome)
         row["ms"] = round(model_ms, 1)
         return row, None, None
-    row, count = new_row(item.name), None
+    row, count = new_row(item.name, csv_columns(options.class_names)), None
     try:
         mask, probs = outcome.mask, outcome.probs
         multi = probs.shape[0] > 1
@@ -257,7 +269,7 @@ def finish_item(item: Item, image, outcome, model_ms: float, output: Path, optio
             target.parent.mkdir(parents=True, exist_ok=True)
             np.save(target, probs.astype(np.float16))
         fill_row(row, mask, outcome.info)
-        count = score(row, mask, find_gt(gt_index, item.name), probs.shape[0])
+        count = score(row, mask, find_gt(gt_index, item.name), probs.shape[0], options.class_names)
     except Exception as exc:  # noqa: BLE001 - a failed write is a row, not a crash
         LOG.warning("%s: %s", item.name, exc)
         row.update(status="error", error=str(exc))

@@ -7,13 +7,24 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import UserError, atomic_write_json, dice_iou, list_images, mask_stem, read_mask
+from utils import (
+    MULTICLASS_RULE, UserError, atomic_write_json, class_counts, dice_iou, dice_iou_from_counts, list_images,
+    mask_stem, read_mask,
+)
 
 CSV_COLUMNS = (
     "file", "status", "width", "height", "area_px", "area_pct", "threshold", "max_prob",
     "components", "largest_component_px", "ms", "dice", "iou", "crop_status", "crop_box", "gate_prob", "error",
 )
 FRAME_COLUMNS = ("frame", "inferred") + CSV_COLUMNS[1:]
+
+
+def csv_columns(class_names=()) -> tuple[str, ...]:
+    """summary.csv columns: multi-class models (names incl. background) add dice_<class> after iou."""
+    if len(class_names) < 2:
+        return CSV_COLUMNS
+    at = CSV_COLUMNS.index("iou") + 1
+    return CSV_COLUMNS[:at] + tuple(f"dice_{name}" for name in class_names[1:]) + CSV_COLUMNS[at:]
 
 
 class CsvLog:
@@ -95,10 +106,14 @@ def find_gt(gt_index: dict[str, Path], name: str) -> Path | None:
     return gt_index.get(rel.as_posix()) or gt_index.get(rel.name)
 
 
-def score(row: dict, mask: np.ndarray, gt_path: Path | None, num_classes: int) -> tuple[int, int, int] | None:
-    """Add foreground Dice/IoU to `row`; returns (intersection, predicted, true) pixels for pooling.
+def score(row: dict, mask: np.ndarray, gt_path: Path | None, num_classes: int,
+          class_names=()) -> tuple[int, ...] | None:
+    """Add Dice/IoU to `row`; returns (intersection, predicted, true) pixels for pooling, one triple per
+    foreground class (flat), so metrics.json can pool and average them.
 
-    A bad ground-truth mask is noted in the error column; the prediction stays.
+    Binary: the foreground. Multi-class: by utils.MULTICLASS_RULE, dice/iou the class mean and a
+    dice_<class> column per class. A bad ground-truth mask is noted in the error column; the
+    prediction stays.
     """
     if gt_path is None:
         return None
@@ -111,17 +126,26 @@ def score(row: dict, mask: np.ndarray, gt_path: Path | None, num_classes: int) -
         gt_size, image_size = f"{gt.shape[1]}x{gt.shape[0]}", f"{mask.shape[1]}x{mask.shape[0]}"
         row["error"] = f"ground truth {gt_path.name} is {gt_size} but the image is {image_size}"
         return None
+    if num_classes > 1:
+        counts = class_counts(mask, gt, num_classes)  # (K, 3)
+        dice, iou = dice_iou_from_counts(counts)
+        names = list(class_names[1:]) or [str(c) for c in range(1, num_classes)]
+        row.update(dice=round(float(dice.mean()), 4), iou=round(float(iou.mean()), 4),
+                   **{f"dice_{name}": round(float(d), 4) for name, d in zip(names, dice)})
+        return tuple(int(v) for v in counts.ravel())
     pred, true = mask > 0, gt > 0
     dice, iou = dice_iou(pred, true)
     row.update(dice=round(dice, 4), iou=round(iou, 4))
     return int(np.logical_and(pred, true).sum()), int(pred.sum()), int(true.sum())
 
 
-def write_metrics(path: Path, rows: list[dict], counts: list[tuple[int, int, int]]) -> dict:
-    """metrics.json: mean per-image Dice/IoU and Dice/IoU pooled over all pixels."""
+def write_metrics(path: Path, rows: list[dict], counts: list[tuple[int, ...]], class_names=()) -> dict:
+    """metrics.json: mean per-image Dice/IoU and Dice/IoU pooled over all pixels (over every
+    foreground class). Multi-class adds `per_class`: each class's mean Dice/IoU over the images
+    (MULTICLASS_RULE), its pooled pixel Dice, and in how many images it is true / predicted."""
     scored = [row for row in rows if row["dice"] != ""]
-    inter = sum(c[0] for c in counts)
-    total = sum(c[1] + c[2] for c in counts)
+    inter = sum(sum(c[0::3]) for c in counts)
+    total = sum(sum(c[1::3]) + sum(c[2::3]) for c in counts)
     metrics = {
         "images_with_gt": len(scored),
         "mean_dice": float(np.mean([float(r["dice"]) for r in scored])) if scored else None,
@@ -129,5 +153,20 @@ def write_metrics(path: Path, rows: list[dict], counts: list[tuple[int, int, int
         "pixel_dice": (2 * inter / total if total else 1.0) if counts else None,
         "pixel_iou": (inter / (total - inter) if total else 1.0) if counts else None,
     }
+    if len(class_names) > 1:
+        metrics.update(per_class=per_class_metrics(counts, class_names), multiclass_rule=MULTICLASS_RULE)
     atomic_write_json(path, metrics)
     return metrics
+
+
+def per_class_metrics(counts: list[tuple[int, ...]], class_names) -> dict:
+    """{class: {mean_dice, mean_iou, pixel_dice, images_true, images_predicted}} from the per-image counts."""
+    names = list(class_names[1:])
+    table = np.asarray(counts, np.int64).reshape(len(counts), len(names), 3) if counts else np.zeros((0, len(names), 3))
+    dice, iou = dice_iou_from_counts(table)  # (images, K)
+    pooled_dice, _ = dice_iou_from_counts(table.sum(axis=0))  # (K,)
+    return {name: {"mean_dice": float(dice[:, k].mean()) if len(table) else None,
+                   "mean_iou": float(iou[:, k].mean()) if len(table) else None,
+                   "pixel_dice": float(pooled_dice[k]) if len(table) else None,
+                   "images_true": int((table[:, k, 2] > 0).sum()), "images_predicted": int((table[:, k, 1] > 0).sum())}
+            for k, name in enumerate(names)}

@@ -175,6 +175,17 @@ def test_multi_class_model_shows_a_legend(app, tmp_path):
     assert "Class colours" in captions
 
 
+def test_multi_class_ground_truth_is_scored_per_class_like_inference(app, tmp_path):
+    """The rectangle labelled class 2 while the model says class 1: both classes miss (0), not a foreground hit (1)."""
+    app.text_input(key="model_path").set_value(str(build_model(tmp_path / "multi.onnx", classes=3)))
+    truth = (rect_image()[..., 0] > 0).astype(np.uint8) * 2
+    app.file_uploader(key="image_upload").set_value(("rect.png", png(rect_image()), "image/png"))
+    app.file_uploader(key="gt_upload").set_value(("gt.png", png(truth), "image/png")).run()
+    assert metrics(app)["Dice"] == "0.0000"
+    app.file_uploader(key="gt_upload").set_value(("gt.png", png(truth // 2), "image/png")).run()
+    assert metrics(app)["Dice"] == "1.0000"  # class 1 right, class 2 absent from both: 1
+
+
 @pytest.mark.parametrize("name, data, expected", [
     ("notes.png", b"this is not an image", "cannot decode image: notes.png"),
     ("huge.png", b"\0" * (26 * 2**20), "more than the 25 MB limit"),

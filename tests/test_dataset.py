@@ -5,7 +5,12 @@ import cv2
 import numpy as np
 import pytest
 
-from dataset import SegDataset, build_cache, collect_sources, get_transform, pair_by_stem
+import torch
+
+from dataset import (
+    PatchDataset, SegDataset, build_cache, collect_sources, crop_origin, cut_patch, get_transform, pad_collate,
+    pair_by_stem,
+)
 from utils import UserError, read_mask
 
 
@@ -139,3 +144,93 @@ def test_label_studio_export_feeds_the_cache(tmp_path):
     for entry in entries:
         mask = cv2.imread(str(entry.mask), cv2.IMREAD_GRAYSCALE)
         assert set(np.unique(mask)) == {0, 1} and not entry.empty
+
+
+# ----------------------------------------------------------------------------- TRAIN_PATCH
+
+
+@pytest.fixture
+def strips(tmp_path):
+    """Generated steel strips at 256x64 with class ids 0..4, cached at their native size."""
+    from steel_data import generate_steel
+
+    generate_steel(tmp_path / "data", count=8, clean_fraction=0.25, seed=0, width=256, height=64)
+    sources = pair_by_stem(tmp_path / "data" / "images", tmp_path / "data" / "masks")
+    return build_cache(sources, tmp_path / "work", input_size=256, num_classes=5)
+
+
+def test_patch_dataset_yields_hxw_crops_of_class_ids(strips):
+    assert cv2.imread(str(strips[0].image)).shape[:2] == (64, 256)  # the cache keeps the strip, unpadded
+    dataset = PatchDataset(strips, get_transform(True, 256, seed=0, patch=True), 5, (64, 96), patches_per_image=3)
+    assert len(dataset) == 24
+    seen = set()
+    for i in range(len(dataset)):
+        image, mask = dataset[i]
+        assert image.shape == (3, 64, 96) and mask.shape == (64, 96) and mask.dtype == torch.int64
+        seen |= set(mask.unique().tolist())
+    assert seen <= {0, 1, 2, 3, 4} and len(seen) > 1
+
+
+def test_patch_larger_than_the_image_is_padded_like_the_runtime():
+    image = np.full((40, 50, 3), 200, np.uint8)
+    mask = np.ones((40, 50), np.uint8)
+    crop, crop_mask = cut_patch(image, mask, (0, 0), (64, 64), (124, 116, 104))
+    assert crop.shape == (64, 64, 3) and crop_mask.shape == (64, 64)
+    assert (crop[:40, :50] == 200).all() and (crop[40:] == (124, 116, 104)).all()
+    assert crop_mask[:40, :50].all() and not crop_mask[40:].any() and not crop_mask[:, 50:].any()
+
+
+def sparse_masks(count: int = 6, shape=(64, 512), seed: int = 0) -> list[np.ndarray]:
+    """One 4x4 defect (class 2) per long strip: a crop drawn uniformly rarely sees it."""
+    rng = np.random.default_rng(seed)
+    masks = []
+    for _ in range(count):
+        mask = np.zeros(shape, np.uint8)
+        y, x = int(rng.integers(0, shape[0] - 4)), int(rng.integers(0, shape[1] - 4))
+        mask[y:y + 4, x:x + 4] = 2
+        masks.append(mask)
+    return masks
+
+
+def test_forced_crops_always_hold_the_chosen_class_and_rare_classes_get_half():
+    rng = np.random.default_rng(0)
+    for mask in sparse_masks():
+        for _ in range(20):
+            y0, x0 = crop_origin(mask, (64, 64), rng, [2])
+            assert mask[y0:y0 + 64, x0:x0 + 64].any()
+    mask = np.zeros((64, 512), np.uint8)
+    mask[:, :256] = 1  # a common class over half the strip
+    mask[30:33, 480:483] = 3  # a rare, tiny one far from it
+    hits = sum((lambda o: (mask[o[0]:o[0] + 64, o[1]:o[1] + 64] == 3).any())(crop_origin(mask, (64, 64), rng, [1, 3]))
+               for _ in range(400))
+    assert hits / 400 > 0.4  # the class is drawn first: ~1/2, not its ~0.02 % share of the pixels
+
+
+def test_foreground_oversampling_sees_sparse_defects_more_often_than_uniform_crops(tmp_path):
+    for folder in ("images", "masks"):
+        (tmp_path / "raw" / folder).mkdir(parents=True)
+    for i, mask in enumerate(sparse_masks()):
+        cv2.imwrite(str(tmp_path / "raw" / "images" / f"s{i}.png"), np.full((64, 512, 3), 128, np.uint8))
+        cv2.imwrite(str(tmp_path / "raw" / "masks" / f"s{i}.png"), mask)
+    entries = build_cache(pair_by_stem(tmp_path / "raw" / "images", tmp_path / "raw" / "masks"), tmp_path / "work",
+                          input_size=512, num_classes=3)
+
+    def share_with_defect(fraction: float) -> float:
+        dataset = PatchDataset(entries, get_transform(True, 512, seed=0, patch=True), 3, (64, 64),
+                               patches_per_image=50, foreground_fraction=fraction, seed=1)
+        return float(np.mean([bool(dataset[i][1].any()) for i in range(len(dataset))]))
+
+    uniform, oversampled = share_with_defect(0.0), share_with_defect(1 / 3)
+    assert uniform < 0.25  # a 64-px crop of a 512-px strip
+    assert oversampled > uniform + 0.15 and oversampled > 0.3
+
+
+def test_patch_validation_pads_whole_images_to_the_stride_not_a_square():
+    image, mask = np.zeros((64, 200, 3), np.uint8), np.zeros((64, 200), np.uint8)
+    out = get_transform(False, 256, patch=True)(image=image, mask=mask)
+    assert out["image"].shape == (64, 224, 3) and out["mask"].shape == (64, 224)
+    a = (torch.ones(3, 64, 224), torch.ones(64, 224, dtype=torch.int64))
+    b = (torch.ones(3, 96, 128), torch.full((96, 128), 2, dtype=torch.int64))
+    images, masks = pad_collate([a, b])
+    assert images.shape == (2, 3, 96, 224) and masks.shape == (2, 96, 224)
+    assert images[0, :, 64:].abs().sum() == 0 and masks[1, :, 128:].sum() == 0 and masks[1, :96, :128].eq(2).all()

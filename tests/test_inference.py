@@ -789,3 +789,40 @@ def test_invalid_crop_metadata_is_a_user_error(tmp_path, bad):
     model = build_model(tmp_path / "bad.onnx", {**CROP_META, **bad})
     with pytest.raises(UserError, match="model metadata is invalid"):
         inference.Segmenter(model, device="cpu", detector=tmp_path / "none.onnx")
+
+
+def test_multiclass_gt_scores_each_class_by_the_severstal_rule(tmp_path):
+    """Per (image, class) Dice, a class absent from both truth and prediction scoring 1; named columns and metrics."""
+    names = ["background", "disc", "square"]
+    model = build_model(tmp_path / "m.onnx", {**TEST_META, "num_classes": 3, "class_names": names}, classes=3)
+    image, rect = rect_image(30, 40)  # the model calls the white rectangle class 1, never class 2
+    for name, truth in (("right", rect), ("wrong_class", rect * 2), ("clean", np.zeros_like(rect))):
+        write_png(tmp_path / "src" / f"{name}.png", image if name != "clean" else np.zeros_like(image))
+        write_png(tmp_path / "gt" / f"{name}.png", truth, rgb=False)
+    out = tmp_path / "out"
+    inference.run(inference.Segmenter(model, device="cpu"), tmp_path / "src", out, gt_dir=tmp_path / "gt")
+    rows = {r["file"]: r for r in read_rows(out / "summary.csv")}
+    assert list(rows["right.png"])[11:15] == ["dice", "iou", "dice_disc", "dice_square"]
+    assert [(rows[f]["dice_disc"], rows[f]["dice_square"], rows[f]["dice"]) for f in ("right.png", "wrong_class.png",
+            "clean.png")] == [("1.0", "1.0", "1.0"), ("0.0", "0.0", "0.0"), ("1.0", "1.0", "1.0")]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mean_dice"] == pytest.approx(2 / 3)
+    assert set(metrics["per_class"]) == {"disc", "square"}
+    disc, square = metrics["per_class"]["disc"], metrics["per_class"]["square"]
+    assert disc["mean_dice"] == pytest.approx(2 / 3) and square["mean_iou"] == pytest.approx(2 / 3)
+    assert (disc["images_true"], disc["images_predicted"], square["images_true"], square["images_predicted"]) == (1, 2, 1, 0)
+    assert disc["pixel_dice"] == pytest.approx(2 * rect.sum() / (2 * rect.sum() + rect.sum()))
+    assert "Severstal" in metrics["multiclass_rule"]
+    assert cv2.imread(str(out / "legend.png")) is not None and (out / "masks_color" / "right.png").is_file()
+
+
+def test_cli_prints_per_class_dice(tmp_path):
+    names = ["background", "disc", "square"]
+    model = build_model(tmp_path / "m.onnx", {**TEST_META, "num_classes": 3, "class_names": names}, classes=3)
+    image, rect = rect_image(30, 40)
+    write_png(tmp_path / "src" / "x.png", image)
+    write_png(tmp_path / "gt" / "x.png", rect, rgb=False)
+    done = run_script("--model", str(model), "--source", str(tmp_path / "src"), "--output", str(tmp_path / "out"),
+                      "--gt", str(tmp_path / "gt"))
+    assert done.returncode == 0, done.stderr
+    assert "class disc:" in done.stdout and "dice 1.000" in done.stdout and "class square:" in done.stdout

@@ -53,3 +53,42 @@ def test_runtime_reproduces_the_trainers_original_resolution_dice(trained_run, t
     result = inference.run_folder(inference.Segmenter(onnx_path, device="cpu"), val_dir / "images",
                                   tmp_path / "out", threshold=0.5, min_area=0, gt_dir=val_dir / "masks")
     assert abs(result["mean_dice"] - oof.at(0.5)[0]) < 1e-3
+
+
+def test_multiclass_patch_run_train_oof_equals_runtime_gt_per_class(tmp_path):
+    """Patch-trained strips: cv_summary.json's out-of-fold per-class Dice/IoU == inference.py --gt on the same images."""
+    import json
+    import shutil
+
+    import inference
+    import train
+    from config import load_config
+    from conftest import tiny_argv
+    from steel_data import generate_steel
+
+    data = tmp_path / "data"
+    generate_steel(data, count=10, clean_fraction=0.3, seed=1, width=256, height=64)
+    work = tmp_path / "work"
+    train.run(load_config(tiny_argv(data, work, classes=5, classes_file=data / "classes.txt", class_weights="auto",
+                                    input_size=256, train_patch="64x64", patches_per_image=2, epochs=2,
+                                    fold_ids="0"), environ={}))
+    trained = json.loads((work / "cv_summary.json").read_text())["folds"]["0"]["oof"]
+    val_dir = tmp_path / "val"
+    for folder in ("images", "masks"):
+        (val_dir / folder).mkdir(parents=True)
+    for key in json.loads((work / "folds.json").read_text())["0"]:
+        shutil.copy(data / "images" / f"{key}.png", val_dir / "images")
+        shutil.copy(data / "masks" / f"{key}.png", val_dir / "masks")
+
+    result = inference.run_folder(inference.Segmenter(work / "model.onnx", device="cpu"), val_dir / "images",
+                                  tmp_path / "out", gt_dir=val_dir / "masks")
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert result["with_gt"] == trained["images"] == 5
+    assert abs(metrics["mean_dice"] - trained["dice"]) < 1e-3 and abs(metrics["mean_iou"] - trained["iou"]) < 1e-3
+    assert list(metrics["per_class"]) == list(trained["per_class"]) == ["pits", "scratch", "scale", "blotch"]
+    for name, runtime in metrics["per_class"].items():
+        assert abs(runtime["mean_dice"] - trained["per_class"][name]["dice"]) < 1e-3, name
+        assert abs(runtime["mean_iou"] - trained["per_class"][name]["iou"]) < 1e-3, name
+    # not a trivial agreement of empty predictions on empty truth
+    assert min(v["mean_dice"] for v in metrics["per_class"].values()) < 1.0
+    assert (tmp_path / "out" / "masks_color").is_dir() and (tmp_path / "out" / "legend.png").is_file()

@@ -3,6 +3,7 @@ import logging
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -314,3 +315,70 @@ def test_torchrun_resume_keeps_the_finished_fold(tmp_path):
     done = _torchrun(data, work, export="false")
     assert "fold 0: already finished" in done.stderr and "12 reused" in done.stderr
     assert best.stat().st_mtime_ns == before
+
+
+# ----------------------------------------------------------------------------- TRAIN_PATCH, multi-class
+
+
+def write_strips(folder: Path, count: int = 12) -> Path:
+    """Generated steel strips at 256x64 (class ids 0..4) plus classes.txt."""
+    from steel_data import generate_steel
+
+    generate_steel(folder, count=count, clean_fraction=0.25, seed=0, width=256, height=64)
+    return folder
+
+
+def test_patch_training_on_strips_scores_every_class(tmp_path):
+    data = write_strips(tmp_path / "data")
+    cfg = load_config(tiny_argv(data, tmp_path / "work", classes=5, classes_file=data / "classes.txt",
+                                class_weights="auto", input_size=256, train_patch="64x64", patches_per_image=4,
+                                epochs=2, fold_ids="0", export="false"), environ={})
+    summary = train.run(cfg)
+    names = ["pits", "scratch", "scale", "blotch"]
+    on_disk = json.loads((tmp_path / "work" / "cv_summary.json").read_text())
+    assert on_disk["oof_per_class"] == summary["oof_per_class"] and list(summary["oof_per_class"]) == names
+    fold = on_disk["folds"]["0"]
+    assert {f"dice_{n}" for n in names} | {f"iou_{n}" for n in names} <= set(fold)
+    assert list(fold["oof"]["per_class"]) == names and fold["oof"]["images"] == 6 == summary["oof_images"]
+    for scores in summary["oof_per_class"].values():
+        assert 0.0 <= scores["iou"] <= scores["dice"] <= 1.0
+    # the image score is the class mean, as the runtime's summary.csv has it
+    assert summary["oof_dice"] == pytest.approx(np.mean([v["dice"] for v in summary["oof_per_class"].values()]))
+    assert summary["best_threshold"] == 0.5 and "Severstal" in summary["multiclass_rule"]
+    records = json.loads((tmp_path / "work" / "logs" / "metrics.json").read_text())
+    assert [r["epoch"] for r in records] == [0, 1] and records[1]["train_loss"] < records[0]["train_loss"]
+    assert {f"val_dice_{n}" for n in names} <= set(records[-1])
+    # validation saw whole 256x64 strips (stacked image/truth/prediction), not 256x256 squares
+    preview = cv2.imread(str(tmp_path / "work" / "logs" / "val_preview_fold0.png"))
+    assert preview.shape[:2] == (4 * 3 * 64, 256)
+
+
+def test_patch_loaders_crop_for_training_and_keep_whole_images_for_validation(tmp_path):
+    from dataset import PatchDataset
+
+    data = write_strips(tmp_path / "data", count=6)
+    cfg = load_config(tiny_argv(data, tmp_path / "work", classes=5, classes_file=data / "classes.txt",
+                                input_size=256, train_patch="64x96", patches_per_image=3), environ={})
+    entries, _, device = train.prepare(cfg)
+    train_loader = train.make_loader(cfg, entries, [0, 1, 2], True, device)
+    assert isinstance(train_loader.dataset, PatchDataset) and len(train_loader.dataset) == 9
+    images, masks = next(iter(train_loader))
+    assert images.shape == (4, 3, 64, 96) and masks.shape == (4, 64, 96)
+    images, masks = next(iter(train.make_loader(cfg, entries, [3, 4, 5], False, device)))
+    assert images.shape == (3, 3, 64, 256) and masks.shape == (3, 64, 256)
+
+
+def test_default_path_keeps_its_config_hash_and_square_batches(tmp_path):
+    """Without TRAIN_PATCH nothing changes: runs from before the setting existed still resume."""
+    import hashlib
+
+    data = write_blobs(tmp_path / "data", 4)
+    cfg = load_config(tiny_argv(data, tmp_path / "work"), environ={})
+    old = {k: v for k, v in cfg.to_dict().items()
+           if k not in train.NON_TRAINING_KEYS and k not in ("train_patch", "patches_per_image")}
+    assert train.config_hash(cfg) == hashlib.sha1(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    patched = load_config(tiny_argv(data, tmp_path / "work", train_patch="32x64"), environ={})
+    assert train.config_hash(patched) != train.config_hash(cfg)
+    entries, _, device = train.prepare(cfg)
+    images, _ = next(iter(train.make_loader(cfg, entries, [0, 1], False, device)))
+    assert images.shape[-2:] == (64, 64)
