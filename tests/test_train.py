@@ -375,7 +375,7 @@ def test_default_path_keeps_its_config_hash_and_square_batches(tmp_path):
     data = write_blobs(tmp_path / "data", 4)
     cfg = load_config(tiny_argv(data, tmp_path / "work"), environ={})
     old = {k: v for k, v in cfg.to_dict().items()
-           if k not in train.NON_TRAINING_KEYS and k not in ("train_patch", "patches_per_image")}
+           if k not in train.NON_TRAINING_KEYS + train.GATE_KEYS and k not in ("train_patch", "patches_per_image")}
     assert train.config_hash(cfg) == hashlib.sha1(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     patched = load_config(tiny_argv(data, tmp_path / "work", train_patch="32x64"), environ={})
     assert train.config_hash(patched) != train.config_hash(cfg)
