@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo demo-steel test install clean
 
 install: $(STAMP)
 
@@ -17,8 +17,11 @@ $(STAMP): requirements-train.txt requirements-infer.txt requirements-app.txt req
 demo: $(STAMP)
 	$(PY) demo.py
 
+demo-steel: $(STAMP)
+	$(PY) demo.py --steel
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf demo_work .pytest_cache
+	rm -rf demo_work demo_steel .pytest_cache

@@ -216,15 +216,26 @@ def resolve_splits(cfg: Config, entries: list[CacheEntry]) -> tuple[list[Split],
     return splits, cfg.selected_folds(), test
 
 
+# CLASS_WEIGHTS=auto: no class weighs more than this many times the most frequent one (background).
+MAX_CLASS_WEIGHT_RATIO = 10.0
+
+
 def auto_class_weights(entries: list[CacheEntry], classes: int) -> list[float]:
-    """Median-frequency balancing from the cached pixel counts, clipped to [0.1, 50], mean 1."""
+    """Inverse square-root pixel frequency from the cached pixel counts, relative to the most frequent
+    class and capped at MAX_CLASS_WEIGHT_RATIO, then scaled to mean 1.
+
+    Weighted cross-entropy moves the argmax towards a class by its weight ratio, so on defect data
+    (background ~98 %, a tiny class ~0.02 %) full inverse or median-frequency weights (ratios of
+    hundreds) paint the rare classes all over clean images; the square root and the cap keep the
+    boost for rare classes while leaving the background a say. Classes absent from the training
+    split get the largest weight (it only matters if they appear).
+    """
     pixels = np.sum([e.class_pixels[:classes] for e in entries], axis=0).astype(np.float64)
     freq = pixels / max(pixels.sum(), 1)
     present = freq > 0
     weights = np.ones(classes)
-    weights[present] = np.median(freq[present]) / freq[present]
+    weights[present] = np.minimum(np.sqrt(freq[present].max() / freq[present]), MAX_CLASS_WEIGHT_RATIO)
     weights[~present] = weights[present].max() if present.any() else 1.0
-    weights = np.clip(weights, 0.1, 50.0)
     return (weights / weights.mean()).round(4).tolist()
 
 

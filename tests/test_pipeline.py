@@ -56,7 +56,8 @@ def test_runtime_reproduces_the_trainers_original_resolution_dice(trained_run, t
 
 
 def test_multiclass_patch_run_train_oof_equals_runtime_gt_per_class(tmp_path):
-    """Patch-trained strips: cv_summary.json's out-of-fold per-class Dice/IoU == inference.py --gt on the same images."""
+    """Patch-trained strips: cv_summary.json's out-of-fold per-class Dice/IoU == inference.py --gt on the same
+    images."""
     import json
     import shutil
 
@@ -73,6 +74,11 @@ def test_multiclass_patch_run_train_oof_equals_runtime_gt_per_class(tmp_path):
                                     input_size=256, train_patch="64x64", patches_per_image=2, epochs=2,
                                     fold_ids="0"), environ={}))
     trained = json.loads((work / "cv_summary.json").read_text())["folds"]["0"]["oof"]
+    import export
+
+    meta = export.read_metadata(work / "model.onnx")  # whole images at inference: input_size is the long side
+    assert (meta["input_size"], meta["train_patch"], meta["num_classes"]) == (256, "64x64", 5)
+    assert meta["class_names"] == ["background", "pits", "scratch", "scale", "blotch"]
     val_dir = tmp_path / "val"
     for folder in ("images", "masks"):
         (val_dir / folder).mkdir(parents=True)
@@ -92,3 +98,22 @@ def test_multiclass_patch_run_train_oof_equals_runtime_gt_per_class(tmp_path):
     # not a trivial agreement of empty predictions on empty truth
     assert min(v["mean_dice"] for v in metrics["per_class"].values()) < 1.0
     assert (tmp_path / "out" / "masks_color").is_dir() and (tmp_path / "out" / "legend.png").is_file()
+
+
+def test_steel_demo_runs_end_to_end(tmp_path, capsys):
+    work = tmp_path / "steel"
+    demo.main(["--steel", "--work-dir", str(work), "--count", "8", "--heldout", "3", "--size", "320",
+               "--epochs", "1", "--folds", "2", "--train-patch", "64x64", "--patches-per-image", "1"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("held-out dice: ") and 0.0 <= float(out[-1].split()[-1]) <= 1.0
+    per_class = next(line for line in out if line.startswith("held-out dice per class: "))
+    names = [part.split()[0] for part in per_class.split(": ", 1)[1].split(", ")]
+    assert names == ["pits", "scratch", "scale", "blotch"]
+    assert any(line.startswith("predicting nothing would score: ") for line in out)
+    rows = list(csv.DictReader(open(work / "predictions" / "summary.csv")))
+    assert len(rows) == 3 and {"dice_pits", "dice_blotch"} <= set(rows[0])
+    for row in rows:
+        mask = cv2.imread(str(work / "predictions" / "masks" / row["file"]), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (64, 320) and mask.max() <= 4  # class ids at the strip's own size
+        assert (work / "predictions" / "masks_color" / row["file"]).is_file()
+    assert (work / "predictions" / "legend.png").is_file() and (work / "run" / "steel.onnx").is_file()

@@ -139,6 +139,14 @@ def test_auto_class_weights_favour_rare_classes():
     assert weights[2] > weights[1] > weights[0] and abs(np.mean(weights) - 1) < 1e-3
 
 
+def test_auto_class_weights_stay_within_ten_times_the_background_on_defect_data():
+    # steel-like pixel shares: background 98.5 %, a large class 1.1 %, a tiny one 0.016 %, one absent
+    entries = [CacheEntry("a", None, None, False, "", (985_000, 160, 0, 11_300, 3_000))]
+    weights = np.array(train.auto_class_weights(entries, 5))
+    assert weights.max() / weights[0] == pytest.approx(10.0, rel=1e-3)  # capped: median-frequency gave ~500
+    assert weights[1] >= weights[3] > weights[0] and weights[2] == weights.max() and abs(weights.mean() - 1) < 1e-3
+
+
 def test_class_id_above_classes_is_named(tmp_path):
     data = write_multiclass(tmp_path / "data", count=4)
     cfg = load_config(tiny_argv(data, tmp_path / "work", classes=2), environ={})
