@@ -160,3 +160,18 @@ def test_plain_unet_baseline(run_script, tmp_path):
     assert result["train_images"] == 6 and result["val_images"] == 6
     assert 0.0 <= result["val_iou"] <= result["val_dice"] <= 1.0
     assert result["train_seconds"] > 0 and result["recipe"]["epochs"] == 1
+
+
+def test_gate_tradeoff(run_script, tmp_path):
+    from conftest import build_gate_onnx
+    from test_app import build_model
+
+    seg, gate = build_model(tmp_path / "seg.onnx"), build_gate_onnx(tmp_path / "gate.onnx")
+    result = run_script("gate", "--model", str(seg), "--gate", str(gate), "--clean", "0.75", "--count", "4",
+                        "--width", "128", "--height", "32", "--repeats", "1")
+    row = result["sets"]["75% clean"]
+    assert set(row["images_per_s"]) == {"segmenter", "gated", "oracle"} and all(v > 0 for v in row["images_per_s"].values())
+    oracle = row["oracle"]
+    assert oracle["defective"] == 1 and oracle["defective_segmented"] == 1  # the truth's decisions: 3 clean, 1 not
+    assert oracle["gated_fraction"] == 0.75
+    assert 0 <= row["gated"]["gated_fraction"] <= 1 and all(0 <= d <= 1 for d in row["dice"].values())
