@@ -88,8 +88,8 @@ from runtime.sources import (  # noqa: F401
 from runtime.ray_engine import RayOptions, run_items_ray
 from runtime.video import run_video
 from utils import (
-    LOG, MAX_IMAGE_PIXELS, METADATA_VERSION, UserError, decode_metadata, normalize, read_image, resize_long_side,
-    run_cli, setup_logging,
+    LOG, MAX_IMAGE_PIXELS, METADATA_VERSION, PREPROCESS_RULES, UserError, decode_metadata, is_int, is_number, normalize,
+    read_image, resize_long_side, run_cli, setup_logging,
 )
 
 # ----------------------------------------------------------------------------- providers
@@ -210,45 +210,32 @@ def read_metadata(session, model_path) -> tuple[dict, bool]:
 TTA_FLIPS = {"none": ((),), "hflip": ((), (2,)), "flips": ((), (2,), (1,), (1, 2))}
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _in_unit(value) -> bool:
-    return _is_number(value) and 0 < value < 1
+    return is_number(value) and 0 < value < 1
 
 
 # field -> (check, what it must be). JSON gives any type, so every field the runtime uses is checked
 # here, once, instead of failing deep inside preprocessing with a TypeError.
 METADATA_RULES = {
     "task": (lambda v: v == "segment", "'segment' (a gate is passed with --gate)"),
-    "format_version": (lambda v: _is_int(v) and 1 <= v <= METADATA_VERSION,
+    "format_version": (lambda v: is_int(v) and 1 <= v <= METADATA_VERSION,
                        f"an integer from 1 to {METADATA_VERSION} (a newer export needs a newer runtime)"),
-    "num_classes": (lambda v: _is_int(v) and 1 <= v <= 255, "an integer from 1 to 255"),
+    "num_classes": (lambda v: is_int(v) and 1 <= v <= 255, "an integer from 1 to 255"),
     "class_names": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v), "a list of strings"),
-    "input_size": (lambda v: _is_int(v) and 0 <= v <= 16384, "an integer from 0 (no resize) to 16384"),
-    "resize": (lambda v: v in ("long_side", "none"), "'long_side' or 'none'"),
-    "mean": (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_number(x) for x in v), "3 numbers"),
-    "std": (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_number(x) and x > 0 for x in v),
-            "3 positive numbers"),
-    "stride": (lambda v: _is_int(v) and 1 <= v <= 1024, "a positive integer"),
+    **PREPROCESS_RULES,
     "output": (lambda v: v in ("probs", "logits"), "'probs' or 'logits'"),
     "threshold": (_in_unit, "a number in (0, 1)"),
     "thresholds": (lambda v: isinstance(v, list) and len(v) > 0 and all(_in_unit(t) for t in v),
                    "a non-empty list of numbers in (0, 1)"),
-    "min_area": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "min_area": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
     "tta": (lambda v: v is None or v in TTA_FLIPS, f"one of {', '.join(TTA_FLIPS)}"),
     "crop_mode": (lambda v: v in CROP_MODES, f"one of {', '.join(CROP_MODES)}"),
     "detector": (lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "null or a file name"),
-    "crop": (lambda v: v is None or (isinstance(v, dict) and _is_number(v.get("conf")) and 0 <= v["conf"] < 1
-                                    and _is_number(v.get("roi_factor")) and v["roi_factor"] > 0
-                                    and _is_int(v.get("min_size")) and v["min_size"] >= 1
-                                    and _is_int(v.get("pad_value")) and 0 <= v["pad_value"] <= 255
-                                    and _is_int(v.get("input_size")) and 32 <= v["input_size"] <= 16384),
+    "crop": (lambda v: v is None or (isinstance(v, dict) and is_number(v.get("conf")) and 0 <= v["conf"] < 1
+                                    and is_number(v.get("roi_factor")) and v["roi_factor"] > 0
+                                    and is_int(v.get("min_size")) and v["min_size"] >= 1
+                                    and is_int(v.get("pad_value")) and 0 <= v["pad_value"] <= 255
+                                    and is_int(v.get("input_size")) and 32 <= v["input_size"] <= 16384),
              "null or {conf in [0, 1), roi_factor > 0, min_size >= 1, pad_value 0-255, input_size 32-16384}"),
 }
 

@@ -426,6 +426,27 @@ def encode_metadata(meta: dict) -> str:
     return json.dumps(meta, sort_keys=True)
 
 
+def is_int(value) -> bool:
+    """A JSON integer (bool excluded)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A JSON number (bool excluded)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# Metadata fields of the shared preprocessing (segmenter and gate): field -> (check, what it must be).
+PREPROCESS_RULES = {
+    "input_size": (lambda v: is_int(v) and 0 <= v <= 16384, "an integer from 0 (no resize) to 16384"),
+    "resize": (lambda v: v in ("long_side", "none"), "'long_side' or 'none'"),
+    "mean": (lambda v: isinstance(v, list) and len(v) == 3 and all(is_number(x) for x in v), "3 numbers"),
+    "std": (lambda v: isinstance(v, list) and len(v) == 3 and all(is_number(x) and x > 0 for x in v),
+            "3 positive numbers"),
+    "stride": (lambda v: is_int(v) and 1 <= v <= 1024, "a positive integer"),
+}
+
+
 def decode_metadata(props: dict) -> tuple[dict, bool]:
     """Our metadata from an ONNX `metadata_props` dict -> (metadata with defaults filled, found).
 

@@ -21,28 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import LOG, UserError, decode_metadata, preprocess
+from utils import LOG, PREPROCESS_RULES, UserError, decode_metadata, is_number, preprocess
 
 GATED_STATUS = "gated_clean"
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 # field -> (check, what it must be): what the gate uses from its metadata.
 GATE_RULES = {
-    "threshold": (lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    "input_size": (lambda v: _is_int(v) and 0 <= v <= 16384, "an integer from 0 (no resize) to 16384"),
-    "resize": (lambda v: v in ("long_side", "none"), "'long_side' or 'none'"),
-    "mean": (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_number(x) for x in v), "3 numbers"),
-    "std": (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_number(x) and x > 0 for x in v),
-            "3 positive numbers"),
-    "stride": (lambda v: _is_int(v) and 1 <= v <= 1024, "a positive integer"),
+    "threshold": (lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    **PREPROCESS_RULES,
 }
 
 
@@ -61,7 +48,7 @@ def check_gate_metadata(meta: dict, found: bool, model_path) -> None:
 
 
 def check_threshold(threshold: float) -> float:
-    if not _is_number(threshold) or not 0.0 <= threshold <= 1.0:
+    if not is_number(threshold) or not 0.0 <= threshold <= 1.0:
         raise UserError(f"--gate-threshold {threshold!r} is not valid; use a probability from 0 (segment every "
                         "image) to 1")
     return float(threshold)
