@@ -80,20 +80,25 @@ def generate(work: Path, args) -> tuple[Path, Path]:
     return train_dir, heldout_dir
 
 
-def train_and_export(work: Path, train_dir: Path, args) -> dict:
+def run_training(work: Path, train_dir: Path, name: str, args, extra: list[str]) -> dict:
+    """`python train.py` in-process on the generated set: the settings both demos share, then `extra`."""
     import train
     from config import load_config
 
     argv = [
         "--raw-img-dir", str(train_dir / "images"), "--raw-mask-dir", str(train_dir / "masks"),
-        "--work-dir", str(work / "run"), "--name", "demo",
+        "--work-dir", str(work / "run"), "--name", name,
         "--model", "Unet", "--encoder", args.encoder, "--encoder-weights", "none",
         "--input-size", str(args.input_size), "--epochs", str(args.epochs),
-        "--restart-epochs", str(args.epochs), "--folds", str(args.folds),
-        "--batch-size", "16", "--lr", "2e-3", "--workers", "2", "--min-area", "30", "--fold-ids", args.fold_ids,
+        "--folds", str(args.folds), "--fold-ids", args.fold_ids, "--lr", "2e-3", "--workers", "2", *extra,
     ]
     LOG.info("training: python train.py %s", " ".join(argv))
     return train.run(load_config(argv, environ={}))
+
+
+def train_and_export(work: Path, train_dir: Path, args) -> dict:
+    return run_training(work, train_dir, "demo", args, [
+        "--restart-epochs", str(args.epochs), "--batch-size", "16", "--min-area", "30"])
 
 
 def strip_height(width: int) -> int:
@@ -114,21 +119,10 @@ def generate_steel_sets(work: Path, args) -> tuple[Path, Path]:
 
 def train_steel(work: Path, train_dir: Path, args) -> dict:
     """Patch training on the strips: 4 classes + background, auto class weights, whole-strip validation."""
-    import train
-    from config import load_config
-
-    argv = [
-        "--raw-img-dir", str(train_dir / "images"), "--raw-mask-dir", str(train_dir / "masks"),
-        "--work-dir", str(work / "run"), "--name", "steel",
+    return run_training(work, train_dir, "steel", args, [
         "--classes", "5", "--classes-file", str(train_dir / "classes.txt"), "--class-weights", args.class_weights,
-        "--model", "Unet", "--encoder", args.encoder, "--encoder-weights", "none",
-        "--input-size", str(args.input_size), "--train-patch", args.train_patch,
-        "--patches-per-image", str(args.patches_per_image), "--epochs", str(args.epochs),
-        "--scheduler", "onecycle", "--folds", str(args.folds), "--fold-ids", args.fold_ids,
-        "--batch-size", "8", "--lr", "2e-3", "--workers", "2", "--min-area", "16",
-    ]
-    LOG.info("training: python train.py %s", " ".join(argv))
-    return train.run(load_config(argv, environ={}))
+        "--train-patch", args.train_patch, "--patches-per-image", str(args.patches_per_image),
+        "--scheduler", "onecycle", "--batch-size", "8", "--min-area", "16"])
 
 
 def run_inference(onnx_path: Path, heldout_dir: Path, out_dir: Path) -> str:
