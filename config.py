@@ -31,6 +31,9 @@ SMP_ARCHITECTURES = (
 ARCHITECTURES = SMP_ARCHITECTURES + ("HRNetLite",)
 SCHEDULERS = ("cosine", "onecycle")
 TASKS = ("segment", "classify")  # classify: the clean/defect gate in front of the segmenter (README "Gate")
+# The gate's pooling of its deepest feature map: avg + max concatenated (a small defect is a local
+# peak that an average over a whole strip dilutes), or either alone.
+GATE_POOLS = ("avgmax", "avg", "max")
 TRACKERS = ("none", "tensorboard", "wandb")
 
 
@@ -157,6 +160,8 @@ FIELDS: tuple[Field, ...] = (
           "classify: recall of defective images the gate threshold must keep out of fold (highest such threshold)"),
     Field("gate_pos_weight", pos_weight_value, "",
           "classify: BCE pos_weight: empty (none), 'auto' (clean/defective ratio of the training fold) or a number"),
+    Field("gate_pool", str, "avgmax", "classify: pooling of the gate's deepest features: avgmax (average and max, "
+          "concatenated), avg or max", choices=GATE_POOLS),
     # Model
     Field("arch", str, "UnetPlusPlus", "architecture", flags=("--model",), choices=ARCHITECTURES),
     Field("encoder", str, "resnet34", "smp encoder name, or tu-<timm name>"),
@@ -231,6 +236,7 @@ class Config:
     gate_input_size: int
     gate_recall: float
     gate_pos_weight: str
+    gate_pool: str
     arch: str
     encoder: str
     encoder_weights: str | None

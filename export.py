@@ -228,6 +228,7 @@ def build_gate_metadata(ckpt: dict, folds: list[int], summary: dict | None, thre
         LOG.warning("no gate cv_summary.json in the run folder: gate threshold 0.5 (pass --threshold to choose)")
         threshold, source = 0.5, "default"
     meta.update(task="gate", num_classes=1, class_names=["defective"], output="probs", threshold=float(threshold),
+                pool=ckpt["model_args"].get("pool", "avg"),
                 threshold_source=source, recall_target=oof.get("recall_target"),
                 oof={k: oof.get(k) for k in ("images", "defective", "clean", "accuracy", "auc", "threshold", "recall",
                                              "specificity", "precision", "skipped_fraction") if k in oof})

@@ -22,31 +22,44 @@ from utils import DISK_FULL, LOG, UserError, disk_full_error
 # The clean/defect gate (TASK=classify): an encoder and a pooling head, one logit per image.
 GATE_ARCH = "GateClassifier"
 GATE_DROPOUT = 0.2
+GATE_POOL = "avgmax"  # config.GATE_POOLS; checkpoints from before the setting existed pooled "avg"
 
 
-def model_args(arch: str, encoder: str, classes: int) -> dict:
+def model_args(arch: str, encoder: str, classes: int, gate_pool: str = GATE_POOL) -> dict:
     """The arguments that rebuild a model; stored in every checkpoint (nanoGPT style), with the task."""
     if arch == GATE_ARCH:
-        return {"arch": arch, "encoder": encoder, "classes": 1, "task": "classify"}
+        return {"arch": arch, "encoder": encoder, "classes": 1, "task": "classify", "pool": gate_pool}
     return {"arch": arch, "encoder": encoder, "classes": classes}
 
 
 class GateClassifier(nn.Module):
     """Image-level "has any foreground" classifier: image (B, 3, H, W) -> logits (B, 1).
 
-    An smp encoder (smp names and tu-<timm> names alike, as for the segmenters), global average pooling
-    of its deepest feature map, dropout and one linear layer. No decoder: far cheaper than a segmenter.
+    An smp encoder (smp names and tu-<timm> names alike, as for the segmenters), global pooling of its
+    deepest feature map (`pool`: "avgmax" = average and max concatenated, "avg", "max"), dropout and one
+    linear layer. No decoder: far cheaper than a segmenter. The max half answers "is there a defect
+    anywhere": a few pits on a 1600 px strip are a peak in one feature cell, which an average dilutes.
     """
 
-    def __init__(self, encoder: str = "resnet18", weights: str | None = None, dropout: float = GATE_DROPOUT):
+    def __init__(self, encoder: str = "resnet18", weights: str | None = None, dropout: float = GATE_DROPOUT,
+                 pool: str = GATE_POOL):
         super().__init__()
+        if pool not in ("avgmax", "avg", "max"):
+            raise UserError(f"unknown gate pooling {pool!r}; choose avgmax, avg or max")
+        self.pool = pool
         self.encoder = smp.encoders.get_encoder(encoder, in_channels=3, depth=5, weights=weights)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(self.encoder.out_channels[-1], 1)
+        channels = self.encoder.out_channels[-1]
+        self.head = nn.Linear(channels * 2 if pool == "avgmax" else channels, 1)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         features = self.encoder(image)[-1]  # (B, C, H/32, W/32)
-        return self.head(self.dropout(features.mean(dim=(2, 3))))  # (B, 1)
+        pooled = []
+        if self.pool in ("avgmax", "avg"):
+            pooled.append(features.mean(dim=(2, 3)))
+        if self.pool in ("avgmax", "max"):
+            pooled.append(features.amax(dim=(2, 3)))
+        return self.head(self.dropout(torch.cat(pooled, dim=1)))  # (B, 1)
 
 
 class HRNetLite(nn.Module):
@@ -80,9 +93,9 @@ class HRNetLite(nn.Module):
         return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def _create(arch: str, encoder: str, weights: str | None, classes: int) -> nn.Module:
+def _create(arch: str, encoder: str, weights: str | None, classes: int, gate_pool: str) -> nn.Module:
     if arch == GATE_ARCH:
-        return GateClassifier(encoder, weights)
+        return GateClassifier(encoder, weights, pool=gate_pool)
     if arch == "HRNetLite":
         if not encoder.startswith("hrnet"):
             raise UserError(f"ARCH=HRNetLite needs an HRNet encoder, got ENCODER={encoder!r}; "
@@ -94,9 +107,10 @@ def _create(arch: str, encoder: str, weights: str | None, classes: int) -> nn.Mo
     return smp.create_model(arch, encoder_name=encoder, encoder_weights=weights, classes=classes, **extra)
 
 
-def build_model(arch: str, encoder: str, encoder_weights: str | None = None, classes: int = 1) -> nn.Module:
+def build_model(arch: str, encoder: str, encoder_weights: str | None = None, classes: int = 1,
+                gate_pool: str = GATE_POOL) -> nn.Module:
     """A model returning logits (B, classes, H, W): any smp architecture, or HRNetLite; or the gate
-    (arch GateClassifier), returning logits (B, 1).
+    (arch GateClassifier, pooling `gate_pool`), returning logits (B, 1).
 
     encoder_weights: None/"none" (random init, works offline), "imagenet" (downloaded once by
     smp/timm), or a path to a local encoder state dict (.pth/.pt).
@@ -110,7 +124,7 @@ def build_model(arch: str, encoder: str, encoder_weights: str | None = None, cla
     if local_file and not Path(weights).is_file():
         raise UserError(f"ENCODER_WEIGHTS={weights!r}: file not found (give a local .pth, 'imagenet' or 'none')")
     try:
-        model = _create(arch, encoder, None if local_file else weights, classes)
+        model = _create(arch, encoder, None if local_file else weights, classes, gate_pool)
     except KeyError as exc:
         raise UserError(f"ENCODER={encoder!r} is not available for {arch}: {exc}") from None
     except UserError:
@@ -289,6 +303,6 @@ def build_model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dic
     args = ckpt.get("model_args") if isinstance(ckpt, dict) else None
     if not args:
         raise UserError(f"{path} has no 'model_args'; it was not written by train.py")
-    model = build_model(args["arch"], args["encoder"], None, args["classes"])
+    model = build_model(args["arch"], args["encoder"], None, args["classes"], gate_pool=args.get("pool", "avg"))
     load_checkpoint(model, ckpt)
     return model, ckpt

@@ -71,7 +71,7 @@ NON_TRAINING_KEYS = ("work_dir", "workers", "pin_memory", "device", "threads", "
                      "min_area", "resume", "tracker", "save_checkpoints", "eval_step", "max_image_pixels",
                      "gate_recall")
 # Settings of the gate only: left out of a segmenter's hash, so adding them kept its runs resumable.
-GATE_KEYS = ("task", "gate_input_size", "gate_pos_weight")
+GATE_KEYS = ("task", "gate_input_size", "gate_pos_weight", "gate_pool")
 # Settings added after runs existed: left out of the hash while at their default, so those runs still resume.
 LATER_KEYS = {"train_patch": "", "patches_per_image": 1}
 
@@ -259,12 +259,14 @@ def is_gate(cfg: Config) -> bool:
 
 def build_task_model(cfg: Config, weights: str | None = None) -> torch.nn.Module:
     if is_gate(cfg):
-        return build_model(GATE_ARCH, cfg.encoder, weights, 1)
+        return build_model(GATE_ARCH, cfg.encoder, weights, 1, gate_pool=cfg.gate_pool)
     return build_model(cfg.arch, cfg.encoder, weights, cfg.classes)
 
 
 def task_model_args(cfg: Config) -> dict:
-    return model_args(GATE_ARCH if is_gate(cfg) else cfg.arch, cfg.encoder, cfg.classes)
+    if is_gate(cfg):
+        return model_args(GATE_ARCH, cfg.encoder, 1, gate_pool=cfg.gate_pool)
+    return model_args(cfg.arch, cfg.encoder, cfg.classes)
 
 
 def build_task_loss(cfg: Config, entries: list[CacheEntry] | None = None,

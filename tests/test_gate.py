@@ -107,6 +107,39 @@ def test_gate_classifier_gives_one_logit_per_image(encoder):
         assert model(torch.randn(2, 3, 64, 96)).shape == (2, 1)
 
 
+def test_max_pooling_sees_a_small_peak_that_the_average_dilutes():
+    torch.manual_seed(0)
+    feature = torch.zeros(2, 512, 2, 50)  # 2 strips' deepest features; strip 1 has one hot cell (a few pits)
+    feature[1, :, 1, 37] = 1.0
+    heads = {}
+    for pool in ("avg", "max", "avgmax"):
+        model = GateClassifier("resnet18", pool=pool).eval()
+        model.encoder.forward = lambda image, f=feature: [f]
+        torch.nn.init.ones_(model.head.weight), torch.nn.init.zeros_(model.head.bias)
+        with torch.no_grad():
+            heads[pool] = model(torch.zeros(2, 3, 64, 1600))[:, 0]
+        assert model.head.in_features == (1024 if pool == "avgmax" else 512)
+    assert heads["avg"][1] - heads["avg"][0] == pytest.approx(512 / 100)  # the peak averaged over 100 cells
+    assert heads["max"][1] - heads["max"][0] == pytest.approx(512)  # kept whole
+    assert heads["avgmax"][1] - heads["avgmax"][0] == pytest.approx(512 + 512 / 100)
+
+
+def test_gate_checkpoints_rebuild_with_their_pooling(tmp_path):
+    from model import GATE_ARCH, build_model_from_checkpoint, model_args, save_checkpoint
+
+    for pool in ("avg", "max", "avgmax"):
+        model = GateClassifier("resnet18", pool=pool)
+        save_checkpoint(tmp_path / f"{pool}.pt", {"model": model.state_dict(),
+                                                  "model_args": model_args(GATE_ARCH, "resnet18", 1, gate_pool=pool)})
+        assert build_model_from_checkpoint(tmp_path / f"{pool}.pt")[0].pool == pool
+    old = GateClassifier("resnet18", pool="avg")  # written before GATE_POOL existed: no "pool" key, average pooling
+    args = {k: v for k, v in model_args(GATE_ARCH, "resnet18", 1).items() if k != "pool"}
+    save_checkpoint(tmp_path / "old.pt", {"model": old.state_dict(), "model_args": args})
+    assert build_model_from_checkpoint(tmp_path / "old.pt")[0].pool == "avg"
+    with pytest.raises(UserError, match="pooling"):
+        GateClassifier("resnet18", pool="mean")
+
+
 def test_gate_loss_labels_images_by_any_foreground_pixel():
     binary = torch.zeros(3, 1, 8, 8)
     binary[1, 0, 2, 3] = 1.0  # one pixel is enough
@@ -148,6 +181,7 @@ def test_classify_config_trains_at_the_gate_size_and_names_the_export_gate(tmp_p
     (["--task", "classify", "--gate-input-size", "100"], "GATE_INPUT_SIZE=100 must be a multiple of 32"),
     (["--task", "classify", "--gate-recall", "0"], "--gate-recall='0' is not a valid"),
     (["--task", "classify", "--gate-pos-weight", "-2"], "--gate-pos-weight='-2' is not a valid"),
+    (["--task", "classify", "--gate-pool", "mean"], "choose one of: avgmax, avg, max"),
 ])
 def test_bad_gate_settings_are_named(argv, match):
     with pytest.raises(UserError, match=match):
@@ -198,6 +232,7 @@ def test_gate_run_writes_summary_oof_predictions_and_checkpoints(gate_run):
     assert classify.select_threshold(probs, labels, 0.99) == pytest.approx(summary["threshold"], rel=1e-6)
     ckpt = torch.load(gate_run / "models" / "fold0_best.pt", weights_only=True)
     assert ckpt["model_args"]["task"] == "classify" and ckpt["config"]["task"] == "classify"
+    assert ckpt["model_args"]["pool"] == ckpt["config"]["gate_pool"] == "avgmax"
     records = json.loads((gate_run / "logs" / "metrics.json").read_text())
     assert [(r["fold"], r["epoch"]) for r in records] == [(0, 0), (1, 0)]
     assert all({"train_accuracy", "val_loss", "val_accuracy", "val_auc"} <= set(r) for r in records)
@@ -209,6 +244,7 @@ def test_gate_onnx_equals_the_torch_fold_ensemble_and_describes_itself(gate_run)
     meta = read_metadata(path)
     summary = json.loads((gate_run / "cv_summary.json").read_text())
     assert meta["task"] == "gate" and meta["threshold"] == summary["threshold"] and meta["recall_target"] == 0.99
+    assert meta["pool"] == "avgmax"
     assert meta["oof"]["auc"] == summary["oof"]["auc"] and meta["oof"]["specificity"] == summary["oof"]["specificity"]
     assert (meta["input_size"], meta["resize"], meta["stride"], meta["folds"]) == (64, "long_side", 32, [0, 1])
     assert len(meta["mean"]) == len(meta["std"]) == 3 and {"torch", "onnxruntime"} <= set(meta["versions"])
