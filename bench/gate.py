@@ -19,7 +19,9 @@ round after a warm-up (--repeats rounds, medians):
 
 Reported per set: images/s of each, the speedup (gated / segmenter), the share of images the gate
 skipped, defective images it let through (recall on this set), and the mean Dice of each run
-(per image and class, the Severstal rule of inference.py --gt) with the change.
+(per image and class, the Severstal rule of inference.py --gt) with the change; and the mean Dice
+over the defective images only, where a gate can only lose (a defective image it gates scores 0),
+apart from what it gains by giving clean images their empty masks.
 """
 
 from __future__ import annotations
@@ -41,17 +43,22 @@ def make_set(folder: Path, count: int, clean: float, seed: int, width: int, heig
     return folder
 
 
-def defective_recall(rows_gated: list[dict], gt_dir: Path) -> tuple[int, int]:
-    """(defective images, of them segmented) on this set: the gate's recall here."""
+def defective_stems(gt_dir: Path) -> set[str]:
+    """Stems of the images whose truth holds a defect (any mask pixel > 0)."""
     import cv2
 
-    defective = segmented = 0
-    for row in rows_gated:
-        mask = cv2.imread(str(gt_dir / (Path(row["file"]).stem + ".png")), cv2.IMREAD_GRAYSCALE)
+    stems = set()
+    for path in gt_dir.glob("*.png"):
+        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         if mask is not None and mask.any():
-            defective += 1
-            segmented += row["status"] != "gated_clean"
-    return defective, segmented
+            stems.add(path.stem)
+    return stems
+
+
+def defective_dice(rows: list[dict], defective: set[str]) -> float | None:
+    """Mean Dice over the defective images only: where a gate can only lose (a gated one scores 0)."""
+    values = [float(r["dice"]) for r in rows if Path(r["file"]).stem in defective and r["dice"] != ""]
+    return sum(values) / len(values) if values else None
 
 
 class OracleGate:
@@ -76,6 +83,10 @@ class OracleGate:
 
         self.gate.predict(images)
         return np.array([1.0 if self.truth[hash(image.tobytes())] else 0.0 for image in images], np.float32)
+
+
+def show(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def read_rows(csv_path: Path) -> list[dict]:
@@ -125,21 +136,26 @@ def main(argv=None) -> None:
             per_s = {name: args.count / median(t) for name, t in times.items()}
             row = {"clean_fraction": clean, "images": args.count, "times": {n: summary(t) for n, t in times.items()},
                    "images_per_s": per_s, "dice": {n: s["dice"] for n, s in scores.items()}}
+            defective = defective_stems(data / "masks")
+            seg_defective_dice = defective_dice(scores["segmenter"]["rows"], defective)
             for name in ("gated", "oracle"):
                 gated_rows = scores[name]["rows"]
                 skipped = sum(r["status"] == "gated_clean" for r in gated_rows)
-                defective, let_through = defective_recall(gated_rows, data / "masks")
+                let_through = sum(r["status"] != "gated_clean" for r in gated_rows if Path(r["file"]).stem in defective)
                 row[name] = {"speedup": per_s[name] / per_s["segmenter"], "gated_fraction": skipped / args.count,
-                             "defective": defective, "defective_segmented": let_through,
-                             "dice_change": scores[name]["dice"] - scores["segmenter"]["dice"]}
+                             "defective": len(defective), "defective_segmented": let_through,
+                             "dice_change": scores[name]["dice"] - scores["segmenter"]["dice"],
+                             "defective_dice": {"segmenter": seg_defective_dice,
+                                                name: defective_dice(gated_rows, defective)}}
                 table.append([f"{clean:.0%}", name, f"{per_s['segmenter']:.2f}", f"{per_s[name]:.2f}",
-                              f"{row[name]['speedup']:.2f}x", f"{skipped}/{args.count}", f"{let_through}/{defective}",
-                              f"{scores['segmenter']['dice']:.4f}", f"{scores[name]['dice']:.4f}",
-                              f"{row[name]['dice_change']:+.4f}"])
+                              f"{row[name]['speedup']:.2f}x", f"{skipped}/{args.count}",
+                              f"{let_through}/{len(defective)}", f"{scores['segmenter']['dice']:.4f}",
+                              f"{scores[name]['dice']:.4f}", f"{row[name]['dice_change']:+.4f}",
+                              show(seg_defective_dice), show(row[name]["defective_dice"][name])])
             rows[f"{clean:.0%} clean"] = row
 
     print_table(["clean", "gate", "segmenter img/s", "gated img/s", "speedup", "gated", "defective kept", "Dice seg",
-                 "Dice gated", "change"], table)
+                 "Dice gated", "change", "Dice seg (defective)", "Dice gated (defective)"], table)
     first = rows.get("90% clean")
     result = {
         "model": str(args.model), "gate": str(args.gate), "count": args.count,
