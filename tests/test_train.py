@@ -314,6 +314,37 @@ def test_torchrun_two_cpu_processes_write_one_run_with_all_reduced_metrics(tmp_p
     assert record["val_iou"] == pytest.approx(single["iou"], abs=1e-6)
 
 
+def test_torchrun_trains_the_gate_with_all_reduced_scores_and_one_oof_report(tmp_path):
+    """TASK=classify under DDP: rank 0 alone logs and writes; the val AUC and accuracy gather every rank's
+    (probability, label) pairs, so they equal one process scoring the whole val fold."""
+    import classify
+
+    data, work = write_blobs(tmp_path / "data", 12), tmp_path / "work"
+    done = _torchrun(data, work, task="classify", gate_input_size=64, export="false")
+    log = done.stderr + done.stdout
+    assert "DDP over 2 processes (gloo)" in log and log.count("fold 0 epoch 1/1") == 1
+    assert log.count("gate out-of-fold on 6 images") == 1
+    [record] = json.loads((work / "logs" / "metrics.json").read_text())
+    val_keys = json.loads((work / "folds.json").read_text())["0"]
+    rows = (work / "gate_oof.csv").read_text().splitlines()
+    assert rows[0] == "key,fold,defective,prob" and sorted(r.split(",")[0] for r in rows[1:]) == sorted(val_keys)
+    summary = json.loads((work / "cv_summary.json").read_text())
+    assert summary["task"] == "classify" and summary["oof"]["images"] == 6
+
+    cfg = load_config(tiny_argv(data, work, task="classify", gate_input_size=64, fold_ids="0", export="false"),
+                      environ={})
+    entries = train.build_cache(train.collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, None), work,
+                                cfg.input_size, write=False)
+    val_idx = [i for i, e in enumerate(entries) if e.key in set(val_keys)]
+    single = train.evaluate_checkpoint(cfg, work / "models" / "fold0_last.pt", entries, val_idx, torch.device("cpu"))
+    assert record["val_accuracy"] == pytest.approx(single["accuracy"], abs=1e-6)
+    if single.get("auc") is not None:
+        assert record["val_auc"] == pytest.approx(single["auc"], abs=1e-6)
+    probs = [float(r.split(",")[3]) for r in rows[1:]]
+    labels = [r.split(",")[2] == "1" for r in rows[1:]]
+    assert summary["threshold"] == pytest.approx(classify.select_threshold(probs, labels, 0.99), rel=1e-6)
+
+
 @pytest.mark.slow
 def test_torchrun_resume_keeps_the_finished_fold(tmp_path):
     data, work = write_blobs(tmp_path / "data", 12), tmp_path / "work"
