@@ -174,4 +174,6 @@ def test_gate_tradeoff(run_script, tmp_path):
     oracle = row["oracle"]
     assert oracle["defective"] == 1 and oracle["defective_segmented"] == 1  # the truth's decisions: 3 clean, 1 not
     assert oracle["gated_fraction"] == 0.75
+    # the oracle segments the one defective strip exactly as the segmenter does: the same Dice on it
+    assert oracle["defective_dice"]["oracle"] == oracle["defective_dice"]["segmenter"] is not None
     assert 0 <= row["gated"]["gated_fraction"] <= 1 and all(0 <= d <= 1 for d in row["dice"].values())
