@@ -107,6 +107,8 @@ def main(argv=None) -> None:
     parser.add_argument("--height", type=int, default=256)
     parser.add_argument("--seed", type=int, default=9001, help="generator seed of the sets (not a training seed)")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--gate-threshold", type=float, default=None,
+                        help="the gate's threshold (default: its own, from the out-of-fold recall target)")
     add_run_args(parser, repeats=5)
     args = parser.parse_args(argv)
     start_info = machine_info()
@@ -114,7 +116,7 @@ def main(argv=None) -> None:
     from inference import Segmenter, run
 
     segmenter = Segmenter(args.model, device="cpu", threads=args.threads)
-    gated = Segmenter(args.model, device="cpu", threads=args.threads, gate=args.gate)
+    gated = Segmenter(args.model, device="cpu", threads=args.threads, gate=args.gate, gate_threshold=args.gate_threshold)
     oracle = Segmenter(args.model, device="cpu", threads=args.threads, gate=args.gate)
     contenders = {"segmenter": segmenter, "gated": gated, "oracle": oracle}
     rows, table = {}, []
@@ -159,7 +161,7 @@ def main(argv=None) -> None:
                  "Dice gated", "change", "Dice seg (defective)", "Dice gated (defective)"], table)
     first = rows.get("90% clean")
     result = {
-        "model": str(args.model), "gate": str(args.gate), "count": args.count,
+        "model": str(args.model), "gate": str(args.gate), "gate_threshold": gated.gate.threshold, "count": args.count,
         "size": [args.width, args.height], "batch_size": args.batch_size, "threads": args.threads,
         "repeats": args.repeats, "sets": rows,
     }
