@@ -86,6 +86,41 @@ class OracleGate:
         return np.array([1.0 if self.truth[hash(image.tobytes())] else 0.0 for image in images], np.float32)
 
 
+def padded(side: int, stride: int = 32) -> int:
+    return -(-side // stride) * stride
+
+
+def model_costs(segmenter, gate, width: int, height: int, batch: int, repeats: int) -> list[dict]:
+    """The two ONNX models alone (no decode, no writing), ms per strip, at this set's strip size and at twice it.
+
+    The segmenter runs at the strip's own size (what a patch-trained model does), the gate at its metadata's
+    input_size scaled the same way (a gate trained for strips twice as long would be trained at twice the size:
+    GATE_INPUT_SIZE defaults to half the segmenter's). Both graphs take any H and W, so the shapes are fed as
+    random tensors; the ratio gate / segmenter is what a gate saves or costs per strip.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    gate_side = int(gate.meta["input_size"])
+    rows = []
+    for scale in (1, 2):
+        w, h = width * scale, height * scale
+        gw = gate_side * scale
+        gh = max(1, round(gw * h / w))
+        feeds = {
+            "segmenter": (segmenter.session, rng.random((batch, 3, padded(h), padded(w)), dtype=np.float32)),
+            "gate": (gate.session, rng.random((batch, 3, padded(gh), padded(gw)), dtype=np.float32)),
+        }
+        fns = {name: (lambda s=sess, x=x: s.run(None, {s.get_inputs()[0].name: x}))
+               for name, (sess, x) in feeds.items()}
+        times = side_by_side(fns, repeats=repeats, warmup=1)
+        ms = {name: median(t) / batch * 1e3 for name, t in times.items()}
+        rows.append({"strip": f"{w}x{h}", "segmenter_input": f"{padded(w)}x{padded(h)}",
+                     "gate_input": f"{padded(gw)}x{padded(gh)}", "segmenter_ms": ms["segmenter"],
+                     "gate_ms": ms["gate"], "gate_over_segmenter": ms["gate"] / ms["segmenter"]})
+    return rows
+
+
 def show(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
@@ -159,11 +194,16 @@ def main(argv=None) -> None:
 
     print_table(["clean", "gate", "segmenter img/s", "gated img/s", "speedup", "gated", "defective kept", "Dice seg",
                  "Dice gated", "change", "Dice seg (defective)", "Dice gated (defective)"], table)
+    costs = model_costs(segmenter, gated.gate, args.width, args.height, args.batch_size, args.repeats)
+    print()
+    print_table(["strip", "segmenter input", "gate input", "segmenter ms/strip", "gate ms/strip", "gate / segmenter"],
+                [[c["strip"], c["segmenter_input"], c["gate_input"], f"{c['segmenter_ms']:.1f}", f"{c['gate_ms']:.1f}",
+                  f"{c['gate_over_segmenter']:.3f}"] for c in costs])
     first = rows.get("90% clean")
     result = {
         "model": str(args.model), "gate": str(args.gate), "gate_threshold": gated.gate.threshold, "count": args.count,
         "size": [args.width, args.height], "batch_size": args.batch_size, "threads": args.threads,
-        "repeats": args.repeats, "sets": rows,
+        "repeats": args.repeats, "sets": rows, "model_costs": costs,
     }
     if first:
         result["targets"] = {}
