@@ -15,14 +15,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from config import ARCHITECTURES
+from config import ARCHITECTURES, GATE_POOLS
 from utils import DISK_FULL, LOG, UserError, disk_full_error
 
 
 # The clean/defect gate (TASK=classify): an encoder and a pooling head, one logit per image.
 GATE_ARCH = "GateClassifier"
 GATE_DROPOUT = 0.2
-GATE_POOL = "avgmax"  # config.GATE_POOLS; checkpoints from before the setting existed pooled "avg"
+GATE_POOL = GATE_POOLS[0]  # avgmax; checkpoints from before the setting existed pooled "avg"
 
 
 def model_args(arch: str, encoder: str, classes: int, gate_pool: str = GATE_POOL) -> dict:
@@ -44,8 +44,8 @@ class GateClassifier(nn.Module):
     def __init__(self, encoder: str = "resnet18", weights: str | None = None, dropout: float = GATE_DROPOUT,
                  pool: str = GATE_POOL):
         super().__init__()
-        if pool not in ("avgmax", "avg", "max"):
-            raise UserError(f"unknown gate pooling {pool!r}; choose avgmax, avg or max")
+        if pool not in GATE_POOLS:
+            raise UserError(f"unknown gate pooling {pool!r}; choose one of: {', '.join(GATE_POOLS)}")
         self.pool = pool
         self.encoder = smp.encoders.get_encoder(encoder, in_channels=3, depth=5, weights=weights)
         self.dropout = nn.Dropout(dropout)

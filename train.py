@@ -72,8 +72,10 @@ NON_TRAINING_KEYS = ("work_dir", "workers", "pin_memory", "device", "threads", "
                      "gate_recall")
 # Settings of the gate only: left out of a segmenter's hash, so adding them kept its runs resumable.
 GATE_KEYS = ("task", "gate_input_size", "gate_pos_weight", "gate_pool")
-# Settings added after runs existed: left out of the hash while at their default, so those runs still resume.
-LATER_KEYS = {"train_patch": "", "patches_per_image": 1}
+# Settings added after runs existed: left out of the hash while at the value those runs had, so they still
+# resume (a gate run from before GATE_POOL pooled "avg": it resumes with --gate-pool avg, and a run at the new
+# default avgmax, another model, starts over).
+LATER_KEYS = {"train_patch": "", "patches_per_image": 1, "gate_pool": "avg"}
 
 
 def seed_everything(seed: int) -> None:
