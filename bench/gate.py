@@ -86,38 +86,34 @@ class OracleGate:
         return np.array([1.0 if self.truth[hash(image.tobytes())] else 0.0 for image in images], np.float32)
 
 
-def padded(side: int, stride: int = 32) -> int:
-    return -(-side // stride) * stride
-
-
 def model_costs(segmenter, gate, width: int, height: int, batch: int, repeats: int) -> list[dict]:
     """The two ONNX models alone (no decode, no writing), ms per strip, at this set's strip size and at twice it.
 
-    The segmenter runs at the strip's own size (what a patch-trained model does), the gate at its metadata's
-    input_size scaled the same way (a gate trained for strips twice as long would be trained at twice the size:
-    GATE_INPUT_SIZE defaults to half the segmenter's). Both graphs take any H and W, so the shapes are fed as
-    random tensors; the ratio gate / segmenter is what a gate saves or costs per strip.
+    Each model gets what the runtime feeds it (utils.preprocess with its own metadata) from a random strip; at
+    twice the size both metadata input sizes are doubled too, as for models trained on strips twice as long
+    (GATE_INPUT_SIZE defaults to half the segmenter's). Both graphs take any H and W. The ratio gate / segmenter
+    is what the gate costs per strip.
     """
     import numpy as np
 
+    from utils import preprocess
+
     rng = np.random.default_rng(0)
-    gate_side = int(gate.meta["input_size"])
     rows = []
     for scale in (1, 2):
-        w, h = width * scale, height * scale
-        gw = gate_side * scale
-        gh = max(1, round(gw * h / w))
-        feeds = {
-            "segmenter": (segmenter.session, rng.random((batch, 3, padded(h), padded(w)), dtype=np.float32)),
-            "gate": (gate.session, rng.random((batch, 3, padded(gh), padded(gw)), dtype=np.float32)),
-        }
+        strip = rng.integers(0, 256, (height * scale, width * scale, 3), dtype=np.uint8)
+        feeds = {}
+        for name, model in (("segmenter", segmenter), ("gate", gate)):
+            meta = {**model.meta, "input_size": int(model.meta["input_size"]) * scale}
+            feeds[name] = (model.session, np.repeat(preprocess(strip, meta)[0][None], batch, axis=0))
         fns = {name: (lambda s=sess, x=x: s.run(None, {s.get_inputs()[0].name: x}))
                for name, (sess, x) in feeds.items()}
         times = side_by_side(fns, repeats=repeats, warmup=1)
         ms = {name: median(t) / batch * 1e3 for name, t in times.items()}
-        rows.append({"strip": f"{w}x{h}", "segmenter_input": f"{padded(w)}x{padded(h)}",
-                     "gate_input": f"{padded(gw)}x{padded(gh)}", "segmenter_ms": ms["segmenter"],
-                     "gate_ms": ms["gate"], "gate_over_segmenter": ms["gate"] / ms["segmenter"]})
+        shape = {name: f"{x.shape[3]}x{x.shape[2]}" for name, (_, x) in feeds.items()}
+        rows.append({"strip": f"{width * scale}x{height * scale}", "segmenter_input": shape["segmenter"],
+                     "gate_input": shape["gate"], "segmenter_ms": ms["segmenter"], "gate_ms": ms["gate"],
+                     "gate_over_segmenter": ms["gate"] / ms["segmenter"]})
     return rows
 
 
