@@ -249,7 +249,7 @@ def compare_gt(mask: np.ndarray, gt_path: Path, num_classes: int, original_hw: t
     """(ground truth at the mask's size, Dice, IoU); the GT must match the uploaded image's size.
 
     Binary: the foreground. Multi-class: the mean over the classes, a class absent from both counting 1
-    (utils.MULTICLASS_RULE, as inference.py --gt scores it)."""
+    (runtime.metadata.MULTICLASS_RULE, as inference.py --gt scores it)."""
     gt = read_mask(gt_path, num_classes)
     if gt.shape != tuple(original_hw):
         raise UserError(f"the ground-truth mask is {gt.shape[1]}x{gt.shape[0]} but the image is "

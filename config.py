@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from runtime.crop import CROP_MODES, CropSettings
 from utils import MAX_IMAGE_PIXELS, UserError, atomic_write_json
 
 # The smp architectures (segmentation_models_pytorch 0.6); test_config checks this list against
@@ -35,6 +34,8 @@ TASKS = ("segment", "classify")  # classify: the clean/defect gate in front of t
 # peak that an average over a whole strip dilutes), or either alone.
 GATE_POOLS = ("avgmax", "avg", "max")
 TRACKERS = ("none", "tensorboard", "wandb")
+CROP_MODES = ("off", "person")  # smart crop (runtime/crop.py); also the metadata's crop_mode values
+TTA_MODES = ("none", "hflip", "flips")  # flip test-time augmentation (export.py --tta, inference.py --tta)
 
 
 def parse_bool(text: str) -> bool:
@@ -278,10 +279,6 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    def crop_settings(self) -> CropSettings:
-        return CropSettings(self.crop, self.crop_conf, self.crop_roi_factor, self.crop_min_size, self.crop_pad_value,
-                            self.input_size)
 
     def patch_hw(self) -> tuple[int, int] | None:
         """(H, W) of the training crops, or None without TRAIN_PATCH."""

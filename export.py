@@ -46,15 +46,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model import GATE_ARCH, build_model_from_checkpoint
+from runtime import metadata as contract
+from runtime.metadata import DEFAULT_METADATA, METADATA_KEY, STRIDE, encode_metadata, read_metadata  # noqa: F401
 from utils import (
-    DEFAULT_METADATA, IMAGENET_MEAN, IMAGENET_STD, LOG, METADATA_KEY, METADATA_VERSION, UserError,
-    atomic_write_bytes, decode_metadata, dice_iou, encode_metadata, index_masks, list_images, preprocess, read_image,
-    read_mask, run_cli, setup_logging,
+    LOG, UserError, atomic_write_bytes, dice_iou, index_masks, list_images, preprocess, read_image, read_mask, run_cli,
+    setup_logging,
 )
 
 PARITY_TOLERANCE = 1e-4  # onnxruntime vs torch, probabilities (logits: relative to their scale)
 OPENCV_TOLERANCE = 1e-3  # OpenCV DNN vs onnxruntime
-STRIDE = 32
 MIN_OPSET, MAX_OPSET = 13, 20  # 13: per-channel QDQ and modern Resize; 20: torch's TorchScript exporter
 TTA_FLIPS = {"none": [()], "hflip": [(), (3,)], "flips": [(), (3,), (2,), (2, 3)]}  # dims flipped per view
 OUTPUTS = ("probs", "logits")
@@ -175,15 +175,6 @@ def package_versions() -> dict:
     return {"torch": torch.__version__, "smp": smp.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__}
 
 
-def crop_metadata(cfg: dict, detector_name: str) -> dict:
-    """The smart-crop fields of the metadata: mode, the ROI settings and the detector file beside the model."""
-    if cfg.get("crop", "off") != "person":
-        return {"crop_mode": "off", "detector": None}
-    settings = {"conf": cfg["crop_conf"], "roi_factor": cfg["crop_roi_factor"], "min_size": cfg["crop_min_size"],
-                "pad_value": cfg["crop_pad_value"], "input_size": cfg["input_size"]}
-    return {"crop_mode": "person", "detector": detector_name, "crop": settings}
-
-
 def detector_path(output: Path) -> Path:
     """Where the YOLO detector goes: <name>.detector.onnx beside <name>.onnx."""
     return output.with_name(f"{output.stem}.detector.onnx")
@@ -191,48 +182,12 @@ def detector_path(output: Path) -> Path:
 
 def build_metadata(ckpt: dict, folds: list[int], threshold: float | None, min_area: int | None,
                    tta: str = "none", output: str = "probs", detector_name: str = "") -> dict:
-    cfg = ckpt.get("config", {})
-    args = ckpt["model_args"]
-    classes = args["classes"]
-    default_names = ["foreground"] if classes == 1 else [f"class_{i}" for i in range(classes)]
-    return {
-        **DEFAULT_METADATA,
-        "format_version": METADATA_VERSION,
-        "name": cfg.get("name") or "model",
-        "arch": args["arch"], "encoder": args["encoder"], "num_classes": classes,
-        "class_names": list(cfg.get("class_names") or default_names),
-        "input_size": cfg.get("input_size", DEFAULT_METADATA["input_size"]),
-        "resize": "long_side", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "stride": STRIDE,
-        "task": "segment", "output": output, "tta": tta, "precision": "fp32",
-        "threshold": 0.5 if threshold is None else float(threshold),
-        "thresholds": DEFAULT_METADATA["thresholds"],
-        "min_area": int(cfg.get("min_area", 64) if min_area is None else min_area),
-        "folds": folds, **crop_metadata(cfg, detector_name),
-        **({"train_patch": cfg["train_patch"]} if cfg.get("train_patch") else {}),
-        "config_hash": ckpt.get("config_hash"),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": package_versions(),
-    }
+    """The segmenter's metadata (runtime/metadata.py), with the package versions of this export."""
+    return contract.build_metadata(ckpt, folds, threshold, min_area, tta, output, detector_name, package_versions())
 
 
 def build_gate_metadata(ckpt: dict, folds: list[int], summary: dict | None, threshold: float | None) -> dict:
-    """The gate's metadata: task 'gate', the threshold (the out-of-fold one unless given) and the
-    out-of-fold metrics it came with, plus the shared preprocessing keys the runtime needs."""
-    meta = build_metadata(ckpt, folds, None, None)
-    for key in ("thresholds", "min_area", "tta", "crop_mode", "detector", "crop"):  # segmenter-only
-        meta.pop(key, None)
-    oof = dict((summary or {}).get("oof") or {})
-    source = "oof" if threshold is None else "given"
-    threshold = oof.get("threshold") if threshold is None else float(threshold)
-    if threshold is None:
-        LOG.warning("no gate cv_summary.json in the run folder: gate threshold 0.5 (pass --threshold to choose)")
-        threshold, source = 0.5, "default"
-    meta.update(task="gate", num_classes=1, class_names=["defective"], output="probs", threshold=float(threshold),
-                pool=ckpt["model_args"].get("pool", "avg"),
-                threshold_source=source, recall_target=oof.get("recall_target"),
-                oof={k: oof.get(k) for k in ("images", "defective", "clean", "accuracy", "auc", "threshold", "recall",
-                                             "specificity", "precision", "skipped_fraction") if k in oof})
-    return meta
+    return contract.build_gate_metadata(ckpt, folds, summary, threshold, package_versions())
 
 
 def trace_side(ckpt: dict) -> int:
@@ -254,15 +209,6 @@ def set_metadata(proto: onnx.ModelProto, metadata: dict) -> onnx.ModelProto:
         entry.key, entry.value = key, value
     proto.producer_name = "segpipe-export"
     return proto
-
-
-def read_metadata(model: str | Path | onnx.ModelProto) -> dict:
-    """Our metadata back from an ONNX file or proto (defaults filled in)."""
-    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
-    meta, found = decode_metadata({p.key: p.value for p in proto.metadata_props})
-    if not found:
-        raise UserError(f"{model} has no '{METADATA_KEY}' metadata; it was not written by export.py")
-    return meta
 
 
 def add_metadata(model_bytes: bytes, metadata: dict) -> onnx.ModelProto:

@@ -73,7 +73,7 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 # Re-exported names below are the engine's public API: `from inference import ...` keeps working.
-from runtime.crop import CROP_MODES, load_crop_stage
+from runtime.crop import load_crop_stage
 from runtime.gate import Gate, clean_prediction
 from runtime.pipeline import RunOptions, model_class_names, output_lock, run_items, run_zip, summarize  # noqa: F401
 from runtime.postprocess import (  # noqa: F401
@@ -87,8 +87,9 @@ from runtime.sources import (  # noqa: F401
 )
 from runtime.ray_engine import RayOptions, run_items_ray
 from runtime.video import run_video
+from runtime.metadata import check_metadata, decode_metadata
 from utils import (
-    LOG, MAX_IMAGE_PIXELS, METADATA_VERSION, PREPROCESS_RULES, UserError, decode_metadata, is_int, is_number, normalize,
+    LOG, MAX_IMAGE_PIXELS, UserError, normalize,
     read_image, resize_long_side, run_cli, setup_logging,
 )
 
@@ -208,44 +209,6 @@ def read_metadata(session, model_path) -> tuple[dict, bool]:
 
 # Flip TTA: the (H, W) axes of a (C, H, W) tensor each copy is flipped along; () is the original.
 TTA_FLIPS = {"none": ((),), "hflip": ((), (2,)), "flips": ((), (2,), (1,), (1, 2))}
-
-
-def _in_unit(value) -> bool:
-    return is_number(value) and 0 < value < 1
-
-
-# field -> (check, what it must be). JSON gives any type, so every field the runtime uses is checked
-# here, once, instead of failing deep inside preprocessing with a TypeError.
-METADATA_RULES = {
-    "task": (lambda v: v == "segment", "'segment' (a gate is passed with --gate)"),
-    "format_version": (lambda v: is_int(v) and 1 <= v <= METADATA_VERSION,
-                       f"an integer from 1 to {METADATA_VERSION} (a newer export needs a newer runtime)"),
-    "num_classes": (lambda v: is_int(v) and 1 <= v <= 255, "an integer from 1 to 255"),
-    "class_names": (lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v), "a list of strings"),
-    **PREPROCESS_RULES,
-    "output": (lambda v: v in ("probs", "logits"), "'probs' or 'logits'"),
-    "threshold": (_in_unit, "a number in (0, 1)"),
-    "thresholds": (lambda v: isinstance(v, list) and len(v) > 0 and all(_in_unit(t) for t in v),
-                   "a non-empty list of numbers in (0, 1)"),
-    "min_area": (lambda v: is_int(v) and v >= 0, "an integer >= 0"),
-    "tta": (lambda v: v is None or v in TTA_FLIPS, f"one of {', '.join(TTA_FLIPS)}"),
-    "crop_mode": (lambda v: v in CROP_MODES, f"one of {', '.join(CROP_MODES)}"),
-    "detector": (lambda v: v is None or (isinstance(v, str) and v.strip() != ""), "null or a file name"),
-    "crop": (lambda v: v is None or (isinstance(v, dict) and is_number(v.get("conf")) and 0 <= v["conf"] < 1
-                                    and is_number(v.get("roi_factor")) and v["roi_factor"] > 0
-                                    and is_int(v.get("min_size")) and v["min_size"] >= 1
-                                    and is_int(v.get("pad_value")) and 0 <= v["pad_value"] <= 255
-                                    and is_int(v.get("input_size")) and 32 <= v["input_size"] <= 16384),
-             "null or {conf in [0, 1), roi_factor > 0, min_size >= 1, pad_value 0-255, input_size 32-16384}"),
-}
-
-
-def check_metadata(meta: dict) -> None:
-    """Fail early and clearly on metadata that would break preprocessing later, naming each bad field."""
-    problems = [f"'{field}' = {meta[field]!r} must be {what}"
-                for field, (ok, what) in METADATA_RULES.items() if field in meta and not ok(meta[field])]
-    if problems:
-        raise UserError(f"model metadata is invalid: {'; '.join(problems)}. Re-export the model with export.py")
 
 
 def to_probs(output: np.ndarray, kind: str) -> np.ndarray:

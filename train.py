@@ -62,6 +62,7 @@ from model import (
     GATE_ARCH, GateLoss, build_loss, build_model, load_checkpoint, model_args, read_checkpoint, save_checkpoint,
 )
 import utils
+from runtime.metadata import MULTICLASS_RULE, preprocess_metadata
 from utils import LOG, UserError, atomic_write_json, run_cli, setup_logging, write_png
 
 # Thresholds searched on the out-of-fold predictions for the recommended threshold.
@@ -775,11 +776,11 @@ def score_original_resolution(cfg: Config, path: Path, sources: list, device, oo
     back to each source image's own size, compared with the source mask. With smart crop, each image
     is cut to its cached crop box first and the prediction pasted back (runtime/crop.py)."""
     from runtime.crop import background_fill, crop_square, paste_back
-    from utils import IMAGENET_MEAN, IMAGENET_STD, preprocess, read_image, restore_size
+    from utils import preprocess, read_image, restore_size
 
     model = build_model(cfg.arch, cfg.encoder, None, cfg.classes).to(device).eval()
     load_checkpoint(model, path)
-    meta = {"input_size": cfg.input_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "stride": 32}
+    meta = preprocess_metadata(cfg.input_size)
     local = OOFStats(cfg.classes)
     for source, box in shard(list(zip(sources, boxes or [None] * len(sources)))):
         image, mask = read_image(source.image_path), source.load_mask(cfg.classes)
@@ -795,12 +796,6 @@ def score_original_resolution(cfg: Config, path: Path, sources: list, device, oo
         target = torch.from_numpy(mask.astype(np.int64))
         local.add(probs[None], target[None, None] if cfg.classes == 1 else target[None], cfg.classes, from_probs=True)
     oof.merge(local.reduce())
-
-
-# How per-class scores are counted, on both sides (train.py OOF and inference.py --gt), written into the summary.
-MULTICLASS_RULE = ("per (image, class) Dice/IoU of the argmax mask, a class absent from both the truth and the "
-                   "prediction scoring 1 (the Kaggle Severstal rule); an image's dice is the mean over the foreground "
-                   "classes; per-class values are means over all images")
 
 
 def summarize(fold_scores: dict[int, dict], oof: OOFStats, oof_original: OOFStats,
@@ -834,11 +829,11 @@ def summarize(fold_scores: dict[int, dict], oof: OOFStats, oof_original: OOFStat
 def predict_gate(cfg: Config, path: Path, entries: list[CacheEntry], device) -> list[float]:
     """The gate's defect probability for each cached image, preprocessed as the runtime does (the shared
     torch-free rule: long side to INPUT_SIZE, normalise, pad to 32), one image at a time, float32."""
-    from utils import IMAGENET_MEAN, IMAGENET_STD, preprocess, read_image
+    from utils import preprocess, read_image
 
     model = build_task_model(cfg).to(device).eval()
     load_checkpoint(model, path)
-    meta = {"input_size": cfg.input_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD, "stride": 32}
+    meta = preprocess_metadata(cfg.input_size)
     probs = []
     for entry in shard(entries):
         chw, _ = preprocess(read_image(entry.image), meta)  # (3, H', W')
@@ -901,9 +896,10 @@ def make_cropper(cfg: Config, device: torch.device):
     """The SmartCropper for CROP=person, else None (the cache then only resizes)."""
     if cfg.crop != "person":
         return None
+    from runtime.crop import CropSettings
     from smartcrop import SmartCropper
 
-    return SmartCropper(cfg.crop_model, cfg.crop_settings(), device=str(device))
+    return SmartCropper(cfg.crop_model, CropSettings.from_config(cfg), device=str(device))
 
 
 def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:

@@ -27,35 +27,6 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# The ONNX metadata_props key holding our JSON document, and its format version.
-METADATA_KEY = "segmentation"
-METADATA_VERSION = 1
-
-# What the runtime assumes for a model without our metadata (with a warning).
-DEFAULT_METADATA = {
-    "format_version": METADATA_VERSION,
-    "task": "segment",  # or "gate": the clean/defect classifier of train.py --task classify (runtime/gate.py)
-    "name": "model",
-    "arch": "unknown",
-    "encoder": "unknown",
-    "num_classes": 1,
-    "class_names": ["foreground"],
-    "input_size": 512,
-    "resize": "long_side",
-    "mean": list(IMAGENET_MEAN),
-    "std": list(IMAGENET_STD),
-    "stride": 32,
-    "output": "probs",
-    "threshold": 0.5,
-    "thresholds": [0.5, 0.3, 0.15],
-    "min_area": 64,
-    "folds": [],
-    "crop_mode": "off",  # "person": smart crop with the detector file below (runtime/crop.py)
-    "detector": None,
-    "crop": None,  # the ROI settings: conf, roi_factor, min_size, pad_value, input_size
-}
-
-
 class UserError(Exception):
     """A mistake in something the user supplied. Entry points print it as one line, exit 2."""
 
@@ -390,12 +361,6 @@ def dice_iou(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     return float(2 * inter / total), float(inter / union)
 
 
-# How multi-class masks are scored, the same on both sides (train.py's out-of-fold scores and inference.py --gt).
-MULTICLASS_RULE = ("per (image, class) Dice/IoU of the class-id masks, a class absent from both the truth and the "
-                   "prediction scoring 1 (the Kaggle Severstal rule); an image's dice is the mean over its foreground "
-                   "classes 1..C-1; a class's dice is the mean over all images")
-
-
 def class_counts(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
     """(K, 3) int64 [intersection, predicted, true] pixels of each foreground class 1..C-1 of two class-id masks."""
     pred_n = np.bincount(pred.ravel(), minlength=num_classes)[1:num_classes]
@@ -415,15 +380,11 @@ def dice_iou_from_counts(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def class_dice_iou(pred: np.ndarray, target: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Dice and IoU (each (C-1,)) of every foreground class of two class-id masks, by MULTICLASS_RULE."""
+    """Dice and IoU (each (C-1,)) of every foreground class of two class-id masks (runtime.metadata.MULTICLASS_RULE)."""
     return dice_iou_from_counts(class_counts(pred, target, num_classes))
 
 
-# ----------------------------------------------------------------------------- metadata
-
-
-def encode_metadata(meta: dict) -> str:
-    return json.dumps(meta, sort_keys=True)
+# ----------------------------------------------------------------------------- JSON values
 
 
 def is_int(value) -> bool:
@@ -434,33 +395,3 @@ def is_int(value) -> bool:
 def is_number(value) -> bool:
     """A JSON number (bool excluded)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-# Metadata fields of the shared preprocessing (segmenter and gate): field -> (check, what it must be).
-PREPROCESS_RULES = {
-    "input_size": (lambda v: is_int(v) and 0 <= v <= 16384, "an integer from 0 (no resize) to 16384"),
-    "resize": (lambda v: v in ("long_side", "none"), "'long_side' or 'none'"),
-    "mean": (lambda v: isinstance(v, list) and len(v) == 3 and all(is_number(x) for x in v), "3 numbers"),
-    "std": (lambda v: isinstance(v, list) and len(v) == 3 and all(is_number(x) and x > 0 for x in v),
-            "3 positive numbers"),
-    "stride": (lambda v: is_int(v) and 1 <= v <= 1024, "a positive integer"),
-}
-
-
-def decode_metadata(props: dict) -> tuple[dict, bool]:
-    """Our metadata from an ONNX `metadata_props` dict -> (metadata with defaults filled, found).
-
-    JSON only: metadata is data, never code, so it is never eval'd.
-    """
-    raw = props.get(METADATA_KEY)
-    meta = dict(DEFAULT_METADATA)
-    if raw is None:
-        return meta, False
-    try:
-        loaded = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"model metadata '{METADATA_KEY}' is not valid JSON ({exc}); re-export the model")
-    if not isinstance(loaded, dict):
-        raise UserError(f"model metadata '{METADATA_KEY}' must be a JSON object; re-export the model")
-    meta.update(loaded)
-    return meta, True

@@ -19,7 +19,8 @@ import onnxruntime as ort
 
 from common import machine_info, side_by_side, write_result
 from export import evaluate, load_pairs
-from utils import decode_metadata, preprocess, read_image
+from runtime.metadata import decode_metadata
+from utils import preprocess, read_image
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:

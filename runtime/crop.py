@@ -29,9 +29,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from config import CROP_MODES  # noqa: F401  (re-exported: the crop modes are a setting)
 from utils import LOG, UserError
 
-CROP_MODES = ("off", "person")
 PERSON_CLASS = 0  # COCO class id of "person" in the YOLO models
 BAND = (0.2, 0.5)  # the upper-body band, as fractions of the person height below the head top
 DETECTOR_SIZE = 640  # YOLO input side when the ONNX file does not fix one
@@ -57,6 +57,11 @@ class CropSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_config(cls, cfg) -> "CropSettings":
+        """From the training settings (config.Config): CROP, CROP_CONF, ..., INPUT_SIZE."""
+        return cls(cfg.crop, cfg.crop_conf, cfg.crop_roi_factor, cfg.crop_min_size, cfg.crop_pad_value, cfg.input_size)
 
     @classmethod
     def from_dict(cls, data: dict) -> "CropSettings":

@@ -21,16 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import LOG, PREPROCESS_RULES, UserError, decode_metadata, is_number, preprocess
+from runtime.metadata import GATE, PREPROCESS_KEYS, decode_metadata, metadata_problems
+from utils import LOG, UserError, is_number, preprocess
 
 GATED_STATUS = "gated_clean"
 
 
-# field -> (check, what it must be): what the gate uses from its metadata.
-GATE_RULES = {
-    "threshold": (lambda v: is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
-    **PREPROCESS_RULES,
-}
+GATE_KEYS = ("threshold",) + PREPROCESS_KEYS  # what the gate uses from its metadata
 
 
 def check_gate_metadata(meta: dict, found: bool, model_path) -> None:
@@ -41,8 +38,7 @@ def check_gate_metadata(meta: dict, found: bool, model_path) -> None:
     if meta.get("task") != "gate":
         raise UserError(f"{model_path} is a segmentation model (task {meta.get('task')!r}), not a gate: give it as "
                         "--model, and as --gate the gate.onnx of a `train.py --task classify` run")
-    problems = [f"'{field}' = {meta[field]!r} must be {what}"
-                for field, (ok, what) in GATE_RULES.items() if field in meta and not ok(meta[field])]
+    problems = metadata_problems(meta, GATE, GATE_KEYS)
     if problems:
         raise UserError(f"gate metadata of {model_path} is invalid: {'; '.join(problems)}. Re-export it with export.py")
 

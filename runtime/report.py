@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.metadata import MULTICLASS_RULE
 from utils import (
-    MULTICLASS_RULE, UserError, atomic_write_json, class_counts, dice_iou, dice_iou_from_counts, list_images,
+    UserError, atomic_write_json, class_counts, dice_iou, dice_iou_from_counts, list_images,
     mask_stem, read_mask,
 )
 
@@ -111,7 +112,7 @@ def score(row: dict, mask: np.ndarray, gt_path: Path | None, num_classes: int,
     """Add Dice/IoU to `row`; returns (intersection, predicted, true) pixels for pooling, one triple per
     foreground class (flat), so metrics.json can pool and average them.
 
-    Binary: the foreground. Multi-class: by utils.MULTICLASS_RULE, dice/iou the class mean and a
+    Binary: the foreground. Multi-class: by runtime.metadata.MULTICLASS_RULE, dice/iou the class mean and a
     dice_<class> column per class. A bad ground-truth mask is noted in the error column; the
     prediction stays.
     """

@@ -9,7 +9,8 @@ import torch
 
 import export
 from model import build_model_from_checkpoint
-from utils import METADATA_KEY, UserError
+from runtime.metadata import METADATA_KEY
+from utils import UserError
 
 
 def _session(path):
