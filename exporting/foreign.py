@@ -1,0 +1,189 @@
+"""Models from elsewhere, made self-describing: our metadata written into a foreign ONNX file, and
+Hugging Face segmenters (SegFormer, ...) exported to ONNX with it.
+
+    python export.py --describe model.onnx --class-names wall,building,sky --mean 0.485,0.456,0.406 \
+        --std 0.229,0.224,0.225 --input-size 512 --no-background
+    python export.py --hf path/to/saved_segformer --output segformer.onnx     # a save_pretrained() folder
+
+A described file runs through `inference.py` like our own exports: class names in the legend and
+the CSV, the right mean/std and size, and (`--no-background`) an argmax over all classes, for
+label sets such as ADE20k where class 0 is "wall", not background.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from runtime.metadata import DEFAULT_METADATA, METADATA_VERSION, check_metadata, decode_metadata
+from utils import IMAGENET_MEAN, IMAGENET_STD, LOG, UserError, atomic_write_bytes
+
+BACKGROUND_NAMES = ("background", "_background_", "bg", "__background__")
+
+
+def parse_floats(text: str | None, what: str) -> list[float] | None:
+    """'0.485,0.456,0.406' -> 3 floats on a 0..1 scale (0..255 values are divided by 255, with a line saying so)."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        raise UserError(f"{what} {text!r} must be 3 comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+    if len(values) != 3:
+        raise UserError(f"{what} {text!r} must be 3 comma-separated numbers (R,G,B), got {len(values)}")
+    if max(values) > 1.0:
+        LOG.info("%s %s looks like a 0..255 scale: divided by 255", what, values)
+        values = [v / 255.0 for v in values]
+    return values
+
+
+def _dims(value_info) -> list:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in value_info.type.tensor_type.shape.dim]
+
+
+def check_layout(proto) -> tuple[list, list]:
+    """(input dims, output dims) of a model the engine can feed: one NCHW 3-channel float input, one (N, C, h, w) output."""
+    inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
+    if len(inputs) != 1:
+        raise UserError(f"the model has {len(inputs)} inputs ({[i.name for i in inputs]}); segpipe feeds one image tensor")
+    dims_in, dims_out = _dims(inputs[0]), _dims(proto.graph.output[0])
+    if len(dims_in) != 4:
+        raise UserError(f"the model's input {inputs[0].name} has shape {dims_in}; segpipe feeds (N, 3, H, W)")
+    if dims_in[1] != 3 and dims_in[3] == 3:
+        raise UserError(f"the model's input {inputs[0].name} is NHWC {dims_in}; segpipe feeds NCHW (N, 3, H, W): "
+                        "re-export it channels-first (or wrap it with a Transpose)")
+    if dims_in[1] not in (3, None) and not isinstance(dims_in[1], str):
+        raise UserError(f"the model's input {inputs[0].name} has {dims_in[1]} channels; segpipe feeds RGB (3)")
+    if len(dims_out) != 4:
+        raise UserError(f"the model's output {proto.graph.output[0].name} has shape {dims_out}; segpipe reads "
+                        "(N, C, h, w) scores per class")
+    return dims_in, dims_out
+
+
+def foreign_metadata(dims_in: list, dims_out: list, class_names: list[str] | None = None, mean=None, std=None,
+                     input_size: int | None = None, output: str = "logits", background: bool | None = None,
+                     name: str = "model", arch: str = "foreign") -> dict:
+    """Our metadata for a model we did not train. The class count comes from the output shape, else the names."""
+    classes = dims_out[1] if isinstance(dims_out[1], int) and dims_out[1] > 0 else None
+    if class_names and classes and len(class_names) != classes:
+        raise UserError(f"{len(class_names)} class names for a model with {classes} output channels; give one "
+                        "name per channel")
+    classes = classes or (len(class_names) if class_names else None)
+    if classes is None:
+        raise UserError("the model's output has no fixed class count; give --class-names (one per channel)")
+    if not class_names:
+        class_names = ["foreground"] if classes == 1 else [f"class_{i}" for i in range(classes)]
+    if background is None:
+        background = classes == 1 or class_names[0].strip().lower() in BACKGROUND_NAMES
+    fixed = [d for d in dims_in[2:] if isinstance(d, int) and d > 0]
+    if input_size is None:
+        input_size = max(fixed) if len(fixed) == 2 else DEFAULT_METADATA["input_size"]
+    meta = {**DEFAULT_METADATA, "format_version": METADATA_VERSION, "task": "segment", "name": name, "arch": arch,
+            "encoder": "unknown", "num_classes": classes, "class_names": list(class_names),
+            "input_size": int(input_size), "mean": list(mean or IMAGENET_MEAN), "std": list(std or IMAGENET_STD),
+            "output": output, "background": bool(background), "tta": "none", "precision": "fp32", "folds": [],
+            "described": True}
+    check_metadata(meta, what="the description")
+    return meta
+
+
+def describe_onnx(model_path: str | Path, output: str | Path | None = None, **fields) -> Path:
+    """Write our metadata into a foreign ONNX file (in place unless `output`); returns the written path."""
+    import onnx
+
+    from runtime.metadata import METADATA_KEY, encode_metadata
+
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise UserError(f"--describe {model_path}: no such file")
+    proto = onnx.load(str(model_path))
+    existing, found = decode_metadata({p.key: p.value for p in proto.metadata_props})
+    if found and not existing.get("described"):
+        raise UserError(f"{model_path} was exported by export.py and describes itself already")
+    dims_in, dims_out = check_layout(proto)
+    meta = foreign_metadata(dims_in, dims_out, name=fields.pop("name", None) or model_path.stem, **fields)
+    keep = [(p.key, p.value) for p in proto.metadata_props if p.key != METADATA_KEY]
+    del proto.metadata_props[:]
+    for key, value in keep + [(METADATA_KEY, encode_metadata(meta))]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    target = Path(output) if output else model_path
+    atomic_write_bytes(target, proto.SerializeToString())
+    LOG.info("described %s: %d classes (%s), input %d px, %s output, class 0 %s", target, meta["num_classes"],
+             ", ".join(meta["class_names"][:6]) + (" ..." if meta["num_classes"] > 6 else ""), meta["input_size"],
+             meta["output"], "is background" if meta["background"] else "is a class like any other")
+    return target
+
+
+# ----------------------------------------------------------------------------- Hugging Face
+
+
+def load_huggingface(source: str):
+    """A transformers semantic-segmentation model from a save_pretrained() folder (or a hub name when online)."""
+    try:
+        from transformers import AutoModelForSemanticSegmentation
+    except ImportError:
+        raise UserError("--hf needs transformers: pip install -r requirements-train.txt") from None
+    try:
+        return AutoModelForSemanticSegmentation.from_pretrained(source).eval()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load a Hugging Face segmentation model from {source!r} ({str(exc).splitlines()[0]}); "
+                        "give a folder written by save_pretrained() (offline, hub names cannot be downloaded)") from None
+
+
+def preprocessor_settings(source: str) -> dict:
+    """mean/std/size from the folder's preprocessor_config.json, where there is one."""
+    path = Path(source) / "preprocessor_config.json"
+    if not path.is_file():
+        return {}
+    config = json.loads(path.read_text())
+    size = config.get("size") or {}
+    side = max(size.values()) if isinstance(size, dict) and size else size if isinstance(size, int) else None
+    return {k: v for k, v in (("mean", config.get("image_mean")), ("std", config.get("image_std")),
+                              ("input_size", side)) if v}
+
+
+def export_huggingface(source: str, output: str | Path, input_size: int | None = None, opset: int = 17) -> Path:
+    """Export a transformers segmenter as image (N, 3, H, W) -> logits (N, C, H/4, W/4) with our metadata."""
+    import onnx
+    import torch
+
+    from export import to_onnx_bytes
+    from runtime.metadata import METADATA_KEY, encode_metadata
+
+    model = load_huggingface(source)
+
+    class Logits(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, image):  # (N, 3, H, W) -> (N, C, h, w)
+            return self.inner(pixel_values=image).logits
+
+    labels = getattr(model.config, "id2label", None) or {}
+    names = [str(labels[k]) for k in sorted(labels, key=int)] if labels else None
+    settings = {**preprocessor_settings(source), **({"input_size": input_size} if input_size else {})}
+    side = int(settings.get("input_size") or 512)
+    proto = onnx.load_from_string(to_onnx_bytes(Logits(model).eval(), side, opset, "logits"))
+    dims_in, dims_out = check_layout(proto)
+    meta = foreign_metadata(dims_in, [None, len(names) if names else dims_out[1], None, None], names,
+                            settings.get("mean"), settings.get("std"), side, "logits", None,
+                            Path(output).stem, type(model).__name__)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, encode_metadata(meta)
+    output = Path(output)
+    atomic_write_bytes(output, proto.SerializeToString())
+    LOG.info("exported %s from %s (%s, %d classes, input %d px)", output, source, meta["arch"], meta["num_classes"], side)
+    return output
+
+
+def torch_argmax(model, image_chw: np.ndarray) -> np.ndarray:
+    """Reference for tests and checks: the torch model's class ids at its own output size."""
+    import torch
+
+    with torch.inference_mode():
+        logits = model(pixel_values=torch.from_numpy(image_chw)[None]).logits[0]
+    return logits.argmax(0).numpy()
