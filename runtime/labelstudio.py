@@ -243,3 +243,47 @@ def prediction_task(image_ref: str, mask: np.ndarray, labels: list[str], config:
     if score is not None:
         prediction["score"] = round(float(score), 4)
     return {"data": {config.data_key: image_ref}, "predictions": [prediction]}
+
+
+def mask_score(mask: np.ndarray, probs: np.ndarray | None) -> float | None:
+    """The prediction's confidence for Label Studio's `score`: the mean winning probability over the predicted
+    pixels (1.0 for an empty mask: nothing is confidently nothing), None without probabilities."""
+    if probs is None:
+        return None
+    region = mask > 0
+    if not region.any():
+        return 1.0
+    winning = probs[0] if probs.shape[0] == 1 else probs.max(axis=0)  # (H, W)
+    return float(winning[region].mean())
+
+
+class LabelStudioWriter:
+    """Collects one prediction task per image and writes them as one JSON list that Label Studio imports.
+
+    `image_prefix` + the image's path relative to the source is what Label Studio opens: the default
+    suits local-files storage (`/data/local-files/?d=`); an http(s) or s3 prefix works as well."""
+
+    def __init__(self, path, class_names: list[str], config_xml: str | None = None, model_version: str = "segpipe",
+                 polygons: bool = False, image_prefix: str = "/data/local-files/?d="):
+        from pathlib import Path
+
+        self.path = Path(path)
+        if self.path.is_dir():
+            raise UserError(f"--labelstudio {self.path} is a folder; give a file name such as predictions.json")
+        self.config = parse_label_config(config_xml or label_config(class_names, polygons))
+        self.labels = check_labels(self.config, class_names)
+        self.model_version, self.polygons, self.image_prefix = model_version, polygons, image_prefix
+        self.tasks: list[dict] = []
+
+    def add(self, relative_name: str, mask: np.ndarray, probs: np.ndarray | None = None) -> None:
+        ref = self.image_prefix + relative_name.replace("\\", "/")
+        self.tasks.append(prediction_task(ref, mask, self.labels, self.config, self.model_version,
+                                          mask_score(mask, probs), self.polygons))
+
+    def close(self) -> None:
+        import json
+
+        from utils import atomic_write_bytes
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.path, json.dumps(self.tasks).encode("utf-8"))

@@ -110,3 +110,23 @@ def test_polygons_cover_the_mask(tmp_path):
     (tmp_path / "p.json").write_text(json.dumps([polygon_only]))
     [item] = load_labelstudio(tmp_path / "p.json", tmp_path / "images", predictions=True)
     assert dice_iou(item.mask, mask)[0] > 0.97
+
+
+def test_writer_uses_the_projects_config_and_scores_each_prediction(tmp_path):
+    from runtime.labelstudio import LabelStudioWriter
+
+    xml = (SHARED_DATA / "labelstudio_brush" / "config.xml").read_text()
+    writer = LabelStudioWriter(tmp_path / "out" / "pre.json", ["foreground"], xml, model_version="m1",
+                               image_prefix="/data/local-files/?d=batch2/")
+    mask = blob_mask()
+    probs = np.where(mask > 0, 0.8, 0.1).astype(np.float32)[None]
+    writer.add("sub/a.png", mask, probs)
+    writer.add("b.png", np.zeros_like(mask), probs)
+    writer.close()
+    tasks = json.loads((tmp_path / "out" / "pre.json").read_text())
+    assert [t["data"]["image"] for t in tasks] == ["/data/local-files/?d=batch2/sub/a.png", "/data/local-files/?d=batch2/b.png"]
+    [result] = tasks[0]["predictions"][0]["result"]
+    assert (result["from_name"], result["to_name"], result["value"]["brushlabels"]) == ("tag", "img", ["Planet"])
+    assert tasks[0]["predictions"][0]["score"] == pytest.approx(0.8) and tasks[1]["predictions"][0]["result"] == []
+    with pytest.raises(UserError, match="is a folder"):
+        LabelStudioWriter(tmp_path, ["foreground"])
