@@ -116,7 +116,7 @@ def test_writer_uses_the_projects_config_and_scores_each_prediction(tmp_path):
     from runtime.labelstudio import LabelStudioWriter
 
     xml = (SHARED_DATA / "labelstudio_brush" / "config.xml").read_text()
-    writer = LabelStudioWriter(tmp_path / "out" / "pre.json", ["foreground"], xml, model_version="m1",
+    writer = LabelStudioWriter(tmp_path / "out" / "pre.json", ["Planet"], xml, model_version="m1",
                                image_prefix="/data/local-files/?d=batch2/")
     mask = blob_mask()
     probs = np.where(mask > 0, 0.8, 0.1).astype(np.float32)[None]
