@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.foreign import foreign_metadata, preprocessor_settings
+from runtime.foreign import check_io, foreign_metadata, preprocessor_settings
 from runtime.metadata import decode_metadata
 from utils import LOG, UserError, atomic_write_bytes
 
@@ -25,22 +25,10 @@ def _dims(value_info) -> list:
 
 
 def check_layout(proto) -> tuple[list, list]:
-    """(input dims, output dims) of a model the engine can feed: one NCHW 3-channel float input, one (N, C, h, w) output."""
-    inputs = [i for i in proto.graph.input if i.name not in {t.name for t in proto.graph.initializer}]
-    if len(inputs) != 1:
-        raise UserError(f"the model has {len(inputs)} inputs ({[i.name for i in inputs]}); segpipe feeds one image tensor")
-    dims_in, dims_out = _dims(inputs[0]), _dims(proto.graph.output[0])
-    if len(dims_in) != 4:
-        raise UserError(f"the model's input {inputs[0].name} has shape {dims_in}; segpipe feeds (N, 3, H, W)")
-    if dims_in[1] != 3 and dims_in[3] == 3:
-        raise UserError(f"the model's input {inputs[0].name} is NHWC {dims_in}; segpipe feeds NCHW (N, 3, H, W): "
-                        "re-export it channels-first (or wrap it with a Transpose)")
-    if dims_in[1] not in (3, None) and not isinstance(dims_in[1], str):
-        raise UserError(f"the model's input {inputs[0].name} has {dims_in[1]} channels; segpipe feeds RGB (3)")
-    if len(dims_out) != 4:
-        raise UserError(f"the model's output {proto.graph.output[0].name} has shape {dims_out}; segpipe reads "
-                        "(N, C, h, w) scores per class")
-    return dims_in, dims_out
+    """(input dims, output dims) of an ONNX proto the engine can feed (runtime.foreign.check_io)."""
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = [(i.name, _dims(i)) for i in proto.graph.input if i.name not in initializers]
+    return check_io(inputs, [(o.name, _dims(o)) for o in proto.graph.output])
 
 
 def describe_onnx(model_path: str | Path, output: str | Path | None = None, **fields) -> Path:

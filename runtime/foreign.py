@@ -35,6 +35,24 @@ def parse_floats(text: str | None, what: str) -> list[float] | None:
     return values
 
 
+def check_io(inputs: list[tuple[str, list]], outputs: list[tuple[str, list]]) -> tuple[list, list]:
+    """(input dims, output dims) of a model the engine can feed: one NCHW 3-channel float input and a
+    (N, C, h, w) first output. Anything else stops at load with one line (not an error row per image)."""
+    if len(inputs) != 1:
+        raise UserError(f"the model has {len(inputs)} inputs ({[n for n, _ in inputs]}); segpipe feeds one image tensor")
+    (name, dims_in), (out_name, dims_out) = inputs[0], outputs[0]
+    if len(dims_in) != 4:
+        raise UserError(f"the model's input {name!r} has shape {dims_in}; segpipe feeds (N, 3, H, W)")
+    if dims_in[1] != 3 and dims_in[3] == 3:
+        raise UserError(f"the model's input {name!r} is NHWC {dims_in}; segpipe feeds NCHW (N, 3, H, W): "
+                        "re-export it channels-first (or put a Transpose in front)")
+    if isinstance(dims_in[1], int) and dims_in[1] not in (0, 3):
+        raise UserError(f"the model's input {name!r} has {dims_in[1]} channels; segpipe feeds RGB (3)")
+    if len(dims_out) != 4:
+        raise UserError(f"the model's output {out_name!r} has shape {dims_out}; segpipe reads (N, C, h, w) scores")
+    return list(dims_in), list(dims_out)
+
+
 def foreign_metadata(dims_in: list, dims_out: list, class_names: list[str] | None = None, mean=None, std=None,
                      input_size: int | None = None, output: str = "logits", background: bool | None = None,
                      name: str = "model", arch: str = "foreign") -> dict:
