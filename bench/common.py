@@ -214,6 +214,6 @@ def export_model(model, arch: str, encoder: str, input_size: int, onnx_path: Pat
 
 def ort_session(path: Path, threads: int):
     """An onnxruntime CPU session as inference.py builds it (graph optimisation all, `threads` intra-op)."""
-    from inference import create_session
+    from runtime.session import create_session
 
     return create_session(Path(path), ["CPUExecutionProvider"], threads)
