@@ -80,7 +80,7 @@ def export_huggingface(source: str, output: str | Path, input_size: int | None =
     import onnx
     import torch
 
-    from export import to_onnx_bytes
+    from exporting.tracing import to_onnx_bytes
     from runtime.metadata import METADATA_KEY, encode_metadata
 
     model = load_huggingface(source)

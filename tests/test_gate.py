@@ -20,9 +20,12 @@ import inference
 import train
 from config import load_config
 from conftest import ROOT, build_gate_onnx, tiny_argv, write_blobs
-from export import GateEnsemble, export_onnx, find_checkpoints, load_fold_models, read_metadata
+from export import export_onnx
+from exporting.checkpoints import find_checkpoints, load_fold_models
+from exporting.ensembles import GateEnsemble
 from model import GateClassifier, GateLoss, image_labels
 from runtime.gate import Gate
+from runtime.metadata import read_metadata
 from runtime.pipeline import RunOptions
 from test_inference import TEST_META, build_model, read_rows, rect_image
 from utils import LOG, UserError, preprocess, read_image, read_mask, write_png
