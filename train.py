@@ -35,7 +35,6 @@ Several GPUs or nodes (DDP; gloo on CPU, NCCL on CUDA; BATCH_SIZE is per process
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -53,7 +52,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 import classify
-from config import Config, describe, load_config, parse_class_weights
+from config import Config, config_hash, describe_config, load_config, parse_class_weights
 from dataset import (
     CacheEntry, PatchDataset, SegDataset, build_cache, collect_sources, get_transform, pad_collate, read_groups,
     read_split_lists, seed_worker, split_indices,
@@ -67,29 +66,12 @@ from utils import LOG, UserError, atomic_write_json, run_cli, setup_logging, wri
 
 # Thresholds searched on the out-of-fold predictions for the recommended threshold.
 THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
-# Settings that do not change what is trained: a change in them keeps finished folds valid.
-NON_TRAINING_KEYS = ("work_dir", "workers", "pin_memory", "device", "threads", "export", "fold_ids", "name",
-                     "min_area", "resume", "tracker", "save_checkpoints", "eval_step", "max_image_pixels",
-                     "gate_recall")
-# Settings of the gate only: left out of a segmenter's hash, so adding them kept its runs resumable.
-GATE_KEYS = ("task", "gate_input_size", "gate_pos_weight", "gate_pool")
-# Settings added after runs existed: left out of the hash while at the value those runs had, so they still
-# resume (a gate run from before GATE_POOL pooled "avg": it resumes with --gate-pool avg, and a run at the new
-# default avgmax, another model, starts over).
-LATER_KEYS = {"train_patch": "", "patches_per_image": 1, "gate_pool": "avg"}
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def config_hash(cfg: Config) -> str:
-    skip = NON_TRAINING_KEYS + (GATE_KEYS if cfg.task == "segment" else ())
-    relevant = {k: v for k, v in cfg.to_dict().items()
-                if k not in skip and not (k in LATER_KEYS and v == LATER_KEYS[k])}
-    return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def pick_device(name: str) -> torch.device:
@@ -907,7 +889,7 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     check_work_dir_task(cfg)
     if is_main():
         setup_logging(work / "logs" / "training.log")
-        LOG.info("config:\n%s", describe(cfg))
+        LOG.info("config:\n%s", describe_config(cfg))
         cfg.save()
     else:
         setup_logging(level=logging.ERROR)

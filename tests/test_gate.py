@@ -18,7 +18,7 @@ import torch
 import classify
 import inference
 import train
-from config import load_config
+from config import config_hash, load_config
 from conftest import ROOT, build_gate_onnx, tiny_argv, write_blobs
 from export import GateEnsemble, export_onnx, find_checkpoints, load_fold_models, read_metadata
 from model import GateClassifier, GateLoss, image_labels
@@ -198,23 +198,23 @@ def test_classify_with_smart_crop_is_refused(tmp_path):
 
 def test_gate_settings_leave_a_segmenters_hash_alone():
     base = load_config([], environ={})
-    assert train.config_hash(base) == train.config_hash(load_config(["--gate-pos-weight", "auto"], environ={}))
+    assert config_hash(base) == config_hash(load_config(["--gate-pos-weight", "auto"], environ={}))
     gate = load_config(["--task", "classify"], environ={})
-    assert train.config_hash(gate) != train.config_hash(load_config(["--task", "classify", "--gate-pos-weight", "2"],
+    assert config_hash(gate) != config_hash(load_config(["--task", "classify", "--gate-pos-weight", "2"],
                                                                     environ={}))
-    assert train.config_hash(gate) == train.config_hash(load_config(["--task", "classify", "--gate-recall", "0.9"],
+    assert config_hash(gate) == config_hash(load_config(["--task", "classify", "--gate-recall", "0.9"],
                                                                     environ={}))  # only picks the threshold
-    assert train.config_hash(base) == train.config_hash(load_config(["--gate-pool", "max"], environ={}))
+    assert config_hash(base) == config_hash(load_config(["--gate-pool", "max"], environ={}))
 
 
 def test_a_gate_run_from_before_gate_pool_resumes_with_avg_and_the_new_default_retrains(monkeypatch):
     gate = load_config(["--task", "classify"], environ={})
     with_avg = load_config(["--task", "classify", "--gate-pool", "avg"], environ={})
-    new_default_hash, avg_hash = train.config_hash(gate), train.config_hash(with_avg)
+    new_default_hash, avg_hash = config_hash(gate), config_hash(with_avg)
     # what such a run hashed: the same settings without the gate_pool field
     monkeypatch.setattr(type(gate), "to_dict",
                         lambda self: {k: v for k, v in dataclasses.asdict(self).items() if k != "gate_pool"})
-    old_hash = train.config_hash(gate)
+    old_hash = config_hash(gate)
     assert avg_hash == old_hash  # its average-pooled checkpoints are resumed
     assert new_default_hash != old_hash  # avgmax: another model
 
