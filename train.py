@@ -60,7 +60,6 @@ from dataset import (
 from model import (
     GATE_ARCH, GateLoss, build_loss, build_model, load_checkpoint, model_args, read_checkpoint, save_checkpoint,
 )
-import utils
 from runtime.metadata import MULTICLASS_RULE, preprocess_metadata
 from utils import LOG, UserError, atomic_write_json, run_cli, setup_logging, write_png
 
@@ -479,8 +478,9 @@ def make_dataset(cfg: Config, entries: list[CacheEntry], train: bool) -> SegData
     transform = get_transform(train, cfg.input_size, seed=cfg.seed + rank(), patch=patch is not None,
                               square=not is_gate(cfg))
     if patch and train:
-        return PatchDataset(entries, transform, cfg.classes, patch, cfg.patches_per_image, seed=cfg.seed + rank())
-    return SegDataset(entries, transform, cfg.classes)
+        return PatchDataset(entries, transform, cfg.classes, patch, cfg.patches_per_image, seed=cfg.seed + rank(),
+                            max_pixels=cfg.max_image_pixels)
+    return SegDataset(entries, transform, cfg.classes, max_pixels=cfg.max_image_pixels)
 
 
 def make_loader(cfg: Config, entries: list[CacheEntry], indices: list[int], train: bool, device) -> DataLoader:
@@ -765,7 +765,8 @@ def score_original_resolution(cfg: Config, path: Path, sources: list, device, oo
     meta = preprocess_metadata(cfg.input_size)
     local = OOFStats(cfg.classes)
     for source, box in shard(list(zip(sources, boxes or [None] * len(sources)))):
-        image, mask = read_image(source.image_path), source.load_mask(cfg.classes)
+        image = read_image(source.image_path, cfg.max_image_pixels)
+        mask = source.load_mask(cfg.classes, cfg.max_image_pixels)
         view = crop_square(image, box, cfg.input_size, cfg.crop_pad_value) if box else image
         chw, valid_hw = preprocess(view, meta)  # (3, H', W')
         with autocast(cfg, device):
@@ -818,7 +819,7 @@ def predict_gate(cfg: Config, path: Path, entries: list[CacheEntry], device) -> 
     meta = preprocess_metadata(cfg.input_size)
     probs = []
     for entry in shard(entries):
-        chw, _ = preprocess(read_image(entry.image), meta)  # (3, H', W')
+        chw, _ = preprocess(read_image(entry.image, cfg.max_image_pixels), meta)  # (3, H', W')
         probs.append(float(torch.sigmoid(model(torch.from_numpy(chw)[None].to(device)).float())[0, 0]))
     return [p for part in classify.gather(probs) for p in part]  # rank order = input order (contiguous shards)
 
@@ -897,18 +898,18 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = ddp_device(pick_device(cfg.device))
-    utils.MAX_IMAGE_PIXELS = cfg.max_image_pixels  # every image and mask read in this process, the cache included
     LOG.info("device: %s, torch threads: %d%s%s", device, torch.get_num_threads(), ", AMP on" if cfg.use_amp else "",
              f", DDP over {world_size()} processes ({dist.get_backend()})" if dist.is_initialized() else "")
-    sources = collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, cfg.raw_json_path)
+    sources = collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, cfg.raw_json_path, cfg.max_image_pixels)
     cropper = make_cropper(cfg, device)
     entries = None
     if is_main():  # rank 0 builds the cache while the others wait, then they read its manifest
         entries = build_cache(sources, work, cfg.input_size, cfg.classes, cropper=cropper, progress=lambda it: tqdm(
-            it, desc="cache", leave=False, dynamic_ncols=True, disable=None))
+            it, desc="cache", leave=False, dynamic_ncols=True, disable=None), max_pixels=cfg.max_image_pixels)
     barrier()
     if entries is None:
-        entries = build_cache(sources, work, cfg.input_size, cfg.classes, cropper=cropper, write=False)
+        entries = build_cache(sources, work, cfg.input_size, cfg.classes, cropper=cropper, write=False,
+                              max_pixels=cfg.max_image_pixels)
     return entries, {s.key: s for s in sources}, device
 
 
