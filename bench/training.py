@@ -55,14 +55,18 @@ def etl(sources: list, size: int, repeats: int, tmp: Path) -> dict:
 def training(args, images: Path, masks: Path, tmp: Path) -> dict:
     import train
     from config import load_config
+    from training.loop import setup_fold, train_step
+    from training.metrics import MetricsLog, Tracker
+    from training.splits import make_folds
+    from training.tasks import make_task
 
     settings = {**RECIPE, "input_size": str(args.size), "batch_size": str(args.batch_size),
                 "raw_img_dir": str(images), "raw_mask_dir": str(masks), "work_dir": str(tmp / "work")}
     cfg = load_config([a for k, v in settings.items() for a in ("--" + k.replace("_", "-"), v)], environ={})
     entries, _, device = train.prepare(cfg)
-    split = train.make_folds(entries, 5, cfg.seed)[0]
-    run = train.setup_fold(cfg, 0, entries, split, device, train.MetricsLog(tmp / "metrics.json"),
-                           train.Tracker("none", tmp, {}))
+    split = make_folds(entries, 5, cfg.seed)[0]
+    run = setup_fold(make_task(cfg), 0, entries, split, device, MetricsLog(tmp / "metrics.json"),
+                     Tracker("none", tmp, {}))
     run.model.train()
     batches = iter(run.train_loader)
 
@@ -77,7 +81,7 @@ def training(args, images: Path, masks: Path, tmp: Path) -> dict:
     def steps(count: int):
         for _ in range(count):
             images_, masks_ = next_batch()
-            train.train_step(run, images_, masks_)
+            train_step(run, images_, masks_)
 
     steps(args.warmup)
     blocks = [time_once(lambda: steps(args.steps)) for _ in range(args.blocks)]

@@ -19,6 +19,7 @@ import classify
 import inference
 import train
 from config import config_hash, load_config
+from dataset import pad_collate
 from conftest import ROOT, build_gate_onnx, tiny_argv, write_blobs
 from export import GateEnsemble, export_onnx, find_checkpoints, load_fold_models, read_metadata
 from model import GateClassifier, GateLoss, image_labels
@@ -157,11 +158,11 @@ def test_gate_loss_labels_images_by_any_foreground_pixel():
 
 def test_pad_collate_pads_to_the_stride_not_to_a_square():
     batch = [(torch.ones(3, 40, 64), torch.ones(1, 40, 64)), (torch.ones(3, 64, 20), torch.ones(1, 64, 20))]
-    images, masks = classify.pad_collate(batch)
+    images, masks = pad_collate(batch)
     assert images.shape == (2, 3, 64, 64) and masks.shape == (2, 1, 64, 64)
     assert images[0, :, 40:].abs().sum() == 0 and images[1, :, :, 20:].abs().sum() == 0  # zero = the mean colour
     assert images[0, :, :40, :64].min() == 1 and masks[1, :, :, :20].min() == 1
-    strip, _ = classify.pad_collate([(torch.ones(3, 33, 200), torch.zeros(33, 200, dtype=torch.int64))])
+    strip, _ = pad_collate([(torch.ones(3, 33, 200), torch.zeros(33, 200, dtype=torch.int64))])
     assert strip.shape == (1, 3, 64, 224)
 
 
@@ -288,6 +289,27 @@ def test_gate_rerun_keeps_finished_folds(gate_run, caplog):
     finally:
         LOG.removeHandler(caplog.handler)
     assert "fold 0: already finished (best auc" in caplog.text and "fold 1: already finished" in caplog.text
+
+
+def test_a_gate_checkpoint_from_before_best_score_resumes_with_its_best_auc(gate_run, tmp_path, caplog):
+    """fold<K>_last.pt written before the rename kept the gate's best AUC as state["best_dice"]."""
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(gate_run, work)
+    last = work / "models" / "fold0_last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["state"].pop("best_score")
+    ckpt["state"]["best_dice"] = 0.1234
+    torch.save(ckpt, last)
+    LOG.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="seg"):
+            train.run(load_config(tiny_argv(gate_run.parent / "data", work, task="classify", gate_input_size=64,
+                                            fold_ids="0", export="false"), environ={}))
+    finally:
+        LOG.removeHandler(caplog.handler)
+    assert "fold 0: already finished (best auc 0.1234 at epoch 1)" in caplog.text
 
 
 def test_a_segmenter_run_in_a_gate_work_dir_is_refused(gate_run):
