@@ -4,7 +4,7 @@
     python bench/training.py --steps 12 --blocks 7
     python bench/training.py --limit 16 --size 64 --batch-size 4 --steps 1 --blocks 1 --repeats 1 --out smoke.json
 
-Training: train.py's own pieces (build_cache, setup_fold, train_step) with the README recipe's
+Training: the trainer's own pieces (train.prepare, training.loop.setup_fold and train_step) with the README recipe's
 settings (Unet/resnet18, random init, 192 px, batch 8, AdamW + OneCycle, 2 DataLoader workers);
 --warmup steps untimed, then --blocks blocks of --steps steps, each timed with its data loading;
 images/s = batch x steps / block time, median over the blocks. No convergence, no validation.
@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from common import HORSE, machine_info, median, print_table, summary, time_once, write_result
+# The repository first, whatever PYTHONPATH says: `training` is the package there, not this script.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import HORSE, machine_info, median, print_table, summary, time_once, write_result  # noqa: E402
 
 RECIPE = {"name": "horse", "arch": "Unet", "encoder": "resnet18", "encoder_weights": "none", "batch_size": "8",
           "scheduler": "onecycle", "lr": "1e-3", "epochs": "30", "workers": "2"}
