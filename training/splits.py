@@ -3,14 +3,59 @@ the class weights of a training split."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 
 from config import Config, parse_class_weights
-from dataset import CacheEntry, read_groups, read_split_lists, split_indices
+from dataset import CacheEntry
 from utils import LOG, UserError
 
 Split = tuple[list[int], list[int]]  # (train indices, val indices) into the cache entries
+# SEARCH_FILES=true: the split lists, one image stem (or file name) a line
+SPLIT_FILES = {"train": "training_dataset.txt", "val": "validation_dataset.txt", "test": "test_dataset.txt"}
+
+
+def read_split_lists(split_dir: str | None, raw_img_dir: str) -> dict[str, list[str]]:
+    """Stems named by the split lists (--search-files); a missing list is an empty split."""
+    candidates = [Path(split_dir)] if split_dir else [Path(raw_img_dir), Path(raw_img_dir).parent]
+    folder = next((d for d in candidates if (d / SPLIT_FILES["train"]).is_file()), None)
+    if folder is None:
+        raise UserError(f"--search-files: no {SPLIT_FILES['train']} in {' or '.join(map(str, candidates))}; "
+                        "set SPLIT_DIR to the folder holding the split lists")
+    splits = {}
+    for split, name in SPLIT_FILES.items():
+        path = folder / name
+        lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+        splits[split] = [Path(line.strip()).stem for line in lines if line.strip() and not line.startswith("#")]
+    LOG.info("split lists in %s: %s", folder, {k: len(v) for k, v in splits.items()})
+    return splits
+
+
+def split_indices(entries: list[CacheEntry], names: list[str], list_name: str) -> list[int]:
+    index = {e.key: i for i, e in enumerate(entries)}
+    unknown = [n for n in names if n not in index]
+    if unknown:
+        raise UserError(f"{list_name} names {len(unknown)} image(s) not in the dataset, e.g. {unknown[:3]}; "
+                        "fix the list or the image folder")
+    return [index[n] for n in names]
+
+
+def read_groups(path: str, entries: list[CacheEntry]) -> list[str]:
+    """Group label per entry from a CSV of '<image stem>,<group>'; unlisted images are their own group."""
+    groups = {}
+    for line_no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        parts = [p.strip() for p in line.split(",")]
+        if not line.strip() or (line_no == 1 and parts[0].lower() in ("stem", "image", "file")):
+            continue
+        if len(parts) < 2:
+            raise UserError(f"GROUPS={path} line {line_no}: expected '<image stem>,<group>', got {line!r}")
+        groups[Path(parts[0]).stem] = parts[1]
+    missing = sum(e.key not in groups for e in entries)
+    if missing:
+        LOG.info("GROUPS: %d image(s) not listed; each forms its own group", missing)
+    return [groups.get(e.key, f"__{e.key}") for e in entries]
 
 
 def make_folds(entries: list[CacheEntry], folds: int, seed: int, groups: list[str] | None = None) -> list[Split]:
@@ -42,11 +87,11 @@ def resolve_splits(cfg: Config, entries: list[CacheEntry]) -> tuple[list[Split],
         groups = read_groups(cfg.groups, entries) if cfg.groups else None
         return make_folds(entries, cfg.folds, cfg.seed, groups), cfg.selected_folds(), []
     lists = read_split_lists(cfg.split_dir, cfg.raw_img_dir)
-    test = split_indices(entries, lists["test"], "test_dataset.txt")
-    train = split_indices(entries, lists["train"], "training_dataset.txt")
+    test = split_indices(entries, lists["test"], SPLIT_FILES["test"])
+    train = split_indices(entries, lists["train"], SPLIT_FILES["train"])
     if lists["val"]:
         LOG.info("validation_dataset.txt given: one train/val split replaces %d-fold CV", cfg.folds)
-        return [(train, split_indices(entries, lists["val"], "validation_dataset.txt"))], [0], test
+        return [(train, split_indices(entries, lists["val"], SPLIT_FILES["val"]))], [0], test
     subset = [entries[i] for i in train]
     splits = [([train[i] for i in tr], [train[i] for i in va]) for tr, va in make_folds(subset, cfg.folds, cfg.seed)]
     return splits, cfg.selected_folds(), test
