@@ -104,6 +104,16 @@ def test_state_of_an_old_checkpoint_reads_best_dice_as_best_score():
     assert read_state(new_state()) == new_state() and "best_dice" not in new_state()
 
 
+@pytest.mark.parametrize("argv, name", [([], "SegmentTask"), (["--task", "classify"], "ClassifyTask")])
+def test_each_task_gives_the_loop_everything_it_asks(argv, name):
+    from training.loop import Task
+
+    task = make_task(load_config(argv, environ={}))
+    asked = {n for n in vars(Task) if not n.startswith("_")} | set(Task.__annotations__)
+    assert type(task).__name__ == name and asked and all(hasattr(task, n) for n in asked)
+    assert task.new_sums().result()["loss"] == 0.0 and task.model_args()["encoder"] == "resnet34"
+
+
 def test_changed_settings_retrain(tmp_path, caplog):
     data = write_blobs(tmp_path / "data", 12)
     train.run(load_config(tiny_argv(data, tmp_path / "work", export="false", fold_ids="0"), environ={}))

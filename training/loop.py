@@ -11,6 +11,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -26,7 +27,34 @@ from training.splits import Split
 from utils import LOG, UserError, write_png
 
 
-def make_dataset(task, entries: list[CacheEntry], train: bool) -> SegDataset:
+class OutOfFold(Protocol):
+    """A task's out-of-fold bookkeeping over the folds of one run (training/scoring.py)."""
+
+    def score_fold(self, fold: int, path: Path, entries: list[CacheEntry], val_idx: list[int], device) -> dict: ...
+    def summarize(self, fold_scores: dict[int, dict], test_scores: dict[int, dict]) -> dict: ...
+
+
+class Task(Protocol):
+    """What the loop asks of a task (training/tasks.py: SegmentTask, ClassifyTask); train.run also calls
+    its check_data, log_summary and export_args."""
+
+    cfg: Config
+    monitor_name: str  # the val metric early stopping and the best checkpoint maximise
+    pads_to_square: bool  # whole images padded to an INPUT_SIZE square, else batched by pad_collate
+
+    def build_model(self, weights: str | None = None) -> torch.nn.Module: ...
+    def model_args(self) -> dict: ...  # stored in each checkpoint: export rebuilds the model from it
+    def build_loss(self, entries: list | None = None, train_idx: list[int] | None = None) -> torch.nn.Module: ...
+    def new_sums(self): ...  # running metrics with add_batch, reduce (over ranks) and result
+    def monitor_score(self, stats: dict) -> float: ...
+    def describe_stats(self, stats: dict, iou: bool = False) -> str: ...
+    def describe_best(self, scores: dict) -> str: ...
+    def patch_hw(self) -> tuple[int, int] | None: ...
+    def preview_grid(self, model, dataset, device): ...  # RGB uint8 rows, or None
+    def new_out_of_fold(self, sources: dict) -> OutOfFold: ...
+
+
+def make_dataset(task: Task, entries: list[CacheEntry], train: bool) -> SegDataset:
     """Whole images padded to an INPUT_SIZE square; with TRAIN_PATCH, random HxW crops for training
     and whole images padded to /32 for evaluation. The gate keeps whole images as cached. Augmentation
     and crops are seeded per rank."""
@@ -40,7 +68,7 @@ def make_dataset(task, entries: list[CacheEntry], train: bool) -> SegDataset:
     return SegDataset(entries, transform, cfg.classes, max_pixels=cfg.max_image_pixels)
 
 
-def make_loader(task, entries: list[CacheEntry], indices: list[int], train: bool, device) -> DataLoader:
+def make_loader(task: Task, entries: list[CacheEntry], indices: list[int], train: bool, device) -> DataLoader:
     """Under DDP: training through a DistributedSampler (set_epoch each epoch), evaluation on this
     rank's unpadded shard. TRAIN_PATCH evaluation and the gate batch whole images of different sizes
     (pad_collate)."""
@@ -73,7 +101,7 @@ def autocast(cfg: Config, device: torch.device):
 
 
 @torch.inference_mode()
-def evaluate(model, loader, loss_fn, task, device, oof: OOFStats | None = None) -> dict:
+def evaluate(model, loader, loss_fn, task: Task, device, oof: OOFStats | None = None) -> dict:
     """Metrics over the loader's samples; under DDP over every rank's shard, summed (all ranks call it)."""
     cfg = task.cfg
     model.eval()
@@ -92,7 +120,7 @@ def evaluate(model, loader, loss_fn, task, device, oof: OOFStats | None = None) 
     return sums.reduce().result()
 
 
-def evaluate_checkpoint(task, path: Path, entries, indices, device, oof: OOFStats | None = None) -> dict:
+def evaluate_checkpoint(task: Task, path: Path, entries, indices, device, oof: OOFStats | None = None) -> dict:
     model = task.build_model().to(device)
     load_checkpoint(model, path)
     loader = make_loader(task, entries, indices, False, device)
@@ -118,7 +146,7 @@ def read_state(saved: dict) -> dict:
 @dataclass
 class FoldRun:
     """Everything one fold's training loop needs, built once."""
-    task: object  # training.tasks.SegmentTask or ClassifyTask
+    task: Task
     fold: int
     model: torch.nn.Module
     train_loader: DataLoader
@@ -145,7 +173,8 @@ class FoldRun:
                 "config_hash": config_hash(self.cfg), "fold": self.fold}
 
 
-def setup_fold(task, fold: int, entries, split: Split, device, metrics: MetricsLog, tracker: Tracker) -> FoldRun:
+def setup_fold(task: Task, fold: int, entries, split: Split, device, metrics: MetricsLog,
+               tracker: Tracker) -> FoldRun:
     cfg = task.cfg
     models_dir = Path(cfg.work_dir) / "models"
     model = task.build_model(cfg.encoder_weights)
@@ -284,7 +313,7 @@ def save_last_and_preview(run: FoldRun, epoch: int) -> None:
     run.tracker.image(f"fold{run.fold}/val_preview", grid, run.state["step"])
 
 
-def train_fold(task, fold: int, entries, split: Split, device, metrics: MetricsLog,
+def train_fold(task: Task, fold: int, entries, split: Split, device, metrics: MetricsLog,
                tracker: Tracker | None = None) -> Path:
     """Train one fold with early stopping; returns the path of its best checkpoint."""
     run = setup_fold(task, fold, entries, split, device, metrics, tracker or Tracker("none", Path(), {}))
@@ -306,7 +335,7 @@ def train_fold(task, fold: int, entries, split: Split, device, metrics: MetricsL
 # ----------------------------------------------------------------------------- every fold
 
 
-def cross_validate(task, entries, sources: dict, splits: list[Split], fold_ids: list[int], test_idx: list[int],
+def cross_validate(task: Task, entries, sources: dict, splits: list[Split], fold_ids: list[int], test_idx: list[int],
                    device, metrics: MetricsLog, tracker: Tracker) -> tuple[dict, dict[int, Path]]:
     """Train the chosen folds; score each best checkpoint on its val fold (and on the test list), then
     the task's out-of-fold summary. Returns (the cv_summary.json contents, {fold: best checkpoint})."""

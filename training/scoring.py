@@ -19,12 +19,12 @@ from dataset import CacheEntry
 from model import load_checkpoint
 from runtime.metadata import MULTICLASS_RULE, preprocess_metadata
 from training.distributed import gather, is_main, shard
-from training.loop import autocast, evaluate_checkpoint
+from training.loop import Task, autocast, evaluate_checkpoint
 from training.metrics import OOFStats
 
 
 @torch.inference_mode()
-def score_original_resolution(task, path: Path, sources: list, device, oof: OOFStats,
+def score_original_resolution(task: Task, path: Path, sources: list, device, oof: OOFStats,
                               boxes: list | None = None) -> None:
     """Score a fold model as the runtime will: the shared torch-free preprocessing, the output mapped
     back to each source image's own size, compared with the source mask. With smart crop, each image
@@ -84,7 +84,7 @@ def summarize(fold_scores: dict[int, dict], oof: OOFStats, oof_original: OOFStat
 class SegmentOutOfFold:
     """The segmenter's out-of-fold statistics, fold by fold: at the cached resolution and at each image's own."""
 
-    def __init__(self, task, sources: dict):
+    def __init__(self, task: Task, sources: dict):
         self.task, self.sources = task, sources
         self.cached, self.original = OOFStats(task.cfg.classes), OOFStats(task.cfg.classes)
 
@@ -109,7 +109,7 @@ class SegmentOutOfFold:
 
 
 @torch.inference_mode()
-def predict_gate(task, path: Path, entries: list[CacheEntry], device) -> list[float]:
+def predict_gate(task: Task, path: Path, entries: list[CacheEntry], device) -> list[float]:
     """The gate's defect probability for each cached image, preprocessed as the runtime does (the shared
     torch-free rule: long side to INPUT_SIZE, normalise, pad to 32), one image at a time, float32."""
     from utils import preprocess, read_image
@@ -145,7 +145,7 @@ def summarize_gate(cfg: Config, fold_scores: dict[int, dict], report: dict, test
 class GateOutOfFold:
     """The gate's out-of-fold rows (key, fold, defective, probability), for the threshold and gate_oof.csv."""
 
-    def __init__(self, task):
+    def __init__(self, task: Task):
         self.task, self.rows = task, []
 
     def score_fold(self, fold: int, path: Path, entries: list[CacheEntry], val_idx: list[int], device) -> dict:

@@ -28,6 +28,7 @@ from utils import LOG
 
 @dataclass(frozen=True)
 class SegmentTask:
+    """TASK=segment: the segmenter (arch + encoder, CLASSES outputs), scored per pixel."""
     cfg: Config
     monitor_name: ClassVar[str] = "dice"  # what early stopping and the best checkpoint maximise
     pads_to_square: ClassVar[bool] = True  # whole images padded to an INPUT_SIZE square
@@ -84,6 +85,7 @@ class SegmentTask:
 
 @dataclass(frozen=True)
 class ClassifyTask:
+    """TASK=classify: the clean/defect gate (encoder + pooling head, 1 logit), scored per image."""
     cfg: Config
     monitor_name: ClassVar[str] = "auc"  # val ROC-AUC, or -loss when the val fold holds one class only
     pads_to_square: ClassVar[bool] = False  # whole images as cached, batched by pad_collate as the runtime pads
