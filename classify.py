@@ -1,10 +1,9 @@
 """The clean/defect gate's training pieces (TASK=classify): metrics, batching, the recall-keeping threshold.
 
-train.py runs the gate through its own loop (folds, schedules, AMP, early stopping, resume); this
-module holds what differs from the segmenter:
+The one fold loop (training/loop.py) trains the gate as it trains the segmenter (folds, schedules, AMP,
+early stopping, resume); training/tasks.py's ClassifyTask hands it what differs, from here:
 
     GateSum          running loss, accuracy and ROC-AUC of image-level predictions
-    pad_collate      batches padded to the stride, as the runtime pads (not to a square)
     select_threshold the HIGHEST threshold whose recall of defective images >= the target
     gate_report      out-of-fold accuracy, AUC, threshold, recall, specificity (clean images skipped), precision
 
@@ -18,21 +17,11 @@ import io
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from sklearn.metrics import roc_auc_score
 
-from dataset import pad_collate  # noqa: F401  (re-exported: the gate's collate)
 from model import image_labels
+from training.distributed import gather
 from utils import LOG, UserError, atomic_write_bytes
-
-
-def gather(obj) -> list:
-    """[obj of rank 0, obj of rank 1, ...] under torchrun; [obj] in a single process."""
-    if not dist.is_initialized():
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def roc_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
@@ -46,7 +35,7 @@ def roc_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
 class GateSum:
     """Loss and per-image (probability, label) pairs of the gate; `result()`: loss, accuracy at 0.5, auc.
 
-    The same interface as train.ScoreSum (`add_batch`, `reduce`, `result`), so the loop is shared.
+    The same interface as training.metrics.ScoreSum (`add_batch`, `reduce`, `result`), so the loop is shared.
     """
 
     def __init__(self):
@@ -79,7 +68,7 @@ def monitor(stats: dict) -> float:
     return stats["auc"] if stats.get("auc") is not None else -stats["loss"]
 
 
-def describe(stats: dict) -> str:
+def describe_gate_stats(stats: dict) -> str:
     auc = "n/a" if stats.get("auc") is None else f"{stats['auc']:.4f}"
     return f"loss {stats['loss']:.4f} acc {stats['accuracy']:.4f} auc {auc}"
 
@@ -155,7 +144,7 @@ def gate_report(probs, labels, recall_target: float) -> dict:
     }
 
 
-def describe_report(report: dict) -> str:
+def describe_gate_report(report: dict) -> str:
     def show(value):
         return "n/a" if value is None else f"{value:.4f}"
     return (f"gate out-of-fold on {report['images']} images ({report['defective']} defective, {report['clean']} "

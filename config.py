@@ -1,9 +1,9 @@
 """Training configuration: one frozen object, resolved as default < environment < CLI flag.
 
-Every setting is declared once in `FIELDS` (name, type, default, env var, flags, help). From
-that table come the dataclass, the env-var reader and the argparse flags, so a new setting is
-one line. Values are type-checked: a bad value names the variable, the value and what is
-allowed. No torch here: the runtime side may import this module.
+Every setting is declared once in `FIELDS` (name, type, default, env var, flags, help, and whether
+it changes what is trained). From that table come the dataclass, the env-var reader, the argparse
+flags and `config_hash`, so a new setting is one line. Values are type-checked: a bad value names
+the variable, the value and what is allowed. No torch here: the runtime side may import this module.
 
     EPOCHS=20 python train.py --encoder resnet18 --lr 1e-3
     python train.py --help            # every setting, its env var and its default
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -116,6 +117,9 @@ def fraction(text: str) -> float:
     return value
 
 
+UNSET = object()  # Field.legacy_default of a setting every run already had
+
+
 @dataclass(frozen=True)
 class Field:
     name: str
@@ -124,6 +128,16 @@ class Field:
     help: str
     flags: tuple[str, ...] = ()
     choices: tuple[str, ...] | None = None
+    # What config_hash sees (a fold checkpoint with another hash is trained again, not resumed):
+    trains: bool = True  # False: changing it leaves finished folds valid (paths, workers, export, ...)
+    only_task: str | None = None  # shapes only this TASK's model: another task's hash leaves it out
+    # Added after runs existed: the value those runs had in effect. At it the setting hashes as absent,
+    # so they still resume.
+    legacy_default: Any = UNSET
+
+    def hashed(self, task: str, value: Any) -> bool:
+        """Whether this setting, at `value`, enters config_hash of a TASK=`task` run."""
+        return self.trains and self.only_task in (None, task) and value != self.legacy_default
 
     @property
     def env(self) -> str:
@@ -143,8 +157,8 @@ FIELDS: tuple[Field, ...] = (
           "use the split lists training_dataset.txt / validation_dataset.txt / test_dataset.txt"),
     Field("split_dir", parse_optional_path, None, "folder of the split lists (default: RAW_IMG_DIR, then its parent)"),
     Field("groups", parse_optional_path, None, "CSV of <image stem>,<group>: a group never spans two folds"),
-    Field("work_dir", str, "work", "run folder: cache, models, logs, ONNX"),
-    Field("name", str, "model", "name of the exported <name>.onnx"),
+    Field("work_dir", str, "work", "run folder: cache, models, logs, ONNX", trains=False),
+    Field("name", str, "model", "name of the exported <name>.onnx", trains=False),
     # Smart crop (README "Smart cropping"): a square around the largest person, found by YOLO11-seg
     Field("crop", str, "off", "smart crop: off, or person (crop around the largest person)", choices=CROP_MODES),
     Field("crop_model", str, "weights/yolo11n-seg.pt", "local YOLO11-seg weights (.pt or .onnx); never downloaded"),
@@ -152,17 +166,20 @@ FIELDS: tuple[Field, ...] = (
     Field("crop_roi_factor", positive(float), 2.5, "ROI side = this x torso size (source pixels)"),
     Field("crop_min_size", positive(int), 256, "smallest ROI side in source pixels"),
     Field("crop_pad_value", byte_value, 114, "grey level (0-255) where the ROI leaves the image"),
-    # Task: segment (the segmenter) or classify (the image-level clean/defect gate, README "Gate")
+    # Task: segment (the segmenter) or classify (the image-level clean/defect gate, README "Gate"). Gate settings,
+    # TASK included, stay out of a segmenter's hash: segmenter runs from before the gate existed still resume.
     Field("task", str, "segment", "segment: train the segmenter; classify: train the clean/defect gate "
-          "(encoder + pooling head, 1 logit: any mask pixel > 0)", choices=TASKS),
+          "(encoder + pooling head, 1 logit: any mask pixel > 0)", choices=TASKS, only_task="classify"),
     Field("gate_input_size", non_negative(int), 0,
-          "classify: long side of the gate's input (multiple of 32); 0 = INPUT_SIZE / 2"),
+          "classify: long side of the gate's input (multiple of 32); 0 = INPUT_SIZE / 2", only_task="classify"),
     Field("gate_recall", recall_value, 0.99,
-          "classify: recall of defective images the gate threshold must keep out of fold (highest such threshold)"),
+          "classify: recall of defective images the gate threshold must keep out of fold (highest such threshold)",
+          trains=False, only_task="classify"),
     Field("gate_pos_weight", pos_weight_value, "",
-          "classify: BCE pos_weight: empty (none), 'auto' (clean/defective ratio of the training fold) or a number"),
+          "classify: BCE pos_weight: empty (none), 'auto' (clean/defective ratio of the training fold) or a number",
+          only_task="classify"),
     Field("gate_pool", str, "avgmax", "classify: pooling of the gate's deepest features: avgmax (average and max, "
-          "concatenated), avg or max", choices=GATE_POOLS),
+          "concatenated), avg or max", choices=GATE_POOLS, only_task="classify", legacy_default="avg"),
     # Model
     Field("arch", str, "UnetPlusPlus", "architecture", flags=("--model",), choices=ARCHITECTURES),
     Field("encoder", str, "resnet34", "smp encoder name, or tu-<timm name>"),
@@ -177,8 +194,9 @@ FIELDS: tuple[Field, ...] = (
     # Patch training (README "Steel-like defects"): random HxW crops for training, whole images for validation
     Field("train_patch", parse_patch, "", "train on random HxW crops (e.g. 256x320, multiples of 32) of the "
           "cached images, 1/3 of them centred on a defect; validate on whole images padded to /32 only. "
-          "Empty: every image is padded to an INPUT_SIZE square"),
-    Field("patches_per_image", positive(int), 1, "TRAIN_PATCH: random crops drawn from each training image per epoch"),
+          "Empty: every image is padded to an INPUT_SIZE square", legacy_default=""),
+    Field("patches_per_image", positive(int), 1, "TRAIN_PATCH: random crops drawn from each training image per epoch",
+          legacy_default=1),
     # Optimisation
     Field("batch_size", positive(int), 8, "batch size"),
     Field("epochs", positive(int), 50, "maximum epochs per fold"),
@@ -193,26 +211,28 @@ FIELDS: tuple[Field, ...] = (
     Field("bce_weight", non_negative(float), 0.5, "weight of the BCE term in ComboLoss"),
     Field("patience", positive(int), 10, "early stopping: epochs without val Dice improvement"),
     Field("cooldown", non_negative(int), 0, "epochs before 'best' is tracked"),
-    Field("eval_step", non_negative(int), 0, "also evaluate every N optimizer steps; 0 = once per epoch"),
+    Field("eval_step", non_negative(int), 0, "also evaluate every N optimizer steps; 0 = once per epoch", trains=False),
     Field("use_amp", parse_bool, False, "mixed precision: fp16 + GradScaler on CUDA, bf16 autocast on CPU"),
     Field("load_model", parse_optional_path, None, "checkpoint to fine-tune from (strict load)"),
-    Field("save_checkpoints", parse_bool, False, "also keep models/fold<K>_epoch<E>.pt for every epoch"),
-    Field("resume", parse_bool, True, "continue unfinished folds from models/fold<K>_last.pt; false = start over"),
-    Field("tracker", str, "none", "optional experiment tracker", choices=TRACKERS),
+    Field("save_checkpoints", parse_bool, False, "also keep models/fold<K>_epoch<E>.pt for every epoch", trains=False),
+    Field("resume", parse_bool, True, "continue unfinished folds from models/fold<K>_last.pt; false = start over",
+          trains=False),
+    Field("tracker", str, "none", "optional experiment tracker", choices=TRACKERS, trains=False),
     # Cross-validation
     Field("folds", positive(int), 5, "number of cross-validation folds"),
-    Field("fold_ids", str, "all", "folds to train: 'all' or a comma list such as 0,2"),
+    Field("fold_ids", str, "all", "folds to train: 'all' or a comma list such as 0,2", trains=False),
     Field("seed", non_negative(int), 42, "random seed for splits, init and augmentation"),
-    # Runtime of the trainer
-    Field("workers", non_negative(int), 2, "DataLoader worker processes"),
-    Field("pin_memory", parse_bool, True, "pin DataLoader memory (CUDA only)"),
-    Field("device", str, "auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda")),
-    Field("threads", non_negative(int), 0, "torch CPU threads; 0 = torch's default"),
-    Field("min_area", non_negative(int), 64, "min region area (px) for the adaptive threshold at inference"),
-    Field("export", parse_bool, True, "export <name>.onnx after training"),
+    # Runtime of the trainer: none of these changes what is trained
+    Field("workers", non_negative(int), 2, "DataLoader worker processes", trains=False),
+    Field("pin_memory", parse_bool, True, "pin DataLoader memory (CUDA only)", trains=False),
+    Field("device", str, "auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"), trains=False),
+    Field("threads", non_negative(int), 0, "torch CPU threads; 0 = torch's default", trains=False),
+    Field("min_area", non_negative(int), 64, "min region area (px) for the adaptive threshold at inference",
+          trains=False),
+    Field("export", parse_bool, True, "export <name>.onnx after training", trains=False),
     Field("max_image_pixels", positive(int), MAX_IMAGE_PIXELS,
           "images or masks claiming more pixels are refused from their header (decompression bombs)",
-          flags=("--max-pixels",)),
+          flags=("--max-pixels",), trains=False),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 
@@ -436,5 +456,12 @@ def parse_class_weights(text: str, classes: int) -> list[float] | str | None:
     return weights
 
 
-def describe(cfg: Config) -> str:
+def describe_config(cfg: Config) -> str:
     return json.dumps(cfg.to_dict(), indent=2)
+
+
+def config_hash(cfg: Config) -> str:
+    """16 hex digits over the settings that shape the trained weights (see Field.hashed). A fold checkpoint
+    written under another hash is trained again instead of resumed."""
+    relevant = {name: value for name, value in cfg.to_dict().items() if FIELD_BY_NAME[name].hashed(cfg.task, value)}
+    return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

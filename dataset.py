@@ -44,10 +44,10 @@ class Source:
     mask_path: Path | None = None
     mask: np.ndarray | None = None
 
-    def load_mask(self, num_classes: int) -> np.ndarray:
+    def load_mask(self, num_classes: int, max_pixels: int | None = None) -> np.ndarray:
         if self.mask is not None:
             return self.mask
-        return read_mask(self.mask_path, num_classes)
+        return read_mask(self.mask_path, num_classes, max_pixels)
 
     def content_hash(self) -> str:
         digest = hashlib.sha1(file_sha1(self.image_path).encode())
@@ -95,22 +95,25 @@ def pair_by_stem(image_dir: str | Path, mask_dir: str | Path) -> list[Source]:
     return sources
 
 
-def labelstudio_sources(json_path: str | Path, image_dir: str | Path, class_map: dict | None = None) -> list[Source]:
+def labelstudio_sources(json_path: str | Path, image_dir: str | Path, class_map: dict | None = None,
+                        max_pixels: int | None = None) -> list[Source]:
     from labelstudio import load_labelstudio  # only needed for Label Studio input
 
-    items = load_labelstudio(json_path, image_dir, class_map)
+    items = load_labelstudio(json_path, image_dir, class_map, max_pixels)
     if not items:
         raise UserError(f"no annotated tasks in {json_path}")
     return [Source(Path(it.image_path).stem, Path(it.image_path), mask=it.mask) for it in items]
 
 
-def collect_sources(raw_img_dir: str | None, raw_mask_dir: str | None, raw_json_path: str | None) -> list[Source]:
+def collect_sources(raw_img_dir: str | None, raw_mask_dir: str | None, raw_json_path: str | None,
+                    max_pixels: int | None = None) -> list[Source]:
+    """The labelled sources; `max_pixels` (MAX_IMAGE_PIXELS) bounds the Label Studio images read for their size."""
     if not raw_img_dir:
         raise UserError("RAW_IMG_DIR is not set: point it (or --raw-img-dir) at the training images")
     if not Path(raw_img_dir).is_dir():
         raise UserError(f"RAW_IMG_DIR not found: {raw_img_dir} (check the path)")
     if raw_json_path:
-        return labelstudio_sources(raw_json_path, raw_img_dir)
+        return labelstudio_sources(raw_json_path, raw_img_dir, max_pixels=max_pixels)
     if not raw_mask_dir:
         raise UserError("set RAW_MASK_DIR (mask folder) or RAW_JSON_PATH (Label Studio export)")
     return pair_by_stem(raw_img_dir, raw_mask_dir)
@@ -136,9 +139,9 @@ def _load_manifest(path: Path) -> dict:
         return {}
 
 
-def _load_pair(source: Source, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    image = read_image(source.image_path)
-    mask = source.load_mask(num_classes)
+def _load_pair(source: Source, num_classes: int, max_pixels: int | None) -> tuple[np.ndarray, np.ndarray]:
+    image = read_image(source.image_path, max_pixels)
+    mask = source.load_mask(num_classes, max_pixels)
     if mask.shape[:2] != image.shape[:2]:
         raise UserError(f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
                         f"{image.shape[1]}x{image.shape[0]} for {source.image_path}")
@@ -149,22 +152,24 @@ def _class_pixels(mask: np.ndarray, num_classes: int) -> list[int]:
     return np.bincount(mask.ravel(), minlength=max(num_classes, 2)).tolist()
 
 
-def _write_entry(source: Source, image_out: Path, mask_out: Path, input_size: int, num_classes: int) -> dict:
+def _write_entry(source: Source, image_out: Path, mask_out: Path, input_size: int, num_classes: int,
+                 max_pixels: int | None) -> dict:
     """Resize one source into the cache. Returns the record fields it decided."""
-    image, mask = _load_pair(source, num_classes)
+    image, mask = _load_pair(source, num_classes, max_pixels)
     mask = resize_long_side(mask, input_size, nearest=True)
     write_png(image_out, resize_long_side(image, input_size))
     write_png(mask_out, mask, rgb=False)
     return {"status": "ok", "crop_box": None, "class_pixels": _class_pixels(mask, num_classes)}
 
 
-def _write_crop_entry(source: Source, image_out: Path, mask_out: Path, num_classes: int, cropper) -> dict:
+def _write_crop_entry(source: Source, image_out: Path, mask_out: Path, num_classes: int, cropper,
+                      max_pixels: int | None) -> dict:
     """Smart-crop one source into the cache: the detector's box cuts both the image and its mask.
 
     A source that cannot be read or cropped becomes an `error` record with the reason; the run goes on.
     """
     try:
-        image, mask = _load_pair(source, num_classes)
+        image, mask = _load_pair(source, num_classes, max_pixels)
         crop = cropper.crop(image)
     except Exception as exc:  # noqa: BLE001 - a bad file is a manifest row, not a crash
         LOG.warning("crop: %s skipped: %s", source.image_path, exc)
@@ -187,7 +192,7 @@ def _is_valid(record: dict | None, digest: str, settings: dict, image_out: Path,
 
 def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int, num_classes: int = 1,
                 progress: Callable[[Iterable], Iterable] | None = None, cropper=None,
-                write: bool = True) -> list[CacheEntry]:
+                write: bool = True, max_pixels: int | None = None) -> list[CacheEntry]:
     """Bring WORK_DIR/images, WORK_DIR/masks and the manifest up to date with `sources`.
 
     With a `cropper` (smartcrop.SmartCropper, or anything with .settings, .detector_hash and
@@ -196,7 +201,8 @@ def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int
     are recorded per file and left out of the returned entries.
 
     write=False (DDP ranks other than 0, after rank 0 built it): only read the manifest, without hashing the
-    sources again; a missing entry is an error.
+    sources again; a missing entry is an error. Sources claiming more than `max_pixels` (MAX_IMAGE_PIXELS)
+    are refused from their header.
     """
     work_dir = Path(work_dir)
     manifest_path = work_dir / MANIFEST_NAME
@@ -217,8 +223,8 @@ def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int
             raise UserError(f"cache entry {source.key} in {work_dir} is missing after rank 0 built it; "
                             "under torchrun on several nodes WORK_DIR must be on a filesystem every node shares")
         else:
-            fields = (_write_crop_entry(source, image_out, mask_out, num_classes, cropper) if cropper else
-                      _write_entry(source, image_out, mask_out, input_size, num_classes))
+            fields = (_write_crop_entry(source, image_out, mask_out, num_classes, cropper, max_pixels) if cropper
+                      else _write_entry(source, image_out, mask_out, input_size, num_classes, max_pixels))
             counts["computed"] += 1
             record = {"source": str(source.image_path), "mask_source": str(source.mask_path or "<labelstudio>"),
                       "hash": digest, "settings": settings, **fields,
@@ -286,18 +292,19 @@ class SegDataset(Dataset):
     binary -> (1, S, S) float32 in {0, 1}; multi-class -> (S, S) int64 class ids."""
 
     def __init__(self, entries: list[CacheEntry], transform: A.Compose, num_classes: int = 1,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixels: int | None = None):
         self.entries = entries
         self.transform = transform
         self.num_classes = num_classes
         self.mean, self.std = mean, std
+        self.max_pixels = max_pixels  # MAX_IMAGE_PIXELS, as for the sources
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         entry = self.entries[index]
-        image = read_image(entry.image)
+        image = read_image(entry.image, self.max_pixels)
         mask = cv2.imread(str(entry.mask), cv2.IMREAD_GRAYSCALE)
         out = self.transform(image=image, mask=mask)
         image_t = torch.from_numpy(normalize(out["image"], self.mean, self.std))
@@ -350,8 +357,8 @@ class PatchDataset(SegDataset):
 
     def __init__(self, entries: list[CacheEntry], transform: A.Compose, num_classes: int, patch_hw: tuple[int, int],
                  patches_per_image: int = 1, foreground_fraction: float = FOREGROUND_FRACTION, seed: int = 0,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
-        super().__init__(entries, transform, num_classes, mean, std)
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixels: int | None = None):
+        super().__init__(entries, transform, num_classes, mean, std, max_pixels)
         self.patch_hw, self.patches_per_image = tuple(patch_hw), patches_per_image
         self.foreground_fraction = foreground_fraction
         self.reseed(seed)
@@ -368,7 +375,7 @@ class PatchDataset(SegDataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         entry = self.entries[index % len(self.entries)]
-        image = read_image(entry.image)
+        image = read_image(entry.image, self.max_pixels)
         mask = cv2.imread(str(entry.mask), cv2.IMREAD_GRAYSCALE)
         forced = self.rng.random() < self.foreground_fraction
         origin = crop_origin(mask, self.patch_hw, self.rng, self.foreground_classes(entry) if forced else None)
@@ -404,49 +411,3 @@ def seed_worker(worker_id: int) -> None:
         transform.set_random_seed(torch.initial_seed() % 2**32)
     if hasattr(info.dataset, "reseed"):
         info.dataset.reseed(torch.initial_seed() % 2**32)
-
-
-# ----------------------------------------------------------------------------- splits and groups
-
-SPLIT_FILES = {"train": "training_dataset.txt", "val": "validation_dataset.txt", "test": "test_dataset.txt"}
-
-
-def read_split_lists(split_dir: str | None, raw_img_dir: str) -> dict[str, list[str]]:
-    """Stems named by the split lists (--search-files); a missing list is an empty split."""
-    candidates = [Path(split_dir)] if split_dir else [Path(raw_img_dir), Path(raw_img_dir).parent]
-    folder = next((d for d in candidates if (d / SPLIT_FILES["train"]).is_file()), None)
-    if folder is None:
-        raise UserError(f"--search-files: no {SPLIT_FILES['train']} in {' or '.join(map(str, candidates))}; "
-                        "set SPLIT_DIR to the folder holding the split lists")
-    splits = {}
-    for split, name in SPLIT_FILES.items():
-        path = folder / name
-        lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-        splits[split] = [Path(line.strip()).stem for line in lines if line.strip() and not line.startswith("#")]
-    LOG.info("split lists in %s: %s", folder, {k: len(v) for k, v in splits.items()})
-    return splits
-
-
-def split_indices(entries: list[CacheEntry], names: list[str], list_name: str) -> list[int]:
-    index = {e.key: i for i, e in enumerate(entries)}
-    unknown = [n for n in names if n not in index]
-    if unknown:
-        raise UserError(f"{list_name} names {len(unknown)} image(s) not in the dataset, e.g. {unknown[:3]}; "
-                        "fix the list or the image folder")
-    return [index[n] for n in names]
-
-
-def read_groups(path: str, entries: list[CacheEntry]) -> list[str]:
-    """Group label per entry from a CSV of '<image stem>,<group>'; unlisted images are their own group."""
-    groups = {}
-    for line_no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        parts = [p.strip() for p in line.split(",")]
-        if not line.strip() or (line_no == 1 and parts[0].lower() in ("stem", "image", "file")):
-            continue
-        if len(parts) < 2:
-            raise UserError(f"GROUPS={path} line {line_no}: expected '<image stem>,<group>', got {line!r}")
-        groups[Path(parts[0]).stem] = parts[1]
-    missing = sum(e.key not in groups for e in entries)
-    if missing:
-        LOG.info("GROUPS: %d image(s) not listed; each forms its own group", missing)
-    return [groups.get(e.key, f"__{e.key}") for e in entries]

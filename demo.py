@@ -186,7 +186,7 @@ def main(argv=None) -> None:
         print(f"  {'colour masks':17s} {work / 'predictions' / 'masks_color'}  (legend: "
               f"{work / 'predictions' / 'legend.png'})")
         print_steel_result(summary, work / "predictions" / "metrics.json")
-    print(f"CV dice {summary['dice_mean']:.3f} ± {summary['dice_std']:.3f}, out-of-fold dice "
+    print(f"CV dice {summary['mean_dice']:.3f} ± {summary['std_dice']:.3f}, out-of-fold dice "
           f"{summary['oof_dice']:.3f}, recommended threshold {summary['best_threshold']:.2f}")
     print(f"held-out dice: {read_mean_dice(stdout):.3f}")
 

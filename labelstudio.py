@@ -251,14 +251,16 @@ def load_labelstudio(
     json_path: str | os.PathLike,
     image_dir: str | os.PathLike,
     class_map: dict[str, int] | None = None,
+    max_pixels: int | None = None,
     predictions: bool = False,
 ) -> list[LabelStudioItem]:
     """Read a Label Studio JSON export into image paths and class-id masks.
 
     `class_map` maps label names to class ids; None means binary (every label -> 1). Tasks
     without a usable annotation are skipped and counted. A non-cancelled annotation with no
-    regions is kept as an empty mask: the annotator saw nothing there. Model predictions are
-    read only with `predictions=True` (tasks no person reviewed are never trained on by default).
+    regions is kept as an empty mask: the annotator saw nothing there. Images claiming more than
+    `max_pixels` (default utils.MAX_IMAGE_PIXELS) are refused, as read_image refuses them. Model
+    predictions are read only with `predictions=True` (tasks no person reviewed are never trained on).
     """
     json_path, image_dir = Path(json_path), Path(image_dir)
     _check_class_map(class_map)
@@ -273,7 +275,7 @@ def load_labelstudio(
             continue
         task_id = task.get("id")
         image_path = _find_image(index, original_name(_image_reference(task)), task_id, image_dir)
-        image_hw = read_image(image_path).shape[:2]
+        image_hw = read_image(image_path, max_pixels).shape[:2]
         mask = rasterize_annotation(annotation, image_hw, class_map, task_id, image_path)
         items.append(LabelStudioItem(image_path=image_path, mask=mask, task_id=task_id))
     LOG.info(

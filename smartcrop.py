@@ -21,9 +21,15 @@ from config import check_crop_model
 from runtime.crop import DETECTOR_SIZE, PERSON_CLASS, Crop, CropSettings, crop_from_masks
 from utils import LOG, atomic_write_bytes, file_sha1
 
-# ultralytics reads these at import: never pip-install or phone home from a training run.
-os.environ.setdefault("YOLO_AUTOINSTALL", "false")
-os.environ.setdefault("YOLO_OFFLINE", "1")
+
+def import_yolo():
+    """ultralytics' YOLO class, imported offline: never pip-install or phone home from a training run
+    (ultralytics reads these variables at import)."""
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    from ultralytics import YOLO
+
+    return YOLO
 
 
 class SmartCropper:
@@ -31,7 +37,7 @@ class SmartCropper:
 
     def __init__(self, model_path: str | os.PathLike, settings: CropSettings, device: str = "cpu"):
         check_crop_model(str(model_path))  # before YOLO(): a missing name would be downloaded
-        from ultralytics import YOLO
+        YOLO = import_yolo()
 
         self.model_path = Path(model_path)
         self.settings = settings
@@ -72,8 +78,7 @@ def export_detector(model_path: str | os.PathLike, output: str | os.PathLike, im
     if Path(model_path).suffix.lower() == ".onnx":
         atomic_write_bytes(output, Path(model_path).read_bytes())
         return output
-    from ultralytics import YOLO
-
+    YOLO = import_yolo()
     net = YOLO(str(model_path), task="segment").model.float().eval()
 
     class Graph(torch.nn.Module):
@@ -109,8 +114,8 @@ def random_detector(output: str | os.PathLike, seed: int = 0) -> Path:
     export matrix does) and the 'person' bias is zeroed: many person candidates with spread scores.
     """
     import torch
-    from ultralytics import YOLO
 
+    YOLO = import_yolo()
     torch.manual_seed(seed)
     model = YOLO("yolo11n-seg.yaml")
     net = model.model

@@ -254,9 +254,10 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def read_mask(path: str | os.PathLike, num_classes: int = 1) -> np.ndarray:
-    """Read a mask as uint8 (H, W). Binary: 0/255 or 0/1 -> {0, 1}. Multi-class: class ids."""
-    mask = _decode(Path(path), MASK_FLAGS)  # EXIF orientation applied, as in read_image
+def read_mask(path: str | os.PathLike, num_classes: int = 1, max_pixels: int | None = None) -> np.ndarray:
+    """Read a mask as uint8 (H, W). Binary: 0/255 or 0/1 -> {0, 1}. Multi-class: class ids.
+    `max_pixels` as in read_image."""
+    mask = _decode(Path(path), MASK_FLAGS, max_pixels)  # EXIF orientation applied, as in read_image
     if mask.ndim == 3:
         # Colour-saved masks: any channel set counts (alpha ignored).
         mask = mask[..., :3].max(axis=2)

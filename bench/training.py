@@ -4,7 +4,7 @@
     python bench/training.py --steps 12 --blocks 7
     python bench/training.py --limit 16 --size 64 --batch-size 4 --steps 1 --blocks 1 --repeats 1 --out smoke.json
 
-Training: train.py's own pieces (build_cache, setup_fold, train_step) with the README recipe's
+Training: the trainer's own pieces (train.prepare, training.loop.setup_fold and train_step) with the README recipe's
 settings (Unet/resnet18, random init, 192 px, batch 8, AdamW + OneCycle, 2 DataLoader workers);
 --warmup steps untimed, then --blocks blocks of --steps steps, each timed with its data loading;
 images/s = batch x steps / block time, median over the blocks. No convergence, no validation.
@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from common import HORSE, machine_info, median, print_table, summary, time_once, write_result
+# The repository first, whatever PYTHONPATH says: `training` is the package there, not this script.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import HORSE, machine_info, median, print_table, summary, time_once, write_result  # noqa: E402
 
 RECIPE = {"name": "horse", "arch": "Unet", "encoder": "resnet18", "encoder_weights": "none", "batch_size": "8",
           "scheduler": "onecycle", "lr": "1e-3", "epochs": "30", "workers": "2"}
@@ -55,14 +58,18 @@ def etl(sources: list, size: int, repeats: int, tmp: Path) -> dict:
 def training(args, images: Path, masks: Path, tmp: Path) -> dict:
     import train
     from config import load_config
+    from training.loop import setup_fold, train_step
+    from training.metrics import MetricsLog, Tracker
+    from training.splits import make_folds
+    from training.tasks import make_task
 
     settings = {**RECIPE, "input_size": str(args.size), "batch_size": str(args.batch_size),
                 "raw_img_dir": str(images), "raw_mask_dir": str(masks), "work_dir": str(tmp / "work")}
     cfg = load_config([a for k, v in settings.items() for a in ("--" + k.replace("_", "-"), v)], environ={})
     entries, _, device = train.prepare(cfg)
-    split = train.make_folds(entries, 5, cfg.seed)[0]
-    run = train.setup_fold(cfg, 0, entries, split, device, train.MetricsLog(tmp / "metrics.json"),
-                           train.Tracker("none", tmp, {}))
+    split = make_folds(entries, 5, cfg.seed)[0]
+    run = setup_fold(make_task(cfg), 0, entries, split, device, MetricsLog(tmp / "metrics.json"),
+                     Tracker("none", tmp, {}))
     run.model.train()
     batches = iter(run.train_loader)
 
@@ -77,7 +84,7 @@ def training(args, images: Path, masks: Path, tmp: Path) -> dict:
     def steps(count: int):
         for _ in range(count):
             images_, masks_ = next_batch()
-            train.train_step(run, images_, masks_)
+            train_step(run, images_, masks_)
 
     steps(args.warmup)
     blocks = [time_once(lambda: steps(args.steps)) for _ in range(args.blocks)]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from config import FIELDS, SMP_ARCHITECTURES, Config, load_config
+from config import FIELDS, SMP_ARCHITECTURES, Config, config_hash, load_config
 from utils import UserError
 
 
@@ -85,3 +85,42 @@ def test_help_lists_every_setting_with_env_var_and_default():
     for field in FIELDS:
         assert f"(env {field.env}, default {field.default!r})" in text, field.name
         assert field.all_flags[0] in text
+
+
+# ----------------------------------------------------------------------------- config_hash
+
+
+@pytest.mark.parametrize("argv, pinned", [
+    ([], "e581bd5cde343608"),  # the default segmenter
+    (["--task", "classify"], "c55ff414f6f1e39c"),  # the default gate
+    (["--task", "classify", "--gate-pool", "avg"], "8c539c2d47b76d83"),
+    (["--train-patch", "256x320", "--patches-per-image", "2"], "7cc1f1506d933a9d"),
+    (["--classes", "3", "--class-weights", "auto"], "4876e2144ee61e77"),
+])
+def test_config_hash_is_pinned(argv, pinned):
+    """The values the hand-kept key lists gave: a new hash would retrain every existing run instead of resuming it."""
+    assert config_hash(load_config(argv, environ={})) == pinned
+
+
+@pytest.mark.parametrize("argv", [
+    ["--work-dir", "elsewhere", "--workers", "0", "--device", "cpu", "--threads", "1", "--export", "false"],
+    ["--fold-ids", "0", "--name", "x", "--min-area", "3", "--resume", "false", "--tracker", "tensorboard"],
+    ["--save-checkpoints", "true", "--eval-step", "5", "--max-pixels", "10", "--pin-memory", "false"],
+    ["--gate-recall", "0.9", "--gate-pos-weight", "auto", "--gate-input-size", "64", "--gate-pool", "max"],
+    ["--train-patch", "", "--patches-per-image", "1"],  # added later, at the value older runs had
+])
+def test_settings_that_do_not_train_leave_a_segmenters_hash_alone(argv):
+    assert config_hash(load_config(argv, environ={})) == config_hash(load_config([], environ={}))
+
+
+@pytest.mark.parametrize("argv", [["--lr", "1e-3"], ["--encoder", "resnet18"], ["--seed", "1"], ["--epochs", "3"],
+                                  ["--train-patch", "64x64"], ["--classes", "2"], ["--input-size", "256"]])
+def test_settings_that_train_change_the_hash(argv):
+    assert config_hash(load_config(argv, environ={})) != config_hash(load_config([], environ={}))
+
+
+def test_every_field_declares_whether_it_trains():
+    not_training = {f.name for f in FIELDS if not f.trains}
+    assert {"work_dir", "workers", "device", "export", "resume", "max_image_pixels", "gate_recall"} <= not_training
+    assert {f.name for f in FIELDS if f.only_task == "classify"} == {
+        "task", "gate_input_size", "gate_recall", "gate_pos_weight", "gate_pool"}

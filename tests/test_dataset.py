@@ -234,3 +234,22 @@ def test_patch_validation_pads_whole_images_to_the_stride_not_a_square():
     images, masks = pad_collate([a, b])
     assert images.shape == (2, 3, 96, 224) and masks.shape == (2, 96, 224)
     assert images[0, :, 64:].abs().sum() == 0 and masks[1, :, 128:].sum() == 0 and masks[1, :96, :128].eq(2).all()
+
+
+# ----------------------------------------------------------------------------- MAX_IMAGE_PIXELS, passed down
+
+
+@pytest.mark.parametrize("oversized", ["image", "mask"])
+def test_cache_refuses_a_source_over_max_pixels_without_touching_the_global(blobs, tmp_path, oversized):
+    import utils
+
+    sources = pair_by_stem(blobs / "images", blobs / "masks")[:2]  # 80x100 = 8,000 pixels each
+    if oversized == "mask":  # the image fits, its mask claims more
+        cv2.imwrite(str(sources[0].mask_path), np.zeros((80, 101), np.uint8))
+        cv2.imwrite(str(sources[0].image_path), np.zeros((79, 101, 3), np.uint8))
+    limit = 7999 if oversized == "image" else 8000
+    with pytest.raises(UserError, match=f"over the limit of {limit:,}"):
+        build_cache(sources, tmp_path / "work", 64, max_pixels=limit)
+    assert utils.MAX_IMAGE_PIXELS == 100_000_000
+    if oversized == "image":
+        assert len(build_cache(sources, tmp_path / "work", 64, max_pixels=8000)) == 2

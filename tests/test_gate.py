@@ -18,7 +18,8 @@ import torch
 import classify
 import inference
 import train
-from config import load_config
+from config import config_hash, load_config
+from dataset import pad_collate
 from conftest import ROOT, build_gate_onnx, tiny_argv, write_blobs
 from export import export_onnx
 from exporting.checkpoints import find_checkpoints, load_fold_models
@@ -161,11 +162,11 @@ def test_gate_loss_labels_images_by_any_foreground_pixel():
 
 def test_pad_collate_pads_to_the_stride_not_to_a_square():
     batch = [(torch.ones(3, 40, 64), torch.ones(1, 40, 64)), (torch.ones(3, 64, 20), torch.ones(1, 64, 20))]
-    images, masks = classify.pad_collate(batch)
+    images, masks = pad_collate(batch)
     assert images.shape == (2, 3, 64, 64) and masks.shape == (2, 1, 64, 64)
     assert images[0, :, 40:].abs().sum() == 0 and images[1, :, :, 20:].abs().sum() == 0  # zero = the mean colour
     assert images[0, :, :40, :64].min() == 1 and masks[1, :, :, :20].min() == 1
-    strip, _ = classify.pad_collate([(torch.ones(3, 33, 200), torch.zeros(33, 200, dtype=torch.int64))])
+    strip, _ = pad_collate([(torch.ones(3, 33, 200), torch.zeros(33, 200, dtype=torch.int64))])
     assert strip.shape == (1, 3, 64, 224)
 
 
@@ -202,23 +203,23 @@ def test_classify_with_smart_crop_is_refused(tmp_path):
 
 def test_gate_settings_leave_a_segmenters_hash_alone():
     base = load_config([], environ={})
-    assert train.config_hash(base) == train.config_hash(load_config(["--gate-pos-weight", "auto"], environ={}))
+    assert config_hash(base) == config_hash(load_config(["--gate-pos-weight", "auto"], environ={}))
     gate = load_config(["--task", "classify"], environ={})
-    assert train.config_hash(gate) != train.config_hash(load_config(["--task", "classify", "--gate-pos-weight", "2"],
+    assert config_hash(gate) != config_hash(load_config(["--task", "classify", "--gate-pos-weight", "2"],
                                                                     environ={}))
-    assert train.config_hash(gate) == train.config_hash(load_config(["--task", "classify", "--gate-recall", "0.9"],
+    assert config_hash(gate) == config_hash(load_config(["--task", "classify", "--gate-recall", "0.9"],
                                                                     environ={}))  # only picks the threshold
-    assert train.config_hash(base) == train.config_hash(load_config(["--gate-pool", "max"], environ={}))
+    assert config_hash(base) == config_hash(load_config(["--gate-pool", "max"], environ={}))
 
 
 def test_a_gate_run_from_before_gate_pool_resumes_with_avg_and_the_new_default_retrains(monkeypatch):
     gate = load_config(["--task", "classify"], environ={})
     with_avg = load_config(["--task", "classify", "--gate-pool", "avg"], environ={})
-    new_default_hash, avg_hash = train.config_hash(gate), train.config_hash(with_avg)
+    new_default_hash, avg_hash = config_hash(gate), config_hash(with_avg)
     # what such a run hashed: the same settings without the gate_pool field
     monkeypatch.setattr(type(gate), "to_dict",
                         lambda self: {k: v for k, v in dataclasses.asdict(self).items() if k != "gate_pool"})
-    old_hash = train.config_hash(gate)
+    old_hash = config_hash(gate)
     assert avg_hash == old_hash  # its average-pooled checkpoints are resumed
     assert new_default_hash != old_hash  # avgmax: another model
 
@@ -292,6 +293,27 @@ def test_gate_rerun_keeps_finished_folds(gate_run, caplog):
     finally:
         LOG.removeHandler(caplog.handler)
     assert "fold 0: already finished (best auc" in caplog.text and "fold 1: already finished" in caplog.text
+
+
+def test_a_gate_checkpoint_from_before_best_score_resumes_with_its_best_auc(gate_run, tmp_path, caplog):
+    """fold<K>_last.pt written before the rename kept the gate's best AUC as state["best_dice"]."""
+    import shutil
+
+    work = tmp_path / "work"
+    shutil.copytree(gate_run, work)
+    last = work / "models" / "fold0_last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["state"].pop("best_score")
+    ckpt["state"]["best_dice"] = 0.1234
+    torch.save(ckpt, last)
+    LOG.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="seg"):
+            train.run(load_config(tiny_argv(gate_run.parent / "data", work, task="classify", gate_input_size=64,
+                                            fold_ids="0", export="false"), environ={}))
+    finally:
+        LOG.removeHandler(caplog.handler)
+    assert "fold 0: already finished (best auc 0.1234 at epoch 1)" in caplog.text
 
 
 def test_a_segmenter_run_in_a_gate_work_dir_is_refused(gate_run):

@@ -32,9 +32,11 @@ def test_runtime_reproduces_the_trainers_original_resolution_dice(trained_run, t
 
     import export
     import inference
-    import train
     from config import Config
     from dataset import pair_by_stem
+    from training.metrics import OOFStats
+    from training.scoring import score_original_resolution
+    from training.tasks import SegmentTask
 
     cfg = Config(**json.loads((trained_run / "config.json").read_text()))
     val_keys = json.loads((trained_run / "folds.json").read_text())["0"]
@@ -46,9 +48,9 @@ def test_runtime_reproduces_the_trainers_original_resolution_dice(trained_run, t
         shutil.copy(sources[key].image_path, val_dir / "images")
         shutil.copy(sources[key].mask_path, val_dir / "masks")
 
-    oof = train.OOFStats()
+    oof = OOFStats()
     best = trained_run / "models" / "fold0_best.pt"
-    train.score_original_resolution(cfg, best, [sources[k] for k in val_keys], torch.device("cpu"), oof)
+    score_original_resolution(SegmentTask(cfg), best, [sources[k] for k in val_keys], torch.device("cpu"), oof)
     onnx_path = export.export_onnx(trained_run, folds=[0], output=tmp_path / "fold0.onnx")
     result = inference.run(inference.Segmenter(onnx_path, device="cpu"), val_dir / "images",
                            tmp_path / "out", threshold=0.5, min_area=0, gt_dir=val_dir / "masks")

@@ -74,6 +74,15 @@ def test_smartcropper_never_hands_a_missing_name_to_ultralytics(tmp_path, monkey
         smartcrop.SmartCropper("yolo11n-seg.pt", settings())
 
 
+def test_importing_smartcrop_leaves_the_environment_alone():
+    """The offline switches are set when ultralytics is imported for a detector, not at import of smartcrop."""
+    code = "import os, smartcrop; print(sorted(k for k in os.environ if k.startswith('YOLO_')))"
+    env = {"PATH": "", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
 # ----------------------------------------------------------------------------- cache
 
 

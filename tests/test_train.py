@@ -10,7 +10,11 @@ import torch
 
 import train
 from config import load_config
-from dataset import CacheEntry
+from dataset import CacheEntry, build_cache, collect_sources
+from training.loop import evaluate_checkpoint, make_loader
+from training.metrics import THRESHOLD_GRID, Tracker, per_image_scores
+from training.splits import auto_class_weights, make_folds
+from training.tasks import SegmentTask, make_task
 from utils import UserError, dice_iou
 
 from pathlib import Path
@@ -24,7 +28,7 @@ def _entries(empty_flags):
 
 def test_folds_are_stratified_disjoint_and_complete():
     entries = _entries([i % 4 == 0 for i in range(40)])  # 10 empty, 30 not
-    folds = train.make_folds(entries, 5, seed=1)
+    folds = make_folds(entries, 5, seed=1)
     val = [i for _, va in folds for i in va]
     assert sorted(val) == list(range(40))
     for tr, va in folds:
@@ -34,7 +38,7 @@ def test_folds_are_stratified_disjoint_and_complete():
 
 def test_too_few_samples_for_folds():
     with pytest.raises(UserError, match="cannot be split into FOLDS=5"):
-        train.make_folds(_entries([0, 1, 0]), 5, seed=0)
+        make_folds(_entries([0, 1, 0]), 5, seed=0)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -44,7 +48,7 @@ def test_torch_scores_match_numpy_reference(seed):
     target[0] = 0  # one empty image
     logits = rng.standard_normal((4, 1, 16, 16)).astype(np.float32)
     logits[0] = -5  # predicted empty too: counts as a perfect 1.0
-    got = train.per_image_scores(torch.from_numpy(logits), torch.from_numpy(target), 1).numpy()[..., 0]
+    got = per_image_scores(torch.from_numpy(logits), torch.from_numpy(target), 1).numpy()[..., 0]
     want = np.array([dice_iou(logits[i] > 0, target[i]) for i in range(4)])
     assert np.allclose(got, want, atol=1e-6)
     assert got[0].tolist() == [1.0, 1.0]
@@ -57,7 +61,7 @@ def test_run_writes_every_artifact(trained_run):
         assert (trained_run / name).is_file(), name
     summary = json.loads((trained_run / "cv_summary.json").read_text())
     assert set(summary["folds"]) == {"0", "1"} and summary["oof_images"] == 12
-    assert 0.0 <= summary["dice_mean"] <= 1.0 and summary["best_threshold"] in train.THRESHOLD_GRID
+    assert 0.0 <= summary["mean_dice"] <= 1.0 and summary["best_threshold"] in THRESHOLD_GRID
     records = json.loads((trained_run / "logs" / "metrics.json").read_text())
     assert [(r["fold"], r["epoch"], r["kind"]) for r in records] == [(0, 0, "epoch"), (1, 0, "epoch")]
     for key in ("train_loss", "train_dice", "train_iou", "val_loss", "val_dice", "val_iou", "lr"):
@@ -90,6 +94,24 @@ def test_interrupted_fold_resumes_from_last_epoch(tmp_path, caplog):
         train.run(cfg)
     assert "fold 0: resuming after epoch 1" in caplog.text
     assert "fold 0 epoch 2/2" in caplog.text and "fold 0 epoch 1/2" not in caplog.text
+
+
+def test_state_of_an_old_checkpoint_reads_best_dice_as_best_score():
+    from training.loop import new_state, read_state
+
+    old = {"epoch": 3, "step": 40, "best_dice": 0.8, "best_epoch": 2, "finished": False}
+    assert read_state(old) == {"epoch": 3, "step": 40, "best_score": 0.8, "best_epoch": 2, "finished": False}
+    assert read_state(new_state()) == new_state() and "best_dice" not in new_state()
+
+
+@pytest.mark.parametrize("argv, name", [([], "SegmentTask"), (["--task", "classify"], "ClassifyTask")])
+def test_each_task_gives_the_loop_everything_it_asks(argv, name):
+    from training.loop import Task
+
+    task = make_task(load_config(argv, environ={}))
+    asked = {n for n in vars(Task) if not n.startswith("_")} | set(Task.__annotations__)
+    assert type(task).__name__ == name and asked and all(hasattr(task, n) for n in asked)
+    assert task.new_sums().result()["loss"] == 0.0 and task.model_args()["encoder"] == "resnet34"
 
 
 def test_changed_settings_retrain(tmp_path, caplog):
@@ -135,14 +157,14 @@ def test_multiclass_training_logs_per_class_metrics_and_learns(tmp_path):
 
 def test_auto_class_weights_favour_rare_classes():
     entries = [CacheEntry(str(i), None, None, False, "", (900, 90, 10)) for i in range(3)]
-    weights = train.auto_class_weights(entries, 3)
+    weights = auto_class_weights(entries, 3)
     assert weights[2] > weights[1] > weights[0] and abs(np.mean(weights) - 1) < 1e-3
 
 
 def test_auto_class_weights_stay_within_ten_times_the_background_on_defect_data():
     # steel-like pixel shares: background 98.5 %, a large class 1.1 %, a tiny one 0.016 %, one absent
     entries = [CacheEntry("a", None, None, False, "", (985_000, 160, 0, 11_300, 3_000))]
-    weights = np.array(train.auto_class_weights(entries, 5))
+    weights = np.array(auto_class_weights(entries, 5))
     assert weights.max() / weights[0] == pytest.approx(10.0, rel=1e-3)  # capped: median-frequency gave ~500
     assert weights[1] >= weights[3] > weights[0] and weights[2] == weights.max() and abs(weights.mean() - 1) < 1e-3
 
@@ -177,7 +199,7 @@ def test_split_list_naming_an_unknown_image(tmp_path):
 def test_groups_never_span_two_folds():
     entries = _entries([i % 4 == 0 for i in range(40)])
     groups = [f"person{i // 4}" for i in range(40)]  # 10 people, 4 images each
-    for _, val in train.make_folds(entries, 5, seed=0, groups=groups):
+    for _, val in make_folds(entries, 5, seed=0, groups=groups):
         val_groups = {groups[i] for i in val}
         train_groups = {groups[i] for i in range(40) if i not in set(val)}
         assert not val_groups & train_groups
@@ -228,7 +250,7 @@ def test_missing_tracker_package_is_a_clear_error(tmp_path):
     except ImportError:
         pass
     with pytest.raises(UserError, match="pip install tensorboard"):
-        train.Tracker("tensorboard", tmp_path, {})
+        Tracker("tensorboard", tmp_path, {})
 
 
 def test_kill_9_mid_run_then_resume(tmp_path):
@@ -265,7 +287,7 @@ def test_amp_bf16_on_cpu_trains(tmp_path):
     summary = train.run(load_config(tiny_argv(data, tmp_path / "work", use_amp="true", fold_ids="0", export="false"),
                                     environ={}))
     records = json.loads((tmp_path / "work" / "logs" / "metrics.json").read_text())
-    assert np.isfinite(records[-1]["train_loss"]) and 0 <= summary["dice_mean"] <= 1
+    assert np.isfinite(records[-1]["train_loss"]) and 0 <= summary["mean_dice"] <= 1
 
 
 def test_corrupt_last_checkpoint_restarts_the_fold(tmp_path, caplog):
@@ -306,10 +328,11 @@ def test_torchrun_two_cpu_processes_write_one_run_with_all_reduced_metrics(tmp_p
 
     # one process, the same checkpoint, the whole val fold: what the two ranks' sums must add up to
     cfg = load_config(tiny_argv(data, work, fold_ids="0", export="false"), environ={})
-    entries = train.build_cache(train.collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, None), work,
-                                cfg.input_size, write=False)
+    entries = build_cache(collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, None), work, cfg.input_size,
+                          write=False)
     val_idx = [i for i, e in enumerate(entries) if e.key in set(val_keys)]
-    single = train.evaluate_checkpoint(cfg, work / "models" / "fold0_last.pt", entries, val_idx, torch.device("cpu"))
+    single = evaluate_checkpoint(make_task(cfg), work / "models" / "fold0_last.pt", entries, val_idx,
+                                 torch.device("cpu"))
     assert record["val_dice"] == pytest.approx(single["dice"], abs=1e-6)
     assert record["val_iou"] == pytest.approx(single["iou"], abs=1e-6)
 
@@ -333,10 +356,11 @@ def test_torchrun_trains_the_gate_with_all_reduced_scores_and_one_oof_report(tmp
 
     cfg = load_config(tiny_argv(data, work, task="classify", gate_input_size=64, fold_ids="0", export="false"),
                       environ={})
-    entries = train.build_cache(train.collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, None), work,
-                                cfg.input_size, write=False)
+    entries = build_cache(collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, None), work, cfg.input_size,
+                          write=False)
     val_idx = [i for i, e in enumerate(entries) if e.key in set(val_keys)]
-    single = train.evaluate_checkpoint(cfg, work / "models" / "fold0_last.pt", entries, val_idx, torch.device("cpu"))
+    single = evaluate_checkpoint(make_task(cfg), work / "models" / "fold0_last.pt", entries, val_idx,
+                                 torch.device("cpu"))
     assert record["val_accuracy"] == pytest.approx(single["accuracy"], abs=1e-6)
     if single.get("auc") is not None:
         assert record["val_auc"] == pytest.approx(single["auc"], abs=1e-6)
@@ -399,25 +423,18 @@ def test_patch_loaders_crop_for_training_and_keep_whole_images_for_validation(tm
     cfg = load_config(tiny_argv(data, tmp_path / "work", classes=5, classes_file=data / "classes.txt",
                                 input_size=256, train_patch="64x96", patches_per_image=3), environ={})
     entries, _, device = train.prepare(cfg)
-    train_loader = train.make_loader(cfg, entries, [0, 1, 2], True, device)
+    train_loader = make_loader(SegmentTask(cfg), entries, [0, 1, 2], True, device)
     assert isinstance(train_loader.dataset, PatchDataset) and len(train_loader.dataset) == 9
     images, masks = next(iter(train_loader))
     assert images.shape == (4, 3, 64, 96) and masks.shape == (4, 64, 96)
-    images, masks = next(iter(train.make_loader(cfg, entries, [3, 4, 5], False, device)))
+    images, masks = next(iter(make_loader(SegmentTask(cfg), entries, [3, 4, 5], False, device)))
     assert images.shape == (3, 3, 64, 256) and masks.shape == (3, 64, 256)
 
 
-def test_default_path_keeps_its_config_hash_and_square_batches(tmp_path):
-    """Without TRAIN_PATCH nothing changes: runs from before the setting existed still resume."""
-    import hashlib
-
+def test_default_path_keeps_square_batches(tmp_path):
+    """Without TRAIN_PATCH nothing changes: validation batches are INPUT_SIZE squares."""
     data = write_blobs(tmp_path / "data", 4)
     cfg = load_config(tiny_argv(data, tmp_path / "work"), environ={})
-    old = {k: v for k, v in cfg.to_dict().items()
-           if k not in train.NON_TRAINING_KEYS + train.GATE_KEYS and k not in ("train_patch", "patches_per_image")}
-    assert train.config_hash(cfg) == hashlib.sha1(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
-    patched = load_config(tiny_argv(data, tmp_path / "work", train_patch="32x64"), environ={})
-    assert train.config_hash(patched) != train.config_hash(cfg)
     entries, _, device = train.prepare(cfg)
-    images, _ = next(iter(train.make_loader(cfg, entries, [0, 1], False, device)))
+    images, _ = next(iter(make_loader(SegmentTask(cfg), entries, [0, 1], False, device)))
     assert images.shape[-2:] == (64, 64)

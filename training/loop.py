@@ -1,0 +1,350 @@
+"""The one fold loop, the same for every task: loaders, the optimizer step, evaluation, early stopping,
+checkpoints and resume, then cross-validation over the folds.
+
+What differs between the segmenter and the gate (model, loss, metrics, what early stopping watches,
+out-of-fold scoring) comes from the task object (training/tasks.py) that every function here is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from config import Config, config_hash
+from dataset import CacheEntry, PatchDataset, SegDataset, get_transform, pad_collate, seed_worker
+from model import load_checkpoint, read_checkpoint, save_checkpoint
+from training.distributed import barrier, is_main, rank, shard, sync_buffers, wrap_ddp
+from training.metrics import MetricsLog, OOFStats, Tracker
+from training.splits import Split
+from utils import LOG, UserError, write_png
+
+
+class OutOfFold(Protocol):
+    """A task's out-of-fold bookkeeping over the folds of one run (training/scoring.py)."""
+
+    def score_fold(self, fold: int, path: Path, entries: list[CacheEntry], val_idx: list[int], device) -> dict: ...
+    def summarize(self, fold_scores: dict[int, dict], test_scores: dict[int, dict]) -> dict: ...
+
+
+class Task(Protocol):
+    """What the loop asks of a task (training/tasks.py: SegmentTask, ClassifyTask); train.run also calls
+    its check_data, log_summary and export_args."""
+
+    cfg: Config
+    monitor_name: str  # the val metric early stopping and the best checkpoint maximise
+    pads_to_square: bool  # whole images padded to an INPUT_SIZE square, else batched by pad_collate
+
+    def build_model(self, weights: str | None = None) -> torch.nn.Module: ...
+    def model_args(self) -> dict: ...  # stored in each checkpoint: export rebuilds the model from it
+    def build_loss(self, entries: list | None = None, train_idx: list[int] | None = None) -> torch.nn.Module: ...
+    def new_sums(self): ...  # running metrics with add_batch, reduce (over ranks) and result
+    def monitor_score(self, stats: dict) -> float: ...
+    def describe_stats(self, stats: dict, iou: bool = False) -> str: ...
+    def describe_best(self, scores: dict) -> str: ...
+    def patch_hw(self) -> tuple[int, int] | None: ...
+    def preview_grid(self, model, dataset, device): ...  # RGB uint8 rows, or None
+    def new_out_of_fold(self, sources: dict) -> OutOfFold: ...
+
+
+def make_dataset(task: Task, entries: list[CacheEntry], train: bool) -> SegDataset:
+    """Whole images padded to an INPUT_SIZE square; with TRAIN_PATCH, random HxW crops for training
+    and whole images padded to /32 for evaluation. The gate keeps whole images as cached. Augmentation
+    and crops are seeded per rank."""
+    cfg = task.cfg
+    patch = task.patch_hw()
+    transform = get_transform(train, cfg.input_size, seed=cfg.seed + rank(), patch=patch is not None,
+                              square=task.pads_to_square)
+    if patch and train:
+        return PatchDataset(entries, transform, cfg.classes, patch, cfg.patches_per_image, seed=cfg.seed + rank(),
+                            max_pixels=cfg.max_image_pixels)
+    return SegDataset(entries, transform, cfg.classes, max_pixels=cfg.max_image_pixels)
+
+
+def make_loader(task: Task, entries: list[CacheEntry], indices: list[int], train: bool, device) -> DataLoader:
+    """Under DDP: training through a DistributedSampler (set_epoch each epoch), evaluation on this
+    rank's unpadded shard. TRAIN_PATCH evaluation and the gate batch whole images of different sizes
+    (pad_collate)."""
+    cfg = task.cfg
+    dataset = make_dataset(task, [entries[i] for i in (indices if train else shard(indices))], train)
+    sampler = DistributedSampler(dataset, shuffle=True, seed=cfg.seed) if train and dist.is_initialized() else None
+    return DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=train and sampler is None, sampler=sampler,
+        collate_fn=pad_collate if not task.pads_to_square or (cfg.train_patch and not train) else None,
+        num_workers=cfg.workers, pin_memory=cfg.pin_memory and device.type == "cuda",
+        persistent_workers=cfg.workers > 0, worker_init_fn=seed_worker,
+        generator=torch.Generator().manual_seed(cfg.seed) if train else None,
+        drop_last=train and len(sampler or dataset) > cfg.batch_size,
+    )
+
+
+def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
+    """Both schedules are stepped once per optimizer step."""
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
+    return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        optimizer, T_0=max(1, cfg.restart_epochs * steps_per_epoch), eta_min=cfg.lr * 0.01)
+
+
+def autocast(cfg: Config, device: torch.device):
+    """fp16 on CUDA, bf16 on CPU, or nothing."""
+    if not cfg.use_amp:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+
+
+@torch.inference_mode()
+def evaluate(model, loader, loss_fn, task: Task, device, oof: OOFStats | None = None) -> dict:
+    """Metrics over the loader's samples; under DDP over every rank's shard, summed (all ranks call it)."""
+    cfg = task.cfg
+    model.eval()
+    sync_buffers(model)
+    sums, local_oof = task.new_sums(), OOFStats(cfg.classes)
+    for images, masks in loader:
+        images, masks = images.to(device), masks.to(device)
+        with autocast(cfg, device):
+            logits = model(images)
+        logits = logits.float()
+        sums.add_batch(loss_fn(logits, masks).item(), logits, masks, cfg.classes)
+        if oof is not None:
+            local_oof.add(logits, masks, cfg.classes)
+    if oof is not None:
+        oof.merge(local_oof.reduce())
+    return sums.reduce().result()
+
+
+def evaluate_checkpoint(task: Task, path: Path, entries, indices, device, oof: OOFStats | None = None) -> dict:
+    model = task.build_model().to(device)
+    load_checkpoint(model, path)
+    loader = make_loader(task, entries, indices, False, device)
+    return evaluate(model, loader, task.build_loss().to(device), task, device, oof)
+
+
+# ----------------------------------------------------------------------------- one fold
+
+
+def new_state() -> dict:
+    """A fold's progress. best_score: the best monitored score (val Dice; the gate's val AUC, or -loss)."""
+    return {"epoch": -1, "step": 0, "best_score": float("-inf"), "best_epoch": -1, "finished": False}
+
+
+def read_state(saved: dict) -> dict:
+    """The progress kept in fold<K>_last.pt; older checkpoints name best_score best_dice, even a gate's AUC."""
+    state = dict(saved)
+    if "best_score" not in state and "best_dice" in state:
+        state["best_score"] = state.pop("best_dice")
+    return state
+
+
+@dataclass
+class FoldRun:
+    """Everything one fold's training loop needs, built once."""
+    task: Task
+    fold: int
+    model: torch.nn.Module
+    train_loader: DataLoader
+    val_loader: DataLoader
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    metrics: MetricsLog
+    tracker: Tracker
+    best_path: Path
+    last_path: Path
+    state: dict = field(default_factory=new_state)
+    net: torch.nn.Module | None = None  # what train_step runs: the DDP wrapper under torchrun, else model
+
+    @property
+    def cfg(self) -> Config:
+        return self.task.cfg
+
+    def payload(self) -> dict:
+        return {"model": self.model.state_dict(), "model_args": self.task.model_args(),
+                "config": {**self.cfg.to_dict(), "class_names": self.cfg.names()},
+                "config_hash": config_hash(self.cfg), "fold": self.fold}
+
+
+def setup_fold(task: Task, fold: int, entries, split: Split, device, metrics: MetricsLog,
+               tracker: Tracker) -> FoldRun:
+    cfg = task.cfg
+    models_dir = Path(cfg.work_dir) / "models"
+    model = task.build_model(cfg.encoder_weights)
+    if cfg.load_model:
+        load_checkpoint(model, cfg.load_model)
+        LOG.info("fold %d: fine-tuning from %s", fold, cfg.load_model)
+    model.to(device)
+    train_loader = make_loader(task, entries, split[0], True, device)
+    loss_fn = task.build_loss(entries, split[0])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
+    return FoldRun(
+        task, fold, model, train_loader, make_loader(task, entries, split[1], False, device), loss_fn.to(device),
+        optimizer, make_scheduler(cfg, optimizer, len(train_loader)),
+        torch.amp.GradScaler(device.type, enabled=cfg.use_amp and device.type == "cuda"), device, metrics, tracker,
+        models_dir / f"fold{fold}_best.pt", models_dir / f"fold{fold}_last.pt", net=wrap_ddp(model, device),
+    )
+
+
+def restore(run: FoldRun) -> None:
+    """Continue from fold<K>_last.pt when it was written with the same training settings."""
+    if not run.last_path.is_file():
+        return
+    try:
+        ckpt = read_checkpoint(run.last_path)
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state"), dict):
+            raise UserError(f"{run.last_path} is not a resumable checkpoint (no training state)")
+    except UserError as exc:  # truncated or corrupt: keep it for inspection, train the fold again
+        aside = run.last_path.with_name(run.last_path.name + ".corrupt")
+        if is_main():
+            run.last_path.replace(aside)
+        LOG.warning("fold %d: %s; moved it to %s and training this fold from scratch", run.fold, exc, aside.name)
+        run.metrics.drop_fold(run.fold)
+        return
+    if not run.cfg.resume:
+        LOG.info("fold %d: RESUME=false, ignoring %s", run.fold, run.last_path)
+    elif ckpt.get("config_hash") != config_hash(run.cfg):
+        LOG.info("fold %d: settings changed since %s was written; training from scratch", run.fold, run.last_path)
+    else:
+        load_checkpoint(run.model, ckpt)
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        run.scaler.load_state_dict(ckpt.get("scaler", {}))
+        run.state = read_state(ckpt["state"])
+        if not run.state["finished"]:
+            LOG.info("fold %d: resuming after epoch %d (best %s %.4f)", run.fold, run.state["epoch"] + 1,
+                     run.task.monitor_name, run.state["best_score"])
+        return
+    run.metrics.drop_fold(run.fold)
+
+
+def train_step(run: FoldRun, images: torch.Tensor, masks: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """One optimizer step; returns (loss, detached logits)."""
+    with autocast(run.cfg, run.device):
+        logits = (run.model if run.net is None else run.net)(images)
+    logits = logits.float()
+    loss = run.loss_fn(logits, masks)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if run.cfg.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    return loss.item(), logits.detach()
+
+
+def train_one_epoch(run: FoldRun, epoch: int) -> dict:
+    run.model.train()
+    if isinstance(run.train_loader.sampler, DistributedSampler):
+        run.train_loader.sampler.set_epoch(epoch)  # a different shuffle every epoch, the same on every rank
+    sums = run.task.new_sums()
+    desc = f"fold {run.fold} epoch {epoch + 1}/{run.cfg.epochs}"
+    bar = tqdm(run.train_loader, desc=desc, leave=False, dynamic_ncols=True,
+               disable=None if is_main() else True)  # None: off without a TTY
+    for images, masks in bar:
+        images, masks = images.to(run.device, non_blocking=True), masks.to(run.device, non_blocking=True)
+        loss, logits = train_step(run, images, masks)
+        sums.add_batch(loss, logits, masks, run.cfg.classes)
+        run.state["step"] += 1
+        bar.set_postfix(loss=f"{sums.loss / sums.seen:.4f}", lr=f"{run.optimizer.param_groups[0]['lr']:.2e}")
+        if run.cfg.eval_step and run.state["step"] % run.cfg.eval_step == 0:
+            val_stats = evaluate(run.model, run.val_loader, run.loss_fn, run.task, run.device)
+            record_evaluation(run, epoch, {"loss": loss}, val_stats, kind="step")
+            run.model.train()
+    return sums.result()
+
+
+def record_evaluation(run: FoldRun, epoch: int, train_stats: dict, val_stats: dict, seconds: float = 0.0,
+                      kind: str = "epoch") -> bool:
+    """Log one evaluation ('epoch' end or mid-epoch 'step'); save the best checkpoint when the monitored
+    score (val Dice; the gate's val AUC) improved after the cooldown."""
+    record = {"fold": run.fold, "epoch": epoch, "step": run.state["step"], "kind": kind,
+              "lr": run.optimizer.param_groups[0]["lr"],
+              **{f"train_{k}": v for k, v in train_stats.items()}, **{f"val_{k}": v for k, v in val_stats.items()},
+              "time_s": round(seconds, 2)}
+    run.metrics.add(record)
+    run.tracker.log(record, run.state["step"])
+    score = run.task.monitor_score(val_stats)
+    improved = epoch >= run.cfg.cooldown and score > run.state["best_score"]
+    if improved:
+        run.state.update(best_score=score, best_epoch=epoch)
+    if improved and is_main():
+        save_checkpoint(run.best_path, {**run.payload(), "epoch": epoch, "step": run.state["step"],
+                                        f"val_{run.task.monitor_name}": score})
+    return improved
+
+
+def end_epoch(run: FoldRun, epoch: int, train_stats: dict, start: float) -> bool:
+    """Evaluate, checkpoint and log one epoch; returns True when early stopping triggers."""
+    val_stats = evaluate(run.model, run.val_loader, run.loss_fn, run.task, run.device)
+    improved = record_evaluation(run, epoch, train_stats, val_stats, time.perf_counter() - start)
+    cfg, task = run.cfg, run.task
+    stop = epoch >= cfg.cooldown and epoch - max(run.state["best_epoch"], cfg.cooldown) >= cfg.patience
+    run.state.update(epoch=epoch, finished=stop or epoch == cfg.epochs - 1)
+    if is_main():
+        save_last_and_preview(run, epoch)
+    LOG.info("fold %d epoch %d/%d  train %s | val %s | lr %.2e%s", run.fold, epoch + 1, cfg.epochs,
+             task.describe_stats(train_stats), task.describe_stats(val_stats, iou=True),
+             run.optimizer.param_groups[0]["lr"], "  *best*" if improved else "")
+    if stop:
+        LOG.info("fold %d: early stop, no val %s gain for %d epochs", run.fold, task.monitor_name, cfg.patience)
+    return stop
+
+
+def save_last_and_preview(run: FoldRun, epoch: int) -> None:
+    last = {**run.payload(), "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(), "state": dict(run.state)}
+    save_checkpoint(run.last_path, last)
+    if run.cfg.save_checkpoints:
+        save_checkpoint(run.last_path.with_name(f"fold{run.fold}_epoch{epoch + 1}.pt"), last)
+    grid = run.task.preview_grid(run.model, run.val_loader.dataset, run.device)
+    if grid is None:  # the gate: no mask to show
+        return
+    write_png(Path(run.cfg.work_dir) / "logs" / f"val_preview_fold{run.fold}.png", grid)
+    run.tracker.image(f"fold{run.fold}/val_preview", grid, run.state["step"])
+
+
+def train_fold(task: Task, fold: int, entries, split: Split, device, metrics: MetricsLog,
+               tracker: Tracker | None = None) -> Path:
+    """Train one fold with early stopping; returns the path of its best checkpoint."""
+    run = setup_fold(task, fold, entries, split, device, metrics, tracker or Tracker("none", Path(), {}))
+    restore(run)
+    if run.state["finished"] and run.best_path.is_file():
+        LOG.info("fold %d: already finished (best %s %.4f at epoch %d)", fold, task.monitor_name,
+                 run.state["best_score"], run.state["best_epoch"] + 1)
+        return run.best_path
+    for epoch in range(run.state["epoch"] + 1, task.cfg.epochs):
+        start = time.perf_counter()
+        if end_epoch(run, epoch, train_one_epoch(run, epoch), start):
+            break
+    if is_main() and not run.best_path.is_file():  # every epoch fell inside the cooldown: keep the last weights
+        save_checkpoint(run.best_path, {**run.payload(), "epoch": run.state["epoch"]})
+    barrier()  # every rank reads the best checkpoint next
+    return run.best_path
+
+
+# ----------------------------------------------------------------------------- every fold
+
+
+def cross_validate(task: Task, entries, sources: dict, splits: list[Split], fold_ids: list[int], test_idx: list[int],
+                   device, metrics: MetricsLog, tracker: Tracker) -> tuple[dict, dict[int, Path]]:
+    """Train the chosen folds; score each best checkpoint on its val fold (and on the test list), then
+    the task's out-of-fold summary. Returns (the cv_summary.json contents, {fold: best checkpoint})."""
+    out_of_fold = task.new_out_of_fold(sources)
+    fold_scores, test_scores, best_paths = {}, {}, {}
+    for fold in fold_ids:
+        best_paths[fold] = train_fold(task, fold, entries, splits[fold], device, metrics, tracker)
+        fold_scores[fold] = out_of_fold.score_fold(fold, best_paths[fold], entries, splits[fold][1], device)
+        LOG.info("fold %d best: val %s", fold, task.describe_best(fold_scores[fold]))
+        if test_idx:
+            test_scores[fold] = evaluate_checkpoint(task, best_paths[fold], entries, test_idx, device)
+    return out_of_fold.summarize(fold_scores, test_scores), best_paths
