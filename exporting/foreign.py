@@ -31,8 +31,11 @@ def check_layout(proto) -> tuple[list, list]:
     return check_io(inputs, [(o.name, _dims(o)) for o in proto.graph.output])
 
 
-def describe_onnx(model_path: str | Path, output: str | Path | None = None, **fields) -> Path:
-    """Write our metadata into a foreign ONNX file (in place unless `output`); returns the written path."""
+def describe_onnx(model_path: str | Path, output_path: str | Path | None = None, **fields) -> Path:
+    """Write our metadata into a foreign ONNX file (in place unless `output_path`); returns the written path.
+
+    `fields`: runtime.foreign.foreign_metadata's (class_names, mean, std, input_size, output kind, background, name).
+    """
     import onnx
 
     from runtime.metadata import METADATA_KEY, encode_metadata
@@ -51,7 +54,7 @@ def describe_onnx(model_path: str | Path, output: str | Path | None = None, **fi
     for key, value in keep + [(METADATA_KEY, encode_metadata(meta))]:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    target = Path(output) if output else model_path
+    target = Path(output_path) if output_path else model_path
     atomic_write_bytes(target, proto.SerializeToString())
     LOG.info("described %s: %d classes (%s), input %d px, %s output, class 0 %s", target, meta["num_classes"],
              ", ".join(meta["class_names"][:6]) + (" ..." if meta["num_classes"] > 6 else ""), meta["input_size"],
