@@ -15,7 +15,7 @@ from pathlib import Path
 from runtime.metadata import decode_metadata, read_props
 from utils import LOG, UserError
 
-VARIANT_KEYS = ("task", "folds", "tta", "output", "precision")  # what makes two exports interchangeable
+VARIANT_DEFAULTS = {"task": "segment", "folds": [], "tta": "none", "output": "probs", "precision": "fp32"}
 PRECISION_SUFFIXES = {"fp16": ".fp16.onnx", "int8": ".int8.onnx"}
 
 
@@ -37,9 +37,14 @@ def sibling_path(output: Path, precision: str) -> Path:
     return output.with_suffix(PRECISION_SUFFIXES[precision])
 
 
+def variant(meta: dict) -> dict:
+    """What makes two exports interchangeable (fold order aside; keys older files lack take their defaults)."""
+    found = {key: meta.get(key) or default for key, default in VARIANT_DEFAULTS.items()}
+    return {**found, "folds": sorted(found["folds"])}
+
+
 def describe_variant(meta: dict) -> str:
-    return (f"{meta.get('task', 'segment')}, folds {meta.get('folds')}, tta {meta.get('tta', 'none')}, "
-            f"{meta.get('output')}, {meta.get('precision', 'fp32')}")
+    return "{task}, folds {folds}, tta {tta}, {output}, {precision}".format(**variant(meta))
 
 
 def existing_variant(path: Path) -> dict | None:
@@ -56,7 +61,7 @@ def guard_overwrite(path: Path, metadata: dict, force: bool = False) -> None:
     if force or not path.exists():
         return
     old = existing_variant(path)
-    if old is not None and all(old.get(key) == metadata.get(key) for key in VARIANT_KEYS):
+    if old is not None and variant(old) == variant(metadata):
         return
     what = describe_variant(old) if old is not None else "not an export of ours"
     raise UserError(f"{path} exists and holds another export ({what}); this one is {describe_variant(metadata)}: "

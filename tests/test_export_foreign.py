@@ -22,7 +22,7 @@ def _foreign_onnx(path, input_shape=(1, 3, 32, 32), channels=3):
     graph = helper.make_graph(nodes, "foreign", [helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)],
                               [onnx.numpy_helper.from_array(weight, "w")])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)  # onnxruntime reads <= 13
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)  # ORT reads <= 13
     proto.metadata_props.add(key="author", value="someone else")
     onnx.save(proto, str(path))
     return path
@@ -43,8 +43,8 @@ def test_describe_writes_our_metadata(tmp_path):
     with pytest.raises(UserError, match="no 'segmentation' metadata"):
         read_metadata(model)  # --output: the original is left alone
     x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
-    run = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0] for p in (model, out)]
-    assert np.array_equal(*run)  # the graph itself is untouched
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (model, out)]
+    assert np.array_equal(*[session.run(None, {"x": x})[0] for session in sessions])  # the graph itself is untouched
 
 
 def test_describe_in_place_from_a_classes_file_with_probs(tmp_path):

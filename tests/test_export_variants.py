@@ -95,3 +95,28 @@ def test_int8_checks_the_val_dir_before_exporting(run, tmp_path, monkeypatch, la
         export.main(["--work-dir", str(run), "--fold", "0", "--int8", "--val-dir", str(val)])
     assert "\n" not in str(err.value)
     assert not list(run.glob("*.onnx"))
+
+
+def _tiny_export(path, **meta):
+    """An ONNX file carrying our metadata (the graph does not matter to the guard)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from exporting.onnx_metadata import set_metadata
+
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    proto = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [value],
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]))
+    onnx.save(set_metadata(proto, meta), str(path))
+    return path
+
+
+def test_guard_reads_variants_from_metadata(tmp_path):
+    out = tmp_path / "m.onnx"
+    _tiny_export(out, folds=[1, 0])  # an older file: tta/output/precision keys absent
+    variants.guard_overwrite(out, {"task": "segment", "folds": [0, 1], "tta": "none", "output": "probs",
+                                   "precision": "fp32"})  # the same variant: no error
+    _tiny_export(tmp_path / "m.fp16.onnx", folds=[1], precision="fp16")
+    with pytest.raises(UserError, match=r"m.fp16.onnx exists and holds another export .*folds \[1\]"):
+        variants.guard_outputs(out, {"folds": [0, 1]}, ["fp16"])  # the fp16 copy is guarded too
+    variants.guard_outputs(out, {"folds": [0, 1]}, ["fp16"], force=True)
