@@ -43,7 +43,10 @@ def describe_onnx(model_path: str | Path, output_path: str | Path | None = None,
     model_path = Path(model_path)
     if not model_path.is_file():
         raise UserError(f"--describe {model_path}: no such file")
-    proto = onnx.load(str(model_path))
+    try:
+        proto = onnx.load(str(model_path))
+    except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
+        raise UserError(f"--describe {model_path}: not a readable ONNX file ({type(exc).__name__})") from None
     existing, found = decode_metadata({p.key: p.value for p in proto.metadata_props})
     if found and not existing.get("described"):
         raise UserError(f"{model_path} was exported by export.py and describes itself already")

@@ -137,3 +137,11 @@ def test_hf_default_output_sits_beside_the_folder(tmp_path, monkeypatch):
 def test_hf_refuses_flags_it_cannot_use(tmp_path):
     with pytest.raises(UserError, match="--fp16, --class-names: not used with --hf; drop them"):
         export.main(["--hf", str(tmp_path), "--class-names", "a,b", "--fp16"])
+
+
+def test_describe_a_file_that_is_not_onnx(tmp_path):
+    path = tmp_path / "notes.onnx"
+    path.write_text("not a model")
+    with pytest.raises(UserError, match="notes.onnx: not a readable ONNX file"):
+        export.main(["--describe", str(path)])
+    assert path.read_text() == "not a model"
