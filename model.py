@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -107,6 +108,15 @@ def _create(arch: str, encoder: str, weights: str | None, classes: int, gate_poo
     return smp.create_model(arch, encoder_name=encoder, encoder_weights=weights, classes=classes, **extra)
 
 
+def resolve_arch(name: str) -> str:
+    """An architecture name as smp spells it, matched case-insensitively ('unet' -> 'Unet')."""
+    known = {arch.lower(): arch for arch in ARCHITECTURES + (GATE_ARCH,)}
+    try:
+        return known[str(name).strip().lower()]
+    except KeyError:
+        raise UserError(f"unknown architecture {name!r}; choose one of: {', '.join(ARCHITECTURES)}") from None
+
+
 def build_model(arch: str, encoder: str, encoder_weights: str | None = None, classes: int = 1,
                 gate_pool: str = GATE_POOL) -> nn.Module:
     """A model returning logits (B, classes, H, W): any smp architecture, or HRNetLite; or the gate
@@ -115,8 +125,7 @@ def build_model(arch: str, encoder: str, encoder_weights: str | None = None, cla
     encoder_weights: None/"none" (random init, works offline), "imagenet" (downloaded once by
     smp/timm), or a path to a local encoder state dict (.pth/.pt).
     """
-    if arch not in ARCHITECTURES + (GATE_ARCH,):
-        raise UserError(f"unknown architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    arch = resolve_arch(arch)
     weights = None if encoder_weights in (None, "", "none", "None") else encoder_weights
     local_file = weights is not None and weights not in ("imagenet",) and (
         os.sep in weights or weights.endswith((".pth", ".pt", ".bin", ".safetensors"))
@@ -247,32 +256,44 @@ def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
 
 
 def unwrap_state_dict(obj) -> dict:
-    """Accept a bare state dict, {'state_dict': ...} or {'model': ...}; strip DDP's 'module.'."""
+    """Accept a bare state dict, {'state_dict': ...} or {'model': ...}, or a whole nn.Module (also wrapped);
+    strip DataParallel/DDP's 'module.'."""
     for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+        if isinstance(obj, dict) and isinstance(obj.get(key), (dict, nn.Module)):
             obj = obj[key]
             break
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError("checkpoint holds no state dict (expected tensors, {'state_dict': ...} or {'model': ...})")
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint file safely (weights_only=True: no pickled code runs)."""
+class PickledCheckpointError(UserError):
+    """The file holds pickled Python objects (e.g. a whole nn.Module) that safe loading refuses."""
+
+
+def read_checkpoint(path: str | os.PathLike, weights_only: bool = True) -> dict:
+    """Load a checkpoint file safely (weights_only=True: no pickled code runs; False only for a trusted file)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as exc:  # torch raises several unrelated types for a bad file
+        if weights_only and "Weights only load failed" in str(exc):
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            raise PickledCheckpointError(f"cannot read checkpoint {path} safely: it holds pickled Python objects "
+                                         f"({found.group(1) if found else 'not only tensors'})") from None
         raise UserError(f"cannot read checkpoint {path} ({path.stat().st_size} bytes; truncated, corrupt or not "
-                        f"written by train.py): {type(exc).__name__}: {exc}") from None
+                        f"written by train.py): {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
 
 
-def load_checkpoint(model: nn.Module, source) -> dict:
+def load_checkpoint(model: nn.Module, source, advice: str = "check ARCH, ENCODER and CLASSES against the run "
+                    "that wrote it") -> dict:
     """Strictly load weights into `model` from a path or an already loaded object.
 
-    Fails fast, listing missing, unexpected and mis-shaped keys. Returns the raw checkpoint.
+    Fails fast in one line, listing missing, unexpected and mis-shaped keys. Returns the raw checkpoint.
     """
     raw = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
     state = unwrap_state_dict(raw)
@@ -283,16 +304,15 @@ def load_checkpoint(model: nn.Module, source) -> dict:
     if missing or unexpected or shape_errors:
         def show(keys):
             return ", ".join(keys[:8]) + (f" ... (+{len(keys) - 8} more)" if len(keys) > 8 else "")
-        lines = [f"checkpoint does not match the model ({type(model).__name__}):"]
+        parts = [f"checkpoint does not match the model ({type(model).__name__})"]
         if missing:
-            lines.append(f"  missing keys ({len(missing)}): {show(missing)}")
+            parts.append(f"missing keys ({len(missing)}): {show(missing)}")
         if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {show(unexpected)}")
+            parts.append(f"unexpected keys ({len(unexpected)}): {show(unexpected)}")
         if shape_errors:
-            lines.append("  shape mismatch: " + show(
+            parts.append("shape mismatch: " + show(
                 [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shape_errors]))
-        lines.append("  check ARCH, ENCODER and CLASSES against the run that wrote it")
-        raise UserError("\n".join(lines))
+        raise UserError("; ".join(parts + [advice]))
     model.load_state_dict(state, strict=True)
     return raw if isinstance(raw, dict) else {}
 

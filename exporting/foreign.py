@@ -31,8 +31,11 @@ def check_layout(proto) -> tuple[list, list]:
     return check_io(inputs, [(o.name, _dims(o)) for o in proto.graph.output])
 
 
-def describe_onnx(model_path: str | Path, output: str | Path | None = None, **fields) -> Path:
-    """Write our metadata into a foreign ONNX file (in place unless `output`); returns the written path."""
+def describe_onnx(model_path: str | Path, output_path: str | Path | None = None, **fields) -> Path:
+    """Write our metadata into a foreign ONNX file (in place unless `output_path`); returns the written path.
+
+    `fields`: runtime.foreign.foreign_metadata's (class_names, mean, std, input_size, output kind, background, name).
+    """
     import onnx
 
     from runtime.metadata import METADATA_KEY, encode_metadata
@@ -40,7 +43,10 @@ def describe_onnx(model_path: str | Path, output: str | Path | None = None, **fi
     model_path = Path(model_path)
     if not model_path.is_file():
         raise UserError(f"--describe {model_path}: no such file")
-    proto = onnx.load(str(model_path))
+    try:
+        proto = onnx.load(str(model_path))
+    except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
+        raise UserError(f"--describe {model_path}: not a readable ONNX file ({type(exc).__name__})") from None
     existing, found = decode_metadata({p.key: p.value for p in proto.metadata_props})
     if found and not existing.get("described"):
         raise UserError(f"{model_path} was exported by export.py and describes itself already")
@@ -51,7 +57,7 @@ def describe_onnx(model_path: str | Path, output: str | Path | None = None, **fi
     for key, value in keep + [(METADATA_KEY, encode_metadata(meta))]:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    target = Path(output) if output else model_path
+    target = Path(output_path) if output_path else model_path
     atomic_write_bytes(target, proto.SerializeToString())
     LOG.info("described %s: %d classes (%s), input %d px, %s output, class 0 %s", target, meta["num_classes"],
              ", ".join(meta["class_names"][:6]) + (" ..." if meta["num_classes"] > 6 else ""), meta["input_size"],

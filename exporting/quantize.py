@@ -69,10 +69,24 @@ def load_pairs(image_dir: Path, mask_dir: Path, keys: list[str] | None = None) -
     return pairs
 
 
+def check_val_dir(val_dir: str | Path) -> list[tuple[Path, Path]]:
+    """--val-dir's (image, mask) pairs; stops with one line on a missing folder or an image without a mask."""
+    images_dir, masks_dir = Path(val_dir) / "images", Path(val_dir) / "masks"
+    missing = [str(d) for d in (images_dir, masks_dir) if not d.is_dir()]
+    if missing:
+        raise UserError(f"--val-dir {val_dir}: {' and '.join(missing)} not found; it needs images/ and masks/")
+    images, masks = list_images(images_dir), index_masks(masks_dir)
+    unpaired = [p.name for p in images if p.stem not in masks]
+    if unpaired:
+        raise UserError(f"--val-dir {val_dir}: {len(unpaired)} of {len(images)} images have no mask in {masks_dir} "
+                        f"(e.g. {', '.join(unpaired[:3])}); masks pair by file stem: a.jpg with a.png or a_mask.png")
+    return load_pairs(images_dir, masks_dir)
+
+
 def validation_pairs(work_dir: Path, folds: list[int], val_dir: str | Path | None) -> list[tuple[Path, Path]]:
     """--val-dir (images/ + masks/), else the cached validation images of the exported folds."""
     if val_dir is not None:
-        return load_pairs(Path(val_dir) / "images", Path(val_dir) / "masks")
+        return check_val_dir(val_dir)
     split_file = work_dir / "folds.json"
     keys = None
     if split_file.is_file():
@@ -120,13 +134,29 @@ class CacheReader:
         self.index = 0
 
 
+def spread(items: list, count: int) -> list:
+    """At most `count` items, evenly spread over the list."""
+    return items[::max(1, len(items) // count)][:count]
+
+
 def calibration_images(work_dir: Path, count: int) -> list[Path]:
     images = list_images(work_dir / "images") if (work_dir / "images").is_dir() else []
     if not images:
         raise UserError(f"--int8 calibrates on the training cache {work_dir / 'images'}, which is empty or missing; "
                         "run train.py on this WORK_DIR first")
-    step = max(1, len(images) // count)
-    return images[::step][:count]
+    return spread(images, count)
+
+
+def int8_inputs(work_dir: Path | None, folds: list[int], val_dir, count: int) -> tuple[list[Path], list]:
+    """(calibration images, validation pairs) for --int8, checked before anything is exported. Without a training
+    run (export.py --checkpoint) both come from --val-dir."""
+    if work_dir is None:
+        if val_dir is None:
+            raise UserError("--int8 with --checkpoint needs --val-dir DIR (DIR/images + DIR/masks): there is no "
+                            "training cache to calibrate on")
+        pairs = check_val_dir(val_dir)
+        return spread([image for image, _ in pairs], count), pairs
+    return calibration_images(work_dir, count), validation_pairs(work_dir, folds, val_dir)
 
 
 def quantize_int8(fp32_path: Path, output: Path, images: list[Path], meta: dict) -> Path:
@@ -151,17 +181,15 @@ def quantize_int8(fp32_path: Path, output: Path, images: list[Path], meta: dict)
     return output
 
 
-def write_int8(work_dir: Path, fp32_path: Path, metadata: dict, val_dir, calib_count: int) -> Path:
-    images = calibration_images(work_dir, calib_count)
+def write_int8(fp32_path: Path, metadata: dict, images: list[Path], pairs: list[tuple[Path, Path]]) -> Path:
+    """<name>.int8.onnx calibrated on `images`, then Dice and latency of fp32 vs int8 on `pairs` (int8_inputs)."""
     root_handlers = list(logging.root.handlers)
     try:
         path = quantize_int8(fp32_path, fp32_path.with_suffix(".int8.onnx"), images, metadata)
     finally:  # onnxruntime.quantization calls logging.basicConfig: undo it, or every line prints twice
         for handler in set(logging.root.handlers) - set(root_handlers):
             logging.root.removeHandler(handler)
-    LOG.info("exported %s (int8 QDQ, calibrated on %d cached images, %.1f MB)", path, len(images),
-             path.stat().st_size / 1e6)
-    pairs = validation_pairs(work_dir, metadata["folds"], val_dir)
+    LOG.info("exported %s (int8 QDQ, calibrated on %d images, %.1f MB)", path, len(images), path.stat().st_size / 1e6)
     dice32, ms32 = evaluate(fp32_path, pairs, metadata)
     dice8, ms8 = evaluate(path, pairs, metadata)
     LOG.info("int8: Dice %.4f -> %.4f (%+.4f) on %d validation images; median latency %.1f -> %.1f ms (%.2fx)",
