@@ -122,6 +122,7 @@ def test_view_img_without_display_says_so(monkeypatch, records):  # noqa: F811
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     monkeypatch.setattr(video.sys, "platform", "linux")
+    monkeypatch.setattr(video, "opencv_is_headless", lambda build_info=None: False)  # a GUI build, no display
     viewer = video.Viewer(True)
     assert not viewer.enabled and viewer.show(np.zeros((4, 4, 3), np.uint8))
     assert any("no display" in r.getMessage() for r in records.records)
