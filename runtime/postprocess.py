@@ -203,7 +203,7 @@ def argmax_mask(probs: np.ndarray, options: PostOptions) -> np.ndarray:
     """(C, H, W) probs -> (H, W) uint8 class ids, each class cleaned on its own, in class order.
 
     With a background, a pixel no class keeps is background (0). Without one, class 0 is cleaned like the
-    others and a pixel no class keeps stays its argmax class: nothing is "empty"."""
+    others and a pixel no class keeps takes the class of the nearest kept pixel: nothing is "empty"."""
     labels = probs.argmax(axis=0).astype(np.uint8)  # (H, W) class ids
     if morphology_off(options):
         return labels
@@ -212,9 +212,18 @@ def argmax_mask(probs: np.ndarray, options: PostOptions) -> np.ndarray:
         take = (clean_binary((labels == cls).astype(np.uint8), options) > 0) & ~claimed
         mask[take] = cls
         claimed |= take
-    if not options.background:
-        mask[~claimed] = labels[~claimed]
+    if not options.background and not claimed.all():
+        mask = fill_from_nearest(mask, claimed) if claimed.any() else labels
     return mask
+
+
+def fill_from_nearest(mask: np.ndarray, claimed: np.ndarray) -> np.ndarray:
+    """Each unclaimed pixel of a class-id mask takes the class of the nearest claimed pixel (L2 distance)."""
+    present = np.unique(mask[claimed])
+    distances = np.stack([cv2.distanceTransform((~(claimed & (mask == c))).astype(np.uint8), cv2.DIST_L2, 3)
+                          for c in present])  # (K, H, W)
+    nearest = present[distances.argmin(axis=0)].astype(np.uint8)
+    return np.where(claimed, mask, nearest)
 
 
 def class_component_stats(mask: np.ndarray) -> tuple[int, int]:
