@@ -294,6 +294,9 @@ def writer_options(args: argparse.Namespace) -> WriterOptions:
                             args.labelstudio_image_prefix, args.model_version, args.rle_csv)
     if options.wanted and args.engine == "ray":
         raise UserError("--labelstudio and --rle-csv run with --engine local (the default)")
+    if options.wanted and detect_source(args.source) not in IMAGE_KINDS + ("zip",):
+        raise UserError(f"--labelstudio and --rle-csv write one entry per image; {args.source} is a "
+                        f"{detect_source(args.source)}: run them on images, a folder, a list or a ZIP")
     return options
 
 

@@ -227,7 +227,8 @@ def run_items(segmenter, items: list[Item], output: Path, options: RunOptions, g
     output.mkdir(parents=True, exist_ok=True)
     options = with_model_classes(options, segmenter.meta)
     if options.class_names:
-        write_png(output / "legend.png", draw_legend(list(options.class_names), palette=class_palette(options.background)))
+        legend = draw_legend(list(options.class_names), palette=class_palette(options.background))
+        write_png(output / "legend.png", legend)
     rows, counts, timings = [], [], []
     with CsvLog(output / "summary.csv", csv_columns(options.class_names, options.background)) as log, \
             ThreadPoolExecutor(options.io_threads) as readers, \
@@ -262,7 +263,8 @@ def run_items(segmenter, items: list[Item], output: Path, options: RunOptions, g
             emit()
     result = summarize(rows, timings, output)
     if gt_index:
-        result["metrics"] = write_metrics(output / "metrics.json", rows, counts, options.class_names, options.background)
+        result["metrics"] = write_metrics(output / "metrics.json", rows, counts, options.class_names,
+                                          options.background)
         result["metrics_json"] = output / "metrics.json"
     return result
 

@@ -88,8 +88,9 @@ def annotate(frame: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
-HEADLESS_HINT = ("--view-img needs OpenCV with GUI support, but this one is headless (opencv-python-headless, what "
-                 "requirements-infer.txt installs): pip uninstall -y opencv-python-headless && pip install opencv-python")
+HEADLESS_HINT = ("--view-img needs OpenCV with GUI support, but this one is headless (opencv-python-headless, "
+                 "what requirements-infer.txt installs): pip uninstall -y opencv-python-headless && "
+                 "pip install opencv-python")
 
 
 def opencv_is_headless(build_info: str | None = None) -> bool:

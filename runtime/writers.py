@@ -75,7 +75,7 @@ class PredictionWriters:
             names = ["foreground"] if self.num_classes == 1 else [str(c) for c in range(self.num_classes)]
         self.labelstudio = self.rle = None
         if options.labelstudio is not None:
-            config = Path(options.labelstudio_config).read_text(encoding="utf-8") if options.labelstudio_config else None
+            config = options.labelstudio_config and Path(options.labelstudio_config).read_text(encoding="utf-8")
             self.labelstudio = LabelStudioWriter(
                 options.labelstudio, [NO_CLASS] * self.shift + names, config,
                 options.model_version or model_version(model_path, meta), options.labelstudio_polygons,

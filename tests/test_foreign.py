@@ -204,8 +204,10 @@ def test_flags_beat_the_sidecar_and_the_defaults(tmp_path):
 
 
 def test_flags_replace_our_own_metadata_and_a_wrong_count_is_one_line(tmp_path):
-    path = build_model(tmp_path / "m.onnx", meta={"num_classes": 3, "class_names": ["bg", "a", "b"], "output": "logits"})
-    segmenter = inference.Segmenter(path, device="cpu", description={"class_names": ["w", "x", "y"], "background": False})
+    meta = {"num_classes": 3, "class_names": ["bg", "a", "b"], "output": "logits"}
+    path = build_model(tmp_path / "m.onnx", meta=meta)
+    flags = {"class_names": ["w", "x", "y"], "background": False}
+    segmenter = inference.Segmenter(path, device="cpu", description=flags)
     assert segmenter.meta["class_names"] == ["w", "x", "y"] and segmenter.post.background is False
     with pytest.raises(UserError, match="gives 2 names .* has 3 classes"):
         inference.Segmenter(path, device="cpu", description={"class_names": ["w", "x"]})
