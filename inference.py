@@ -70,7 +70,7 @@ from runtime.arguments import (
     add_video_args, add_writer_args, add_zip_args,
 )
 from runtime.foreign import parse_class_names, parse_floats
-from runtime.pipeline import RunOptions, output_lock, run_items, run_zip, with_model_classes
+from runtime.pipeline import RunOptions, check_output_folder, output_lock, run_items, run_zip, with_model_classes
 from runtime.postprocess import PostOptions
 from runtime.ray_engine import RayOptions, run_items_ray
 from runtime.report import load_gt_index
@@ -318,6 +318,7 @@ def main(argv=None) -> None:
     setup_logging(level=10 if args.verbose else 20)
     if args.view_img and opencv_is_headless():
         raise UserError(HEADLESS_HINT)
+    check_output_folder(Path(args.output))
     options = run_options(args)  # fail on bad options before loading the model
     kind = detect_source(args.source)
     progress = ProgressBar("frames" if kind in ("video", "stream", "webcam") else "images")

@@ -115,14 +115,17 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def make_output_folder(output: Path) -> None:
-    """Create the output folder; a path that is a file (or lies under one) is a one-line UserError."""
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        blocker = next((p for p in (output, *output.parents) if p.exists() and not p.is_dir()), output)
+def check_output_folder(output: Path) -> None:
+    """An output path that is a file, or lies under one, is a one-line UserError (checked before any work)."""
+    blocker = next((p for p in (output, *output.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
         raise UserError(f"--output {output} cannot be a folder: {blocker} is a file; give a folder name "
-                        "(it is created), e.g. preds/") from None
+                        "(it is created), e.g. preds/")
+
+
+def make_output_folder(output: Path) -> None:
+    check_output_folder(output)
+    output.mkdir(parents=True, exist_ok=True)
 
 
 @contextlib.contextmanager
