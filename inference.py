@@ -33,6 +33,14 @@ Run book (only onnxruntime(-gpu), opencv-python-headless and numpy are needed):
     # segmented (empty mask, status gated_clean); summary.csv gets gate_prob. --gate-threshold overrides its own
     python inference.py --model model.onnx --gate gate.onnx --source coil_0042/ --output preds/ --batch-size 8
 
+    # pre-annotations for Label Studio (one task per image, brush RLE) and a Kaggle/Severstal RLE CSV
+    python inference.py --model model.onnx --source unlabelled/ --output preds/ --labelstudio preds/tasks.json
+    python inference.py --model model.onnx --source test_images/ --output preds/ --rle-csv preds/submission.csv
+
+    # a model from elsewhere (no metadata): names, normalisation, size; class 0 a class like any other (ADE20k)
+    python inference.py --model segformer.onnx --source photos/ --output preds/ --class-names wall,sky,tree \
+        --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --input-size 512 --no-background
+
     # the same outputs through Ray Data: a pool of actors, one onnxruntime session (and GPU) each;
     # RAY_ADDRESS=host:6379 joins a running cluster, else a local Ray is started (pip install -r requirements-dist.txt)
     python inference.py --model model.onnx --source images/ --output preds/ --engine ray --ray-actors 4
