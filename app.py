@@ -16,26 +16,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import streamlit as st
 
 from inference import Segmenter, run
 from runtime.pipeline import RunOptions
 from runtime.foreign import parse_class_names
-from runtime.postprocess import class_palette, colorize, draw_legend, make_overlay
-from runtime.report import fill_row, new_row
+from runtime.postprocess import colorize, draw_legend
+from runtime.preview import PREVIEW_FORMAT, browser_preview, compare_gt, predict_image, safe_name, strip_folder
 from runtime.segmenter import TTA_FLIPS
 from runtime.session import PROVIDER_CHOICES
-from utils import (
-    LOG, UserError, class_dice_iou, dice_iou, read_image, read_mask, resize_long_side, setup_logging, write_png,
-)
+from utils import LOG, UserError, read_image, setup_logging, write_png
 
 # Upload limits per mode, in MB; the server-wide cap (.streamlit/config.toml) must be at least the largest.
 UPLOAD_LIMIT_MB = {"image": 25, "mask": 25, "zip": 200, "video": 200}
@@ -43,8 +39,6 @@ IMAGE_TYPES = ["jpg", "jpeg", "png"]
 MASK_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"]
 VIDEO_TYPES = ["mp4", "avi", "mov", "mkv"]
 MODES = ("Single image", "Batch ZIP", "Video")
-# Browsers cannot play the engine's MPEG-4 Part 2 (mp4v) or AVI output, so the page shows a VP8 WebM copy.
-PREVIEW_FORMAT = ("VP80", ".webm", "video/webm")
 
 
 @dataclass(frozen=True)
@@ -122,12 +116,6 @@ def open_segmenter(settings: Settings) -> Segmenter:
     return segmenter.with_options(**settings.post())
 
 
-def safe_name(name: str, default: str = "upload") -> str:
-    """A file name of the upload that is safe to write in our own temporary folder."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name or default).name).strip("._") or default
-    return stem[:120]
-
-
 def save_upload(upload, folder: Path, kind: str) -> Path:
     """Write an uploaded file into `folder`, refusing it when over the mode's limit."""
     limit = UPLOAD_LIMIT_MB[kind]
@@ -150,10 +138,6 @@ def shown_errors(folder: Path | None = None):
         LOG.exception("unexpected error in the app")
         st.error(f"Something went wrong: {strip_folder(str(exc), folder) or type(exc).__name__}. "
                  "Check the input and the sidebar settings; the server log has the details.")
-
-
-def strip_folder(text: str, folder: Path | None) -> str:
-    return text.replace(str(folder) + os.sep, "").replace(str(folder), "") if folder else text
 
 
 def png_bytes(image: np.ndarray, folder: Path, name: str) -> bytes:
@@ -244,44 +228,6 @@ def show_metadata(segmenter: Segmenter) -> None:
 # ----------------------------------------------------------------------------- single image
 
 
-def predict_image(segmenter: Segmenter, image: np.ndarray, settings: Settings) -> dict:
-    """Mask, overlay and the summary row of one RGB image (downscaled to the max long side first)."""
-    original_hw = image.shape[:2]
-    if settings.image_max_side and max(original_hw) > settings.image_max_side:
-        image = resize_long_side(image, settings.image_max_side)
-    result = segmenter.predict(image)
-    multi, background = result.probs.shape[0] > 1, bool(segmenter.meta.get("background", True))
-    palette = class_palette(background) if multi else None
-    row = new_row("image")
-    fill_row(row, result.mask, result.info)
-    return {
-        "image": image, "mask": result.mask, "multi": multi, "row": row, "original_hw": original_hw,
-        "gate_threshold": segmenter.gate.threshold if segmenter.gate is not None else None, "palette": palette,
-        "background": background, "mask_view": colorize(result.mask, palette) if multi else result.mask * 255,
-        "overlay": make_overlay(image, result.mask, alpha=settings.alpha, palette=palette, background=background),
-    }
-
-
-def compare_gt(mask: np.ndarray, gt_path: Path, num_classes: int, original_hw: tuple,
-               background: bool = True) -> tuple[np.ndarray, float, float]:
-    """(ground truth at the mask's size, Dice, IoU); the GT must match the uploaded image's size.
-
-    Binary: the foreground. Multi-class: the mean over the classes (class 0 too without `background`), a
-    class absent from both counting 1 (runtime.metadata.MULTICLASS_RULE, as inference.py --gt scores it)."""
-    gt = read_mask(gt_path, num_classes)
-    if gt.shape != tuple(original_hw):
-        raise UserError(f"the ground-truth mask is {gt.shape[1]}x{gt.shape[0]} but the image is "
-                        f"{original_hw[1]}x{original_hw[0]}; upload the mask that belongs to this image")
-    if gt.shape != mask.shape:  # the image was downscaled to the max long side
-        gt = cv2.resize(gt, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_NEAREST)
-    if num_classes > 1:
-        shift = 0 if background else 1  # class ids one up: class_dice_iou scores 1.., here every class
-        dice, iou = (float(v.mean()) for v in class_dice_iou(mask + shift, gt + shift, num_classes + shift))
-    else:
-        dice, iou = dice_iou(mask > 0, gt > 0)
-    return gt, dice, iou
-
-
 def single_image_mode(settings: Settings, segmenter: Segmenter) -> None:
     upload = st.file_uploader("Image (JPG/PNG)", type=IMAGE_TYPES, key="image_upload",
                               max_upload_size=UPLOAD_LIMIT_MB["image"])
@@ -292,7 +238,8 @@ def single_image_mode(settings: Settings, segmenter: Segmenter) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="segapp-") as tmp, shown_errors(Path(tmp)):
         folder = Path(tmp)
-        out = predict_image(segmenter, read_image(save_upload(upload, folder, "image")), settings)
+        out = predict_image(segmenter, read_image(save_upload(upload, folder, "image")), settings.image_max_side,
+                            settings.alpha)
         show_prediction(out, upload.name, folder)
         if out["multi"]:
             names = list(segmenter.meta.get("class_names") or range(segmenter.meta["num_classes"]))
@@ -386,30 +333,6 @@ def collect_outputs(kind: str, result: dict, folder: Path) -> dict:
         stored["video"], stored["video_name"] = video.read_bytes(), video.name
         stored["preview"] = browser_preview(video)
     return stored
-
-
-def browser_preview(video: Path) -> bytes | None:
-    """A VP8 WebM copy a browser can play (frames re-encoded as they are), or None without that encoder."""
-    fourcc, suffix, _ = PREVIEW_FORMAT
-    capture = cv2.VideoCapture(str(video))
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    target, writer = video.with_name(video.stem + "_preview" + suffix), None
-    try:
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            if writer is None:
-                writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*fourcc), fps,
-                                         (frame.shape[1], frame.shape[0]))
-                if not writer.isOpened():
-                    return None
-            writer.write(frame)
-    finally:
-        capture.release()
-        if writer is not None:
-            writer.release()
-    return target.read_bytes() if target.is_file() and target.stat().st_size else None
 
 
 def upload_and_run(kind: str, label: str, types: list[str], hint: str, settings: Settings, segmenter: Segmenter):
