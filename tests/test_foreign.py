@@ -28,6 +28,7 @@ if str(ROOT) not in sys.path:
 
 import inference  # noqa: E402
 from runtime.postprocess import PALETTE, PostOptions, postprocess  # noqa: E402
+from test_inference import rect_image, save_graph  # noqa: E402
 from utils import UserError, preprocess, read_image, write_png  # noqa: E402
 
 NAMES = ["wall", "sky", "tree"]
@@ -157,18 +158,7 @@ def build_model(path: Path, classes: int = 3, output_shape=None, input_shape=Non
         [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, input_shape or ["N", 3, "H", "W"])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, output_shape or ["N", classes, "h", "w"])],
         initializer=[numpy_helper.from_array(weight, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    if meta is not None:
-        helper.set_model_props(model, {"segmentation": json.dumps(meta)})
-    onnx.save(model, str(path))
-    return path
-
-
-def rect_image(h: int = 40, w: int = 60) -> tuple[np.ndarray, np.ndarray]:
-    mask = np.zeros((h, w), np.uint8)
-    mask[h // 4: h - h // 4, w // 4: w - w // 4] = 1
-    return np.repeat(mask[..., None] * 255, 3, axis=2), mask
+    return save_graph(graph, path, meta)
 
 
 def test_foreign_multiclass_model_gets_its_class_count_from_the_output_shape(tmp_path):
@@ -219,10 +209,7 @@ def build_identity(path: Path, shape: list) -> Path:
         [helper.make_node("Identity", ["x"], ["y"])], "identity",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path)
 
 
 @pytest.mark.parametrize("input_shape, match", [
@@ -237,7 +224,7 @@ def test_unrunnable_model_fails_at_load_with_one_line(tmp_path, input_shape, mat
 
 def test_nhwc_model_stops_the_cli_with_exit_2_and_no_rows(tmp_path):
     path = build_identity(tmp_path / "m.onnx", ["N", "H", "W", 3])
-    write_png(tmp_path / "src" / "x.png", rect_image()[0])
+    write_png(tmp_path / "src" / "x.png", rect_image(40, 60)[0])
     done = run_cli("--model", str(path), "--source", str(tmp_path / "src"), "--output", str(tmp_path / "out"))
     assert done.returncode == 2 and "NHWC" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out" / "summary.csv").exists()
@@ -248,7 +235,7 @@ def test_no_background_counts_draws_and_scores_class_zero(tmp_path):
     colour mask, the legend and the per-class scores; the image is 'ok' even with nothing but class 0."""
     (tmp_path / "labels.txt").write_text("wall\nsky\ntree\n")
     model = build_model(tmp_path / "m.onnx")
-    image, mask = rect_image()
+    image, mask = rect_image(40, 60)
     write_png(tmp_path / "src" / "x.png", image)
     write_png(tmp_path / "src" / "dark.png", np.zeros_like(image))
     write_png(tmp_path / "gt" / "x.png", mask)

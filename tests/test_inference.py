@@ -34,6 +34,18 @@ TEST_META = {"input_size": 64, "stride": 32, "num_classes": 1, "class_names": ["
 # ----------------------------------------------------------------------------- helpers
 
 
+def save_graph(graph, path: Path, meta: dict | None = None, check: bool = False) -> Path:
+    """An opset-17 model of `graph` saved at `path`, with our metadata when `meta` is given."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if meta is not None:
+        helper.set_model_props(model, {"segmentation": json.dumps(meta)})
+    if check:
+        onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 def build_model(path: Path, meta: dict | None = None, classes: int = 1, half: bool = False, fixed_hw=None) -> Path:
     """Conv(3->C, 1x1) [+ AveragePool /2] + Sigmoid/Softmax, dynamic N/H/W unless fixed_hw."""
     if classes == 1:
@@ -55,13 +67,7 @@ def build_model(path: Path, meta: dict | None = None, classes: int = 1, half: bo
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", classes, "h", "w"])],
         initializer=[numpy_helper.from_array(weight, "w")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    if meta is not None:
-        helper.set_model_props(model, {"segmentation": json.dumps(meta)})
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path, meta, check=True)
 
 
 def rect_image(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -516,12 +522,7 @@ def build_conv(path: Path, kernel: np.ndarray, meta: dict | None = TEST_META, si
         [helper.make_tensor_value_info("probs" if sigmoid else "logits", TensorProto.FLOAT, ["N", 1, "H", "W"])],
         initializer=[numpy_helper.from_array(weight, "w")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    if meta is not None:
-        helper.set_model_props(model, {"segmentation": json.dumps(meta)})
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path, meta)
 
 
 def test_hflip_on_a_symmetric_model_and_image_equals_no_tta(tmp_path):
@@ -584,10 +585,7 @@ def build_foreign(path: Path, classes: int, pool: int) -> Path:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes, "h", "w"])],
         initializer=[numpy_helper.from_array(weight, "w")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path)
 
 
 @pytest.mark.parametrize("classes", [2, 3])

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -23,6 +22,7 @@ from conftest import build_gate_onnx  # noqa: E402
 from labelstudio import load_labelstudio  # noqa: E402
 from runtime import rle  # noqa: E402
 from runtime.writers import WriterOptions, model_version  # noqa: E402
+from test_inference import save_graph  # noqa: E402
 from utils import UserError, read_image, write_png  # noqa: E402
 
 NAMES = ["background", "horse", "rider"]
@@ -41,13 +41,8 @@ def build_model(path: Path, meta: dict | None = None, binary: bool = False) -> P
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", weight.shape[0], "h", "w"])],
         initializer=[numpy_helper.from_array(weight, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    meta = {"input_size": 0, "stride": 32, "name": "tiny", "min_area": 1, **(meta or {}),
-            "num_classes": 1 if binary else 3, "class_names": ["horse"] if binary else NAMES}
-    helper.set_model_props(model, {"segmentation": json.dumps(meta)})
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path, {"input_size": 0, "stride": 32, "name": "tiny", "min_area": 1, **(meta or {}),
+                                    "num_classes": 1 if binary else 3, "class_names": ["horse"] if binary else NAMES})
 
 
 @pytest.fixture
