@@ -16,25 +16,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import streamlit as st
 
 from inference import Segmenter, run
 from runtime.pipeline import RunOptions
-from runtime.postprocess import PALETTE, colorize, draw_legend, make_overlay
-from runtime.report import fill_row, new_row
+from runtime.foreign import parse_class_names
+from runtime.postprocess import colorize, draw_legend
+from runtime.preview import PREVIEW_FORMAT, browser_preview, compare_gt, predict_image, safe_name, strip_folder
 from runtime.segmenter import TTA_FLIPS
 from runtime.session import PROVIDER_CHOICES
-from utils import (
-    LOG, UserError, class_dice_iou, dice_iou, read_image, read_mask, resize_long_side, setup_logging, write_png,
-)
+from utils import LOG, UserError, read_image, setup_logging, write_png
 
 # Upload limits per mode, in MB; the server-wide cap (.streamlit/config.toml) must be at least the largest.
 UPLOAD_LIMIT_MB = {"image": 25, "mask": 25, "zip": 200, "video": 200}
@@ -42,8 +39,6 @@ IMAGE_TYPES = ["jpg", "jpeg", "png"]
 MASK_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"]
 VIDEO_TYPES = ["mp4", "avi", "mov", "mkv"]
 MODES = ("Single image", "Batch ZIP", "Video")
-# Browsers cannot play the engine's MPEG-4 Part 2 (mp4v) or AVI output, so the page shows a VP8 WebM copy.
-PREVIEW_FORMAT = ("VP80", ".webm", "video/webm")
 
 
 @dataclass(frozen=True)
@@ -64,6 +59,8 @@ class Settings:
     vid_stride: int = 1
     gate_path: str = ""  # the clean/defect gate .onnx; empty: none
     gate_threshold: float | None = None  # None: the gate's own (out-of-fold) threshold
+    class_names: str = ""  # comma-separated, one per output channel; empty: the model's (or the files beside it)
+    background: bool | None = None  # False: class 0 is a class like any other (--no-background); None: the model's
 
     def post(self) -> dict:
         """The Segmenter's post-processing options (PostOptions fields)."""
@@ -80,14 +77,16 @@ def read_env(environ) -> dict:
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=4)
 def load_segmenter(model_path: str, stamp: tuple, device: str, threads: int, tta: str, gate_path: str | None = None,
-                   gate_stamp: tuple = ()) -> Segmenter:
-    """One ONNX Runtime session per model file (and its mtime/size stamp), device, threads and TTA,
-    plus the gate's session when a gate file is given.
+                   gate_stamp: tuple = (), class_names: str = "", background: bool | None = None) -> Segmenter:
+    """One ONNX Runtime session per model file (and its mtime/size stamp), device, threads, TTA and description
+    (class names, background: inference.py's --class-names / --no-background), plus the gate's session when a
+    gate file is given.
 
     Post-processing options and the gate threshold are not part of the key: `with_options` and
     `with_gate_threshold` copy the segmenter around the same sessions, so a slider never reloads a model.
     """
-    return Segmenter(model_path, device=device, threads=threads, tta=tta, gate=gate_path)
+    description = {"class_names": parse_class_names(class_names or None), "background": background}
+    return Segmenter(model_path, device=device, threads=threads, tta=tta, gate=gate_path, description=description)
 
 
 @st.cache_resource
@@ -110,16 +109,11 @@ def open_segmenter(settings: Settings) -> Segmenter:
                             "`train.py --task classify` in the sidebar, or leave the gate field empty")
         gate_stamp = (gate.stat().st_mtime_ns, gate.stat().st_size)
     segmenter = load_segmenter(str(path), (stat.st_mtime_ns, stat.st_size), settings.device, settings.threads,
-                               settings.tta, str(gate) if gate else None, gate_stamp)
+                               settings.tta, str(gate) if gate else None, gate_stamp, settings.class_names,
+                               settings.background)
     if gate is not None and settings.gate_threshold is not None:
         segmenter = segmenter.with_gate_threshold(settings.gate_threshold)
     return segmenter.with_options(**settings.post())
-
-
-def safe_name(name: str, default: str = "upload") -> str:
-    """A file name of the upload that is safe to write in our own temporary folder."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name or default).name).strip("._") or default
-    return stem[:120]
 
 
 def save_upload(upload, folder: Path, kind: str) -> Path:
@@ -144,10 +138,6 @@ def shown_errors(folder: Path | None = None):
         LOG.exception("unexpected error in the app")
         st.error(f"Something went wrong: {strip_folder(str(exc), folder) or type(exc).__name__}. "
                  "Check the input and the sidebar settings; the server log has the details.")
-
-
-def strip_folder(text: str, folder: Path | None) -> str:
-    return text.replace(str(folder) + os.sep, "").replace(str(folder), "") if folder else text
 
 
 def png_bytes(image: np.ndarray, folder: Path, name: str) -> bytes:
@@ -180,6 +170,11 @@ def sidebar(defaults: dict) -> Settings:
     if gate_path.strip() and st.sidebar.checkbox("Override the gate's threshold", key="gate_override"):
         gate_threshold = float(st.sidebar.slider("Gate threshold", 0.0, 1.0, 0.5, 0.001, key="gate_threshold",
                                                  format="%.3f", help="segment images whose gate probability is >= this"))
+    class_names = st.sidebar.text_input("Class names (optional)", key="class_names",
+                                        help="comma-separated, class 0 first: for a model without names in its "
+                                        "metadata (labels.txt or config.json beside it are read as well)")
+    no_background = st.sidebar.checkbox("Class 0 is a class (no background)", key="no_background",
+                                        help="e.g. ADE20k's wall: argmax over all classes, class 0 drawn and counted")
     st.sidebar.header("Threshold")
     mode = st.sidebar.radio("Threshold mode", ("adaptive", "fixed"), key="threshold_mode", horizontal=True,
                             help="adaptive: the model's cascade (e.g. 0.5 -> 0.3 -> 0.15)")
@@ -198,7 +193,8 @@ def sidebar(defaults: dict) -> Settings:
                                             key="video_max_side"))
     stride = int(st.sidebar.number_input("Video: infer every Nth frame", 1, 100, 1, key="vid_stride"))
     return Settings(model_path.strip(), device, threads, tta, threshold, close, open_, fill, alpha, image_max,
-                    video_max, stride, gate_path.strip(), gate_threshold)
+                    video_max, stride, gate_path.strip(), gate_threshold, class_names.strip(),
+                    False if no_background else None)
 
 
 def show_metadata(segmenter: Segmenter) -> None:
@@ -208,7 +204,8 @@ def show_metadata(segmenter: Segmenter) -> None:
             st.warning("This model has no 'segmentation' metadata; defaults are used. Re-export it with export.py.")
         st.markdown(
             f"- **arch**: {meta.get('arch')} / {meta.get('encoder')}\n"
-            f"- **classes**: {meta.get('num_classes')} ({', '.join(map(str, meta.get('class_names') or []))})\n"
+            f"- **classes**: {meta.get('num_classes')} ({', '.join(map(str, meta.get('class_names') or []))})"
+            f"{'; class 0 is a class (no background)' if meta.get('background') is False else ''}\n"
             f"- **threshold** (CV): {meta.get('threshold', 'n/a')}\n"
             f"- **folds**: {meta.get('folds', 'n/a')}\n"
             f"- **running on**: {segmenter.providers[0]}"
@@ -231,41 +228,6 @@ def show_metadata(segmenter: Segmenter) -> None:
 # ----------------------------------------------------------------------------- single image
 
 
-def predict_image(segmenter: Segmenter, image: np.ndarray, settings: Settings) -> dict:
-    """Mask, overlay and the summary row of one RGB image (downscaled to the max long side first)."""
-    original_hw = image.shape[:2]
-    if settings.image_max_side and max(original_hw) > settings.image_max_side:
-        image = resize_long_side(image, settings.image_max_side)
-    result = segmenter.predict(image)
-    multi = result.probs.shape[0] > 1
-    row = new_row("image")
-    fill_row(row, result.mask, result.info)
-    return {
-        "image": image, "mask": result.mask, "multi": multi, "row": row, "original_hw": original_hw,
-        "gate_threshold": segmenter.gate.threshold if segmenter.gate is not None else None,
-        "mask_view": colorize(result.mask) if multi else result.mask * 255,
-        "overlay": make_overlay(image, result.mask, alpha=settings.alpha, palette=PALETTE if multi else None),
-    }
-
-
-def compare_gt(mask: np.ndarray, gt_path: Path, num_classes: int, original_hw: tuple) -> tuple[np.ndarray, float, float]:
-    """(ground truth at the mask's size, Dice, IoU); the GT must match the uploaded image's size.
-
-    Binary: the foreground. Multi-class: the mean over the classes, a class absent from both counting 1
-    (runtime.metadata.MULTICLASS_RULE, as inference.py --gt scores it)."""
-    gt = read_mask(gt_path, num_classes)
-    if gt.shape != tuple(original_hw):
-        raise UserError(f"the ground-truth mask is {gt.shape[1]}x{gt.shape[0]} but the image is "
-                        f"{original_hw[1]}x{original_hw[0]}; upload the mask that belongs to this image")
-    if gt.shape != mask.shape:  # the image was downscaled to the max long side
-        gt = cv2.resize(gt, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_NEAREST)
-    if num_classes > 1:
-        dice, iou = (float(v.mean()) for v in class_dice_iou(mask, gt, num_classes))
-    else:
-        dice, iou = dice_iou(mask > 0, gt > 0)
-    return gt, dice, iou
-
-
 def single_image_mode(settings: Settings, segmenter: Segmenter) -> None:
     upload = st.file_uploader("Image (JPG/PNG)", type=IMAGE_TYPES, key="image_upload",
                               max_upload_size=UPLOAD_LIMIT_MB["image"])
@@ -276,14 +238,16 @@ def single_image_mode(settings: Settings, segmenter: Segmenter) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="segapp-") as tmp, shown_errors(Path(tmp)):
         folder = Path(tmp)
-        out = predict_image(segmenter, read_image(save_upload(upload, folder, "image")), settings)
+        out = predict_image(segmenter, read_image(save_upload(upload, folder, "image")), settings.image_max_side,
+                            settings.alpha)
         show_prediction(out, upload.name, folder)
         if out["multi"]:
             names = list(segmenter.meta.get("class_names") or range(segmenter.meta["num_classes"]))
-            st.image(draw_legend([str(n) for n in names]), caption="Class colours")
+            st.image(draw_legend([str(n) for n in names], palette=out["palette"]), caption="Class colours")
         if gt_upload is not None:
             gt, dice, iou = compare_gt(out["mask"], save_upload(gt_upload, folder, "mask"),
-                                       int(segmenter.meta.get("num_classes", 1)), out["original_hw"])
+                                       int(segmenter.meta.get("num_classes", 1)), out["original_hw"],
+                                       out["background"])
             show_gt(out, gt, dice, iou)
 
 
@@ -319,7 +283,7 @@ def show_prediction(out: dict, name: str, folder: Path) -> None:
 
 def show_gt(out: dict, gt: np.ndarray, dice: float, iou: float) -> None:
     st.subheader("Prediction vs ground truth")
-    gt_view = colorize(gt) if out["multi"] else gt * 255
+    gt_view = colorize(gt, out["palette"]) if out["multi"] else gt * 255
     columns = st.columns(2)
     columns[0].image(out["mask_view"], caption="Prediction", width="stretch")
     columns[1].image(gt_view, caption="Ground truth", width="stretch")
@@ -369,30 +333,6 @@ def collect_outputs(kind: str, result: dict, folder: Path) -> dict:
         stored["video"], stored["video_name"] = video.read_bytes(), video.name
         stored["preview"] = browser_preview(video)
     return stored
-
-
-def browser_preview(video: Path) -> bytes | None:
-    """A VP8 WebM copy a browser can play (frames re-encoded as they are), or None without that encoder."""
-    fourcc, suffix, _ = PREVIEW_FORMAT
-    capture = cv2.VideoCapture(str(video))
-    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-    target, writer = video.with_name(video.stem + "_preview" + suffix), None
-    try:
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            if writer is None:
-                writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*fourcc), fps,
-                                         (frame.shape[1], frame.shape[0]))
-                if not writer.isOpened():
-                    return None
-            writer.write(frame)
-    finally:
-        capture.release()
-        if writer is not None:
-            writer.release()
-    return target.read_bytes() if target.is_file() and target.stat().st_size else None
 
 
 def upload_and_run(kind: str, label: str, types: list[str], hint: str, settings: Settings, segmenter: Segmenter):

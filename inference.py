@@ -33,6 +33,14 @@ Run book (only onnxruntime(-gpu), opencv-python-headless and numpy are needed):
     # segmented (empty mask, status gated_clean); summary.csv gets gate_prob. --gate-threshold overrides its own
     python inference.py --model model.onnx --gate gate.onnx --source coil_0042/ --output preds/ --batch-size 8
 
+    # pre-annotations for Label Studio (one task per image, brush RLE) and a Kaggle/Severstal RLE CSV
+    python inference.py --model model.onnx --source unlabelled/ --output preds/ --labelstudio preds/tasks.json
+    python inference.py --model model.onnx --source test_images/ --output preds/ --rle-csv preds/submission.csv
+
+    # a model from elsewhere (no metadata): names, normalisation, size; class 0 a class like any other (ADE20k)
+    python inference.py --model segformer.onnx --source photos/ --output preds/ --class-names wall,sky,tree \
+        --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --input-size 512 --no-background
+
     # the same outputs through Ray Data: a pool of actors, one onnxruntime session (and GPU) each;
     # RAY_ADDRESS=host:6379 joins a running cluster, else a local Ray is started (pip install -r requirements-dist.txt)
     python inference.py --model model.onnx --source images/ --output preds/ --engine ray --ray-actors 4
@@ -65,25 +73,36 @@ import time
 from functools import partial
 from pathlib import Path
 
-from runtime.pipeline import RunOptions, model_class_names, output_lock, run_items, run_zip
+from runtime.arguments import (
+    add_foreign_args, add_model_args, add_output_args, add_post_args, add_ray_args, add_source_args, add_untrusted_args,
+    add_video_args, add_writer_args, add_zip_args,
+)
+from runtime.foreign import parse_class_names, parse_floats
+from runtime.pipeline import RunOptions, check_output_folder, output_lock, run_items, run_zip, with_model_classes
 from runtime.postprocess import PostOptions
 from runtime.ray_engine import RayOptions, run_items_ray
 from runtime.report import load_gt_index
-from runtime.segmenter import TTA_FLIPS, OtsuSegmenter, Segmenter
-from runtime.session import PROVIDER_CHOICES
-from runtime.sources import ZIP_MAX_BYTES, ZIP_MAX_ENTRIES, ZIP_MAX_RATIO, detect_source, image_items, list_items
-from runtime.video import run_video
+from runtime.segmenter import OtsuSegmenter, Segmenter
+from runtime.sources import detect_source, image_items, list_items, path_items
+from runtime.video import HEADLESS_HINT, opencv_is_headless, run_video
+from runtime.writers import PredictionWriters, WriterOptions
 from utils import LOG, MAX_IMAGE_PIXELS, UserError, run_cli, setup_logging
+
+IMAGE_KINDS = ("folder", "glob", "list", "image", "paths")  # sources that are lists of images
+# Options that only a binary (one-channel) model uses, with their defaults: given to a multi-class model, one warning.
+BINARY_ONLY = (("threshold", "adaptive"), ("color", "red"))
 
 
 # ----------------------------------------------------------------------------- runs
 
 
-def run(segmenter, source, output, options: RunOptions | None = None, progress=None, **overrides) -> dict:
-    """Segment whatever `source` is (see runtime/sources.py) into `output`; returns a summary dict.
+def run(segmenter, source, output, options: RunOptions | None = None, progress=None, writers=None,
+        **overrides) -> dict:
+    """Segment whatever `source` is (see runtime/sources.py; a list: several image files) into `output`.
 
-    `overrides` are RunOptions fields, or threshold/min_area (and other PostOptions) for this run.
-    `progress(done, total)` is called after each item (total None for streams).
+    Returns a summary dict. `overrides` are RunOptions fields, or threshold/min_area (and other PostOptions)
+    for this run. `progress(done, total)` is called after each item (total None for streams). `writers`
+    (runtime/writers.PredictionWriters) get every image's prediction; the caller closes them.
     """
     post = {k: overrides.pop(k) for k in list(overrides) if k in PostOptions.__dataclass_fields__}
     if any(v is not None for v in post.values()):
@@ -94,14 +113,21 @@ def run(segmenter, source, output, options: RunOptions | None = None, progress=N
     gt_index = load_gt_index(options.gt_dir)
     with output_lock(output):  # one run per output folder: a second one is refused, not interleaved
         if kind in ("video", "stream", "webcam"):
+            if writers is not None:
+                raise UserError(f"--labelstudio and --rle-csv write one entry per image; {source} is a {kind}: "
+                                "run them on images, a folder, a list or a ZIP")
             return run_video(segmenter, source, output, options, progress)
         if kind == "zip":
-            return run_zip(segmenter, Path(source), output, options, gt_index, progress)
-        return run_items(segmenter, source_items(source, kind, output, options), output, options, gt_index, progress)
+            return run_zip(segmenter, Path(source), output, options, gt_index, progress, writers)
+        items = source_items(source, kind, output, options)
+        return run_items(segmenter, items, output, options, gt_index, progress, writers)
 
 
 def source_items(source, kind: str, output: Path, options: RunOptions) -> list:
-    """The image items of a folder, glob, image or .txt list (`kind` from detect_source); `output` is skipped."""
+    """The image items of a folder, glob, image, .txt list or several files (`kind` from detect_source);
+    `output` is skipped."""
+    if kind == "paths":
+        return path_items(source, exclude=output)
     if kind == "list":
         return list_items(Path(source))
     return image_items(source, exclude=output, follow_symlinks=options.follow_symlinks)
@@ -142,97 +168,6 @@ class ProgressBar:
         self.stream.flush()
 
 
-def add_source_args(add) -> None:
-    """What to run on."""
-    add("--model", default=None, help="the .onnx file written by export.py (not needed with --method otsu)")
-    add("--source", required=True, help="an image, a folder (recursive), a quoted glob, a .txt list of paths, a "
-        ".zip, a video (mp4/avi/mov/mkv), an rtsp:// or http:// stream URL, or a webcam index such as 0")
-    add("--output", required=True, help="output folder")
-    add("--method", default="model", choices=("model", "otsu"), help="'otsu': model-free baseline on grey levels")
-
-
-def add_model_args(add) -> None:
-    """Model, device and the stages around the model."""
-    add("--device", "--providers", dest="device", default="auto", choices=PROVIDER_CHOICES,
-        help="execution provider; auto tries TensorRT > CUDA > CPU (--providers is the old name)")
-    add("--threads", type=int, default=0, help="CPU threads for onnxruntime, 0 = automatic")
-    add("--batch-size", type=int, default=1, help="images per model run for folders, lists and ZIPs")
-    add("--io-threads", type=int, default=2, help="background threads for decoding and for writing")
-    add("--gate", default=None,
-        help="clean/defect gate .onnx (train.py --task classify): images it judges clean skip the segmenter "
-             "(empty mask, status gated_clean, gate_prob in summary.csv)")
-    add("--gate-threshold", type=float, default=None,
-        help="segment images whose gate probability is >= this (None: the gate's own out-of-fold threshold)")
-    add("--detector", default=None,
-        help="smart-crop models: the YOLO11-seg .onnx (default: the file the model's metadata names, beside it)")
-    add("--tta", default=None, choices=tuple(TTA_FLIPS),
-        help="flip test-time augmentation, batched into one run (None: none, and flips already baked into "
-             "the model are not repeated)")
-
-
-def add_post_args(add) -> None:
-    """Thresholding and morphology, applied in this order."""
-    add("--threshold", default="adaptive",
-        help="'adaptive' (the model's cascade, e.g. 0.5 -> 0.3 -> 0.15), 'model' (the model's recommended "
-             "threshold from cross-validation), 'otsu' or a number in (0, 1)")
-    add("--min-area", type=int, default=None,
-        help="pixels a region needs to count as a detection (None: the model's min_area, else 64)")
-    add("--close", type=int, default=0, help="morphological closing kernel in px, 0 = off")
-    add("--open", type=int, default=0, help="morphological opening kernel in px, 0 = off")
-    add("--fill-holes", action="store_true", help="fill holes enclosed by the mask (bays open to the border stay)")
-    add("--min-component-area", type=int, default=0, help="drop components smaller than this many px, 0 = off")
-    add("--keep-largest", type=int, default=0, help="keep only the N largest components, 0 = all")
-
-
-def add_output_args(add) -> None:
-    """What is written."""
-    add("--alpha", type=float, default=0.5, help="overlay opacity, 0..1")
-    add("--color", default="red", help="overlay colour of binary masks: a name, #rrggbb or R,G,B")
-    add("--save-probs", action="store_true", help="also write OUT/probs/<name>.npy (float16, C x H x W)")
-    add("--gt", default=None, help="folder of ground-truth masks, paired by name: dice/iou columns + metrics.json")
-    add("--gated-overlay", default="fast", choices=("fast", "png", "skip"),
-        help="with --gate, the overlay of an image judged clean (the image itself): fast = uncompressed PNG (about "
-             "6x less CPU than png, about 3x the bytes), png = compressed as every other overlay, skip = none")
-    add("--strict", action="store_true", help="exit with code 1 when any item failed (otherwise failures are error rows and the exit code is 0)")
-
-
-def add_zip_args(add) -> None:
-    """ZIP limits, checked before anything is extracted."""
-    add("--zip-max-mb", type=float, default=ZIP_MAX_BYTES / 2**20, help="refuse a ZIP expanding past this size")
-    add("--zip-max-ratio", type=float, default=ZIP_MAX_RATIO, help="refuse a ZIP entry compressed more than this")
-    add("--zip-max-entries", type=int, default=ZIP_MAX_ENTRIES, help="refuse a ZIP with more entries")
-
-
-def add_untrusted_args(add) -> None:
-    """Untrusted files."""
-    add("--max-pixels", type=int, default=None,
-        help=f"refuse images whose header claims more pixels, before decoding (decompression bombs); "
-             f"default: env MAX_IMAGE_PIXELS, else {MAX_IMAGE_PIXELS}")
-    add("--follow-symlinks", action="store_true",
-        help="read symlinks in a source folder that point outside it (by default they are error rows)")
-
-
-def add_video_args(add) -> None:
-    """Videos and streams."""
-    add("--video-max-side", type=int, default=0, help="downscale frames to this long side, 0 = as is")
-    add("--vid-stride", type=int, default=1, help="infer every Nth frame and reuse the last mask between")
-    add("--max-frames", type=int, default=0, help="stop after this many frames, 0 = all")
-    add("--view-img", action="store_true", help="show a window with the annotated frames (when a display exists)")
-
-
-def add_ray_args(add) -> None:
-    """Scale-out (folders, globs and lists): Ray Data over a local or remote (RAY_ADDRESS) Ray cluster."""
-    add("--engine", default="local", choices=("local", "ray"),
-        help="'ray': the same outputs through Ray Data and a pool of actors (requirements-dist.txt)")
-    add("--ray-actors", type=int, default=2, help="actors in the pool, one onnxruntime session each")
-    add("--ray-num-cpus", type=int, default=0, help="CPUs of the local Ray started when RAY_ADDRESS is unset, 0 = all")
-    add("--ray-cpus-per-actor", type=float, default=1.0, help="CPUs reserved by each actor")
-    add("--ray-gpus-per-actor", type=float, default=None,
-        help="GPUs per actor (fractions share a GPU); default 1 when the cluster has GPUs, else 0")
-    add("--ray-block-size", type=int, default=8,
-        help="images per actor call (rounded up to a multiple of --batch-size)")
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Segment images, ZIPs, videos and streams with an exported ONNX model (torch not needed).",
@@ -241,11 +176,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                "min component area -> keep largest.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for add_group in (add_source_args, add_model_args, add_post_args, add_output_args,
-                      add_zip_args, add_untrusted_args, add_video_args, add_ray_args):
-        add_group(parser.add_argument)
+    for add_group in (add_source_args, add_model_args, add_foreign_args, add_post_args, add_output_args,
+                      add_writer_args, add_zip_args, add_untrusted_args, add_video_args, add_ray_args):
+        group = parser.add_argument_group(add_group.__doc__.splitlines()[0].rstrip("."))
+        add_group(group.add_argument)
     parser.add_argument("--verbose", action="store_true", help="debug logging")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if len(args.source) == 1:
+        args.source = args.source[0]  # one value: what it names decides (several: image files, see path_items)
+    return args
+
+
+def model_description(args: argparse.Namespace) -> dict:
+    """--class-names, --mean, --std, --input-size, --[no-]background as a Segmenter description (None: not given)."""
+    return {"class_names": parse_class_names(args.class_names), "mean": parse_floats(args.mean, "--mean"),
+            "std": parse_floats(args.std, "--std"), "input_size": args.input_size, "background": args.background}
 
 
 def build_segmenter(args: argparse.Namespace):
@@ -264,7 +209,17 @@ def build_segmenter(args: argparse.Namespace):
     if args.model is None:
         raise UserError("--model is required (the .onnx from export.py), or use --method otsu for the baseline")
     return Segmenter(args.model, device=args.device, threads=args.threads, tta=args.tta, detector=args.detector,
-                     gate=args.gate, gate_threshold=args.gate_threshold, **post)
+                     gate=args.gate, gate_threshold=args.gate_threshold, description=model_description(args), **post)
+
+
+def warn_binary_only(args: argparse.Namespace, meta: dict) -> None:
+    """One warning naming the binary-only options a multi-class model was given: it takes the argmax."""
+    classes = int(meta.get("num_classes", 1))
+    given = [f"--{name} {getattr(args, name)}" for name, default in BINARY_ONLY
+             if str(getattr(args, name)).strip().lower() != default]
+    if classes > 1 and given:
+        LOG.warning("%s: not applied, this model has %d classes (argmax; masks and overlays use the class colours "
+                    "of legend.png); these options apply to binary models only", ", ".join(given), classes)
 
 
 def run_ray(args: argparse.Namespace, options: RunOptions, progress=None, environ=os.environ) -> dict:
@@ -272,11 +227,12 @@ def run_ray(args: argparse.Namespace, options: RunOptions, progress=None, enviro
     ray_options = RayOptions(args.ray_actors, args.ray_num_cpus, args.ray_cpus_per_actor, args.ray_gpus_per_actor,
                              args.ray_block_size)
     kind = detect_source(args.source)
-    if kind not in ("folder", "glob", "list", "image"):
+    if kind not in IMAGE_KINDS:
         raise UserError(f"--engine ray runs folders, globs and .txt lists; {args.source} is a {kind}: "
                         "use --engine local for it")
     probe = build_segmenter(argparse.Namespace(**{**vars(args), "device": "cpu", "threads": 1}))  # fail fast, here
-    options = dataclasses.replace(options, class_names=model_class_names(probe.meta))  # per-class CSV columns
+    warn_binary_only(args, probe.meta)
+    options = with_model_classes(options, probe.meta)  # per-class CSV columns
     output = Path(args.output)
     with output_lock(output):
         items = source_items(args.source, kind, output, options)
@@ -328,10 +284,9 @@ def resolve_max_pixels(flag: int | None, environ) -> int:
         raise UserError(f"MAX_IMAGE_PIXELS={text!r} is not a valid positive int (e.g. 100000000)") from None
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
-    setup_logging(level=10 if args.verbose else 20)
-    options = RunOptions(  # fail on bad options before loading the model
+def run_options(args: argparse.Namespace) -> RunOptions:
+    """The run's output and source settings, checked (before any model is loaded)."""
+    return RunOptions(
         alpha=args.alpha, color=args.color, gt_dir=args.gt, save_probs=args.save_probs, batch_size=args.batch_size,
         io_threads=args.io_threads, zip_max_mb=args.zip_max_mb, zip_max_ratio=args.zip_max_ratio,
         zip_max_entries=args.zip_max_entries, video_max_side=args.video_max_side, vid_stride=args.vid_stride,
@@ -339,12 +294,47 @@ def main(argv=None) -> None:
         max_pixels=resolve_max_pixels(args.max_pixels, os.environ), follow_symlinks=args.follow_symlinks,
         gated_overlay=args.gated_overlay,
     )
+
+
+def writer_options(args: argparse.Namespace) -> WriterOptions:
+    """--labelstudio*, --model-version and --rle-csv, checked; they need a local run on images."""
+    options = WriterOptions(args.labelstudio, args.labelstudio_config, args.labelstudio_polygons,
+                            args.labelstudio_image_prefix, args.model_version, args.rle_csv)
+    if options.wanted and args.engine == "ray":
+        raise UserError("--labelstudio and --rle-csv run with --engine local (the default)")
+    if options.wanted and detect_source(args.source) not in IMAGE_KINDS + ("zip",):
+        raise UserError(f"--labelstudio and --rle-csv write one entry per image; {args.source} is a "
+                        f"{detect_source(args.source)}: run them on images, a folder, a list or a ZIP")
+    return options
+
+
+def run_local(args: argparse.Namespace, options: RunOptions, progress) -> dict:
+    """The local run, with the Label Studio / RLE writers closed (written) even when the run is interrupted."""
+    wanted = writer_options(args)
+    segmenter = build_segmenter(args)
+    warn_binary_only(args, segmenter.meta)
+    writers = PredictionWriters(wanted, segmenter.meta, args.model) if wanted.wanted else None
+    try:
+        return run(segmenter, args.source, args.output, options, progress=progress, writers=writers)
+    finally:
+        for path in writers.close() if writers is not None else []:
+            print(f"{'written:':<12} {path}")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    setup_logging(level=10 if args.verbose else 20)
+    if args.view_img and opencv_is_headless():
+        raise UserError(HEADLESS_HINT)
+    check_output_folder(Path(args.output))
+    options = run_options(args)  # fail on bad options before loading the model
     kind = detect_source(args.source)
-    label = "frames" if kind in ("video", "stream", "webcam") else "images"
+    progress = ProgressBar("frames" if kind in ("video", "stream", "webcam") else "images")
     if args.engine == "ray":
-        result = run_ray(args, options, progress=ProgressBar(label))
+        writer_options(args)
+        result = run_ray(args, options, progress=progress)
     else:
-        result = run(build_segmenter(args), args.source, args.output, options, progress=ProgressBar(label))
+        result = run_local(args, options, progress)
     if result["errors"]:
         LOG.warning("%d item(s) failed; see the error column of %s", result["errors"], result["summary_csv"])
     print_summary(result, with_gt=args.gt is not None)

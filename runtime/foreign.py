@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runtime.metadata import DEFAULT_METADATA, METADATA_VERSION, check_metadata
+from runtime.metadata import DEFAULT_METADATA, METADATA_VERSION, check_metadata, decode_metadata, read_props
 from utils import IMAGENET_MEAN, IMAGENET_STD, LOG, UserError
 
 BACKGROUND_NAMES = ("background", "_background_", "bg", "__background__")
@@ -113,3 +113,95 @@ def sidecar_description(model_path: str | Path) -> dict:
     if found:
         LOG.info("model description from files beside %s: %s", Path(model_path).name, ", ".join(sorted(found)))
     return found
+
+
+# ----------------------------------------------------------------------------- the runtime's view
+
+DESCRIPTION_KEYS = ("class_names", "mean", "std", "input_size", "background")
+
+
+def session_io(session) -> tuple[list, list]:
+    """(input dims, output dims) of an onnxruntime session, checked by check_io at load. A session that does
+    not list its outputs (an injected stand-in) or an output of unknown rank passes the output check; a
+    (N, h, w) output is a single-channel map that dropped its C axis."""
+    inputs = [(arg.name, list(arg.shape)) for arg in session.get_inputs()]
+    outputs = [(arg.name, list(arg.shape or [])) for arg in session.get_outputs()] if hasattr(
+        session, "get_outputs") else []
+    name, dims = outputs[0] if outputs else ("output", [])
+    if len(dims) == 3:
+        dims = [dims[0], 1, *dims[1:]]
+    return check_io(inputs, [(name, dims or [None] * 4)])
+
+
+def describe_model(meta: dict, found: bool, dims: tuple[list, list], model_path, flags: dict | None = None) -> dict:
+    """The metadata the runtime runs a model with.
+
+    Our own (or export.py --describe'd) metadata as written, with any of DESCRIPTION_KEYS that `flags` sets
+    replacing its value; a model without metadata: flags > files beside it (sidecar_description) > defaults,
+    its class count from the output shape. Without names, class 0 of a foreign model stays the background.
+    """
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    assert set(flags) <= set(DESCRIPTION_KEYS), f"unknown description keys {set(flags) - set(DESCRIPTION_KEYS)}"
+    name = Path(model_path).stem if model_path is not None else "model"
+    if found:
+        return override_metadata(meta, flags, name)
+    given = {**(sidecar_description(model_path) if model_path is not None else {}), **flags}
+    background = given.get("background", None if given.get("class_names") else True)
+    # output 'probs': the Segmenter still guesses logits from the values of a model without metadata
+    return foreign_metadata(*dims, given.get("class_names"), given.get("mean"), given.get("std"),
+                            given.get("input_size"), "probs", background, name=name)
+
+
+def load_segmenter_metadata(session, model_path, description: dict | None = None, probe=None) -> tuple[dict, bool]:
+    """(the segmenter's checked metadata, found) from its session.
+
+    A gate model is refused: it goes to --gate, not --model. The model must be one the engine can feed
+    (runtime.foreign.check_io: one NCHW 3-channel input, a (N, C, h, w) output), else one line at load.
+    Without our metadata the model is described by `description` (--class-names, --mean, --std,
+    --input-size, --no-background), the files beside it, then the defaults, with one warning; its class
+    count comes from the output shape, or from one `probe()` run when that shape does not say.
+    """
+    meta, found = decode_metadata(read_props(session))
+    if meta.get("task") == "gate":
+        raise UserError(f"{model_path} is a gate classifier (task 'gate'), not a segmentation model: pass it as "
+                        "--gate and give the segmenter as --model")
+    dims_in, dims_out = session_io(session)
+    if not found and not isinstance(dims_out[1], int) and probe is not None:
+        dims_out = [dims_out[0], probe(), *dims_out[2:]]
+    meta = describe_model(meta, found, (dims_in, dims_out), model_path, description)
+    if not found:
+        names = ", ".join(meta["class_names"][:6]) + (" ..." if meta["num_classes"] > 6 else "")
+        LOG.warning(
+            "model %s has no 'segmentation' metadata; running it as %d class(es) (%s%s), input_size %s, mean %s, "
+            "std %s, stride %s, output kind guessed from its values. Describe it with --class-names/--mean/--std/"
+            "--input-size/--no-background, labels.txt or config.json beside it, or export.py --describe",
+            model_path, meta["num_classes"], names, "" if meta["background"] else "; no background",
+            meta["input_size"], meta["mean"], meta["std"], meta["stride"],
+        )
+    check_metadata(meta)
+    return meta, found
+
+
+def override_metadata(meta: dict, flags: dict, name: str) -> dict:
+    """A model's own metadata with the description flags the user gave in place of its values."""
+    if not flags:
+        return meta
+    names = flags.get("class_names")
+    if names is not None and len(names) != meta["num_classes"]:
+        raise UserError(f"--class-names gives {len(names)} names ({','.join(names)}) but {name} has "
+                        f"{meta['num_classes']} classes; give one name per class")
+    LOG.info("%s: %s from the command line replace the model's metadata", name, ", ".join(sorted(flags)))
+    meta = {**meta, **flags}
+    check_metadata(meta, what="the model's metadata with the flags given")
+    return meta
+
+
+def parse_class_names(text: str | None) -> list[str] | None:
+    """'wall,sky,tree' -> ['wall', 'sky', 'tree']; an empty name is a UserError."""
+    if text is None:
+        return None
+    names = [n.strip() for n in str(text).split(",")]
+    if not names or any(not n for n in names):
+        raise UserError(f"--class-names {text!r} must be comma-separated names, one per output channel, "
+                        "e.g. background,horse,rider (class 0 first)")
+    return names

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.postprocess import PALETTE, colorize, draw_legend, make_overlay, parse_color
+from runtime.postprocess import class_palette, colorize, draw_legend, make_overlay, parse_color
 from runtime.report import CsvLog, csv_columns, error_row, fill_row, find_gt, new_row, score, write_metrics
 from runtime.sources import ZIP_MAX_BYTES, ZIP_MAX_ENTRIES, ZIP_MAX_RATIO, Item, extract_zip, pack_outputs
 from utils import LOG, MAX_IMAGE_PIXELS, UserError, read_image, write_png
@@ -50,7 +50,8 @@ class RunOptions:
     max_pixels: int = MAX_IMAGE_PIXELS  # images claiming more (in their header) are refused undecoded
     follow_symlinks: bool = False  # folders: read symlinks that lead outside the folder
     gated_overlay: str = "fast"  # overlay of an image the gate judged clean: fast (uncompressed PNG), png or skip
-    class_names: tuple = ()  # the model's classes (background first); filled from its metadata by run_items
+    class_names: tuple = ()  # the model's classes (class 0 first); filled from its metadata by run_items
+    background: bool = True  # False: class 0 is a real class (scored, drawn, counted); from the model's metadata
 
     def __post_init__(self):
         if not 0.0 <= self.alpha <= 1.0:
@@ -71,7 +72,8 @@ class RunOptions:
             raise UserError("--zip-max-mb must be > 0 and --zip-max-ratio > 1")
 
 
-def run_zip(segmenter, zip_path: Path, output: Path, options: RunOptions, gt_index: dict, progress) -> dict:
+def run_zip(segmenter, zip_path: Path, output: Path, options: RunOptions, gt_index: dict, progress,
+            writers=None) -> dict:
     """Extract safely into a temporary folder, segment, and pack OUT/predictions.zip."""
     output.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".unzipped-", dir=output) as tmp:
@@ -84,7 +86,7 @@ def run_zip(segmenter, zip_path: Path, output: Path, options: RunOptions, gt_ind
                 log.write(error_row(zip_path.name, str(exc)))
             result = summarize([error_row(zip_path.name, str(exc))], [], output)
         else:
-            result = run_items(segmenter, items, output, options, gt_index, progress)
+            result = run_items(segmenter, items, output, options, gt_index, progress, writers)
     result["predictions_zip"] = pack_outputs(output, output / "predictions.zip")
     return result
 
@@ -113,6 +115,19 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def check_output_folder(output: Path) -> None:
+    """An output path that is a file, or lies under one, is a one-line UserError (checked before any work)."""
+    blocker = next((p for p in (output, *output.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"--output {output} cannot be a folder: {blocker} is a file; give a folder name "
+                        "(it is created), e.g. preds/")
+
+
+def make_output_folder(output: Path) -> None:
+    check_output_folder(output)
+    output.mkdir(parents=True, exist_ok=True)
+
+
 @contextlib.contextmanager
 def output_lock(output: Path):
     """Hold OUT/.lock (pid and host) for one run: a second live run on the same folder is refused.
@@ -120,7 +135,7 @@ def output_lock(output: Path):
     The lock is created complete and atomically (hard link of a written temp file), so a reader
     never sees it half written. A lock left by a dead process on this host is taken over.
     """
-    output.mkdir(parents=True, exist_ok=True)
+    make_output_folder(output)
     lock, me = output / LOCK_NAME, f"{os.getpid()}\n{socket.gethostname()}\n"
     fd, tmp = tempfile.mkstemp(prefix=".lock.", dir=output)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -201,21 +216,33 @@ def model_class_names(meta: dict) -> tuple[str, ...]:
     return tuple(names) if len(names) == classes else tuple(str(c) for c in range(classes))
 
 
-def run_items(segmenter, items: list[Item], output: Path, options: RunOptions, gt_index: dict, progress) -> dict:
-    """Decode (background threads) -> batched model -> write (background threads) -> summary.csv, in order."""
+def with_model_classes(options: RunOptions, meta: dict) -> RunOptions:
+    """`options` with the model's class names (unless given) and whether its class 0 is the background."""
+    return dataclasses.replace(options, class_names=options.class_names or model_class_names(meta),
+                               background=bool(meta.get("background", True)))
+
+
+def run_items(segmenter, items: list[Item], output: Path, options: RunOptions, gt_index: dict, progress,
+              writers=None) -> dict:
+    """Decode (background threads) -> batched model -> write (background threads) -> summary.csv, in order.
+
+    `writers` (runtime/writers.PredictionWriters) get each image's Result in input order."""
     output.mkdir(parents=True, exist_ok=True)
-    if not options.class_names:
-        options = dataclasses.replace(options, class_names=model_class_names(segmenter.meta))
+    options = with_model_classes(options, segmenter.meta)
     if options.class_names:
-        write_png(output / "legend.png", draw_legend(list(options.class_names)))
+        legend = draw_legend(list(options.class_names), palette=class_palette(options.background))
+        write_png(output / "legend.png", legend)
     rows, counts, timings = [], [], []
-    with CsvLog(output / "summary.csv", csv_columns(options.class_names)) as log, \
+    with CsvLog(output / "summary.csv", csv_columns(options.class_names, options.background)) as log, \
             ThreadPoolExecutor(options.io_threads) as readers, \
-            ThreadPoolExecutor(options.io_threads) as writers:
+            ThreadPoolExecutor(options.io_threads) as pool:
         pending: deque = deque()
 
         def emit():
-            row, count, timing = pending.popleft().result()
+            future, item, outcome = pending.popleft()
+            row, count, timing = future.result()
+            if writers is not None and row["status"] != "error":
+                writers.add(item, outcome)
             log.write(row)
             rows.append(row)
             if count is not None:
@@ -231,14 +258,16 @@ def run_items(segmenter, items: list[Item], output: Path, options: RunOptions, g
             outcomes = predict_loaded(segmenter, batch)
             share = (time.perf_counter() - start) * 1e3 / len(batch)
             for (item, image, _), outcome in zip(batch, outcomes):
-                pending.append(writers.submit(finish_item, item, image, outcome, share, output, options, gt_index))
-            while pending and (len(pending) > 2 * options.batch_size or pending[0].done()):
+                pending.append((pool.submit(finish_item, item, image, outcome, share, output, options, gt_index),
+                                item, outcome))
+            while pending and (len(pending) > 2 * options.batch_size or pending[0][0].done()):
                 emit()
         while pending:
             emit()
     result = summarize(rows, timings, output)
     if gt_index:
-        result["metrics"] = write_metrics(output / "metrics.json", rows, counts, options.class_names)
+        result["metrics"] = write_metrics(output / "metrics.json", rows, counts, options.class_names,
+                                          options.background)
         result["metrics_json"] = output / "metrics.json"
     return result
 
@@ -251,16 +280,17 @@ def finish_item(item: Item, image, outcome, model_ms: float, output: Path, optio
         row = error_row(item.name, outcome)
         row["ms"] = round(model_ms, 1)
         return row, None, None
-    row, count = new_row(item.name, csv_columns(options.class_names)), None
+    row, count = new_row(item.name, csv_columns(options.class_names, options.background)), None
     try:
         mask, probs = outcome.mask, outcome.probs
         multi = probs.shape[0] > 1
         write_png(output / "masks" / item.out, mask if multi else mask * 255)
+        palette = class_palette(options.background) if multi else None
         if multi:
-            write_png(output / "masks_color" / item.out, colorize(mask))
+            write_png(output / "masks_color" / item.out, colorize(mask, palette))
         gated = outcome.info.get("gated")  # judged clean by the gate: its mask is empty, the overlay is the image
         if not gated:
-            overlay = make_overlay(image, mask, options.color, options.alpha, palette=PALETTE if multi else None)
+            overlay = make_overlay(image, mask, options.color, options.alpha, palette, options.background)
             write_png(output / "overlays" / item.out, overlay)
         elif options.gated_overlay != "skip":
             write_png(output / "overlays" / item.out, image, fast=options.gated_overlay == "fast")
@@ -269,7 +299,8 @@ def finish_item(item: Item, image, outcome, model_ms: float, output: Path, optio
             target.parent.mkdir(parents=True, exist_ok=True)
             np.save(target, probs.astype(np.float16))
         fill_row(row, mask, outcome.info)
-        count = score(row, mask, find_gt(gt_index, item.name), probs.shape[0], options.class_names)
+        count = score(row, mask, find_gt(gt_index, item.name), probs.shape[0], options.class_names,
+                      options.background)
     except Exception as exc:  # noqa: BLE001 - a failed write is a row, not a crash
         LOG.warning("%s: %s", item.name, exc)
         row.update(status="error", error=str(exc))

@@ -45,6 +45,7 @@ class PostOptions:
     fill_holes: bool = False
     min_component_area: int = 0
     keep_largest: int = 0
+    background: bool = True  # multi-class: False = class 0 is a real class (ADE20k's wall), nothing is "empty"
 
     def __post_init__(self):
         object.__setattr__(self, "threshold", parse_threshold(self.threshold))
@@ -68,7 +69,8 @@ def parse_threshold(value) -> str | float:
         number = float("nan")
     if not 0 < number < 1:  # also rejects NaN
         raise UserError(
-            f"--threshold {value!r} is not valid; use 'adaptive', 'otsu' or a number between 0 and 1, e.g. 0.5"
+            f"--threshold {value!r} is not valid; use 'adaptive', 'model' (the model's recommended threshold), "
+            "'otsu' or a number between 0 and 1, e.g. 0.5"
         )
     return number
 
@@ -192,19 +194,56 @@ def clean_binary(mask: np.ndarray, options: PostOptions) -> np.ndarray:
     return mask
 
 
+def morphology_off(options: PostOptions) -> bool:
+    return options.close <= 1 and options.open <= 1 and not options.fill_holes and not (
+        options.min_component_area or options.keep_largest)
+
+
+def argmax_mask(probs: np.ndarray, options: PostOptions) -> np.ndarray:
+    """(C, H, W) probs -> (H, W) uint8 class ids, each class cleaned on its own, in class order.
+
+    With a background, a pixel no class keeps is background (0). Without one, class 0 is cleaned like the
+    others and a pixel no class keeps takes the class of the nearest kept pixel: nothing is "empty"."""
+    labels = probs.argmax(axis=0).astype(np.uint8)  # (H, W) class ids
+    if morphology_off(options):
+        return labels
+    mask, claimed = np.zeros_like(labels), np.zeros(labels.shape, bool)
+    for cls in range(0 if not options.background else 1, probs.shape[0]):
+        take = (clean_binary((labels == cls).astype(np.uint8), options) > 0) & ~claimed
+        mask[take] = cls
+        claimed |= take
+    if not options.background and not claimed.all():
+        mask = fill_from_nearest(mask, claimed) if claimed.any() else labels
+    return mask
+
+
+def fill_from_nearest(mask: np.ndarray, claimed: np.ndarray) -> np.ndarray:
+    """Each unclaimed pixel of a class-id mask takes the class of the nearest claimed pixel (L2 distance)."""
+    present = np.unique(mask[claimed])
+    distances = np.stack([cv2.distanceTransform((~(claimed & (mask == c))).astype(np.uint8), cv2.DIST_L2, 3)
+                          for c in present])  # (K, H, W)
+    nearest = present[distances.argmin(axis=0)].astype(np.uint8)
+    return np.where(claimed, mask, nearest)
+
+
+def class_component_stats(mask: np.ndarray) -> tuple[int, int]:
+    """component_stats over every class of a mask without background (class 0 included), summed / max."""
+    stats = [component_stats(mask == cls) for cls in np.unique(mask)]
+    return sum(s[0] for s in stats), max(s[1] for s in stats)
+
+
 def postprocess(probs: np.ndarray, options: PostOptions) -> tuple[np.ndarray, dict]:
     """(C, H, W) probs -> (uint8 mask, info). Binary: {0, 1}; multi-class: class ids (argmax).
 
     info: threshold (used, or None), detected, max_prob, area_px, components, largest_component_px.
+    A multi-class model without background (options.background False) always detects something: every
+    pixel belongs to a class, class 0 included, and counts in the area and the components.
     """
+    every_class = probs.shape[0] > 1 and not options.background
     if probs.shape[0] > 1:
-        labels = probs.argmax(axis=0).astype(np.uint8)  # (H, W) class ids
-        mask = np.zeros_like(labels)
-        for cls in range(1, probs.shape[0]):  # clean each class on its own, in class order
-            cleaned = clean_binary((labels == cls).astype(np.uint8), options)
-            mask[(cleaned > 0) & (mask == 0)] = cls
-        used, detected = None, component_stats(mask)[1] >= max(options.min_area, 1)
-        foreground = probs[1:]
+        mask = argmax_mask(probs, options)
+        used, detected = None, every_class or component_stats(mask)[1] >= max(options.min_area, 1)
+        foreground = probs if every_class else probs[1:]
     else:
         raw, used = apply_threshold(probs[0], options.threshold, options.min_area, options.cascade)
         detected = used is not None
@@ -213,10 +252,11 @@ def postprocess(probs: np.ndarray, options: PostOptions) -> tuple[np.ndarray, di
         mask = clean_binary(raw, options)
         detected = detected and bool(mask.any())
         foreground = probs
-    count, largest = component_stats(mask)
+    count, largest = class_component_stats(mask) if every_class else component_stats(mask)
     info = {
         "threshold": used, "detected": detected, "max_prob": float(foreground.max()),
-        "area_px": int(np.count_nonzero(mask)), "components": count, "largest_component_px": largest,
+        "area_px": mask.size if every_class else int(np.count_nonzero(mask)), "components": count,
+        "largest_component_px": largest,
     }
     return mask, info
 
@@ -244,15 +284,22 @@ def parse_color(value) -> tuple[int, int, int]:
     )
 
 
+def class_palette(background: bool = True) -> np.ndarray:
+    """Colours by class id: class 0 black and never drawn when it is the background, else every class coloured."""
+    return PALETTE if background else PALETTE[1:]
+
+
 def make_overlay(
-    image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.5, palette: np.ndarray | None = None
+    image: np.ndarray, mask: np.ndarray, color=(255, 0, 0), alpha: float = 0.5, palette: np.ndarray | None = None,
+    background: bool = True,
 ) -> np.ndarray:
     """RGB uint8 image with `color` blended in where mask is set; unmasked pixels untouched.
 
-    With a `palette` the mask holds class ids and each class gets its palette colour.
+    With a `palette` the mask holds class ids and each class gets its palette colour; without a
+    `background` class 0 is drawn too (pass class_palette(False)).
     """
     overlay = image.copy()
-    where = mask > 0  # (H, W)
+    where = mask > 0 if background or palette is None else np.ones(mask.shape, bool)  # (H, W)
     if palette is None and image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8:
         # One colour: blend every byte value once (a 256-entry table per channel, the same float32
         # formula as below) and copy the table's answer where the mask is set. 720p: ~2.5x faster
@@ -270,17 +317,17 @@ def make_overlay(
     return overlay
 
 
-def colorize(mask: np.ndarray) -> np.ndarray:
+def colorize(mask: np.ndarray, palette: np.ndarray = PALETTE) -> np.ndarray:
     """(H, W) class ids -> (H, W, 3) RGB with the palette colour of each class."""
-    return PALETTE[mask % len(PALETTE)].astype(np.uint8)
+    return palette[mask % len(palette)].astype(np.uint8)
 
 
-def draw_legend(class_names: list[str], row: int = 24) -> np.ndarray:
+def draw_legend(class_names: list[str], row: int = 24, palette: np.ndarray = PALETTE) -> np.ndarray:
     """An RGB image with one swatch and name per class, for multi-class outputs."""
     legend = np.full((row * len(class_names) + 8, 260, 3), 255, np.uint8)
     for cls, name in enumerate(class_names):
         y = 4 + cls * row
-        color = tuple(int(c) for c in PALETTE[cls % len(PALETTE)])
+        color = tuple(int(c) for c in palette[cls % len(palette)])
         cv2.rectangle(legend, (6, y + 2), (6 + row - 6, y + row - 4), color, -1)
         cv2.rectangle(legend, (6, y + 2), (6 + row - 6, y + row - 4), (0, 0, 0), 1)
         cv2.putText(legend, f"{cls}: {name}", (row + 8, y + row - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,

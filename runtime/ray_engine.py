@@ -121,7 +121,7 @@ def run_items_ray(make_segmenter, items: list[Item], output: Path, options: RunO
             SegmentActor, fn_constructor_args=(make_segmenter, os.path.abspath(output), options, gt_index),
             batch_size=block, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=ray_options.actors),
             num_cpus=ray_options.cpus_per_actor, num_gpus=gpus)
-        return collect(dataset, len(items), output, gt_index, progress, options.class_names)
+        return collect(dataset, len(items), output, gt_index, progress, options.class_names, options.background)
     except ray.exceptions.RayError as exc:  # e.g. an actor could not load the model on its node
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise UserError(f"--engine ray failed: {lines[-1] if lines else type(exc).__name__} (the rows finished "
@@ -145,10 +145,10 @@ def check_fits(resources: dict, ray_options: RayOptions, gpus: float, strict: bo
             LOG.warning("%s (waiting for the cluster to grow)", message)
 
 
-def collect(dataset, total: int, output: Path, gt_index: dict, progress, class_names=()) -> dict:
+def collect(dataset, total: int, output: Path, gt_index: dict, progress, class_names=(), background=True) -> dict:
     """Write summary.csv in input order as results stream in; the same summary dict as run_items."""
     rows, counts, timings, waiting, next_index = [], [], [], [], 0
-    with CsvLog(output / "summary.csv", csv_columns(class_names)) as log:
+    with CsvLog(output / "summary.csv", csv_columns(class_names, background)) as log:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             for index, result in zip(batch["index"], batch["result"]):
                 heapq.heappush(waiting, (int(index), result))
@@ -164,6 +164,6 @@ def collect(dataset, total: int, output: Path, gt_index: dict, progress, class_n
     assert next_index == total, f"ray returned {next_index} of {total} results"
     result = summarize(rows, timings, output)
     if gt_index:
-        result["metrics"] = write_metrics(output / "metrics.json", rows, counts, class_names)
+        result["metrics"] = write_metrics(output / "metrics.json", rows, counts, class_names, background)
         result["metrics_json"] = output / "metrics.json"
     return result

@@ -20,12 +20,17 @@ CSV_COLUMNS = (
 FRAME_COLUMNS = ("frame", "inferred") + CSV_COLUMNS[1:]
 
 
-def csv_columns(class_names=()) -> tuple[str, ...]:
-    """summary.csv columns: multi-class models (names incl. background) add dice_<class> after iou."""
+def scored_names(class_names, background: bool = True) -> list[str]:
+    """The classes scored one by one: all but class 0 when it is the background, else all of them."""
+    return list(class_names[1:] if background else class_names)
+
+
+def csv_columns(class_names=(), background: bool = True) -> tuple[str, ...]:
+    """summary.csv columns: multi-class models (names incl. class 0) add dice_<class> after iou per scored class."""
     if len(class_names) < 2:
         return CSV_COLUMNS
     at = CSV_COLUMNS.index("iou") + 1
-    return CSV_COLUMNS[:at] + tuple(f"dice_{name}" for name in class_names[1:]) + CSV_COLUMNS[at:]
+    return CSV_COLUMNS[:at] + tuple(f"dice_{n}" for n in scored_names(class_names, background)) + CSV_COLUMNS[at:]
 
 
 class CsvLog:
@@ -108,12 +113,12 @@ def find_gt(gt_index: dict[str, Path], name: str) -> Path | None:
 
 
 def score(row: dict, mask: np.ndarray, gt_path: Path | None, num_classes: int,
-          class_names=()) -> tuple[int, ...] | None:
+          class_names=(), background: bool = True) -> tuple[int, ...] | None:
     """Add Dice/IoU to `row`; returns (intersection, predicted, true) pixels for pooling, one triple per
     foreground class (flat), so metrics.json can pool and average them.
 
     Binary: the foreground. Multi-class: by runtime.metadata.MULTICLASS_RULE, dice/iou the class mean and a
-    dice_<class> column per class. A bad ground-truth mask is noted in the error column; the
+    dice_<class> column per class (without `background`, class 0 is scored too). A bad ground-truth mask is noted in the error column; the
     prediction stays.
     """
     if gt_path is None:
@@ -128,9 +133,10 @@ def score(row: dict, mask: np.ndarray, gt_path: Path | None, num_classes: int,
         row["error"] = f"ground truth {gt_path.name} is {gt_size} but the image is {image_size}"
         return None
     if num_classes > 1:
-        counts = class_counts(mask, gt, num_classes)  # (K, 3)
+        shift = 0 if background else 1  # no background: ids one up, so class_counts' classes 1.. are all of them
+        counts = class_counts(mask + shift, gt + shift, num_classes + shift)  # (K, 3)
         dice, iou = dice_iou_from_counts(counts)
-        names = list(class_names[1:]) or [str(c) for c in range(1, num_classes)]
+        names = scored_names(class_names, background) or [str(c) for c in range(1 - shift, num_classes)]
         row.update(dice=round(float(dice.mean()), 4), iou=round(float(iou.mean()), 4),
                    **{f"dice_{name}": round(float(d), 4) for name, d in zip(names, dice)})
         return tuple(int(v) for v in counts.ravel())
@@ -140,7 +146,8 @@ def score(row: dict, mask: np.ndarray, gt_path: Path | None, num_classes: int,
     return int(np.logical_and(pred, true).sum()), int(pred.sum()), int(true.sum())
 
 
-def write_metrics(path: Path, rows: list[dict], counts: list[tuple[int, ...]], class_names=()) -> dict:
+def write_metrics(path: Path, rows: list[dict], counts: list[tuple[int, ...]], class_names=(),
+                  background: bool = True) -> dict:
     """metrics.json: mean per-image Dice/IoU and Dice/IoU pooled over all pixels (over every
     foreground class). Multi-class adds `per_class`: each class's mean Dice/IoU over the images
     (MULTICLASS_RULE), its pooled pixel Dice, and in how many images it is true / predicted."""
@@ -155,14 +162,17 @@ def write_metrics(path: Path, rows: list[dict], counts: list[tuple[int, ...]], c
         "pixel_iou": (inter / (total - inter) if total else 1.0) if counts else None,
     }
     if len(class_names) > 1:
-        metrics.update(per_class=per_class_metrics(counts, class_names), multiclass_rule=MULTICLASS_RULE)
+        metrics.update(per_class=per_class_metrics(counts, class_names, background), multiclass_rule=MULTICLASS_RULE)
+        if not background:
+            metrics.update(background=False, multiclass_rule=MULTICLASS_RULE + " (no background here: the "
+                           "classes 0..C-1 are all scored, class 0 included)")
     atomic_write_json(path, metrics)
     return metrics
 
 
-def per_class_metrics(counts: list[tuple[int, ...]], class_names) -> dict:
+def per_class_metrics(counts: list[tuple[int, ...]], class_names, background: bool = True) -> dict:
     """{class: {mean_dice, mean_iou, pixel_dice, images_true, images_predicted}} from the per-image counts."""
-    names = list(class_names[1:])
+    names = scored_names(class_names, background)
     table = np.asarray(counts, np.int64).reshape(len(counts), len(names), 3) if counts else np.zeros((0, len(names), 3))
     dice, iou = dice_iou_from_counts(table)  # (images, K)
     pooled_dice, _ = dice_iou_from_counts(table.sum(axis=0))  # (K,)

@@ -24,8 +24,9 @@ import cv2
 import numpy as np
 
 from runtime.crop import load_crop_stage
+from runtime.foreign import load_segmenter_metadata  # noqa: F401 - also imported from here
 from runtime.gate import Gate, clean_prediction
-from runtime.metadata import check_metadata, decode_metadata, read_props
+from runtime.metadata import decode_metadata
 from runtime.postprocess import PostOptions, otsu_level, postprocess
 from runtime.session import CPU, create_session, select_providers
 from utils import LOG, UserError, match_input_size, preprocess, read_image, restore_size
@@ -81,25 +82,6 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def load_segmenter_metadata(session, model_path) -> tuple[dict, bool]:
-    """(the segmenter's checked metadata, found) from its session; the defaults with one warning when absent.
-
-    A gate model is refused: it goes to --gate, not --model.
-    """
-    meta, found = decode_metadata(read_props(session))
-    if meta.get("task") == "gate":
-        raise UserError(f"{model_path} is a gate classifier (task 'gate'), not a segmentation model: pass it as "
-                        "--gate and give the segmenter as --model")
-    if not found:
-        LOG.warning(
-            "model %s has no 'segmentation' metadata; using defaults (input_size %s, ImageNet mean/std, "
-            "stride %s, output kind guessed from its values). Re-export it with export.py to embed its settings",
-            model_path, meta["input_size"], meta["stride"],
-        )
-    check_metadata(meta)
-    return meta, found
-
-
 def fixed_input_size(name: str, shape) -> tuple[int, int] | None:
     """(H, W) of an (N, 3, H, W) model input exported with a static size, else None (dynamic)."""
     if len(shape) != 4:
@@ -128,7 +110,7 @@ class Segmenter:
 
     def __init__(self, model_path, device: str = "auto", threads: int = 0, tta: str | None = None,
                  session=None, providers: str | None = None, detector=None, gate=None,
-                 gate_threshold: float | None = None, **post):
+                 gate_threshold: float | None = None, description: dict | None = None, **post):
         self.model_path = Path(model_path) if model_path is not None else None
         if session is None:
             self.wanted = select_providers(providers or device)  # --providers is the old name
@@ -137,10 +119,11 @@ class Segmenter:
             self.wanted = list(session.get_providers())
         self.session = session
         self.providers = list(self.session.get_providers())
-        self.meta, self.has_metadata = load_segmenter_metadata(self.session, self.model_path)
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         self.input_dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32
+        self.meta, self.has_metadata = load_segmenter_metadata(self.session, self.model_path, description,
+                                                               self._probe_classes)
         self.fixed_hw = fixed_input_size(self.input_name, model_input.shape)
         self._check_output_channels()
         self.max_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else 0  # 0: any
@@ -162,6 +145,17 @@ class Segmenter:
         if isinstance(gate, Gate):
             return gate if threshold is None else gate.with_threshold(threshold)
         return Gate(gate, create_session(Path(gate), self.wanted, threads), threshold)
+
+    def _probe_classes(self) -> int:
+        """The output channels of a model whose output shape does not say: one run on a small black image."""
+        shape = self.session.get_inputs()[0].shape
+        hw = [d if isinstance(d, int) and d > 0 else 64 for d in shape[2:4]]
+        try:
+            out = self.session.run(None, {self.input_name: np.zeros((1, 3, *hw), self.input_dtype)})[0]
+        except Exception as exc:  # noqa: BLE001 - any failure here means the model cannot run
+            raise UserError(f"model {self.model_path} does not run on a (1, 3, {hw[0]}, {hw[1]}) image "
+                            f"({str(exc).splitlines()[0]}); segpipe feeds NCHW float images") from None
+        return int(out.shape[1]) if np.ndim(out) == 4 else 1
 
     def _check_output_channels(self) -> None:
         """A static output channel count must match the metadata's num_classes."""
@@ -192,6 +186,7 @@ class Segmenter:
             LOG.info("threshold %.3f from the model's metadata", post["threshold"])
         post.setdefault("min_area", int(self.meta.get("min_area", 64)))
         post.setdefault("cascade", tuple(float(t) for t in self.meta.get("thresholds") or (0.5, 0.3, 0.15)))
+        post.setdefault("background", bool(self.meta.get("background", True)))
         return PostOptions(**post)
 
     def _report_provider(self) -> None:

@@ -96,8 +96,19 @@ NOT_ONNX_ERRORS = (ort_state.InvalidProtobuf, ort_state.InvalidArgument, ort_sta
 LOAD_ERRORS = NOT_ONNX_ERRORS + (ort_state.InvalidGraph, ort_state.NotImplemented, ort_state.RuntimeException)
 
 
+def folder_hint(folder: Path) -> str:
+    """The one-line answer to a model path that is a folder: the .onnx files inside it, if any."""
+    found = sorted(folder.glob("*.onnx")) or sorted(folder.glob("*/*.onnx"))
+    if not found:
+        return f"{folder} is a folder with no .onnx file in it; give the model file itself (export one with export.py)"
+    shown = ", ".join(str(p) for p in found[:3]) + (f" (and {len(found) - 3} more)" if len(found) > 3 else "")
+    return f"{folder} is a folder, not a model file; give the .onnx file inside it: {shown}"
+
+
 def create_session(model_path: Path, providers: list[str], threads: int = 0) -> ort.InferenceSession:
     """Open an ONNX file with `providers` (from select_providers); user mistakes become UserError."""
+    if model_path.is_dir():
+        raise UserError(folder_hint(model_path))
     if not model_path.is_file():
         raise UserError(f"model file not found: {model_path} (check --model, or export one with export.py)")
     if threads < 0:

@@ -43,7 +43,11 @@ def has_magic(text: str) -> bool:
 
 
 def detect_source(source) -> str:
-    """'webcam', 'stream', 'zip', 'list', 'video', 'image', 'folder' or 'glob'."""
+    """'webcam', 'stream', 'zip', 'list', 'video', 'image', 'folder' or 'glob'; 'paths' for several values."""
+    if isinstance(source, (list, tuple)):
+        if len(source) != 1:
+            return "paths"
+        source = source[0]
     text = str(source).strip()
     if text.isdigit():
         return "webcam"
@@ -118,6 +122,24 @@ def image_items(source, exclude: Path | None = None, follow_symlinks: bool = Fal
         error = "" if follow_symlinks or Path(source).is_file() else escaping_link(path, root)
         items.append(Item(name, path, out, error))
     return items
+
+
+def path_items(sources, exclude: Path | None = None) -> list[Item]:
+    """Items of several image files, e.g. an unquoted `--source dir/*.jpg` the shell expanded; names are
+    relative to their common folder. Anything but an image file among them is a UserError saying to quote."""
+    paths = [Path(s) for s in sources]
+    bad = next((p for p in paths if not p.is_file() or p.suffix.lower() not in IMAGE_EXTS), None)
+    if bad is not None:
+        raise UserError(f"--source got {len(paths)} values and {bad} is not an image file; several values are "
+                        f"image files only (what an unquoted glob expands to). Quote a glob (--source \"dir/*.jpg\") "
+                        "or give one folder, .txt list, ZIP or video")
+    paths = [p.absolute() for p in paths]
+    if exclude is not None:
+        paths = [p for p in paths if not p.resolve().is_relative_to(exclude.resolve())]
+    if not paths:
+        raise UserError(f"every --source file lies inside the output folder {exclude}; choose another --output")
+    root = Path(os.path.commonpath([p.parent for p in paths]))
+    return [Item(name, path, out) for path, (name, out) in zip(paths, output_names(paths, root))]
 
 
 def escaping_link(path: Path, root: Path) -> str:

@@ -11,6 +11,7 @@ so in the log.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -87,6 +88,18 @@ def annotate(frame: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
+HEADLESS_HINT = ("--view-img needs OpenCV with GUI support, but this one is headless (opencv-python-headless, "
+                 "what requirements-infer.txt installs): pip uninstall -y opencv-python-headless && "
+                 "pip install opencv-python")
+
+
+def opencv_is_headless(build_info: str | None = None) -> bool:
+    """True when this OpenCV was built without a GUI backend (its build information says 'GUI: NONE')."""
+    info = cv2.getBuildInformation() if build_info is None else build_info
+    match = re.search(r"^\s*GUI:\s*(\S+)", info, re.M)
+    return match is not None and match.group(1).upper() == "NONE"
+
+
 class Viewer:
     """The --view-img window, or one plain log line saying why there is none."""
 
@@ -94,13 +107,16 @@ class Viewer:
         self.title, self.enabled = title, False
         if not enabled:
             return
+        if opencv_is_headless():
+            LOG.warning("%s; writing the video file only", HEADLESS_HINT)
+            return
         reason = self.no_display_reason()
         if reason is None:
             try:
                 cv2.namedWindow(title, cv2.WINDOW_NORMAL)
                 self.enabled = True
             except cv2.error:
-                reason = "this OpenCV build has no GUI support (opencv-python-headless)"
+                reason = "this OpenCV build cannot open a window"
         if reason is not None:
             LOG.warning("--view-img: no display available (%s); writing the video file only", reason)
 
@@ -186,9 +202,9 @@ def predict_frames(segmenter, frames, vid_stride: int = 1):
         yield Frame(index, image, prediction, inferred, error, infer_ms, start)
 
 
-def frame_row(frame: Frame, num_classes: int, options) -> tuple[dict, np.ndarray]:
+def frame_row(frame: Frame, num_classes: int, options, background: bool = True) -> tuple[dict, np.ndarray]:
     """(the frame's CSV row, the annotated RGB frame to write); a failure is an error row and the plain frame."""
-    from runtime.postprocess import PALETTE, make_overlay
+    from runtime.postprocess import class_palette, make_overlay
     from runtime.report import FRAME_COLUMNS, fill_row, new_row
 
     row = new_row(frame.index, FRAME_COLUMNS)
@@ -200,7 +216,8 @@ def frame_row(frame: Frame, num_classes: int, options) -> tuple[dict, np.ndarray
         mask, info = frame.prediction.mask, frame.prediction.info
         fill_row(row, mask, info)
         multi = int(mask.max(initial=0)) > 1 or num_classes > 1
-        shown = make_overlay(frame.image, mask, options.color, options.alpha, PALETTE if multi else None)
+        shown = make_overlay(frame.image, mask, options.color, options.alpha,
+                             class_palette(background) if multi else None, background)
         return row, annotate(shown, f"{frame.infer_ms:.0f} ms  largest {info['largest_component_px']} px")
     except Exception as exc:  # noqa: BLE001 - a bad frame is a row, not the end of the video
         row.update(status="error", error=str(exc))
@@ -239,12 +256,12 @@ def write_frames(segmenter, capture: cv2.VideoCapture, stem: Path, log, options,
     The tally counts frames, inferences and each row status, and names the video written (None: no frame).
     """
     tally = {"images": 0, "inferences": 0, "video": None, "ok": 0, "no_detection": 0, "gated_clean": 0, "error": 0}
-    num_classes = int(segmenter.meta.get("num_classes", 1))
+    num_classes, background = int(segmenter.meta.get("num_classes", 1)), bool(segmenter.meta.get("background", True))
     video, viewer = VideoOut(stem, capture_fps(capture)), Viewer(options.view_img)
     frames = iter_frames(capture, options.video_max_side, options.max_frames)
     try:
         for frame in predict_frames(segmenter, frames, options.vid_stride):
-            row, shown = frame_row(frame, num_classes, options)
+            row, shown = frame_row(frame, num_classes, options, background)
             video.write(shown)
             tally["video"] = video.path
             row.update(ms=elapsed_ms(frame.start))

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import onnx
 from onnx import TensorProto, checker, helper, numpy_helper, save
 
 pytest.importorskip("streamlit", reason="streamlit is not installed (pip install -r requirements-app.txt)")
@@ -173,6 +174,36 @@ def test_multi_class_model_shows_a_legend(app, tmp_path):
     assert metrics(app)["Area %"] == "25.00 %" and metrics(app)["Threshold used"] == "n/a (argmax)"
     captions = [c for el in app.image for c in el.captions]
     assert "Class colours" in captions
+
+
+def build_foreign(path: Path) -> Path:
+    """build_model's 3-class logits (no softmax) without our metadata: a model from elsewhere."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    build_model(path, classes=3)
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    proto.graph.node.pop()  # the Softmax: raw logits, as Hugging Face exports give
+    proto.graph.output[0].name = "logits"
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_foreign_model_takes_its_names_from_config_json_and_the_sidebar(app, tmp_path):
+    """A SegFormer-like export with its Hugging Face config.json beside it: the names show, class 0 is a class."""
+    model = build_foreign(tmp_path / "hf" / "segformer.onnx")
+    (model.parent / "config.json").write_text(json.dumps({"id2label": {"0": "wall", "1": "sky", "2": "tree"}}))
+    app.text_input(key="model_path").set_value(str(model))
+    app.file_uploader(key="image_upload").set_value(("rect.png", png(rect_image()), "image/png")).run()
+    shown = " ".join(m.value for m in app.sidebar.markdown)
+    assert "3 (wall, sky, tree); class 0 is a class (no background)" in shown
+    assert metrics(app)["Area %"] == "100.00 %" and "Class colours" in [c for el in app.image for c in el.captions]
+    bare = build_foreign(tmp_path / "bare.onnx")
+    app.text_input(key="model_path").set_value(str(bare)).run()
+    assert "3 (class_0, class_1, class_2)\n" in " ".join(m.value for m in app.sidebar.markdown)
+    app.text_input(key="class_names").set_value("road,car,person")
+    app.checkbox(key="no_background").set_value(True).run()
+    assert "3 (road, car, person); class 0 is a class" in " ".join(m.value for m in app.sidebar.markdown)
+    assert not errors(app)
 
 
 def test_multi_class_ground_truth_is_scored_per_class_like_inference(app, tmp_path):

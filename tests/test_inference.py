@@ -34,6 +34,18 @@ TEST_META = {"input_size": 64, "stride": 32, "num_classes": 1, "class_names": ["
 # ----------------------------------------------------------------------------- helpers
 
 
+def save_graph(graph, path: Path, meta: dict | None = None, check: bool = False) -> Path:
+    """An opset-17 model of `graph` saved at `path`, with our metadata when `meta` is given."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if meta is not None:
+        helper.set_model_props(model, {"segmentation": json.dumps(meta)})
+    if check:
+        onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 def build_model(path: Path, meta: dict | None = None, classes: int = 1, half: bool = False, fixed_hw=None) -> Path:
     """Conv(3->C, 1x1) [+ AveragePool /2] + Sigmoid/Softmax, dynamic N/H/W unless fixed_hw."""
     if classes == 1:
@@ -55,13 +67,7 @@ def build_model(path: Path, meta: dict | None = None, classes: int = 1, half: bo
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", classes, "h", "w"])],
         initializer=[numpy_helper.from_array(weight, "w")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    if meta is not None:
-        helper.set_model_props(model, {"segmentation": json.dumps(meta)})
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path, meta, check=True)
 
 
 def rect_image(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -399,6 +405,47 @@ def test_cli_bad_threshold_exits_2(tmp_path, value):
                       "--threshold", value)
     assert done.returncode == 2
     assert "--threshold" in done.stderr and value in done.stderr and "adaptive" in done.stderr
+    assert "'model'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_output_that_is_a_file_is_one_line(models, image_folder, tmp_path):
+    (tmp_path / "taken").write_text("not a folder")
+    for output in (tmp_path / "taken", tmp_path / "taken" / "below"):
+        done = run_script("--model", str(models["meta"]), "--source", str(image_folder[0]), "--output", str(output))
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert f"{tmp_path / 'taken'} is a file" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_cli_unquoted_glob_is_several_sources(models, image_folder, tmp_path):
+    """`--source dir/*.png` unquoted: the shell hands over several files, each is run; a folder among them: a hint."""
+    src = image_folder[0]
+    out = tmp_path / "out"
+    inference.main(["--model", str(models["meta"]), "--source", str(src / "a.png"), str(src / "sub" / "b.jpg"),
+                    "--output", str(out)])
+    assert [r["file"] for r in read_rows(out / "summary.csv")] == ["a.png", "sub/b.jpg"]
+    assert (out / "masks" / "sub" / "b.png").is_file()
+    with pytest.raises(UserError, match=r"Quote a glob \(--source \"dir/\*.jpg\"\)"):
+        inference.main(["--model", str(models["meta"]), "--source", str(src / "a.png"), str(src / "sub"),
+                        "--output", str(tmp_path / "out2")])
+
+
+def test_binary_only_options_on_a_multiclass_model_warn_once(models, tmp_path, records):
+    write_png(tmp_path / "src" / "x.png", rect_image(30, 40)[0])
+    inference.main(["--model", str(models["multi"]), "--source", str(tmp_path / "src"), "--output",
+                    str(tmp_path / "out"), "--threshold", "0.3", "--color", "blue"])
+    warnings = [r.getMessage() for r in records.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "--threshold 0.3, --color blue: not applied" in warnings[0]
+    records.clear()
+    inference.main(["--model", str(models["meta"]), "--source", str(tmp_path / "src"), "--output",
+                    str(tmp_path / "out2"), "--threshold", "0.3", "--color", "blue"])
+    assert not [r for r in records.records if r.levelno == logging.WARNING]  # binary: they apply
+
+
+def test_view_img_on_headless_opencv_names_the_package(monkeypatch, tmp_path):
+    monkeypatch.setattr(inference, "opencv_is_headless", lambda: True)
+    with pytest.raises(UserError, match="pip install opencv-python") as info:
+        inference.main(["--model", "m.onnx", "--source", "clip.mp4", "--output", str(tmp_path), "--view-img"])
+    assert "opencv-python-headless" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_cli_missing_model_exits_2(tmp_path):
@@ -475,12 +522,7 @@ def build_conv(path: Path, kernel: np.ndarray, meta: dict | None = TEST_META, si
         [helper.make_tensor_value_info("probs" if sigmoid else "logits", TensorProto.FLOAT, ["N", 1, "H", "W"])],
         initializer=[numpy_helper.from_array(weight, "w")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    if meta is not None:
-        helper.set_model_props(model, {"segmentation": json.dumps(meta)})
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path, meta)
 
 
 def test_hflip_on_a_symmetric_model_and_image_equals_no_tta(tmp_path):
@@ -543,10 +585,7 @@ def build_foreign(path: Path, classes: int, pool: int) -> Path:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes, "h", "w"])],
         initializer=[numpy_helper.from_array(weight, "w")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path)
 
 
 @pytest.mark.parametrize("classes", [2, 3])

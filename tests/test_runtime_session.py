@@ -55,3 +55,14 @@ def test_auto_skips_tensorrt_without_libnvinfer(monkeypatch):
 def test_unknown_provider_is_a_user_error():
     with pytest.raises(UserError, match="auto, cpu, cuda, tensorrt"):
         session.select_providers("gpu0")
+
+
+def test_model_folder_suggests_the_onnx_files_inside(tmp_path):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(UserError, match="no .onnx file in it"):
+        session.create_session(tmp_path / "run", ["CPUExecutionProvider"])
+    (tmp_path / "run" / "horse.onnx").write_bytes(b"")
+    (tmp_path / "run" / "horse.fp16.onnx").write_bytes(b"")
+    with pytest.raises(UserError, match=r"is a folder, not a model file; give the .onnx file inside it: .*horse\.fp16"
+                                        r"\.onnx, .*horse\.onnx$"):
+        session.create_session(tmp_path / "run", ["CPUExecutionProvider"])

@@ -188,3 +188,14 @@ def test_cli_strict_sets_the_exit_code(tmp_path, strict, code):
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert done.returncode == code, done.stderr
     assert "errors: 3" in done.stdout and "Traceback" not in done.stderr
+
+
+def test_several_sources_are_image_files_named_from_their_common_folder(tmp_path):
+    for rel in ("x/a.png", "x/y/b.jpg", "x/y/a.jpg"):
+        write_png(tmp_path / rel, rect_image(8, 8)[0])
+    items = sources.path_items([tmp_path / "x/a.png", tmp_path / "x/y/b.jpg", tmp_path / "x/y/a.jpg"])
+    assert [(i.name, i.out.as_posix()) for i in items] == [("a.png", "a.png"), ("y/b.jpg", "y/b.png"),
+                                                         ("y/a.jpg", "y/a.png")]
+    assert sources.detect_source(["a", "b"]) == "paths" and sources.detect_source([str(tmp_path / "x")]) == "folder"
+    with pytest.raises(UserError, match="not an image file"):
+        sources.path_items([tmp_path / "x/a.png", tmp_path / "missing.png"])

@@ -122,6 +122,7 @@ def test_view_img_without_display_says_so(monkeypatch, records):  # noqa: F811
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     monkeypatch.setattr(video.sys, "platform", "linux")
+    monkeypatch.setattr(video, "opencv_is_headless", lambda build_info=None: False)  # a GUI build, no display
     viewer = video.Viewer(True)
     assert not viewer.enabled and viewer.show(np.zeros((4, 4, 3), np.uint8))
     assert any("no display" in r.getMessage() for r in records.records)
@@ -198,3 +199,19 @@ def test_a_failed_frame_is_an_error_and_the_next_frame_is_predicted_again(segmen
     row, shown = video.frame_row(got[0], 1, RunOptions())
     assert row["status"] == "error" and row["error"] == "model failed" and shown is got[0].image
 
+
+
+@pytest.mark.parametrize("info, headless", [
+    ("  GUI:                           NONE\n    VTK support: NO\n", True),
+    ("  GUI:                           GTK3\n    GTK+:  YES (ver 3.24)\n", False),
+    ("  GUI: \n    QT:  YES (ver 5.15)\n", False),
+    ("no GUI section at all", False),
+])
+def test_opencv_is_headless_reads_the_gui_line_of_the_build_information(info, headless):
+    assert video.opencv_is_headless(info) is headless
+
+
+def test_view_img_on_a_headless_build_names_the_package(monkeypatch, records):  # noqa: F811
+    monkeypatch.setattr(video, "opencv_is_headless", lambda build_info=None: True)
+    assert not video.Viewer(True).enabled
+    assert any("pip install opencv-python" in r.getMessage() for r in records.records)
