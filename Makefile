@@ -9,9 +9,10 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): requirements-train.txt requirements-infer.txt requirements-app.txt requirements-dist.txt
+$(STAMP): requirements-train.txt requirements-infer.txt requirements-app.txt requirements-dist.txt requirements-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-train.txt -r requirements-app.txt -r requirements-dist.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-test.txt
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -26,9 +26,12 @@ import cv2
 import numpy as np
 import streamlit as st
 
-from inference import PROVIDER_CHOICES, TTA_FLIPS, RunOptions, Segmenter, run
+from inference import Segmenter, run
+from runtime.pipeline import RunOptions
 from runtime.postprocess import PALETTE, colorize, draw_legend, make_overlay
 from runtime.report import fill_row, new_row
+from runtime.segmenter import TTA_FLIPS
+from runtime.session import PROVIDER_CHOICES
 from utils import (
     LOG, UserError, class_dice_iou, dice_iou, read_image, read_mask, resize_long_side, setup_logging, write_png,
 )

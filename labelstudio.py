@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import cv2
 import numpy as np
 
+from runtime.labelstudio import decode_brush_rle  # noqa: F401  (the codec lives with its encoder)
 from utils import IMAGE_EXTS, LOG, UserError, list_images, read_image
 
 # Label Studio prefixes every uploaded file with 8 hex characters and a dash.
@@ -47,89 +48,6 @@ class LabelStudioItem:
     image_path: Path
     mask: np.ndarray
     task_id: int | str | None
-
-
-# ----------------------------------------------------------------------------- brush RLE
-
-
-class _BitReader:
-    """Reads big-endian bit fields from a byte string (rle-pack is MSB first)."""
-
-    def __init__(self, data: bytes):
-        self._data = data
-        self._bits: np.ndarray | None = None  # unpacked lazily, only for literal runs
-        self.pos = 0
-
-    def read(self, nbits: int) -> int:
-        end_bit = self.pos + nbits
-        if end_bit > len(self._data) * 8:
-            raise UserError(
-                f"brush RLE is truncated: needs bit {end_bit} but has only {len(self._data) * 8} bits; "
-                "re-export the annotation from Label Studio"
-            )
-        start, end = self.pos >> 3, (end_bit + 7) >> 3
-        chunk = int.from_bytes(self._data[start:end], "big")
-        self.pos = end_bit
-        return (chunk >> (end * 8 - end_bit)) & ((1 << nbits) - 1)
-
-    def read_words(self, count: int, word_size: int) -> np.ndarray:
-        """`count` consecutive `word_size`-bit values, vectorised (literal runs are long)."""
-        end_bit = self.pos + count * word_size
-        if end_bit > len(self._data) * 8:
-            raise UserError(
-                f"brush RLE is truncated: needs bit {end_bit} but has only {len(self._data) * 8} bits; "
-                "re-export the annotation from Label Studio"
-            )
-        if self._bits is None:
-            self._bits = np.unpackbits(np.frombuffer(self._data, dtype=np.uint8))
-        bits = self._bits[self.pos : end_bit].reshape(count, word_size)  # (count, word_size)
-        self.pos = end_bit
-        weights = (1 << np.arange(word_size - 1, -1, -1, dtype=np.int64)).astype(np.int64)
-        return bits.astype(np.int64) @ weights
-
-
-def _rle_bytes(rle) -> bytes:
-    try:
-        return bytes(rle)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"brush RLE must be a list of byte values 0..255 ({exc}); re-export the annotation") from None
-
-
-def decode_rle_values(rle) -> np.ndarray:
-    """Decode Label Studio's rle-pack stream into its flat uint8 values (RGBA for brushes).
-
-    Layout: 32-bit value count, 5-bit word size - 1, four 4-bit run-length widths - 1, then
-    tokens of [1 bit repeat flag, 2 bit width index, run length - 1, word(s)].
-    """
-    reader = _BitReader(_rle_bytes(rle))
-    count = reader.read(32)
-    word_size = reader.read(5) + 1
-    run_widths = [reader.read(4) + 1 for _ in range(4)]
-    out = np.zeros(count, dtype=np.uint8)
-    i = 0
-    while i < count:
-        repeat = reader.read(1)
-        run = 1 + reader.read(run_widths[reader.read(2)])
-        j = min(i + run, count)  # a corrupt final run must not write past the end
-        if repeat:
-            out[i:j] = reader.read(word_size)
-        else:
-            out[i:j] = reader.read_words(run, word_size)[: j - i]
-        i += run
-    return out
-
-
-def decode_brush_rle(rle, height: int, width: int) -> np.ndarray:
-    """Brush RLE -> alpha channel as uint8 (height, width); 0 = not painted."""
-    values = decode_rle_values(rle)
-    expected = height * width * 4
-    if values.size != expected:
-        raise UserError(
-            f"brush RLE decodes to {values.size} values but an RGBA image of {width}x{height} needs "
-            f"{expected} (= H*W*4); original_width/original_height do not belong to this RLE, "
-            "re-export the annotation from Label Studio"
-        )
-    return values.reshape(height, width, 4)[:, :, 3].copy()
 
 
 # ----------------------------------------------------------------------------- polygons
@@ -183,25 +101,29 @@ def _read_tasks(json_path: Path) -> list[dict]:
             data = json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{json_path} is not valid JSON ({exc}); export the project again as 'JSON'") from None
-    if isinstance(data, dict) and ("annotations" in data or "completions" in data):
+    if isinstance(data, dict) and any(key in data for key in _ANNOTATION_KEYS):
         data = [data]  # a single task, as the Label Studio frontend stores it
     if not isinstance(data, list) or not all(_is_task(t) for t in data):
         raise UserError(
             f"{json_path} is not a Label Studio export: expected a JSON list of tasks, each with "
-            "'data' and 'annotations'; export with the 'JSON' format (not JSON-MIN, CSV or COCO)"
+            "'data' and 'annotations' (or 'predictions'); export with the 'JSON' format (not JSON-MIN, CSV or COCO)"
         )
     return data
 
 
+_ANNOTATION_KEYS = ("annotations", "completions", "predictions")
+
+
 def _is_task(task) -> bool:
-    return isinstance(task, dict) and isinstance(task.get("data"), dict) and (
-        "annotations" in task or "completions" in task
-    )
+    return isinstance(task, dict) and isinstance(task.get("data"), dict) and any(k in task for k in _ANNOTATION_KEYS)
 
 
-def _latest_annotation(task: dict) -> dict | None:
-    """The newest annotation that was not cancelled (skipped), or None."""
+def _latest_annotation(task: dict, predictions: bool = False) -> dict | None:
+    """The newest annotation that was not cancelled (skipped), or None. With `predictions`, a
+    task's model predictions count when no person annotated it."""
     annotations = task.get("annotations", task.get("completions")) or []
+    if predictions and not annotations:
+        annotations = task.get("predictions") or []
     candidates = [
         (str(a.get("updated_at") or a.get("created_at") or ""), index, a)
         for index, a in enumerate(annotations)
@@ -330,13 +252,15 @@ def load_labelstudio(
     image_dir: str | os.PathLike,
     class_map: dict[str, int] | None = None,
     max_pixels: int | None = None,
+    predictions: bool = False,
 ) -> list[LabelStudioItem]:
     """Read a Label Studio JSON export into image paths and class-id masks.
 
     `class_map` maps label names to class ids; None means binary (every label -> 1). Tasks
     without a usable annotation are skipped and counted. A non-cancelled annotation with no
     regions is kept as an empty mask: the annotator saw nothing there. Images claiming more than
-    `max_pixels` (default utils.MAX_IMAGE_PIXELS) are refused, as read_image refuses them.
+    `max_pixels` (default utils.MAX_IMAGE_PIXELS) are refused, as read_image refuses them. Model
+    predictions are read only with `predictions=True` (tasks no person reviewed are never trained on).
     """
     json_path, image_dir = Path(json_path), Path(image_dir)
     _check_class_map(class_map)
@@ -345,7 +269,7 @@ def load_labelstudio(
     items: list[LabelStudioItem] = []
     skipped = 0
     for task in tasks:
-        annotation = _latest_annotation(task)
+        annotation = _latest_annotation(task, predictions)
         if annotation is None:
             skipped += 1
             continue

@@ -287,15 +287,16 @@ def write_png(path: str | os.PathLike, image: np.ndarray, rgb: bool = True, fast
 
 
 # ----------------------------------------------------------------------------- geometry
-# One rule for both sides: resize the long side to `input_size` (keeping the aspect ratio),
-# then pad bottom/right. Training pads to a square, the runtime to the next multiple of
-# `stride`. Padding is zero after normalisation, i.e. the mean colour before it.
+# One rule for both sides (training's out-of-fold scoring, the runtime's Segmenter and gate):
+# resize the long side to `input_size` (keeping the aspect ratio), then pad bottom/right to the
+# next multiple of `stride`. A model with a fixed (H, W) input is letterboxed instead: fit inside
+# (H, W), pad to exactly (H, W). Padding is zero after normalisation, i.e. the mean colour before it.
 
 
-def resize_long_side(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
-    """Resize so max(H, W) == size. Masks must pass nearest=True."""
+def fit_inside(image: np.ndarray, hw: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """Resize to fit inside (H, W), keeping the aspect ratio (one side touches). Masks must pass nearest=True."""
     h, w = image.shape[:2]
-    scale = size / max(h, w)
+    scale = min(hw[0] / h, hw[1] / w)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
     if (new_h, new_w) == (h, w):
         return image
@@ -306,6 +307,11 @@ def resize_long_side(image: np.ndarray, size: int, nearest: bool = False) -> np.
     return cv2.resize(image, (new_w, new_h), interpolation=interp)
 
 
+def resize_long_side(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    """Resize so max(H, W) == size. Masks must pass nearest=True."""
+    return fit_inside(image, (size, size), nearest)
+
+
 def normalize(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
     """RGB uint8 (H, W, 3) -> float32 (3, H, W), normalised."""
     x = image.astype(np.float32) / 255.0
@@ -313,38 +319,63 @@ def normalize(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.nda
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def pad_to_multiple(chw: np.ndarray, stride: int) -> np.ndarray:
-    """Zero-pad (C, H, W) at the bottom/right so H and W are multiples of `stride`."""
+def padded_size(hw: tuple[int, int], stride: int) -> tuple[int, int]:
+    """(H, W) rounded up to multiples of `stride`."""
+    h, w = hw
+    return h + (-h) % stride, w + (-w) % stride
+
+
+def pad_bottom_right(chw: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Zero-pad (C, h, w) at the bottom/right to (C, H, W)."""
     _, h, w = chw.shape
-    ph, pw = (-h) % stride, (-w) % stride
-    if ph == 0 and pw == 0:
+    if (h, w) == tuple(hw):
         return chw
-    return np.pad(chw, ((0, 0), (0, ph), (0, pw)))
+    return np.pad(chw, ((0, 0), (0, hw[0] - h), (0, hw[1] - w)))
 
 
-def preprocess(image: np.ndarray, meta: dict) -> tuple[np.ndarray, tuple[int, int]]:
-    """RGB uint8 image -> ((3, H', W') float32 input, (h, w) of the resized, unpadded image)."""
-    size = int(meta.get("input_size") or 0)
-    resized = resize_long_side(image, size) if size > 0 and meta.get("resize", "long_side") == "long_side" else image
+def preprocess(image: np.ndarray, meta: dict, fixed_hw: tuple[int, int] | None = None
+               ) -> tuple[np.ndarray, tuple[int, int]]:
+    """RGB uint8 image -> ((3, H', W') float32 input, (h, w) of the resized, unpadded image).
+
+    `meta` is the model's metadata (input_size, resize, mean, std, stride). `fixed_hw`: the (H, W)
+    of a model exported with a fixed input size (foreign models): letterbox to exactly that size.
+    """
+    if fixed_hw is not None:
+        resized, padded_hw = fit_inside(image, fixed_hw), tuple(fixed_hw)
+    else:
+        size = int(meta.get("input_size") or 0)
+        long_side = size > 0 and meta.get("resize", "long_side") == "long_side"
+        resized = resize_long_side(image, size) if long_side else image
+        padded_hw = padded_size(resized.shape[:2], int(meta.get("stride", 32)))
     chw = normalize(resized, meta["mean"], meta["std"])  # (3, h, w)
-    return pad_to_multiple(chw, int(meta.get("stride", 32))), resized.shape[:2]
+    return pad_bottom_right(chw, padded_hw), resized.shape[:2]
 
 
-def restore_size(
-    probs: np.ndarray, valid_hw: tuple[int, int], orig_hw: tuple[int, int], stride: int = 32
-) -> np.ndarray:
-    """(C, H', W') model output -> (C, H, W) at the original size: crop the padding, resize."""
-    c, out_h, out_w = probs.shape
+def resize_channels(probs: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) -> (C, H, W), each channel resized bilinearly (a no-op at the same size)."""
+    if probs.shape[1:] == tuple(hw):
+        return probs
+    return np.stack([cv2.resize(p, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR) for p in probs])
+
+
+def match_input_size(output: np.ndarray, valid_hw: tuple[int, int], input_hw: tuple[int, int]) -> np.ndarray:
+    """A (C, h', w') model output at its (H', W') input's size: a smaller (SegFormer-style) output is
+    scaled up; one at the input's or at the unpadded (h, w) size is kept as it is."""
+    if output.shape[1:] in (tuple(input_hw), tuple(valid_hw)):
+        return output
+    return resize_channels(output, input_hw)
+
+
+def restore_size(probs: np.ndarray, valid_hw: tuple[int, int], orig_hw: tuple[int, int], stride: int = 32,
+                 input_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """(C, H', W') model output -> (C, H, W) at the original size: crop the padding, resize.
+
+    `input_hw` is the (H', W') the input was padded to (default: `valid_hw` rounded up to `stride`).
+    """
+    input_hw = padded_size(valid_hw, stride) if input_hw is None else input_hw
     h, w = valid_hw
-    padded_h, padded_w = h + (-h) % stride, w + (-w) % stride
-    if (out_h, out_w) != (padded_h, padded_w) and (out_h, out_w) != (h, w):
-        # Output smaller than the input (SegFormer-style): scale it to the padded input first.
-        probs = np.stack([cv2.resize(p, (padded_w, padded_h), interpolation=cv2.INTER_LINEAR) for p in probs])
-    probs = probs[:, :h, :w]
-    oh, ow = orig_hw
-    if (h, w) == (oh, ow):
-        return np.ascontiguousarray(probs)
-    return np.stack([cv2.resize(p, (ow, oh), interpolation=cv2.INTER_LINEAR) for p in probs])
+    probs = match_input_size(probs, valid_hw, input_hw)[:, :h, :w]
+    return np.ascontiguousarray(resize_channels(probs, orig_hw))
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -197,16 +197,19 @@ def export_model(model, arch: str, encoder: str, input_size: int, onnx_path: Pat
     """
     import torch
 
-    import export
+    from exporting.ensembles import ExportEnsemble
+    from exporting.onnx_metadata import add_metadata, build_metadata
+    from exporting.tracing import to_onnx_bytes
     from model import model_args
+    from utils import atomic_write_bytes
 
     models = model if isinstance(model, list) else [model]
     ckpt = {"model_args": model_args(arch, encoder, 1), "config": {"input_size": input_size, "name": "bench"}}
-    metadata = export.build_metadata(ckpt, list(range(len(models))), None, None, tta)
-    ensemble = export.ExportEnsemble(models, 1, tta).eval()
-    proto = export.add_metadata(export.to_onnx_bytes(ensemble, input_size, 17), metadata)
+    metadata = build_metadata(ckpt, list(range(len(models))), None, None, tta)
+    ensemble = ExportEnsemble(models, 1, tta).eval()
+    proto = add_metadata(to_onnx_bytes(ensemble, input_size, 17), metadata)
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
-    export.atomic_write_bytes(onnx_path, proto.SerializeToString())
+    atomic_write_bytes(onnx_path, proto.SerializeToString())
     if weights_path is not None:
         torch.save({"model_args": ckpt["model_args"], "state_dict": models[0].state_dict()}, weights_path)
     return onnx_path
@@ -214,6 +217,6 @@ def export_model(model, arch: str, encoder: str, input_size: int, onnx_path: Pat
 
 def ort_session(path: Path, threads: int):
     """An onnxruntime CPU session as inference.py builds it (graph optimisation all, `threads` intra-op)."""
-    from inference import create_session
+    from runtime.session import create_session
 
     return create_session(Path(path), ["CPUExecutionProvider"], threads)

@@ -37,15 +37,9 @@ TARGET_SPEEDUP, TARGET_OVERHEAD = 2.0, 1.15
 
 def prepare_inputs(segmenter, paths: list[Path]) -> list:
     """The exact (1, 3, H', W') tensors the engine feeds the model."""
-    import numpy as np
-
     from utils import read_image
 
-    tensors = []
-    for path in paths:
-        chw, (ph, pw) = segmenter.prepare(read_image(path))
-        tensors.append(np.pad(chw, ((0, 0), (0, ph - chw.shape[1]), (0, pw - chw.shape[2])))[None])
-    return tensors
+    return [segmenter.prepare(read_image(path))[0][None] for path in paths]
 
 
 class CachedSession:

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from common import machine_info, side_by_side, write_result
-from export import evaluate, load_pairs
+from exporting.quantize import evaluate, load_pairs
 from runtime.metadata import decode_metadata
 from utils import preprocess, read_image
 

@@ -321,7 +321,7 @@ class CropStage:
         return np.ascontiguousarray(paste_back(probs, crop.box, orig_hw, background_fill(len(probs))), np.float32)
 
     @staticmethod
-    def describe(crop: Crop) -> dict:
+    def crop_columns(crop: Crop) -> dict:
         """The crop columns of a summary.csv row."""
         return {"crop_status": crop.status, "crop_box": " ".join(str(v) for v in crop.box)}
 

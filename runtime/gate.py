@@ -53,7 +53,7 @@ def check_threshold(threshold: float) -> float:
 class Gate:
     """Owns the gate's ONNX Runtime session: RGB images in, defect probabilities (N,) out.
 
-    `session` is built by the caller (inference.create_session, the segmenter's providers and threads)
+    `session` is built by the caller (runtime.session.create_session, the segmenter's providers and threads)
     or injected in tests. `threshold` (None: the metadata's out-of-fold one) decides what is segmented.
     """
 

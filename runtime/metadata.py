@@ -127,6 +127,12 @@ KEYS: tuple[Key, ...] = (
     Key("crop", None, "the ROI settings: conf, roi_factor, min_size, pad_value, input_size", "export.py",
         "runtime/crop.py", tasks=(SEGMENT,), check=_crop_ok,
         must="null or {conf in [0, 1), roi_factor > 0, min_size >= 1, pad_value 0-255, input_size 32-16384}"),
+    Key("background", True, "class 0 means nothing found (binary models, and our multi-class ones); false: every "
+        "class is a real class, e.g. ADE20k's 0 = wall (--no-background)", "export.py --describe / --hf",
+        "runtime: empty status, legend, per-class scores", tasks=(SEGMENT,), check=lambda v: isinstance(v, bool),
+        must="true or false"),
+    Key("described", None, "true when export.py --describe / --hf wrote this metadata for a model trained elsewhere",
+        "export.py --describe / --hf", "export.py --describe (may rewrite it)", tasks=(SEGMENT,)),
     Key("folds", [], "the fold ids averaged inside the graph", "export.py", "logs, app"),
     Key("precision", "fp32", "fp32, fp16 or int8", "export.py (--fp16 / --int8)", "logs"),
     Key("train_patch", None, "TRAIN_PATCH (HxW) when training used random crops; absent otherwise", "export.py",

@@ -1,8 +1,11 @@
 """Videos, streams and webcams: frames in, an annotated video and a per-frame CSV out. OpenCV only.
 
-`iter_frames` is a generator over any cv2.VideoCapture source, so a file, an RTSP/HTTP stream
-and a webcam share one code path. The writer tries MP4 (mp4v) first and falls back to AVI
-(XVID) when that encoder is missing, saying so in the log.
+A chain of generators: `iter_frames` reads any cv2.VideoCapture source (a file, an RTSP/HTTP
+stream and a webcam share one code path), `predict_frames` runs the Segmenter on them as on
+images (every --vid-stride-th frame), and `run_video` writes each one's row (the summary.csv
+columns of an image, filled by the same fill_row) and its overlay (the same make_overlay). The
+writer tries MP4 (mp4v) first and falls back to AVI (XVID) when that encoder is missing, saying
+so in the log.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -153,18 +157,122 @@ def ended_early_reason(source, frames_read: int, frames_expected: int, quit_earl
     return None
 
 
+@dataclass
+class Frame:
+    """One frame of a video and the prediction it is shown with (inferred on it, or reused from an earlier one)."""
+
+    index: int
+    image: np.ndarray  # RGB (H, W, 3)
+    prediction: object  # the Segmenter's Result, or None before the first success
+    inferred: bool  # the model ran on this frame (whether or not it failed)
+    error: str  # why the prediction of this frame failed, else ""
+    infer_ms: float  # of the prediction shown
+    start: float  # perf_counter() when the frame came in
+
+
+def predict_frames(segmenter, frames, vid_stride: int = 1):
+    """Yield a Frame per (index, RGB frame): every `vid_stride`-th frame, the first and any frame of a new size
+    is predicted (Segmenter.predict, as images are); the frames between reuse the last prediction."""
+    prediction, infer_ms = None, 0.0
+    for index, image in frames:
+        start = time.perf_counter()
+        inferred = index % vid_stride == 0 or prediction is None or prediction.mask.shape != image.shape[:2]
+        error = ""
+        if inferred:
+            try:
+                prediction, infer_ms = segmenter.predict(image), elapsed_ms(start)
+            except Exception as exc:  # noqa: BLE001 - a bad frame is a row, not the end of the video
+                error = str(exc)
+        yield Frame(index, image, prediction, inferred, error, infer_ms, start)
+
+
+def frame_row(frame: Frame, num_classes: int, options) -> tuple[dict, np.ndarray]:
+    """(the frame's CSV row, the annotated RGB frame to write); a failure is an error row and the plain frame."""
+    from runtime.postprocess import PALETTE, make_overlay
+    from runtime.report import FRAME_COLUMNS, fill_row, new_row
+
+    row = new_row(frame.index, FRAME_COLUMNS)
+    row.update(inferred=int(frame.inferred))
+    if frame.error:
+        row.update(status="error", error=frame.error)
+        return row, frame.image
+    try:
+        mask, info = frame.prediction.mask, frame.prediction.info
+        fill_row(row, mask, info)
+        multi = int(mask.max(initial=0)) > 1 or num_classes > 1
+        shown = make_overlay(frame.image, mask, options.color, options.alpha, PALETTE if multi else None)
+        return row, annotate(shown, f"{frame.infer_ms:.0f} ms  largest {info['largest_component_px']} px")
+    except Exception as exc:  # noqa: BLE001 - a bad frame is a row, not the end of the video
+        row.update(status="error", error=str(exc))
+        return row, frame.image
+
+
+class VideoOut:
+    """The annotated video: opened at the first frame's size, later frames resized to it."""
+
+    def __init__(self, stem: Path, fps: float):
+        self.stem, self.fps, self.writer, self.path, self.size = stem, fps, None, None, None
+
+    def write(self, shown: np.ndarray) -> None:
+        if self.writer is None:
+            self.size = (shown.shape[1], shown.shape[0])
+            self.writer, self.path = open_video_writer(self.stem, self.fps, self.size)
+        if (shown.shape[1], shown.shape[0]) != self.size:  # a stream changed resolution mid-way
+            shown = cv2.resize(shown, self.size, interpolation=cv2.INTER_AREA)
+        self.writer.write(cv2.cvtColor(shown, cv2.COLOR_RGB2BGR))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+
+
+def expected_frames(capture: cv2.VideoCapture, source, max_frames: int) -> int:
+    """The frames a file promises (capped at `max_frames`); 0 for streams and webcams."""
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if Path(str(source)).is_file() else 0
+    return min(total, max_frames) if max_frames and total > 0 else max(total, 0)
+
+
+def write_frames(segmenter, capture: cv2.VideoCapture, stem: Path, log, options, progress, total: int
+                 ) -> tuple[dict, bool]:
+    """Predict, annotate and write every frame of an open capture, a CSV row each -> (tally, quit early).
+
+    The tally counts frames, inferences and each row status, and names the video written (None: no frame).
+    """
+    tally = {"images": 0, "inferences": 0, "video": None, "ok": 0, "no_detection": 0, "gated_clean": 0, "error": 0}
+    num_classes = int(segmenter.meta.get("num_classes", 1))
+    video, viewer = VideoOut(stem, capture_fps(capture)), Viewer(options.view_img)
+    frames = iter_frames(capture, options.video_max_side, options.max_frames)
+    try:
+        for frame in predict_frames(segmenter, frames, options.vid_stride):
+            row, shown = frame_row(frame, num_classes, options)
+            video.write(shown)
+            tally["video"] = video.path
+            row.update(ms=elapsed_ms(frame.start))
+            log.write(row)
+            tally[row["status"]] += 1
+            tally["images"] += 1
+            tally["inferences"] += int(frame.inferred and not frame.error)
+            if progress is not None:
+                progress(tally["images"], total or None)
+            if not viewer.show(shown):
+                return tally, True
+    finally:
+        capture.release()
+        viewer.close()
+        video.close()
+    return tally, False
+
+
 def run_video(segmenter, source, output: Path, options, progress=None) -> dict:
     """Annotated video OUT/<name>.mp4 (or .avi) and OUT/<name>_frames.csv from a file, stream or webcam.
 
     Every `options.vid_stride`-th frame is inferred; frames between reuse the last mask.
     An unopenable source gives one error row and an empty result, not an exception.
     """
-    from runtime.postprocess import PALETTE, make_overlay
-    from runtime.report import FRAME_COLUMNS, CsvLog, error_row, fill_row, new_row
+    from runtime.report import FRAME_COLUMNS, CsvLog, error_row
 
     name = video_name(source)
     csv_path = output / f"{name}_frames.csv"
-    counts = {"ok": 0, "no_detection": 0, "gated_clean": 0, "error": 0}
     result = {"images": 0, "inferences": 0, "with_gt": 0, "mean_dice": None, "mean_iou": None, "timing_ms": {},
               "summary_csv": csv_path, "video": None}
     with CsvLog(csv_path, FRAME_COLUMNS) as log:
@@ -174,51 +282,13 @@ def run_video(segmenter, source, output: Path, options, progress=None) -> dict:
             LOG.warning("%s", exc)
             log.write(error_row(str(source), str(exc), FRAME_COLUMNS))
             return {**result, "ok": 0, "no_detection": 0, "errors": 1}
-        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if Path(str(source)).is_file() else 0
-        total = min(total, options.max_frames) if options.max_frames and total > 0 else max(total, 0)
-        writer, viewer, mask, info, infer_ms = None, Viewer(options.view_img), None, None, 0.0
-        quit_early = False
-        try:
-            for index, frame in iter_frames(capture, options.video_max_side, options.max_frames):
-                start = time.perf_counter()
-                row = new_row(index, FRAME_COLUMNS)
-                inferred = index % options.vid_stride == 0 or mask is None or mask.shape != frame.shape[:2]
-                try:
-                    if inferred:
-                        prediction = segmenter.predict(frame)
-                        mask, info, infer_ms = prediction.mask, prediction.info, elapsed_ms(start)
-                        result["inferences"] += 1
-                    fill_row(row, mask, info)
-                    multi = int(mask.max(initial=0)) > 1 or int(segmenter.meta.get("num_classes", 1)) > 1
-                    shown = make_overlay(frame, mask, options.color, options.alpha, PALETTE if multi else None)
-                    shown = annotate(shown, f"{infer_ms:.0f} ms  largest {info['largest_component_px']} px")
-                except Exception as exc:  # noqa: BLE001 - a bad frame is a row, not the end of the video
-                    row.update(status="error", error=str(exc))
-                    shown = frame
-                if writer is None:
-                    size = (frame.shape[1], frame.shape[0])
-                    writer, result["video"] = open_video_writer(output / name, capture_fps(capture), size)
-                if (shown.shape[1], shown.shape[0]) != size:  # a stream changed resolution mid-way
-                    shown = cv2.resize(shown, size, interpolation=cv2.INTER_AREA)
-                writer.write(cv2.cvtColor(shown, cv2.COLOR_RGB2BGR))
-                row.update(inferred=int(inferred), ms=elapsed_ms(start))
-                log.write(row)
-                counts[row["status"]] += 1
-                result["images"] += 1
-                if progress is not None:
-                    progress(result["images"], total or None)
-                if not viewer.show(shown):
-                    quit_early = True
-                    break
-        finally:
-            capture.release()
-            viewer.close()
-            if writer is not None:
-                writer.release()
-        reason = ended_early_reason(source, result["images"], total, quit_early)
+        total = expected_frames(capture, source, options.max_frames)
+        tally, quit_early = write_frames(segmenter, capture, output / name, log, options, progress, total)
+        reason = ended_early_reason(source, tally["images"], total, quit_early)
         if reason:
             LOG.warning("%s", reason)
             log.write(error_row(str(source), reason, FRAME_COLUMNS))
-            counts["error"] += 1
-    return {**result, "ok": counts["ok"], "no_detection": counts["no_detection"], "gated_clean": counts["gated_clean"],
-            "errors": counts["error"]}
+            tally["error"] += 1
+    return {**result, "images": tally["images"], "inferences": tally["inferences"], "video": tally["video"],
+            "ok": tally["ok"], "no_detection": tally["no_detection"], "gated_clean": tally["gated_clean"],
+            "errors": tally["error"]}

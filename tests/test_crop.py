@@ -198,4 +198,4 @@ def test_crop_stage_from_metadata(yolo_files, tmp_path):
     inside = np.zeros((240, 320), bool)
     inside[max(y0, 0):y1, max(x0, 0):x1] = True
     assert probs.shape == (1, 240, 320) and (probs[0][inside] == 1).all() and (probs[0][~inside] == 0).all()
-    assert stage.describe(crop) == {"crop_status": "ok", "crop_box": f"{x0} {y0} {x1} {y1}"}
+    assert stage.crop_columns(crop) == {"crop_status": "ok", "crop_box": f"{x0} {y0} {x1} {y1}"}

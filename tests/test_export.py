@@ -8,8 +8,10 @@ import pytest
 import torch
 
 import export
+from config import TTA_MODES
+from exporting import checkpoints, checks, ensembles, quantize, tracing, triton
 from model import build_model_from_checkpoint
-from runtime.metadata import METADATA_KEY
+from runtime.metadata import METADATA_KEY, read_metadata
 from utils import UserError
 
 
@@ -42,7 +44,7 @@ def test_onnx_matches_torch_ensemble_on_new_shape(trained_run):
         want = np.mean([torch.sigmoid(m(torch.from_numpy(x))).numpy() for m in models], axis=0)
     got = _session(trained_run / "model.onnx").run(None, {"image": x})[0]
     assert got.shape == (3, 1, 96, 128)
-    assert np.abs(got - want).max() <= export.PARITY_TOLERANCE
+    assert np.abs(got - want).max() <= checks.PARITY_TOLERANCE
     assert got.min() >= 0 and got.max() <= 1  # probabilities, not logits
 
 
@@ -54,16 +56,16 @@ def test_single_fold_export(trained_run, tmp_path):
 
 def test_parity_check_catches_a_wrong_graph(trained_run):
     model, _ = build_model_from_checkpoint(trained_run / "models" / "fold0_best.pt")
-    ensemble = export.ProbabilityEnsemble([model.eval()], 1)
+    ensemble = ensembles.ExportEnsemble([model.eval()], 1)
     wrong = (trained_run / "model.onnx").read_bytes()  # the 2-fold graph is not this 1-fold module
     with pytest.raises(RuntimeError, match="parity failed"):
-        export.check_parity(ensemble, wrong, 64)
+        checks.check_parity(ensemble, wrong, 64)
 
 
 @pytest.mark.parametrize("folds, message", [([7], r"folds \[7\] have no checkpoint"), (None, "run train.py first")])
 def test_missing_checkpoints(trained_run, tmp_path, folds, message):
     with pytest.raises(UserError, match=message):
-        export.find_checkpoints(trained_run if folds else tmp_path, folds)
+        checkpoints.find_checkpoints(trained_run if folds else tmp_path, folds)
 
 
 # ----------------------------------------------------------------------------- options and bad input
@@ -88,9 +90,9 @@ def test_tta_and_logits_are_baked_into_the_graph(trained_run, tmp_path, tta, log
     out = export.export_onnx(trained_run, folds=[0], output=tmp_path / "m.onnx", tta=tta, logits=logits, check=False)
     x = torch.from_numpy(np.random.default_rng(1).standard_normal((2, 3, 64, 96)).astype(np.float32))
     activate = (lambda t: t) if logits else torch.sigmoid
-    want = _flip_mean(_fold_model(trained_run), x, export.TTA_FLIPS[tta], activate)
+    want = _flip_mean(_fold_model(trained_run), x, ensembles.TTA_FLIPS[tta], activate)
     got = _session(out).run(None, {"image": x.numpy()})[0]
-    assert np.abs(got - want).max() <= export.PARITY_TOLERANCE * max(1, np.abs(want).max())
+    assert np.abs(got - want).max() <= checks.PARITY_TOLERANCE * max(1, np.abs(want).max())
     # the views matter: without the flips the result differs (so TTA is really in the graph)
     assert np.abs(got - _flip_mean(_fold_model(trained_run), x, [()], activate)).max() > 1e-5
     meta = _meta(out)
@@ -98,9 +100,16 @@ def test_tta_and_logits_are_baked_into_the_graph(trained_run, tmp_path, tta, log
     assert _session(out).get_outputs()[0].name == meta["output"]
 
 
+def test_flip_table_covers_exactly_the_tta_modes():
+    assert tuple(ensembles.TTA_FLIPS) == TTA_MODES  # config.TTA_MODES names the modes; the table only adds dims
+    assert export.parse_args(["--work-dir", "w", "--tta", "flips"]).tta == "flips"
+    with pytest.raises(UserError, match="tta='vflip': choose one of none, hflip, flips"):
+        ensembles.ExportEnsemble([], 1, tta="vflip")
+
+
 def test_metadata_round_trips_the_checkpoint_config(trained_run):
     ckpt = torch.load(trained_run / "models" / "fold0_best.pt", map_location="cpu", weights_only=True)
-    meta = export.read_metadata(trained_run / "model.onnx")
+    meta = read_metadata(trained_run / "model.onnx")
     cfg, args = ckpt["config"], ckpt["model_args"]
     assert (meta["arch"], meta["encoder"], meta["num_classes"]) == (args["arch"], args["encoder"], args["classes"])
     assert meta["input_size"] == cfg["input_size"] and meta["min_area"] == cfg["min_area"]
@@ -108,17 +117,17 @@ def test_metadata_round_trips_the_checkpoint_config(trained_run):
     assert meta["config_hash"] == ckpt["config_hash"] and meta["format_version"] == 1
     assert meta["tta"] == "none" and meta["output"] == "probs" and meta["precision"] == "fp32"
     assert set(meta["versions"]) >= {"torch", "onnx", "onnxruntime"}
-    assert meta["checks"]["onnxruntime_max_diff"] <= export.PARITY_TOLERANCE
-    assert meta["checks"]["opencv"] == "ok" and meta["checks"]["opencv_max_diff"] <= export.OPENCV_TOLERANCE
+    assert meta["checks"]["onnxruntime_max_diff"] <= checks.PARITY_TOLERANCE
+    assert meta["checks"]["opencv"] == "ok" and meta["checks"]["opencv_max_diff"] <= checks.OPENCV_TOLERANCE
 
 
 def test_opencv_dnn_matches_onnxruntime(trained_run):
     model_bytes = (trained_run / "model.onnx").read_bytes()
-    x = export.parity_input(64)
-    reference = export.run_onnxruntime(model_bytes, x)
-    assert export.check_opencv(model_bytes, x, reference)["status"] == "ok"
-    assert export.check_opencv(model_bytes, x, reference + 0.01)["status"] == "mismatch"
-    broken = export.check_opencv(b"not an onnx file", x, reference)
+    x = checks.parity_input(64)
+    reference = checks.run_onnxruntime(model_bytes, x)
+    assert checks.check_opencv(model_bytes, x, reference)["status"] == "ok"
+    assert checks.check_opencv(model_bytes, x, reference + 0.01)["status"] == "mismatch"
+    broken = checks.check_opencv(b"not an onnx file", x, reference)
     assert broken["status"] == "unsupported" and broken["max_diff"] is None
 
 
@@ -143,7 +152,7 @@ def test_mixed_architectures_are_rejected_naming_both(trained_run, tmp_path):
 def test_failed_parity_aborts_unless_no_verify(trained_run, tmp_path, monkeypatch):
     two_fold = (trained_run / "model.onnx").read_bytes()
     monkeypatch.setattr(export, "to_onnx_bytes", lambda *a, **k: two_fold)  # the wrong graph for fold 0 alone
-    with pytest.raises(export.ParityError, match=r"max abs diff \d\.\d\de[-+]\d+ > 1e-04"):
+    with pytest.raises(checks.ParityError, match=r"max abs diff \d\.\d\de[-+]\d+ > 1e-04"):
         export.export_onnx(trained_run, folds=[0], output=tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists()
     assert export.export_onnx(trained_run, folds=[0], output=tmp_path / "bad.onnx", check=False).is_file()
@@ -165,7 +174,7 @@ def test_cli_fold_and_aliases(trained_run, tmp_path):
 def test_traceable_adaptive_pool_is_exact(size, bins):
     x = torch.randn(2, 3, *size)
     want = torch.nn.functional.adaptive_avg_pool2d(x, bins)
-    assert torch.allclose(export.traceable_adaptive_avg_pool2d(x, bins), want, atol=1e-6)
+    assert torch.allclose(tracing.traceable_adaptive_avg_pool2d(x, bins), want, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- fp16 / int8 / simplify
@@ -173,7 +182,7 @@ def test_traceable_adaptive_pool_is_exact(size, bins):
 
 def test_fp16_keeps_float32_io_and_resize(trained_run, tmp_path):
     proto = onnx.load(str(trained_run / "model.onnx"))
-    path = export.write_fp16(proto, tmp_path / "m.fp16.onnx", export.read_metadata(proto), check=False)
+    path = quantize.write_fp16(proto, tmp_path / "m.fp16.onnx", read_metadata(proto), check=False)
     half = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
     float32, float16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
     assert [v.type.tensor_type.elem_type for v in [*half.graph.input, *half.graph.output]] == [float32, float32]
@@ -182,8 +191,8 @@ def test_fp16_keeps_float32_io_and_resize(trained_run, tmp_path):
     resize_inputs = [name for n in half.graph.node if n.op_type == "Resize" for name in n.input if name]
     assert resize_inputs and not any(types.get(name) == float16 for name in resize_inputs)  # X, roi, scales
     assert sum(t.data_type == float16 for t in half.graph.initializer) > 10  # the weights are fp16
-    x = export.parity_input(64)
-    diff = np.abs(export.run_onnxruntime(path, x) - export.run_onnxruntime(trained_run / "model.onnx", x)).max()
+    x = checks.parity_input(64)
+    diff = np.abs(checks.run_onnxruntime(path, x) - checks.run_onnxruntime(trained_run / "model.onnx", x)).max()
     assert diff < 1e-2 and _meta(path)["precision"] == "fp16"
 
 
@@ -194,16 +203,16 @@ def test_int8_is_static_qdq_and_keeps_metadata(trained_run, tmp_path, caplog):
     ops = {n.op_type for n in quant.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert any(t.data_type == onnx.TensorProto.INT8 for t in quant.graph.initializer)  # int8 weights
-    meta, fp32_meta = export.read_metadata(quant), _meta(out)
+    meta, fp32_meta = read_metadata(quant), _meta(out)
     assert meta.pop("precision") == "int8" and fp32_meta.pop("precision") == "fp32" and meta == fp32_meta
-    probs = _session(out.with_suffix(".int8.onnx")).run(None, {"image": export.parity_input(64)})[0]
+    probs = _session(out.with_suffix(".int8.onnx")).run(None, {"image": checks.parity_input(64)})[0]
     assert probs.shape == (2, 1, 64, 96) and 0 <= probs.min() and probs.max() <= 1
     assert "int8: Dice" in caplog.text and "latency" in caplog.text
 
 
 def test_int8_needs_the_training_cache(trained_run, tmp_path):
     with pytest.raises(UserError, match="calibrates on the training cache"):
-        export.calibration_images(tmp_path, 8)
+        quantize.calibration_images(tmp_path, 8)
 
 
 @pytest.mark.slow
@@ -240,9 +249,9 @@ def test_architecture_parity(arch, encoder, monkeypatch):
 
     # PAN needs H >= 128 and check_parity uses H = 3/4 of the export size: export PAN at 192
     size = 192 if arch == "PAN" else MIN_SIZE.get(arch, 64)
-    module = export.ExportEnsemble([calibrate_batchnorm(build_random(arch, encoder), size)], 1).eval()
-    model_bytes = export.to_onnx_bytes(module, size, 17)
-    assert export.check_parity(module, model_bytes, size) < 1e-3  # raises ParityError on a wrong graph
+    module = ensembles.ExportEnsemble([calibrate_batchnorm(build_random(arch, encoder), size)], 1).eval()
+    model_bytes = tracing.to_onnx_bytes(module, size, 17)
+    assert checks.check_parity(module, model_bytes, size) < 1e-3  # raises ParityError on a wrong graph
 
 
 
@@ -292,7 +301,7 @@ def _expected_spec(value):
 
 @pytest.mark.parametrize("kind,dynamic", [("gpu", True), ("cpu", False)])
 def test_triton_repository_config_matches_the_onnx(trained_run, tmp_path, kind, dynamic):
-    folder = export.write_triton_repo(trained_run / "model.onnx", tmp_path / "repo", max_batch_size=4, kind=kind,
+    folder = triton.write_triton_repo(trained_run / "model.onnx", tmp_path / "repo", max_batch_size=4, kind=kind,
                                       instances=2, dynamic_batching=dynamic)
     assert folder == tmp_path / "repo" / "model"
     assert (folder / "1" / "model.onnx").read_bytes() == (trained_run / "model.onnx").read_bytes()
@@ -317,11 +326,11 @@ def test_triton_static_batch_model_gets_max_batch_size_zero(tmp_path):
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT16, [1, 3, 32, 32])
     graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
     proto = onnx.helper.make_model(graph)
-    config = parse_pbtxt(export.triton_config(proto, "static", max_batch_size=8, kind="cpu"))
+    config = parse_pbtxt(triton.triton_config(proto, "static", max_batch_size=8, kind="cpu"))
     assert config["max_batch_size"] == 0
     assert config["input"][0] == {"name": "x", "data_type": "TYPE_FP16", "dims": [1, 3, 32, 32]}
     with pytest.raises(UserError, match="dynamic batch dim"):
-        export.triton_config(proto, "static", dynamic_batching=True)
+        triton.triton_config(proto, "static", dynamic_batching=True)
 
 
 def test_cli_writes_the_triton_repository(trained_run, tmp_path):

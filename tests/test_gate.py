@@ -21,9 +21,13 @@ import train
 from config import config_hash, load_config
 from dataset import pad_collate
 from conftest import ROOT, build_gate_onnx, tiny_argv, write_blobs
-from export import GateEnsemble, export_onnx, find_checkpoints, load_fold_models, read_metadata
+from export import export_onnx
+from exporting.checkpoints import find_checkpoints, load_fold_models
+from exporting.ensembles import GateEnsemble
 from model import GateClassifier, GateLoss, image_labels
 from runtime.gate import Gate
+from runtime.metadata import read_metadata
+from runtime.pipeline import RunOptions
 from test_inference import TEST_META, build_model, read_rows, rect_image
 from utils import LOG, UserError, preprocess, read_image, read_mask, write_png
 
@@ -519,7 +523,7 @@ def test_gated_overlay_modes(line, mode):
 
 def test_bad_gated_overlay_mode_is_named():
     with pytest.raises(UserError, match="--gated-overlay 'jpeg' is not valid"):
-        inference.RunOptions(gated_overlay="jpeg")
+        RunOptions(gated_overlay="jpeg")
 
 
 def test_gate_export_fp16_and_triton_repository(gate_run, tmp_path):

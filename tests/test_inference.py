@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -20,7 +21,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import inference  # noqa: E402
-from utils import LOG, UserError, read_mask, write_png  # noqa: E402
+from runtime.postprocess import PALETTE, postprocess  # noqa: E402
+from runtime.report import CSV_COLUMNS  # noqa: E402
+from runtime.segmenter import TTA_FLIPS, Result  # noqa: E402
+from utils import LOG, UserError, preprocess, read_mask, write_png  # noqa: E402
 
 # Inside the model white pixels give a high foreground logit, black a low one (ImageNet-normalised
 # RGB summed, times 2), so a white rectangle on black is what the model "segments".
@@ -119,9 +123,15 @@ def image_folder(tmp_path) -> tuple[Path, Path]:
 # ----------------------------------------------------------------------------- import rule
 
 
-def test_import_works_with_heavy_packages_blocked():
+RUNTIME_MODULES = ["inference", "utils"] + sorted(
+    f"runtime.{path.stem}" for path in (ROOT / "runtime").glob("*.py") if path.stem != "__init__")
+
+
+@pytest.mark.parametrize("module", RUNTIME_MODULES)
+def test_runtime_imports_with_heavy_packages_blocked(module):
+    """The runtime (inference.py, utils.py and every runtime/*.py, new ones included) never imports torch & co."""
     blocker = (
-        "import sys\n"
+        "import importlib, sys\n"
         "BLOCKED = {'torch', 'torchvision', 'onnx', 'ultralytics', 'segmentation_models_pytorch',"
         " 'albumentations', 'tqdm'}\n"
         "class Block:\n"
@@ -129,7 +139,7 @@ def test_import_works_with_heavy_packages_blocked():
         "        if name.split('.')[0] in BLOCKED:\n"
         "            raise ImportError('blocked: ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import inference\n"
+        f"importlib.import_module({module!r})\n"
         "assert not BLOCKED & {m.split('.')[0] for m in sys.modules}\n"
         "print('ok')\n"
     )
@@ -138,50 +148,8 @@ def test_import_works_with_heavy_packages_blocked():
     assert done.stdout.strip() == "ok"
 
 
-# ----------------------------------------------------------------------------- providers
-
-
-def test_select_providers_auto_ends_with_cpu():
-    providers = inference.select_providers("auto")
-    assert providers[-1] == "CPUExecutionProvider"
-    if not inference.can_load_library(inference._platform_libs(inference.CUDA_DRIVER_LIBS)):
-        assert providers == ["CPUExecutionProvider"]
-
-
-@pytest.mark.parametrize("requested", ["cuda", "tensorrt"])
-def test_explicit_gpu_without_driver_falls_back_with_one_warning(monkeypatch, records, requested):
-    monkeypatch.setattr(inference, "can_load_library", lambda names: False)
-    assert inference.select_providers(requested) == ["CPUExecutionProvider"]
-    warnings = [r for r in records.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "falling back to CPU" in warnings[0].getMessage()
-
-
-@pytest.mark.parametrize(
-    "requested, expected",
-    [
-        ("auto", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]),
-        ("cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"]),
-        ("tensorrt", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]),
-        ("cpu", ["CPUExecutionProvider"]),
-    ],
-)
-def test_select_providers_order_when_gpu_usable(monkeypatch, requested, expected):
-    all_eps = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    monkeypatch.setattr(inference.ort, "get_available_providers", lambda: all_eps)
-    monkeypatch.setattr(inference, "can_load_library", lambda names: True)
-    assert inference.select_providers(requested) == expected
-
-
-def test_auto_skips_tensorrt_without_libnvinfer(monkeypatch):
-    all_eps = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    monkeypatch.setattr(inference.ort, "get_available_providers", lambda: all_eps)
-    monkeypatch.setattr(inference, "can_load_library", lambda names: not any("nvinfer" in n for n in names))
-    assert inference.select_providers("auto") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
-
-def test_unknown_provider_is_a_user_error():
-    with pytest.raises(UserError, match="auto, cpu, cuda, tensorrt"):
-        inference.select_providers("gpu0")
+def test_the_import_rule_covers_the_new_runtime_modules():
+    assert {"runtime.session", "runtime.segmenter", "runtime.video", "runtime.pipeline"} <= set(RUNTIME_MODULES)
 
 
 # ----------------------------------------------------------------------------- session
@@ -276,91 +244,25 @@ def test_injected_session_gets_nchw_padded_to_stride(output, expected):
     assert probs.shape == (1, 50, 75) and np.allclose(probs, expected)
 
 
-# ----------------------------------------------------------------------------- thresholding
+@pytest.mark.parametrize("tta", ["none", "flips"])
+def test_segmenter_feeds_the_shared_preprocess_and_flips_only_the_image(tta):
+    """One preprocessing path (utils.preprocess, as training scores); TTA flips leave the padding bottom/right."""
+    session = FakeSession({**TEST_META, "input_size": 100, "stride": 16})
+    segmenter = inference.Segmenter(None, session=session, tta=tta)
+    image = np.random.default_rng(0).integers(0, 256, (50, 75, 3), dtype=np.uint8)
+    segmenter.predict_probs(image)
+    want, (h, w) = preprocess(image, segmenter.meta)  # (3, 80, 112), valid (67, 100)
+    copies = session.inputs[0]
+    assert len(copies) == len(TTA_FLIPS[tta]) and np.array_equal(copies[0], want)
+    for x, axes in zip(copies, TTA_FLIPS[tta]):
+        assert np.array_equal(x[:, :h, :w], np.flip(want[:, :h, :w], axis=axes))
+        assert not x[:, h:].any() and not x[:, :, w:].any()
 
 
-def blob_probs(value: float, size: int, background: float = 0.05) -> np.ndarray:
-    probs = np.full((64, 64), background, np.float32)
-    probs[10: 10 + size, 10: 10 + size] = value
-    return probs
+# ----------------------------------------------------------------------------- run
 
 
-@pytest.mark.parametrize(
-    "probs, expected_threshold, expected_area",
-    [
-        (blob_probs(0.9, 12), 0.5, 144),
-        (blob_probs(0.4, 12), 0.3, 144),  # 0.5 finds nothing, 0.3 finds a real region
-        (blob_probs(0.2, 12), 0.15, 144),
-        (blob_probs(0.1, 12), None, 0),  # everything below 0.15: a safe negative
-        (blob_probs(0.9, 5), None, 0),  # 25 px < min_area at every level
-    ],
-)
-def test_adaptive_cascade(probs, expected_threshold, expected_area):
-    mask, used = inference.apply_threshold(probs, "adaptive", min_area=64)
-    assert used == expected_threshold
-    assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
-    assert int(mask.sum()) == expected_area
-
-
-def test_adaptive_keeps_first_level_with_a_big_region_even_with_specks():
-    probs = blob_probs(0.4, 12)
-    probs[50, 50] = 0.9  # a lone speck passes 0.5 but is no real region
-    mask, used = inference.apply_threshold(probs, "adaptive", min_area=64)
-    assert used == 0.3 and mask.sum() == 145
-
-
-def test_adaptive_uses_the_given_cascade():
-    mask, used = inference.apply_threshold(blob_probs(0.4, 12), "adaptive", 64, cascade=(0.6, 0.35))
-    assert used == 0.35 and mask.sum() == 144
-
-
-@pytest.mark.parametrize("threshold, size, expected", [(0.3, 12, 0.3), (0.5, 12, None), (0.3, 5, None)])
-def test_fixed_threshold_keeps_mask_and_reports_detection(threshold, size, expected):
-    probs = blob_probs(0.4, size)
-    mask, used = inference.apply_threshold(probs, threshold, min_area=64)
-    assert used == expected
-    assert np.array_equal(mask, (probs > threshold).astype(np.uint8))
-
-
-@pytest.mark.parametrize("value", ["adaptive", "ADAPTIVE", "0.5", 0.25])
-def test_parse_threshold_accepts(value):
-    parsed = inference.parse_threshold(value)
-    assert parsed == "adaptive" if str(value).lower() == "adaptive" else parsed == float(value)
-
-
-@pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.2", "nan", "auto", ""])
-def test_parse_threshold_rejects(value):
-    with pytest.raises(UserError, match="--threshold"):
-        inference.parse_threshold(value)
-
-
-def test_component_stats_and_small_component_removal():
-    mask = np.zeros((40, 40), np.uint8)
-    mask[2:12, 2:12] = 1  # 100 px
-    mask[30:33, 30:33] = 1  # 9 px
-    assert inference.component_stats(mask) == (2, 100)
-    assert inference.component_stats(np.zeros((5, 5), np.uint8)) == (0, 0)
-    cleaned = inference.remove_small_components(mask, 10)
-    assert inference.component_stats(cleaned) == (1, 100) and cleaned[31, 31] == 0
-
-
-@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
-def test_overlay_changes_only_masked_pixels(alpha):
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
-    mask = np.zeros((20, 30), np.uint8)
-    mask[5:10, 5:20] = 1
-    overlay = inference.make_overlay(image, mask, color=(255, 0, 0), alpha=alpha)
-    assert overlay.dtype == np.uint8 and overlay.shape == image.shape
-    assert np.array_equal(overlay[mask == 0], image[mask == 0])
-    expected = np.rint(image[mask == 1] * (1 - alpha) + np.array([255, 0, 0]) * alpha)
-    assert np.array_equal(overlay[mask == 1], expected.astype(np.uint8))
-
-
-# ----------------------------------------------------------------------------- run_folder
-
-
-def test_run_folder_writes_masks_overlays_and_csv(models, image_folder, tmp_path):
+def test_run_writes_masks_overlays_and_csv(models, image_folder, tmp_path):
     src, gt = image_folder
     out = tmp_path / "out"
     calls = []
@@ -369,10 +271,10 @@ def test_run_folder_writes_masks_overlays_and_csv(models, image_folder, tmp_path
         calls.append((done, total, len(read_rows(out / "summary.csv"))))
 
     segmenter = inference.Segmenter(models["half"], providers="cpu")
-    result = inference.run_folder(segmenter, src, out, gt_dir=gt, progress=progress)
+    result = inference.run(segmenter, src, out, gt_dir=gt, progress=progress)
 
     rows = {row["file"]: row for row in read_rows(out / "summary.csv")}
-    assert list(read_rows(out / "summary.csv")[0]) == list(inference.CSV_COLUMNS)
+    assert list(read_rows(out / "summary.csv")[0]) == list(CSV_COLUMNS)
     assert set(rows) == {"a.png", "broken.png", "c.png", "sub/b.jpg"}
     assert rows["broken.png"]["status"] == "error" and "cannot decode" in rows["broken.png"]["error"]
     for name, (h, w) in {"a.png": (37, 53), "sub/b.jpg": (300, 101), "c.png": (64, 48)}.items():
@@ -389,43 +291,43 @@ def test_run_folder_writes_masks_overlays_and_csv(models, image_folder, tmp_path
     assert calls == [(1, 4, 1), (2, 4, 2), (3, 4, 3), (4, 4, 4)]
 
 
-def test_run_folder_reports_no_detection_with_empty_mask(models, tmp_path):
+def test_run_reports_no_detection_with_empty_mask(models, tmp_path):
     write_png(tmp_path / "src" / "dark.png", np.zeros((40, 50, 3), np.uint8))
     segmenter = inference.Segmenter(models["meta"], providers="cpu")
-    result = inference.run_folder(segmenter, tmp_path / "src" / "dark.png", tmp_path / "out")
+    result = inference.run(segmenter, tmp_path / "src" / "dark.png", tmp_path / "out")
     row = read_rows(tmp_path / "out" / "summary.csv")[0]
     assert row["status"] == "no_detection" and row["threshold"] == "" and row["area_px"] == "0"
     assert not cv2.imread(str(tmp_path / "out" / "masks" / "dark.png"), cv2.IMREAD_UNCHANGED).any()
     assert result["no_detection"] == 1 and result["mean_dice"] is None
 
 
-def test_run_folder_multiclass_writes_class_ids(models, tmp_path):
+def test_run_multiclass_writes_class_ids(models, tmp_path):
     image, mask = rect_image(30, 40)
     write_png(tmp_path / "src" / "x.png", image)
     segmenter = inference.Segmenter(models["multi"], providers="cpu")
-    inference.run_folder(segmenter, tmp_path / "src", tmp_path / "out", gt_dir=None)
+    inference.run(segmenter, tmp_path / "src", tmp_path / "out", gt_dir=None)
     written = read_mask(tmp_path / "out" / "masks" / "x.png", num_classes=3)
     assert np.array_equal(written, mask)
     assert read_rows(tmp_path / "out" / "summary.csv")[0]["status"] == "ok"
 
 
-def test_run_folder_output_inside_source_and_name_clash(models, tmp_path):
+def test_run_output_inside_source_and_name_clash(models, tmp_path):
     src = tmp_path / "src"
     image, _ = rect_image(32, 32)
     write_png(src / "a.png", image)
     cv2.imwrite(str(src / "a.jpg"), image)
     segmenter = inference.Segmenter(models["meta"], providers="cpu")
     for _ in range(2):  # the second run must not pick up the first run's masks/overlays
-        result = inference.run_folder(segmenter, src, src / "out")
+        result = inference.run(segmenter, src, src / "out")
         assert result["images"] == 2
     # Sorted order: a.jpg takes a.png, the later a.png keeps its suffix.
     assert (src / "out" / "masks" / "a.png").is_file() and (src / "out" / "masks" / "a.png.png").is_file()
 
 
-def test_run_folder_accepts_a_glob(models, image_folder, tmp_path):
+def test_run_accepts_a_glob(models, image_folder, tmp_path):
     src, _ = image_folder
     segmenter = inference.Segmenter(models["meta"], providers="cpu")
-    result = inference.run_folder(segmenter, str(src / "**" / "*.jpg"), tmp_path / "out")
+    result = inference.run(segmenter, str(src / "**" / "*.jpg"), tmp_path / "out")
     assert result["images"] == 1 and (tmp_path / "out" / "masks" / "sub" / "b.png").is_file()
 
 
@@ -439,12 +341,12 @@ def test_run_folder_accepts_a_glob(models, image_folder, tmp_path):
         ({"alpha": 1.5}, "--alpha"),
     ],
 )
-def test_run_folder_user_errors(models, image_folder, tmp_path, kwargs, match):
+def test_run_user_errors(models, image_folder, tmp_path, kwargs, match):
     src, _ = image_folder
     kwargs = {k: tmp_path / v if str(v).startswith("missing") else v for k, v in kwargs.items()}
     segmenter = inference.Segmenter(models["meta"], providers="cpu")
     with pytest.raises(UserError, match=match):
-        inference.run_folder(segmenter, **{"source": src, "output": tmp_path / "out", **kwargs})
+        inference.run(segmenter, **{"source": src, "output": tmp_path / "out", **kwargs})
 
 
 # ----------------------------------------------------------------------------- progress and CLI
@@ -511,7 +413,7 @@ def test_predict_returns_a_result_with_mask_probs_and_info(models):
     segmenter = inference.Segmenter(models["meta"], device="cpu", threshold=0.5)
     image, mask = rect_image(37, 53)
     result = segmenter.predict(image)
-    assert isinstance(result, inference.Result)
+    assert isinstance(result, Result)
     assert result.mask.shape == (37, 53) and result.probs.shape == (1, 37, 53)
     assert np.array_equal(result.mask, (result.probs[0] > 0.5).astype(np.uint8))
     assert result.info["status"] == "ok" and result.info["threshold"] == 0.5
@@ -536,7 +438,7 @@ class CountingSession:
     """A real onnxruntime session that records the batch of every run call."""
 
     def __init__(self, path: Path):
-        self.inner = inference.ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.inner = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.batches: list[np.ndarray] = []
 
     def run(self, names, feeds):
@@ -685,7 +587,7 @@ def test_multiclass_outputs_colour_mask_and_legend(models, tmp_path):
     write_png(tmp_path / "src" / "x.png", rect_image(30, 40)[0])
     inference.run(inference.Segmenter(models["multi"], device="cpu"), tmp_path / "src", tmp_path / "out")
     colour = cv2.cvtColor(cv2.imread(str(tmp_path / "out" / "masks_color" / "x.png")), cv2.COLOR_BGR2RGB)
-    assert tuple(colour[15, 20]) == tuple(inference.PALETTE[1].astype(np.uint8)) and not colour[0, 0].any()
+    assert tuple(colour[15, 20]) == tuple(PALETTE[1].astype(np.uint8)) and not colour[0, 0].any()
     assert cv2.imread(str(tmp_path / "out" / "legend.png")) is not None
 
 
@@ -730,7 +632,7 @@ def test_threshold_model_uses_the_recommended_threshold_from_metadata(tmp_path):
     segmenter = inference.Segmenter(path, device="cpu", threshold="model")
     assert segmenter.post.threshold == 0.35
     probs = np.full((1, 20, 20), 0.4, np.float32)
-    assert inference.postprocess(probs, segmenter.post)[1]["threshold"] == 0.35
+    assert postprocess(probs, segmenter.post)[1]["threshold"] == 0.35
 
 
 def test_gt_named_like_training_masks_is_matched(tmp_path):

@@ -52,8 +52,8 @@ def test_runtime_reproduces_the_trainers_original_resolution_dice(trained_run, t
     best = trained_run / "models" / "fold0_best.pt"
     score_original_resolution(SegmentTask(cfg), best, [sources[k] for k in val_keys], torch.device("cpu"), oof)
     onnx_path = export.export_onnx(trained_run, folds=[0], output=tmp_path / "fold0.onnx")
-    result = inference.run_folder(inference.Segmenter(onnx_path, device="cpu"), val_dir / "images",
-                                  tmp_path / "out", threshold=0.5, min_area=0, gt_dir=val_dir / "masks")
+    result = inference.run(inference.Segmenter(onnx_path, device="cpu"), val_dir / "images",
+                           tmp_path / "out", threshold=0.5, min_area=0, gt_dir=val_dir / "masks")
     assert abs(result["mean_dice"] - oof.at(0.5)[0]) < 1e-3
 
 
@@ -88,8 +88,8 @@ def test_multiclass_patch_run_train_oof_equals_runtime_gt_per_class(tmp_path):
         shutil.copy(data / "images" / f"{key}.png", val_dir / "images")
         shutil.copy(data / "masks" / f"{key}.png", val_dir / "masks")
 
-    result = inference.run_folder(inference.Segmenter(work / "model.onnx", device="cpu"), val_dir / "images",
-                                  tmp_path / "out", gt_dir=val_dir / "masks")
+    result = inference.run(inference.Segmenter(work / "model.onnx", device="cpu"), val_dir / "images",
+                           tmp_path / "out", gt_dir=val_dir / "masks")
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert result["with_gt"] == trained["images"] == 5
     assert abs(metrics["mean_dice"] - trained["dice"]) < 1e-3 and abs(metrics["mean_iou"] - trained["iou"]) < 1e-3

@@ -165,3 +165,78 @@ def test_make_overlay_table_blend_equals_the_float_formula(alpha):
     got = pp.make_overlay(image, mask, color, alpha)
     assert got.dtype == np.uint8 and np.array_equal(got, want)
     assert np.array_equal(got[~where], image[~where])
+
+
+# ----------------------------------------------------------------------------- thresholding
+
+
+@pytest.mark.parametrize(
+    "probs, expected_threshold, expected_area",
+    [
+        (square_probs(0.9, 12), 0.5, 144),
+        (square_probs(0.4, 12), 0.3, 144),  # 0.5 finds nothing, 0.3 finds a real region
+        (square_probs(0.2, 12), 0.15, 144),
+        (square_probs(0.1, 12), None, 0),  # everything below 0.15: a safe negative
+        (square_probs(0.9, 5), None, 0),  # 25 px < min_area at every level
+    ],
+)
+def test_adaptive_cascade(probs, expected_threshold, expected_area):
+    mask, used = pp.apply_threshold(probs, "adaptive", min_area=64)
+    assert used == expected_threshold
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+    assert int(mask.sum()) == expected_area
+
+
+def test_adaptive_keeps_first_level_with_a_big_region_even_with_specks():
+    probs = square_probs(0.4, 12)
+    probs[50, 50] = 0.9  # a lone speck passes 0.5 but is no real region
+    mask, used = pp.apply_threshold(probs, "adaptive", min_area=64)
+    assert used == 0.3 and mask.sum() == 145
+
+
+def test_adaptive_uses_the_given_cascade():
+    mask, used = pp.apply_threshold(square_probs(0.4, 12), "adaptive", 64, cascade=(0.6, 0.35))
+    assert used == 0.35 and mask.sum() == 144
+
+
+@pytest.mark.parametrize("threshold, size, expected", [(0.3, 12, 0.3), (0.5, 12, None), (0.3, 5, None)])
+def test_fixed_threshold_keeps_mask_and_reports_detection(threshold, size, expected):
+    probs = square_probs(0.4, size)
+    mask, used = pp.apply_threshold(probs, threshold, min_area=64)
+    assert used == expected
+    assert np.array_equal(mask, (probs > threshold).astype(np.uint8))
+
+
+@pytest.mark.parametrize("value", ["adaptive", "ADAPTIVE", "0.5", 0.25])
+def test_parse_threshold_accepts(value):
+    parsed = pp.parse_threshold(value)
+    assert parsed == "adaptive" if str(value).lower() == "adaptive" else parsed == float(value)
+
+
+@pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.2", "nan", "auto", ""])
+def test_parse_threshold_rejects(value):
+    with pytest.raises(UserError, match="--threshold"):
+        pp.parse_threshold(value)
+
+
+def test_component_stats_and_small_component_removal():
+    mask = np.zeros((40, 40), np.uint8)
+    mask[2:12, 2:12] = 1  # 100 px
+    mask[30:33, 30:33] = 1  # 9 px
+    assert pp.component_stats(mask) == (2, 100)
+    assert pp.component_stats(np.zeros((5, 5), np.uint8)) == (0, 0)
+    cleaned = pp.remove_small_components(mask, 10)
+    assert pp.component_stats(cleaned) == (1, 100) and cleaned[31, 31] == 0
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_overlay_changes_only_masked_pixels(alpha):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    mask = np.zeros((20, 30), np.uint8)
+    mask[5:10, 5:20] = 1
+    overlay = pp.make_overlay(image, mask, color=(255, 0, 0), alpha=alpha)
+    assert overlay.dtype == np.uint8 and overlay.shape == image.shape
+    assert np.array_equal(overlay[mask == 0], image[mask == 0])
+    expected = np.rint(image[mask == 1] * (1 - alpha) + np.array([255, 0, 0]) * alpha)
+    assert np.array_equal(overlay[mask == 1], expected.astype(np.uint8))

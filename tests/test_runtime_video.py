@@ -10,6 +10,7 @@ import pytest
 
 import inference
 from runtime import video
+from runtime.pipeline import RunOptions
 from test_inference import TEST_META, build_model, read_rows, records  # noqa: F401  (records is a fixture)
 
 FRAMES, H, W = 30, 48, 64
@@ -73,7 +74,7 @@ def test_video_gives_an_annotated_mp4_and_a_frame_csv(segmenter, clip, tmp_path)
 
 def test_vid_stride_3_infers_10_of_30_frames(segmenter, clip, tmp_path):
     counting = Counting(segmenter)
-    result = inference.run_video(counting, clip, tmp_path, inference.RunOptions(vid_stride=3))
+    result = video.run_video(counting, clip, tmp_path, RunOptions(vid_stride=3))
     rows = read_rows(tmp_path / "clip_frames.csv")
     assert counting.calls == 10 and result["inferences"] == 10
     assert [r["inferred"] for r in rows] == ["1", "0", "0"] * 10
@@ -162,3 +163,38 @@ def test_a_complete_video_is_not_called_truncated(segmenter, clip, tmp_path):
     assert len(rows) == 5 and all(r["status"] == "ok" for r in rows)
     assert video.ended_early_reason("v.mkv", 99, 100, False) is None  # within a container's estimate
     assert video.ended_early_reason("v.mp4", 10, 30, True) is None  # the user pressed q
+
+
+class Failing:
+    """A segmenter whose predict fails on the frames in `bad`."""
+
+    def __init__(self, inner, bad):
+        self.inner, self.bad, self.meta, self.calls = inner, set(bad), inner.meta, 0
+
+    def predict(self, image):
+        self.calls += 1
+        if self.calls in self.bad:
+            raise RuntimeError("model failed")
+        return self.inner.predict(image)
+
+
+def test_predict_frames_is_a_lazy_generator_that_reuses_the_last_prediction(segmenter):
+    counting = Counting(segmenter)
+    frames = ((i, np.zeros((H, W, 3), np.uint8)) for i in range(5))
+    stream = video.predict_frames(counting, frames, vid_stride=2)
+    first = next(stream)
+    assert counting.calls == 1 and first.inferred and not first.error and first.prediction.mask.shape == (H, W)
+    rest = list(stream)
+    assert [f.inferred for f in [first, *rest]] == [True, False, True, False, True] and counting.calls == 3
+    assert rest[0].prediction is first.prediction and rest[1].prediction is not first.prediction
+
+
+def test_a_failed_frame_is_an_error_and_the_next_frame_is_predicted_again(segmenter):
+    failing = Failing(segmenter, bad={1})
+    frames = [(i, np.zeros((H, W, 3), np.uint8)) for i in range(3)]
+    got = list(video.predict_frames(failing, frames, vid_stride=3))
+    assert got[0].error == "model failed" and got[0].prediction is None
+    assert got[1].inferred and not got[1].error and not got[2].inferred
+    row, shown = video.frame_row(got[0], 1, RunOptions())
+    assert row["status"] == "error" and row["error"] == "model failed" and shown is got[0].image
+

@@ -4,7 +4,10 @@ import stat
 import numpy as np
 import pytest
 
-from utils import atomic_write_bytes, dice_iou, pad_to_multiple, preprocess, restore_size, write_png
+from utils import (
+    atomic_write_bytes, dice_iou, fit_inside, pad_bottom_right, padded_size, preprocess, resize_long_side, restore_size,
+    write_png,
+)
 
 
 def test_atomic_writes_leave_readable_files_and_no_temp(tmp_path):
@@ -27,9 +30,27 @@ def test_preprocess_then_restore_maps_back_to_the_original_size(h, w):
     assert restored.shape == (1, h, w) and restored.min() == 1
 
 
-def test_pad_to_multiple_pads_bottom_right_with_zeros():
-    padded = pad_to_multiple(np.ones((3, 33, 64), np.float32), 32)
+def test_pad_bottom_right_pads_to_the_next_multiple_with_zeros():
+    padded = pad_bottom_right(np.ones((3, 33, 64), np.float32), padded_size((33, 64), 32))
     assert padded.shape == (3, 64, 64) and padded[:, 33:].max() == 0 and padded[:, :33].min() == 1
+
+
+@pytest.mark.parametrize("h, w, fixed, valid", [(30, 60, (64, 64), (32, 64)), (100, 50, (64, 96), (64, 32)),
+                                                (64, 96, (64, 96), (64, 96))])
+def test_preprocess_letterboxes_into_a_fixed_input(h, w, fixed, valid):
+    """A fixed-size model: fit inside (H, W) keeping the aspect ratio, zero padding bottom/right, restore maps back."""
+    meta = {"input_size": 512, "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25), "stride": 32}
+    chw, got = preprocess(np.full((h, w, 3), 255, np.uint8), meta, fixed_hw=fixed)
+    assert chw.shape == (3, *fixed) and got == valid
+    assert chw[:, :valid[0], :valid[1]].min() == 2.0 and not chw[:, valid[0]:].any() and not chw[:, :, valid[1]:].any()
+    assert restore_size(chw[:1], valid, (h, w), input_hw=fixed).shape == (1, h, w)
+
+
+@pytest.mark.parametrize("h, w", [(37, 53), (300, 101), (64, 64), (1, 500)])
+def test_resize_long_side_is_fit_inside_a_square(h, w):
+    image = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    assert np.array_equal(resize_long_side(image, 64), fit_inside(image, (64, 64)))
+    assert max(resize_long_side(image, 64).shape[:2]) == 64
 
 
 @pytest.mark.parametrize("pred, true, want", [

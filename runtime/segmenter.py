@@ -1,0 +1,385 @@
+"""The Segmenter: one ONNX Runtime session, RGB images in, Result(mask, probs, info) out. No torch.
+
+    seg = Segmenter("model.onnx", tta="hflip", threshold="adaptive", fill_holes=True)
+    result = seg.predict(rgb_image)            # Result(mask, probs, info)
+    for result in seg.predict_paths(paths):    # a generator; bad files give info["status"] == "error"
+        ...
+
+Predict is preprocess (utils.preprocess, the rule training's out-of-fold scoring uses too), then
+one batched session run per input shape (flip TTA copies included), then postprocess
+(utils.restore_size, runtime/postprocess.py), each timed in `Segmenter.timing`. A smart-crop
+stage (runtime/crop.py) and a clean/defect gate (runtime/gate.py) plug in around it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from runtime.crop import load_crop_stage
+from runtime.gate import Gate, clean_prediction
+from runtime.metadata import check_metadata, decode_metadata, read_props
+from runtime.postprocess import PostOptions, otsu_level, postprocess
+from runtime.session import CPU, create_session, select_providers
+from utils import LOG, UserError, match_input_size, preprocess, read_image, restore_size
+
+# Flip TTA: the (H, W) axes of a (C, H, W) tensor each copy is flipped along; () is the original.
+TTA_FLIPS = {"none": ((),), "hflip": ((), (2,)), "flips": ((), (2,), (1,), (1, 2))}
+
+
+@dataclass
+class Result:
+    """One prediction. mask: (H, W) uint8, {0, 1} or class ids; probs: (C, H, W) float32; info: stats."""
+
+    mask: np.ndarray | None
+    probs: np.ndarray | None
+    info: dict
+
+
+def to_probs(output: np.ndarray, kind: str) -> np.ndarray:
+    """(C, H, W) model output -> probabilities. Our exports already hold probs."""
+    if kind != "logits":
+        return output
+    if output.shape[0] == 1:
+        return 0.5 * (1.0 + np.tanh(0.5 * output))  # the sigmoid, without exp overflow
+    shifted = np.exp(output - output.max(axis=0, keepdims=True))
+    return shifted / shifted.sum(axis=0, keepdims=True)
+
+
+def flip_valid(chw: np.ndarray, axes: tuple, valid_hw: tuple[int, int]) -> np.ndarray:
+    """(C, H', W') padded tensor with its valid (h, w) top-left region flipped along `axes`.
+
+    The padding stays at the bottom/right, so a flipped copy is padded like the original (and a
+    flipped output flips back onto the image). () returns the tensor itself.
+    """
+    if not axes:
+        return chw
+    h, w = valid_hw
+    flipped = chw.copy()
+    flipped[:, :h, :w] = np.flip(chw[:, :h, :w], axis=axes)
+    return flipped
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """Accept (H, W) grey or (H, W, 3|4) uint8; return (H, W, 3) RGB."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise UserError(f"image must be uint8, got {image.dtype} (scale it to 0..255 first)")
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_RGBA2RGB)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise UserError(f"image of shape {image.shape} is not an RGB image (H, W, 3)")
+    return image
+
+
+def load_segmenter_metadata(session, model_path) -> tuple[dict, bool]:
+    """(the segmenter's checked metadata, found) from its session; the defaults with one warning when absent.
+
+    A gate model is refused: it goes to --gate, not --model.
+    """
+    meta, found = decode_metadata(read_props(session))
+    if meta.get("task") == "gate":
+        raise UserError(f"{model_path} is a gate classifier (task 'gate'), not a segmentation model: pass it as "
+                        "--gate and give the segmenter as --model")
+    if not found:
+        LOG.warning(
+            "model %s has no 'segmentation' metadata; using defaults (input_size %s, ImageNet mean/std, "
+            "stride %s, output kind guessed from its values). Re-export it with export.py to embed its settings",
+            model_path, meta["input_size"], meta["stride"],
+        )
+    check_metadata(meta)
+    return meta, found
+
+
+def fixed_input_size(name: str, shape) -> tuple[int, int] | None:
+    """(H, W) of an (N, 3, H, W) model input exported with a static size, else None (dynamic)."""
+    if len(shape) != 4:
+        raise UserError(f"model input '{name}' has rank {len(shape)}, shape {shape}; expected rank 4, "
+                        "(N, 3, H, W): export an NCHW image model")
+    if isinstance(shape[1], int) and shape[1] != 3:
+        raise UserError(f"model input '{name}' has shape {shape}: {shape[1]} channels, expected "
+                        "(N, 3, H, W); only RGB (3-channel) models are supported")
+    if isinstance(shape[2], int) and isinstance(shape[3], int):
+        LOG.info("model has a fixed %dx%d input; images are letterboxed to it", shape[3], shape[2])
+        return shape[2], shape[3]
+    return None
+
+
+class Segmenter:
+    """Owns one ONNX Runtime session: RGB images in, Result(mask, probs, info) out.
+
+    Pre-processing, the batched (TTA) run and post-processing are separate steps, each timed in
+    `timing`. `session` can be injected (tests, or a session the caller built). `**post` are
+    the PostOptions fields (threshold, min_area, close, open, fill_holes, ...); min_area and the
+    adaptive cascade default to the model's metadata.
+
+    `gate` (a gate .onnx path or a runtime.gate.Gate) runs first on every batch: images below its
+    threshold (`gate_threshold`, default the gate's own) are not segmented (empty mask, status gated_clean).
+    """
+
+    def __init__(self, model_path, device: str = "auto", threads: int = 0, tta: str | None = None,
+                 session=None, providers: str | None = None, detector=None, gate=None,
+                 gate_threshold: float | None = None, **post):
+        self.model_path = Path(model_path) if model_path is not None else None
+        if session is None:
+            self.wanted = select_providers(providers or device)  # --providers is the old name
+            session = create_session(self.model_path, self.wanted, threads)
+        else:
+            self.wanted = list(session.get_providers())
+        self.session = session
+        self.providers = list(self.session.get_providers())
+        self.meta, self.has_metadata = load_segmenter_metadata(self.session, self.model_path)
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        self.input_dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32
+        self.fixed_hw = fixed_input_size(self.input_name, model_input.shape)
+        self._check_output_channels()
+        self.max_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else 0  # 0: any
+        self.tta = self._resolve_tta(tta)
+        self.post = self._post_options(post)
+        self.timing = {"pre_ms": 0.0, "infer_ms": 0.0, "post_ms": 0.0}
+        # smart crop (metadata crop_mode 'person'): the YOLO detector runs on the same providers
+        self.crop_stage = load_crop_stage(self.meta, self.model_path,
+                                          lambda path: create_session(path, self.wanted, threads), detector)
+        self._report_provider()
+        self.gate = self._load_gate(gate, threads, gate_threshold)
+
+    def _load_gate(self, gate, threads: int, threshold: float | None) -> Gate | None:
+        """The gate on the segmenter's providers and threads; a Gate object is used as given."""
+        if gate is None:
+            if threshold is not None:
+                raise UserError("--gate-threshold needs --gate (the gate .onnx)")
+            return None
+        if isinstance(gate, Gate):
+            return gate if threshold is None else gate.with_threshold(threshold)
+        return Gate(gate, create_session(Path(gate), self.wanted, threads), threshold)
+
+    def _check_output_channels(self) -> None:
+        """A static output channel count must match the metadata's num_classes."""
+        outputs = self.session.get_outputs() if self.has_metadata and hasattr(self.session, "get_outputs") else []
+        shape = list(outputs[0].shape) if outputs else []
+        if len(shape) == 4 and isinstance(shape[1], int) and shape[1] != self.meta["num_classes"]:
+            raise UserError(f"model output '{outputs[0].name}' has shape {shape} ({shape[1]} channels) but its "
+                            f"metadata says num_classes={self.meta['num_classes']}; re-export the model with export.py")
+
+    def _resolve_tta(self, tta: str | None) -> str:
+        """The TTA to apply. Flips already baked into the graph are not repeated unless asked for."""
+        baked = str(self.meta.get("tta") or "none")
+        if tta is None:
+            if baked != "none":
+                LOG.info("model already applies '%s' TTA inside the graph; no extra TTA", baked)
+            return "none"
+        tta = str(tta).strip().lower()
+        if tta not in TTA_FLIPS:
+            raise UserError(f"--tta {tta!r} is not valid; use one of: {', '.join(TTA_FLIPS)}")
+        if tta != "none" and baked != "none":
+            LOG.warning("model already applies '%s' TTA inside the graph; applying '%s' on top as asked", baked, tta)
+        return tta
+
+    def _post_options(self, post: dict) -> PostOptions:
+        post = {key: value for key, value in post.items() if value is not None}
+        if str(post.get("threshold", "")).strip().lower() == "model":  # the CV-recommended one from export.py
+            post["threshold"] = float(self.meta.get("threshold") or 0.5)
+            LOG.info("threshold %.3f from the model's metadata", post["threshold"])
+        post.setdefault("min_area", int(self.meta.get("min_area", 64)))
+        post.setdefault("cascade", tuple(float(t) for t in self.meta.get("thresholds") or (0.5, 0.3, 0.15)))
+        return PostOptions(**post)
+
+    def _report_provider(self) -> None:
+        used = self.providers[0]
+        LOG.info("model %s running on %s", self.model_path, used)
+        if self.wanted[0] != CPU and used == CPU:
+            LOG.warning("%s failed to start (see onnxruntime's message); running on CPU", self.wanted[0])
+
+    def with_options(self, **post) -> "Segmenter":
+        """A copy sharing the session, with some post-processing options replaced."""
+        clone = copy.copy(self)
+        clone.post = dataclasses.replace(self.post, **{k: v for k, v in post.items() if v is not None})
+        return clone
+
+    def with_gate_threshold(self, threshold: float | None) -> "Segmenter":
+        """A copy sharing both sessions, with another gate threshold (None: the gate's own)."""
+        if self.gate is None:
+            raise UserError("no gate is loaded; pass gate=... (--gate) first")
+        clone = copy.copy(self)
+        clone.gate = self.gate.with_threshold(threshold)
+        return clone
+
+    # -- pre-processing
+
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """RGB image -> ((3, H', W') model input, (h, w) of its unpadded part), as utils.preprocess makes it."""
+        return preprocess(image, self.meta, self.fixed_hw)
+
+    # -- inference
+
+    def _run(self, tensors: list[np.ndarray]) -> list[np.ndarray]:
+        """Run (3, H', W') tensors, one session.run per group of equal shapes; (C, h, w) outputs in order."""
+        groups: dict[tuple, list[int]] = {}
+        for index, x in enumerate(tensors):
+            groups.setdefault(x.shape, []).append(index)
+        outputs: list = [None] * len(tensors)
+        for indices in groups.values():
+            step = self.max_batch or len(indices)
+            for start in range(0, len(indices), step):
+                chunk = indices[start:start + step]
+                batch = np.stack([tensors[i] for i in chunk]).astype(self.input_dtype)  # (B, 3, H', W')
+                out = np.asarray(self.session.run(None, {self.input_name: batch})[0], dtype=np.float32)
+                if out.ndim == 3:  # (B, h, w): a single-channel model that dropped its C axis
+                    out = out[:, None]
+                if out.ndim != 4 or out.shape[0] != len(chunk):
+                    raise UserError(f"model output has shape {out.shape}; a segmentation output (N, C, h, w) is needed")
+                for i, o in zip(chunk, out):
+                    outputs[i] = o
+        return outputs
+
+    def _to_probs(self, output: np.ndarray) -> np.ndarray:
+        kind = self.meta.get("output", "probs")
+        if not self.has_metadata and (output.min() < -1e-3 or output.max() > 1 + 1e-3):
+            kind = "logits"  # a foreign model: values outside [0, 1] cannot be probabilities
+        return to_probs(output, kind)
+
+    def _merge_flips(self, outputs: list[np.ndarray], x: np.ndarray, valid_hw, orig_hw) -> np.ndarray:
+        """The outputs of one input `x` and its TTA flips -> averaged (C, H, W) probabilities at `orig_hw`."""
+        flips = TTA_FLIPS[self.tta]
+        total = None
+        for out, axes in zip(outputs, flips):
+            probs = self._to_probs(match_input_size(out, valid_hw, x.shape[1:]))  # (C, H', W')
+            probs = flip_valid(probs, axes, valid_hw)  # back onto the image
+            total = probs if total is None else total + probs
+        probs = restore_size(total / len(flips), valid_hw, orig_hw, input_hw=x.shape[1:])  # (C, H, W)
+        return np.ascontiguousarray(probs, dtype=np.float32)
+
+    def predict_probs_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """RGB images -> (C, H, W) float32 probabilities at each image's own size."""
+        return self._predict_cropped(images)[0]
+
+    def _predict_cropped(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], list[dict]]:
+        """Probabilities plus per-image crop columns; with smart crop the model sees the person crops."""
+        if getattr(self, "crop_stage", None) is None:
+            return self._predict_probs(images), [{} for _ in images]
+        t0 = time.perf_counter()
+        images = [as_rgb(image) for image in images]
+        crops = self.crop_stage.crop(images)
+        crop_ms = (time.perf_counter() - t0) * 1e3 / max(len(images), 1)
+        probs = self._predict_probs([crop.image for crop in crops])
+        self.timing["crop_ms"] = crop_ms
+        return ([self.crop_stage.paste(p, crop, image.shape[:2]) for p, crop, image in zip(probs, crops, images)],
+                [self.crop_stage.crop_columns(crop) for crop in crops])
+
+    def _predict_probs(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """RGB images -> (C, H, W) float32 probabilities at each image's own size.
+
+        All images and their TTA flips go through the model together (one session.run per input
+        shape); flipped outputs are flipped back and the probabilities averaged.
+        """
+        t0 = time.perf_counter()
+        images = [as_rgb(image) for image in images]
+        prepared = [self.prepare(image) for image in images]  # ((3, H', W'), (h, w)) each
+        flips = TTA_FLIPS[self.tta]
+        tensors = [flip_valid(x, axes, valid_hw) for x, valid_hw in prepared for axes in flips]
+        t1 = time.perf_counter()
+        outputs = self._run(tensors)
+        t2 = time.perf_counter()
+        n_flips = len(flips)
+        results = [self._merge_flips(outputs[i * n_flips:(i + 1) * n_flips], x, valid_hw, image.shape[:2])
+                   for i, (image, (x, valid_hw)) in enumerate(zip(images, prepared))]
+        t3 = time.perf_counter()
+        n = max(len(images), 1)
+        self.timing = {"pre_ms": (t1 - t0) * 1e3 / n, "infer_ms": (t2 - t1) * 1e3 / n, "post_ms": (t3 - t2) * 1e3 / n}
+        return results
+
+    def predict_probs(self, image: np.ndarray) -> np.ndarray:
+        """RGB uint8 (H, W, 3) -> float32 probabilities (C, H, W) at the image's own size."""
+        return self.predict_probs_batch([image])[0]
+
+    def predict_batch(self, images: list[np.ndarray]) -> list[Result]:
+        """Results in order. With a gate, only the images it passes are segmented (one batched call)."""
+        if getattr(self, "gate", None) is None:
+            return self._segment_batch(images)
+        images = [as_rgb(image) for image in images]
+        probs = self.gate.predict(images)
+        gate_ms = self.gate.timing["gate_ms"]
+        keep = [i for i, p in enumerate(probs) if p >= self.gate.threshold]
+        segmented = dict(zip(keep, self._segment_batch([images[i] for i in keep]) if keep else []))
+        results = []
+        for i, (image, prob) in enumerate(zip(images, probs)):
+            result = segmented.get(i)
+            if result is None:
+                result = Result(*clean_prediction(image.shape[:2], int(self.meta.get("num_classes", 1)), float(prob)))
+            result.info["gate_prob"] = float(prob)
+            result.info["timing"] = {**result.info.get("timing", {}), "gate_ms": gate_ms}
+            results.append(result)
+        return results
+
+    def _segment_batch(self, images: list[np.ndarray]) -> list[Result]:
+        probs_list, crop_infos = self._predict_cropped(images)
+        t0 = time.perf_counter()
+        results = []
+        for probs, crop_info in zip(probs_list, crop_infos):
+            mask, info = postprocess(probs, self.post)
+            info.update(crop_info, status="ok" if info["detected"] else "no_detection")
+            results.append(Result(mask, probs, info))
+        self.timing["post_ms"] += (time.perf_counter() - t0) * 1e3 / max(len(images), 1)
+        for result in results:
+            result.info["timing"] = dict(self.timing)
+        return results
+
+    def predict(self, image: np.ndarray) -> Result:
+        """RGB uint8 (H, W, 3) -> Result(mask (H, W), probs (C, H, W), info)."""
+        return self.predict_batch([image])[0]
+
+    def predict_paths(self, paths, batch_size: int = 1):
+        """Yield a Result per image path, in order; an unreadable file gives info status 'error'."""
+        paths = iter(paths)
+        while chunk := list(islice(paths, max(1, batch_size))):
+            loaded = []
+            for path in chunk:
+                try:
+                    loaded.append((path, read_image(path), None))
+                except Exception as exc:  # noqa: BLE001 - any bad file becomes an error result
+                    loaded.append((path, None, str(exc)))
+            good = [image for _, image, error in loaded if error is None]
+            results = iter(self.predict_batch(good) if good else [])
+            for path, _, error in loaded:
+                result = Result(None, None, {"status": "error", "error": error}) if error else next(results)
+                result.info["file"] = str(path)
+                yield result
+
+
+class OtsuSegmenter(Segmenter):
+    """Model-free baseline: Otsu's threshold on the grey image, the side touching the border less is foreground."""
+
+    def __init__(self, **post):
+        self.model_path, self.session, self.providers, self.wanted = None, None, ["none (Otsu)"], ["none"]
+        self.meta, self.has_metadata = decode_metadata({})[0], False
+        self.tta, self.fixed_hw, self.max_batch, self.crop_stage, self.gate = "none", None, 0, None, None
+        post["threshold"] = "otsu"
+        self.post = self._post_options(post)
+        self.timing = {"pre_ms": 0.0, "infer_ms": 0.0, "post_ms": 0.0}
+        LOG.info("method otsu: no model, Otsu threshold on the grey image")
+
+    def _predict_probs(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        t0 = time.perf_counter()
+        results = []
+        for image in images:
+            grey = cv2.cvtColor(as_rgb(image), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0  # (H, W)
+            level = otsu_level(grey)
+            if level is not None:
+                bright = grey > level
+                border = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
+                if border.mean() > 0.5:
+                    grey = 1.0 - grey  # objects sit inside the frame: the border side is background
+            results.append(grey[None])
+        self.timing = {"pre_ms": 0.0, "infer_ms": (time.perf_counter() - t0) * 1e3 / max(len(images), 1),
+                       "post_ms": 0.0}
+        return results
