@@ -95,10 +95,29 @@ def pair_by_stem(image_dir: str | Path, mask_dir: str | Path) -> list[Source]:
     return sources
 
 
+def labelstudio_class_map(class_names: list[str], num_classes: int) -> dict[str, int] | None:
+    """Label -> class id for a Label Studio export: name i is id i. None for a binary run (every label -> 1)."""
+    return None if num_classes == 1 else {name: i for i, name in enumerate(class_names)}
+
+
+def check_export_labels(json_path: str | Path, class_map: dict[str, int]) -> None:
+    """Every label of the export must be a configured class name; one line lists them all."""
+    from labelstudio import export_labels
+
+    found = export_labels(json_path)
+    unknown = sorted(set(found) - set(class_map))
+    if unknown:
+        raise UserError(f"Label Studio export {json_path} uses the labels {sorted(found)} but CLASS_NAMES/CLASSES_FILE "
+                        f"configure {list(class_map)}: {unknown} not among them; name every label there "
+                        "(class i = name i, background first) or fix the annotations")
+
+
 def labelstudio_sources(json_path: str | Path, image_dir: str | Path, class_map: dict | None = None,
                         max_pixels: int | None = None) -> list[Source]:
     from labelstudio import load_labelstudio  # only needed for Label Studio input
 
+    if class_map is not None:
+        check_export_labels(json_path, class_map)
     items = load_labelstudio(json_path, image_dir, class_map, max_pixels)
     if not items:
         raise UserError(f"no annotated tasks in {json_path}")
@@ -106,17 +125,33 @@ def labelstudio_sources(json_path: str | Path, image_dir: str | Path, class_map:
 
 
 def collect_sources(raw_img_dir: str | None, raw_mask_dir: str | None, raw_json_path: str | None,
-                    max_pixels: int | None = None) -> list[Source]:
-    """The labelled sources; `max_pixels` (MAX_IMAGE_PIXELS) bounds the Label Studio images read for their size."""
+                    max_pixels: int | None = None, class_map: dict[str, int] | None = None) -> list[Source]:
+    """The labelled sources; `max_pixels` (MAX_IMAGE_PIXELS) bounds the Label Studio images read for their size.
+    `class_map` (labelstudio_class_map) maps Label Studio labels to class ids; None: every label is class 1."""
     if not raw_img_dir:
         raise UserError("RAW_IMG_DIR is not set: point it (or --raw-img-dir) at the training images")
     if not Path(raw_img_dir).is_dir():
         raise UserError(f"RAW_IMG_DIR not found: {raw_img_dir} (check the path)")
     if raw_json_path:
-        return labelstudio_sources(raw_json_path, raw_img_dir, max_pixels=max_pixels)
+        return labelstudio_sources(raw_json_path, raw_img_dir, class_map, max_pixels=max_pixels)
     if not raw_mask_dir:
         raise UserError("set RAW_MASK_DIR (mask folder) or RAW_JSON_PATH (Label Studio export)")
     return pair_by_stem(raw_img_dir, raw_mask_dir)
+
+
+def missing_classes(entries: list, class_names: list[str], num_classes: int) -> list[str]:
+    """Warn about each configured foreground class without a pixel in any cached mask; returns their names."""
+    if num_classes == 1:
+        return []
+    pixels = np.zeros(num_classes, np.int64)
+    for entry in entries:
+        counts = np.asarray(entry.class_pixels[:num_classes], np.int64)
+        pixels[:len(counts)] += counts
+    absent = [c for c in range(1, num_classes) if pixels[c] == 0]
+    for c in absent:
+        LOG.warning("class %r (id %d) has no pixels in any training mask: the model cannot learn it; "
+                    "check the labels or CLASS_NAMES", class_names[c], c)
+    return [class_names[c] for c in absent]
 
 
 # ----------------------------------------------------------------------------- disk cache

@@ -48,7 +48,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from config import Config, describe_config, load_config
-from dataset import CacheEntry, build_cache, collect_sources
+from dataset import CacheEntry, build_cache, collect_sources, labelstudio_class_map, missing_classes
 from training.distributed import barrier, ddp_device, distributed, is_main, world_size
 from training.loop import cross_validate
 from training.metrics import MetricsLog, Tracker
@@ -111,7 +111,8 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     device = ddp_device(pick_device(cfg.device))
     LOG.info("device: %s, torch threads: %d%s%s", device, torch.get_num_threads(), ", AMP on" if cfg.use_amp else "",
              f", DDP over {world_size()} processes ({dist.get_backend()})" if dist.is_initialized() else "")
-    sources = collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, cfg.raw_json_path, cfg.max_image_pixels)
+    sources = collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, cfg.raw_json_path, cfg.max_image_pixels,
+                              class_map=labelstudio_class_map(cfg.names(), cfg.classes))
     cropper = make_cropper(cfg, device)
     entries = None
     if is_main():  # rank 0 builds the cache while the others wait, then they read its manifest
@@ -121,6 +122,7 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     if entries is None:
         entries = build_cache(sources, work, cfg.input_size, cfg.classes, cropper=cropper, write=False,
                               max_pixels=cfg.max_image_pixels)
+    missing_classes(entries, cfg.names(), cfg.classes)
     return entries, {s.key: s for s in sources}, device
 
 

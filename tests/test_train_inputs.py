@@ -1,0 +1,94 @@
+"""Issue 18, training side: the inputs users bring (Label Studio multi-class, Severstal RLE CSV), and the
+command line (bare booleans, help without torch, errors that name the flag)."""
+
+import json
+import logging
+
+import cv2
+import numpy as np
+import pytest
+
+import train
+from config import load_config
+from conftest import TINY
+from runtime.labelstudio import encode_brush
+from utils import UserError
+
+H, W = 40, 48
+
+
+def _argv(work, **settings) -> list[str]:
+    merged = {**TINY, "work_dir": str(work), **{k: str(v) for k, v in settings.items()}}
+    return [arg for k, v in merged.items() for arg in ("--" + k.replace("_", "-"), v)]
+
+
+def _cached_masks(work) -> dict[str, np.ndarray]:
+    return {p.stem: cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) for p in sorted((work / "masks").glob("*.png"))}
+
+
+# ----------------------------------------------------------------------------- Label Studio
+
+
+def _brush(label: str, region: np.ndarray, index: int) -> dict:
+    return {"id": f"r{index}", "type": "brushlabels", "from_name": "tag", "to_name": "image",
+            "original_width": W, "original_height": H,
+            "value": {"format": "rle", "rle": encode_brush(region), "brushlabels": [label]}}
+
+
+def write_horse_export(folder, labels=("horse", "rider")) -> tuple:
+    """Four images; each has a left box labelled labels[0] and a right box labelled labels[1]."""
+    (folder / "images").mkdir(parents=True)
+    tasks = []
+    for i in range(4):
+        cv2.imwrite(str(folder / "images" / f"im{i}.png"), np.full((H, W, 3), 60 + 30 * i, np.uint8))
+        left, right = np.zeros((H, W), np.uint8), np.zeros((H, W), np.uint8)
+        left[5:30, 2:20], right[10:35, 28:46] = 1, 1
+        result = [_brush(labels[0], left, 0), _brush(labels[1], right, 1)]
+        tasks.append({"id": i, "data": {"image": f"/data/upload/1/abcdef0{i}-im{i}.png"},
+                      "annotations": [{"id": i, "result": result}]})
+    export = folder / "export.json"
+    export.write_text(json.dumps(tasks))
+    return folder / "images", export
+
+
+def test_label_studio_labels_train_into_their_class_ids(tmp_path):
+    images, export = write_horse_export(tmp_path / "data")
+    cfg = load_config(_argv(tmp_path / "work", raw_img_dir=images, raw_json_path=export, classes=3,
+                            class_names="background,horse,rider", input_size=64), environ={})
+    train.prepare(cfg)
+    masks = _cached_masks(tmp_path / "work")
+    assert len(masks) == 4
+    for mask in masks.values():  # cached at long side 64: 48 -> 64 wide, 40 -> 53 high
+        assert set(np.unique(mask)) == {0, 1, 2}
+        assert mask[20, 10] == 1 and mask[30, 50] == 2
+
+
+def test_label_studio_binary_run_maps_every_label_to_one(tmp_path):
+    images, export = write_horse_export(tmp_path / "data")
+    cfg = load_config(_argv(tmp_path / "work", raw_img_dir=images, raw_json_path=export), environ={})
+    train.prepare(cfg)
+    for mask in _cached_masks(tmp_path / "work").values():
+        assert set(np.unique(mask)) == {0, 1} and mask[30, 50] == 1
+
+
+def test_label_studio_unknown_label_lists_every_label_and_the_names(tmp_path):
+    images, export = write_horse_export(tmp_path / "data", labels=("horse", "jockey"))
+    cfg = load_config(_argv(tmp_path / "work", raw_img_dir=images, raw_json_path=export, classes=3,
+                            class_names="background,horse,rider"), environ={})
+    with pytest.raises(UserError) as err:
+        train.prepare(cfg)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "['horse', 'jockey']" in message and "['background', 'horse', 'rider']" in message
+    assert "['jockey']" in message
+
+
+def test_configured_class_without_pixels_is_named(tmp_path, caplog):
+    images, export = write_horse_export(tmp_path / "data")
+    cfg = load_config(_argv(tmp_path / "work", raw_img_dir=images, raw_json_path=export, classes=4,
+                            class_names="background,horse,rider,saddle"), environ={})
+    with caplog.at_level(logging.WARNING):
+        train.prepare(cfg)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("'saddle'" in w and "no pixels" in w for w in warnings)
+    assert not any("'rider'" in w for w in warnings)
