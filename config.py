@@ -153,6 +153,8 @@ FIELDS: tuple[Field, ...] = (
     Field("raw_img_dir", parse_optional_path, None, "folder of training images"),
     Field("raw_mask_dir", parse_optional_path, None, "folder of masks, paired to images by file stem"),
     Field("raw_json_path", parse_optional_path, None, "Label Studio JSON export (instead of RAW_MASK_DIR)"),
+    Field("raw_rle_csv", parse_optional_path, None, "Kaggle/Severstal RLE CSV (ImageId,ClassId,EncodedPixels) of the "
+          "masks of RAW_IMG_DIR's images (instead of RAW_MASK_DIR); an image without rows is clean", legacy_default=None),
     Field("search_files", parse_bool, False,
           "use the split lists training_dataset.txt / validation_dataset.txt / test_dataset.txt"),
     Field("split_dir", parse_optional_path, None, "folder of the split lists (default: RAW_IMG_DIR, then its parent)"),
@@ -242,6 +244,7 @@ class Config:
     raw_img_dir: str | None
     raw_mask_dir: str | None
     raw_json_path: str | None
+    raw_rle_csv: str | None
     search_files: bool
     split_dir: str | None
     groups: str | None

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from runtime.crop import crop_square
+from runtime.rle import class_mask, read_rows
 from utils import (
     IMAGENET_MEAN, IMAGENET_STD, LOG, UserError, atomic_write_json, file_sha1, index_masks, list_images, normalize,
     read_image, read_mask, resize_long_side, write_png,
@@ -43,15 +44,23 @@ class Source:
     image_path: Path
     mask_path: Path | None = None
     mask: np.ndarray | None = None
+    rle: tuple[tuple[int, str], ...] | None = None  # RAW_RLE_CSV: (ClassId, EncodedPixels) pairs, decoded on load
 
-    def load_mask(self, num_classes: int, max_pixels: int | None = None) -> np.ndarray:
+    def load_mask(self, num_classes: int, max_pixels: int | None = None,
+                  shape: tuple[int, int] | None = None) -> np.ndarray:
+        """(H, W) uint8 class ids; `shape` (the image's H, W) is needed for an RLE source."""
         if self.mask is not None:
             return self.mask
+        if self.rle is not None:
+            mask = class_mask(dict(self.rle), shape, f"RAW_RLE_CSV {self.image_path.name}")
+            return (mask > 0).astype(np.uint8) if num_classes == 1 else mask
         return read_mask(self.mask_path, num_classes, max_pixels)
 
     def content_hash(self) -> str:
         digest = hashlib.sha1(file_sha1(self.image_path).encode())
-        if self.mask is not None:
+        if self.rle is not None:
+            digest.update(json.dumps(self.rle).encode())
+        elif self.mask is not None:
             digest.update(np.ascontiguousarray(self.mask).tobytes())
             digest.update(str(self.mask.shape).encode())
         else:
@@ -124,18 +133,51 @@ def labelstudio_sources(json_path: str | Path, image_dir: str | Path, class_map:
     return [Source(Path(it.image_path).stem, Path(it.image_path), mask=it.mask) for it in items]
 
 
+def check_rle_classes(rows: dict[str, dict[int, str]], csv_path, num_classes: int) -> None:
+    ids = sorted({c for classes in rows.values() for c in classes})
+    if num_classes > 1 and ids and ids[-1] >= num_classes:
+        raise UserError(f"RAW_RLE_CSV {csv_path} has ClassId {ids[-1]} but CLASSES={num_classes} allows ids "
+                        f"1..{num_classes - 1}; set --classes {ids[-1] + 1} (background is class 0)")
+    if num_classes == 1 and ids:
+        LOG.info("RAW_RLE_CSV %s: ClassIds %s all train as the one foreground class (CLASSES=1); "
+                 "--classes %d keeps them apart", csv_path, ids, ids[-1] + 1)
+
+
+def rle_sources(csv_path: str | Path, image_dir: str | Path, num_classes: int) -> list[Source]:
+    """Every image of `image_dir` with its rows of a Severstal-style CSV (runtime/rle.py); an image without rows
+    is clean. A row naming an image that is not there is an error."""
+    rows = read_rows(csv_path)
+    check_rle_classes(rows, csv_path, num_classes)
+    images = {p.name: p for p in list_images(image_dir)}
+    unknown = sorted(set(rows) - set(images))
+    if unknown:
+        raise UserError(f"RAW_RLE_CSV {csv_path} names {len(unknown)} images not in RAW_IMG_DIR={image_dir} "
+                        f"(e.g. {', '.join(unknown[:3])}); ImageId must be the image's file name")
+    if not images:
+        raise UserError(f"no images (jpg/png/tif/bmp) in RAW_IMG_DIR={image_dir}")
+    return [Source(path.stem, path, rle=tuple(sorted(rows.get(name, {}).items()))) for name, path in images.items()]
+
+
 def collect_sources(raw_img_dir: str | None, raw_mask_dir: str | None, raw_json_path: str | None,
-                    max_pixels: int | None = None, class_map: dict[str, int] | None = None) -> list[Source]:
+                    max_pixels: int | None = None, class_map: dict[str, int] | None = None,
+                    raw_rle_csv: str | None = None, num_classes: int = 1) -> list[Source]:
     """The labelled sources; `max_pixels` (MAX_IMAGE_PIXELS) bounds the Label Studio images read for their size.
     `class_map` (labelstudio_class_map) maps Label Studio labels to class ids; None: every label is class 1."""
     if not raw_img_dir:
         raise UserError("RAW_IMG_DIR is not set: point it (or --raw-img-dir) at the training images")
     if not Path(raw_img_dir).is_dir():
         raise UserError(f"RAW_IMG_DIR not found: {raw_img_dir} (check the path)")
+    given = [n for n, v in (("RAW_MASK_DIR", raw_mask_dir), ("RAW_JSON_PATH", raw_json_path),
+                            ("RAW_RLE_CSV", raw_rle_csv)) if v]
+    if len(given) > 1:
+        raise UserError(f"{' and '.join(given)} are set together: give one source of masks")
+    if raw_rle_csv:
+        return rle_sources(raw_rle_csv, raw_img_dir, num_classes)
     if raw_json_path:
         return labelstudio_sources(raw_json_path, raw_img_dir, class_map, max_pixels=max_pixels)
     if not raw_mask_dir:
-        raise UserError("set RAW_MASK_DIR (mask folder) or RAW_JSON_PATH (Label Studio export)")
+        raise UserError("set RAW_MASK_DIR (mask folder), RAW_JSON_PATH (Label Studio export) or RAW_RLE_CSV "
+                        "(Severstal-style RLE CSV)")
     return pair_by_stem(raw_img_dir, raw_mask_dir)
 
 
@@ -176,7 +218,7 @@ def _load_manifest(path: Path) -> dict:
 
 def _load_pair(source: Source, num_classes: int, max_pixels: int | None) -> tuple[np.ndarray, np.ndarray]:
     image = read_image(source.image_path, max_pixels)
-    mask = source.load_mask(num_classes, max_pixels)
+    mask = source.load_mask(num_classes, max_pixels, image.shape[:2])
     if mask.shape[:2] != image.shape[:2]:
         raise UserError(f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
                         f"{image.shape[1]}x{image.shape[0]} for {source.image_path}")
@@ -261,7 +303,7 @@ def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int
             fields = (_write_crop_entry(source, image_out, mask_out, num_classes, cropper, max_pixels) if cropper
                       else _write_entry(source, image_out, mask_out, input_size, num_classes, max_pixels))
             counts["computed"] += 1
-            record = {"source": str(source.image_path), "mask_source": str(source.mask_path or "<labelstudio>"),
+            record = {"source": str(source.image_path), "mask_source": str(source.mask_path or ("<rle csv>" if source.rle is not None else "<labelstudio>")),
                       "hash": digest, "settings": settings, **fields,
                       "empty": sum(fields["class_pixels"][1:]) == 0}
         records[source.key] = record

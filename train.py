@@ -112,7 +112,8 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     LOG.info("device: %s, torch threads: %d%s%s", device, torch.get_num_threads(), ", AMP on" if cfg.use_amp else "",
              f", DDP over {world_size()} processes ({dist.get_backend()})" if dist.is_initialized() else "")
     sources = collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, cfg.raw_json_path, cfg.max_image_pixels,
-                              class_map=labelstudio_class_map(cfg.names(), cfg.classes))
+                              class_map=labelstudio_class_map(cfg.names(), cfg.classes), raw_rle_csv=cfg.raw_rle_csv,
+                              num_classes=cfg.classes)
     cropper = make_cropper(cfg, device)
     entries = None
     if is_main():  # rank 0 builds the cache while the others wait, then they read its manifest

@@ -92,3 +92,53 @@ def test_configured_class_without_pixels_is_named(tmp_path, caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("'saddle'" in w and "no pixels" in w for w in warnings)
     assert not any("'rider'" in w for w in warnings)
+
+
+# ----------------------------------------------------------------------------- RLE CSV
+
+
+def write_rle_data(folder, rows: str) -> tuple:
+    (folder / "images").mkdir(parents=True)
+    for name in ("a", "b", "c", "d"):
+        cv2.imwrite(str(folder / "images" / f"{name}.jpg"), np.full((8, 6, 3), 100, np.uint8))
+    csv = folder / "train.csv"
+    csv.write_text("ImageId,ClassId,EncodedPixels\n" + rows)
+    return folder / "images", csv
+
+
+# Column-major, 1-indexed, on 8x6 images: "1 3" = rows 0-2 of column 0; "17 2" = rows 0-1 of column 2.
+RLE_ROWS = "a.jpg,1,1 3\na.jpg,2,17 2\nb.jpg,2,9 8\nc.jpg,1,\n"
+
+
+def test_rle_csv_prepares_into_class_id_masks(tmp_path):
+    images, csv = write_rle_data(tmp_path / "data", RLE_ROWS)
+    cfg = load_config(_argv(tmp_path / "work", raw_img_dir=images, raw_rle_csv=csv, classes=3, input_size=32,
+                            folds=2), environ={})
+    entries, _, _ = train.prepare(cfg)
+    assert sorted(e.key for e in entries) == ["a", "b", "c", "d"]
+    masks = _cached_masks(tmp_path / "work")  # 8x6 -> 32x24: each source pixel is a 4x4 block
+    small = {k: m[::4, ::4] for k, m in masks.items()}
+    expected_a = np.zeros((8, 6), np.uint8)
+    expected_a[0:3, 0], expected_a[0:2, 2] = 1, 2
+    expected_b = np.zeros((8, 6), np.uint8)
+    expected_b[:, 1] = 2
+    assert np.array_equal(small["a"], expected_a) and np.array_equal(small["b"], expected_b)
+    assert not small["c"].any() and not small["d"].any()  # an empty row and no row: clean
+
+
+def test_rle_csv_binary_run_maps_every_class_to_one(tmp_path, caplog):
+    images, csv = write_rle_data(tmp_path / "data", RLE_ROWS)
+    cfg = load_config(_argv(tmp_path / "work", raw_img_dir=images, raw_rle_csv=csv, input_size=32), environ={})
+    with caplog.at_level(logging.INFO):
+        train.prepare(cfg)
+    small = _cached_masks(tmp_path / "work")["a"][::4, ::4]
+    assert small[0, 0] == 1 and small[0, 2] == 1 and set(np.unique(small)) == {0, 1}
+    assert any("[1, 2]" in r.getMessage() and "CLASSES=1" in r.getMessage() for r in caplog.records)
+
+
+def test_rle_csv_class_id_beyond_classes_is_one_line(tmp_path):
+    images, csv = write_rle_data(tmp_path / "data", RLE_ROWS + "d.jpg,4,1 1\n")
+    cfg = load_config(_argv(tmp_path / "work", raw_img_dir=images, raw_rle_csv=csv, classes=3), environ={})
+    with pytest.raises(UserError, match=r"ClassId 4 but CLASSES=3.*--classes 5") as err:
+        train.prepare(cfg)
+    assert "\n" not in str(err.value)
