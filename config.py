@@ -354,8 +354,10 @@ def _convert(field: Field, raw: str, source: str):
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description or __doc__.split("\n")[0])
     for field in FIELDS:
+        # a boolean switch works bare (--use-amp) and with a value (--use-amp false)
+        switch = {"nargs": "?", "const": "true"} if field.parse is parse_bool else {}
         parser.add_argument(
-            *field.all_flags, dest=field.name, default=None, metavar=field.env,
+            *field.all_flags, dest=field.name, default=None, metavar=field.env, **switch,
             help=f"{field.help} (env {field.env}, default {field.default!r})",
         )
     return parser

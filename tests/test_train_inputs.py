@@ -142,3 +142,17 @@ def test_rle_csv_class_id_beyond_classes_is_one_line(tmp_path):
     with pytest.raises(UserError, match=r"ClassId 4 but CLASSES=3.*--classes 5") as err:
         train.prepare(cfg)
     assert "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- command line
+
+BOOLS = [f.name for f in __import__("config").FIELDS if f.parse is __import__("config").parse_bool]
+
+
+@pytest.mark.parametrize("name", BOOLS)
+@pytest.mark.parametrize("value, expected", [(None, True), ("false", False), ("true", True), ("0", False)])
+def test_boolean_flags_work_bare_and_with_a_value(name, value, expected):
+    flag = "--" + name.replace("_", "-")
+    argv = [flag] + ([] if value is None else [value]) + ["--epochs", "3"]  # a bare switch before another flag
+    cfg = load_config(argv, environ={})
+    assert getattr(cfg, name) is expected and cfg.epochs == 3
