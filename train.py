@@ -39,8 +39,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -127,6 +129,13 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     return entries, {s.key: s for s in sources}, device
 
 
+def make_tracker(cfg: Config, log_dir: Path, environ: Mapping[str, str] | None = None) -> Tracker:
+    """The run's tracker (rank 0 only). W&B runs offline unless WANDB_MODE is set (online, disabled, ...)."""
+    environ = os.environ if environ is None else environ
+    return Tracker(cfg.tracker if is_main() else "none", log_dir, cfg.to_dict(),
+                   wandb_mode=environ.get("WANDB_MODE") or "offline")
+
+
 def run(cfg: Config) -> dict:
     """The whole training job: every fold, cv_summary.json and <NAME>.onnx; returns the CV summary."""
     entries, sources, device = prepare(cfg)
@@ -136,7 +145,7 @@ def run(cfg: Config) -> dict:
         atomic_write_json(work / "folds.json",
                           {str(k): [entries[i].key for i in va] for k, (_, va) in enumerate(splits)})
     metrics = MetricsLog(work / "logs" / "metrics.json", write=is_main())
-    tracker = Tracker(cfg.tracker if is_main() else "none", work / "logs", cfg.to_dict())
+    tracker = make_tracker(cfg, work / "logs")
     task.check_data(entries)
     try:
         summary, best_paths = cross_validate(task, entries, sources, splits, fold_ids, test_idx, device, metrics,

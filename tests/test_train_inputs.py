@@ -156,3 +156,21 @@ def test_boolean_flags_work_bare_and_with_a_value(name, value, expected):
     argv = [flag] + ([] if value is None else [value]) + ["--epochs", "3"]  # a bare switch before another flag
     cfg = load_config(argv, environ={})
     assert getattr(cfg, name) is expected and cfg.epochs == 3
+
+
+# ----------------------------------------------------------------------------- W&B
+
+
+@pytest.mark.parametrize("environ, mode", [({}, "offline"), ({"WANDB_MODE": ""}, "offline"),
+                                           ({"WANDB_MODE": "online"}, "online"),
+                                           ({"WANDB_MODE": "disabled"}, "disabled")])
+def test_wandb_honours_wandb_mode(tmp_path, monkeypatch, environ, mode):
+    import types
+
+    calls = []
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kwargs: calls.append(kwargs) or types.SimpleNamespace(finish=lambda: None)
+    monkeypatch.setitem(__import__("sys").modules, "wandb", fake)
+    cfg = load_config(["--tracker", "wandb"], environ={})
+    train.make_tracker(cfg, tmp_path, environ=environ).close()
+    assert [c["mode"] for c in calls] == [mode]
