@@ -83,7 +83,8 @@ class CacheEntry:
 
 
 def pair_by_stem(image_dir: str | Path, mask_dir: str | Path) -> list[Source]:
-    """Pair images and masks by file stem (a mask may also be named <stem>_mask)."""
+    """Pair images and masks by file stem (a mask may also be named <stem>_mask). Every image without a mask is
+    reported at once; masks without an image are left out with a warning."""
     image_dir, mask_dir = Path(image_dir), Path(mask_dir)
     if not mask_dir.is_dir():
         raise UserError(f"RAW_MASK_DIR not found: {mask_dir} (check the path)")
@@ -91,17 +92,32 @@ def pair_by_stem(image_dir: str | Path, mask_dir: str | Path) -> list[Source]:
     if not images:
         raise UserError(f"no images (jpg/png/tif/bmp) in RAW_IMG_DIR={image_dir}")
     masks = index_masks(mask_dir)
-    sources, seen = [], {}
+    seen: dict[str, Path] = {}
     for image in images:
         if image.stem in seen:
             raise UserError(f"two images share the stem {image.stem!r}: {seen[image.stem]} and {image}; rename one")
         seen[image.stem] = image
-        mask = masks.get(image.stem)
-        if mask is None:
-            raise UserError(f"no mask for image {image} (looked for {mask_dir}/{image.stem}.<png|jpg|tif|bmp>); "
-                            "add the mask or remove the image")
-        sources.append(Source(image.stem, image, mask_path=mask))
-    return sources
+    missing = [image.name for image in images if image.stem not in masks]
+    orphans = sorted(masks[stem].name for stem in set(masks) - set(seen))
+    if missing:
+        extra = f"; {len(orphans)} masks match no image (e.g. {', '.join(orphans[:3])})" if orphans else ""
+        raise UserError(f"{len(missing)} of {len(images)} images have no mask in {mask_dir} (e.g. "
+                        f"{', '.join(missing[:3])}){extra}; a mask is named <stem>.png (or .jpg/.tif/.bmp) or "
+                        "<stem>_mask.png: add the masks, rename them or remove those images")
+    if orphans:
+        LOG.warning("%d masks in %s match no image and are not used (e.g. %s)", len(orphans), mask_dir,
+                    ", ".join(orphans[:3]))
+    warn_jpeg_masks([masks[image.stem] for image in images])
+    return [Source(image.stem, image, mask_path=masks[image.stem]) for image in images]
+
+
+def warn_jpeg_masks(mask_paths: list[Path]) -> None:
+    """JPEG blurs mask values near every edge: say so once per run."""
+    jpegs = [p.name for p in mask_paths if p.suffix.lower() in (".jpg", ".jpeg")]
+    if jpegs:
+        LOG.warning("%d of %d masks are JPEG (e.g. %s): lossy compression changes values near edges; binary masks "
+                    "are read by their own scale (0/1 or 0/255, see docs/training.md) but class ids of multi-class "
+                    "masks may come out wrong. Save masks as PNG", len(jpegs), len(mask_paths), ", ".join(jpegs[:3]))
 
 
 def labelstudio_class_map(class_names: list[str], num_classes: int) -> dict[str, int] | None:
@@ -181,8 +197,12 @@ def collect_sources(raw_img_dir: str | None, raw_mask_dir: str | None, raw_json_
     return pair_by_stem(raw_img_dir, raw_mask_dir)
 
 
-def missing_classes(entries: list, class_names: list[str], num_classes: int) -> list[str]:
-    """Warn about each configured foreground class without a pixel in any cached mask; returns their names."""
+def check_mask_labels(entries: list, class_names: list[str], num_classes: int) -> list[str]:
+    """Stop when every mask is empty (nothing to learn); warn about each configured foreground class without a
+    pixel in any cached mask and return their names."""
+    if entries and all(entry.empty for entry in entries):
+        raise UserError(f"all {len(entries)} masks are empty: nothing to learn. Binary masks are 0/255 or 0/1, "
+                        "multi-class masks hold class ids 1..CLASSES-1; check RAW_MASK_DIR (or the export) and CLASSES")
     if num_classes == 1:
         return []
     pixels = np.zeros(num_classes, np.int64)

@@ -50,7 +50,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from config import Config, describe_config, load_config
-from dataset import CacheEntry, build_cache, collect_sources, labelstudio_class_map, missing_classes
+from dataset import CacheEntry, build_cache, check_mask_labels, collect_sources, labelstudio_class_map
 from training.distributed import barrier, ddp_device, distributed, is_main, world_size
 from training.loop import cross_validate
 from training.metrics import MetricsLog, Tracker
@@ -125,7 +125,7 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     if entries is None:
         entries = build_cache(sources, work, cfg.input_size, cfg.classes, cropper=cropper, write=False,
                               max_pixels=cfg.max_image_pixels)
-    missing_classes(entries, cfg.names(), cfg.classes)
+    check_mask_labels(entries, cfg.names(), cfg.classes)
     return entries, {s.key: s for s in sources}, device
 
 

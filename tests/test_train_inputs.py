@@ -174,3 +174,89 @@ def test_wandb_honours_wandb_mode(tmp_path, monkeypatch, environ, mode):
     cfg = load_config(["--tracker", "wandb"], environ={})
     train.make_tracker(cfg, tmp_path, environ=environ).close()
     assert [c["mode"] for c in calls] == [mode]
+
+
+# ----------------------------------------------------------------------------- masks
+
+
+def write_jpeg_01_masks(folder, count=6) -> tuple:
+    """0/1 masks saved as JPEG: the noise gives values {0, 1, 2}; the old rule (> 127 once max > 1) emptied them."""
+    for sub in ("images", "masks"):
+        (folder / sub).mkdir(parents=True)
+    truth, rng = {}, np.random.default_rng(0)
+    for i in range(count):
+        mask = np.zeros((48, 64), np.uint8)
+        if i % 3:
+            cv2.circle(mask, (20 + 3 * i, 24), 12, 1, -1)
+        speckled = mask * (1 + (rng.random(mask.shape) < 0.2))  # the 1s of a scanned or resampled 0/1 mask
+        cv2.imwrite(str(folder / "images" / f"m{i}.png"), np.full((48, 64, 3), 128, np.uint8))
+        cv2.imwrite(str(folder / "masks" / f"m{i}.jpg"), speckled.astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        truth[f"m{i}"] = mask
+    return folder, truth
+
+
+def test_jpeg_zero_one_masks_keep_their_foreground_and_are_warned(tmp_path, caplog):
+    data, truth = write_jpeg_01_masks(tmp_path / "data")
+    values = set(np.unique(cv2.imread(str(data / "masks" / "m1.jpg"), cv2.IMREAD_GRAYSCALE)))
+    assert values - {0, 1}, "the JPEG should carry noise for this test to mean anything"
+    cfg = load_config(_argv(tmp_path / "work", raw_img_dir=data / "images", raw_mask_dir=data / "masks",
+                            input_size=64), environ={})
+    with caplog.at_level(logging.WARNING):
+        entries, _, _ = train.prepare(cfg)
+    jpeg_warnings = [r for r in caplog.records if "are JPEG" in r.getMessage()]
+    assert len(jpeg_warnings) == 1 and "6 of 6 masks" in jpeg_warnings[0].getMessage()
+    masks = _cached_masks(tmp_path / "work")
+    for key, mask in truth.items():
+        agreement = (masks[key] == mask).mean()
+        assert agreement > 0.98, (key, agreement)
+    assert sum(not e.empty for e in entries) == 4
+
+
+@pytest.mark.parametrize("values, expected", [
+    ([0, 255], 127), ([0, 1], 0.5), ([0, 1, 1, 1, 2], 0.5), ([0, 0], 0), ([0, 100, 100, 3], 50.0),
+])
+def test_binary_threshold_follows_the_masks_own_scale(values, expected):
+    from utils import binary_threshold
+
+    assert binary_threshold(np.array(values, np.uint8)) == expected
+
+
+def test_every_mask_empty_stops_with_one_line(tmp_path):
+    data, _ = write_jpeg_01_masks(tmp_path / "data")
+    for path in (data / "masks").glob("*.jpg"):
+        cv2.imwrite(str(path.with_suffix(".png")), np.zeros((48, 64), np.uint8))
+        path.unlink()
+    cfg = load_config(_argv(tmp_path / "work", raw_img_dir=data / "images", raw_mask_dir=data / "masks"), environ={})
+    with pytest.raises(UserError, match="all 6 masks are empty") as err:
+        train.prepare(cfg)
+    assert "\n" not in str(err.value)
+
+
+def test_auto_class_weights_call_an_absent_class_absent(caplog):
+    from dataset import CacheEntry
+    from training.splits import resolve_class_weights
+
+    cfg = load_config(["--classes", "3", "--class-names", "background,horse,rider", "--class-weights", "auto"],
+                      environ={})
+    entries = [CacheEntry(f"k{i}", None, None, False, "", (900, 100, 0)) for i in range(4)]
+    with caplog.at_level(logging.INFO):
+        resolve_class_weights(cfg, entries, [0, 1, 2, 3])
+    line = next(r.getMessage() for r in caplog.records if "class weights" in r.getMessage())
+    assert "'rider': 'absent'" in line and "'horse': " in line and "'horse': 'absent'" not in line
+
+
+# ----------------------------------------------------------------------------- pairing
+
+
+def test_missing_masks_are_reported_at_once_with_the_mask_naming_rule(tmp_path):
+    from dataset import pair_by_stem
+
+    data, _ = write_jpeg_01_masks(tmp_path / "data")
+    for i in (1, 3, 4, 5):
+        (data / "masks" / f"m{i}.jpg").unlink()
+    cv2.imwrite(str(data / "masks" / "other_mask.png"), np.zeros((4, 4), np.uint8))
+    with pytest.raises(UserError) as err:
+        pair_by_stem(data / "images", data / "masks")
+    message = str(err.value)
+    assert "\n" not in message and "4 of 6 images have no mask" in message
+    assert "m1.png, m3.png, m4.png" in message and "<stem>_mask" in message and "other_mask.png" in message
