@@ -42,30 +42,33 @@ import logging
 import os
 import random
 from pathlib import Path
-from typing import Mapping
-
-import numpy as np
-import torch
-import torch.distributed as dist
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Mapping
 
 from config import Config, describe_config, load_config
-from dataset import CacheEntry, build_cache, check_mask_labels, collect_sources, labelstudio_class_map
-from training.distributed import barrier, ddp_device, distributed, is_main, world_size
-from training.loop import cross_validate
-from training.metrics import MetricsLog, Tracker
-from training.splits import resolve_splits
-from training.tasks import make_task
 from utils import LOG, UserError, atomic_write_json, run_cli, setup_logging
+
+if TYPE_CHECKING:
+    import torch
+
+    from dataset import CacheEntry
+    from training.metrics import Tracker
+
+# torch, and everything that imports it, is imported inside the functions that train: `--help` and a bad flag
+# answer at once instead of after the ~10 s torch import (tests/test_train_inputs.py runs them with torch blocked).
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
 def pick_device(name: str) -> torch.device:
+    import torch
+
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("DEVICE=cuda but no CUDA GPU is visible to torch; use DEVICE=auto or cpu")
     if name == "auto":
@@ -99,6 +102,13 @@ def make_cropper(cfg: Config, device: torch.device):
 
 def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     """Logging, seeds, the device and the disk cache: (cache entries, {key: source}, device)."""
+    import torch
+    import torch.distributed as dist
+    from tqdm import tqdm
+
+    from dataset import build_cache, check_mask_labels, collect_sources, labelstudio_class_map
+    from training.distributed import barrier, ddp_device, is_main, world_size
+
     work = Path(cfg.work_dir)
     check_work_dir_task(cfg)
     if is_main():
@@ -131,6 +141,9 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
 
 def make_tracker(cfg: Config, log_dir: Path, environ: Mapping[str, str] | None = None) -> Tracker:
     """The run's tracker (rank 0 only). W&B runs offline unless WANDB_MODE is set (online, disabled, ...)."""
+    from training.distributed import is_main
+    from training.metrics import Tracker
+
     environ = os.environ if environ is None else environ
     return Tracker(cfg.tracker if is_main() else "none", log_dir, cfg.to_dict(),
                    wandb_mode=environ.get("WANDB_MODE") or "offline")
@@ -138,6 +151,12 @@ def make_tracker(cfg: Config, log_dir: Path, environ: Mapping[str, str] | None =
 
 def run(cfg: Config) -> dict:
     """The whole training job: every fold, cv_summary.json and <NAME>.onnx; returns the CV summary."""
+    from training.distributed import is_main
+    from training.loop import cross_validate
+    from training.metrics import MetricsLog
+    from training.splits import resolve_splits
+    from training.tasks import make_task
+
     entries, sources, device = prepare(cfg)
     work, task = Path(cfg.work_dir), make_task(cfg)
     splits, fold_ids, test_idx = resolve_splits(cfg, entries)
@@ -164,7 +183,9 @@ def run(cfg: Config) -> dict:
 
 
 def main() -> None:
-    cfg = load_config()
+    cfg = load_config()  # before torch: --help and argument errors answer at once
+    from training.distributed import distributed
+
     with distributed(cfg):
         run(cfg)
 

@@ -260,3 +260,62 @@ def test_missing_masks_are_reported_at_once_with_the_mask_naming_rule(tmp_path):
     message = str(err.value)
     assert "\n" not in message and "4 of 6 images have no mask" in message
     assert "m1.png, m3.png, m4.png" in message and "<stem>_mask" in message and "other_mask.png" in message
+
+
+# ----------------------------------------------------------------------------- help and errors without torch
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+# Runs train.py as `python train.py ARGS` would, with every torch import failing: what answers here never waits
+# for torch.
+NO_TORCH = """
+import builtins, runpy, sys
+real = builtins.__import__
+def guard(name, *args, **kwargs):
+    if name == "torch" or name.startswith("torch."):
+        raise ImportError("torch is blocked in this test")
+    return real(name, *args, **kwargs)
+builtins.__import__ = guard
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def _train_without_torch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", NO_TORCH, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_help_needs_no_torch_and_is_grouped_with_choices():
+    done = _train_without_torch("--help")
+    assert done.returncode == 0, done.stderr
+    for title in ("data:", "model:", "optimisation:", "cross-validation:", "smart crop:", "gate (TASK=classify):",
+                  "run:"):
+        assert title in done.stdout
+    assert "Unet, UnetPlusPlus" in " ".join(done.stdout.split())
+
+
+@pytest.mark.parametrize("args, flag", [(["--model", "Unett"], "--model"), (["--arch=Unett"], "--arch"),
+                                        (["--use-amp", "maybe"], "--use-amp"), (["--epochs", "x"], "--epochs")])
+def test_a_bad_value_names_the_flag_typed_in_one_line_without_torch(args, flag):
+    done = _train_without_torch(*args)
+    message = done.stderr.strip()
+    assert done.returncode != 0 and "Traceback" not in message and len(message.splitlines()) == 1, message
+    assert message.count(flag + "=") == 1 and "parse_" not in message and "_value" not in message
+    if flag == "--model":
+        assert "--arch" not in message
+
+
+def test_architecture_names_are_case_insensitive():
+    assert load_config(["--model", "unet"], environ={}).arch == "Unet"
+    assert load_config([], environ={"ARCH": "deeplabv3plus"}).arch == "DeepLabV3Plus"
+
+
+def test_every_field_is_in_exactly_one_help_group():
+    from config import FIELDS, HELP_GROUPS
+
+    grouped = [name for _, names in HELP_GROUPS for name in names]
+    assert sorted(grouped) == sorted(f.name for f in FIELDS)
