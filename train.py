@@ -113,19 +113,21 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     check_work_dir_task(cfg)
     if is_main():
         setup_logging(work / "logs" / "training.log")
-        LOG.info("config:\n%s", describe_config(cfg))
-        cfg.save()
     else:
         setup_logging(level=logging.ERROR)
+    # the sources first: a wrong path or label stops the run before the config dump, not after it
+    sources = collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, cfg.raw_json_path, cfg.max_image_pixels,
+                              class_map=labelstudio_class_map(cfg.names(), cfg.classes), raw_rle_csv=cfg.raw_rle_csv,
+                              num_classes=cfg.classes)
+    if is_main():
+        LOG.info("config:\n%s", describe_config(cfg))
+        cfg.save()
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = ddp_device(pick_device(cfg.device))
     LOG.info("device: %s, torch threads: %d%s%s", device, torch.get_num_threads(), ", AMP on" if cfg.use_amp else "",
              f", DDP over {world_size()} processes ({dist.get_backend()})" if dist.is_initialized() else "")
-    sources = collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, cfg.raw_json_path, cfg.max_image_pixels,
-                              class_map=labelstudio_class_map(cfg.names(), cfg.classes), raw_rle_csv=cfg.raw_rle_csv,
-                              num_classes=cfg.classes)
     cropper = make_cropper(cfg, device)
     entries = None
     if is_main():  # rank 0 builds the cache while the others wait, then they read its manifest

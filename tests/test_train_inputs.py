@@ -319,3 +319,11 @@ def test_every_field_is_in_exactly_one_help_group():
 
     grouped = [name for _, names in HELP_GROUPS for name in names]
     assert sorted(grouped) == sorted(f.name for f in FIELDS)
+
+
+def test_a_path_error_comes_before_the_config_dump(tmp_path, caplog):
+    cfg = load_config(_argv(tmp_path / "work", raw_img_dir=tmp_path / "nowhere", raw_mask_dir=tmp_path), environ={})
+    with caplog.at_level(logging.INFO), pytest.raises(UserError, match="RAW_IMG_DIR not found"):
+        train.prepare(cfg)
+    assert not any(r.getMessage().startswith("config:") for r in caplog.records)
+    assert not (tmp_path / "work" / "config.json").exists()
