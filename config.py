@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -52,6 +53,11 @@ def parse_optional_path(text: str) -> str | None:
     return None if text.strip().lower() in ("", "none") else text
 
 
+# What a bad value is reported as not being ("not a valid boolean"), never an internal function name.
+parse_bool.__name__ = "boolean"
+parse_optional_path.__name__ = "path"
+
+
 def positive(kind: Callable) -> Callable:
     def parse(text: str):
         value = kind(text)
@@ -79,6 +85,9 @@ def recall_value(text: str) -> float:
     return value
 
 
+recall_value.__name__ = "recall"
+
+
 def pos_weight_value(text: str) -> str:
     """'' (no weighting), 'auto' (clean / defective images of the training fold) or a positive number."""
     value = text.strip().lower()
@@ -87,6 +96,9 @@ def pos_weight_value(text: str) -> str:
     if float(value) <= 0:
         raise ValueError("expected '', 'auto' or a positive number")
     return value
+
+
+pos_weight_value.__name__ = "pos weight"
 
 
 def parse_patch(text: str) -> str:
@@ -100,7 +112,7 @@ def parse_patch(text: str) -> str:
     return f"{int(parts[0])}x{int(parts[1])}"
 
 
-parse_patch.__name__ = "HxW patch size"  # what a bad value is reported as not being
+parse_patch.__name__ = "HxW patch size"
 
 
 def byte_value(text: str) -> int:
@@ -110,11 +122,17 @@ def byte_value(text: str) -> int:
     return value
 
 
+byte_value.__name__ = "grey level (0-255)"
+
+
 def fraction(text: str) -> float:
     value = float(text)
     if not 0.0 < value < 1.0:
         raise ValueError("expected a number strictly between 0 and 1")
     return value
+
+
+fraction.__name__ = "fraction"
 
 
 UNSET = object()  # Field.legacy_default of a setting every run already had
@@ -153,6 +171,8 @@ FIELDS: tuple[Field, ...] = (
     Field("raw_img_dir", parse_optional_path, None, "folder of training images"),
     Field("raw_mask_dir", parse_optional_path, None, "folder of masks, paired to images by file stem"),
     Field("raw_json_path", parse_optional_path, None, "Label Studio JSON export (instead of RAW_MASK_DIR)"),
+    Field("raw_rle_csv", parse_optional_path, None, "Kaggle/Severstal RLE CSV (ImageId,ClassId,EncodedPixels) of the "
+          "masks of RAW_IMG_DIR's images (instead of RAW_MASK_DIR); an image without rows is clean", legacy_default=None),
     Field("search_files", parse_bool, False,
           "use the split lists training_dataset.txt / validation_dataset.txt / test_dataset.txt"),
     Field("split_dir", parse_optional_path, None, "folder of the split lists (default: RAW_IMG_DIR, then its parent)"),
@@ -236,12 +256,29 @@ FIELDS: tuple[Field, ...] = (
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 
+# The sections of `--help`, in order; test_train_inputs checks that every field is in exactly one.
+HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("data", ("raw_img_dir", "raw_mask_dir", "raw_json_path", "raw_rle_csv", "search_files", "split_dir", "groups",
+              "max_image_pixels")),
+    ("model", ("arch", "encoder", "encoder_weights", "classes", "class_names", "classes_file", "class_weights",
+               "input_size", "train_patch", "patches_per_image")),
+    ("optimisation", ("batch_size", "epochs", "lr", "weight_decay", "adam_eps", "scheduler", "restart_epochs",
+                      "grad_clip", "dice_weight", "bce_weight", "patience", "cooldown", "eval_step", "use_amp",
+                      "load_model")),
+    ("cross-validation", ("folds", "fold_ids", "seed")),
+    ("smart crop", ("crop", "crop_model", "crop_conf", "crop_roi_factor", "crop_min_size", "crop_pad_value")),
+    ("gate (TASK=classify)", ("task", "gate_input_size", "gate_recall", "gate_pos_weight", "gate_pool")),
+    ("run", ("work_dir", "name", "save_checkpoints", "resume", "tracker", "workers", "pin_memory", "device",
+             "threads", "min_area", "export")),
+)
+
 
 @dataclass(frozen=True)
 class Config:
     raw_img_dir: str | None
     raw_mask_dir: str | None
     raw_json_path: str | None
+    raw_rle_csv: str | None
     search_files: bool
     split_dir: str | None
     groups: str | None
@@ -337,30 +374,47 @@ def parse_fold_ids(text: str, folds: int) -> list[int]:
 
 
 def _convert(field: Field, raw: str, source: str):
-    """Parse one raw string; `source` names where it came from (env var or flag)."""
+    """Parse one raw string; `source` names where it came from (env var or the flag typed)."""
     try:
         value = field.parse(raw)
     except (ValueError, TypeError) as exc:
         kind = getattr(field.parse, "__name__", "value")
         raise UserError(f"{source}={raw!r} is not a valid {kind} ({exc}); default is {field.default!r}") from None
     if field.choices is not None and value not in field.choices:
-        raise UserError(f"{source}={raw!r} is not allowed; choose one of: {', '.join(field.choices)}")
+        # names are matched case-insensitively (--model unet -> Unet)
+        value = {c.lower(): c for c in field.choices}.get(str(value).lower())
+        if value is None:
+            raise UserError(f"{source}={raw!r} is not allowed; choose one of: {', '.join(field.choices)}")
     return value
+
+
+def typed_flag(field: Field, argv: Sequence[str]) -> str:
+    """The flag of `field` the user typed last (--model, not --arch); its first flag if none matches exactly."""
+    typed = [a.split("=", 1)[0] for a in argv if a.split("=", 1)[0] in field.all_flags]
+    return typed[-1] if typed else field.all_flags[0]
+
+
+def _help(field: Field) -> str:
+    choices = f"choices: {', '.join(field.choices)}; " if field.choices else ""
+    return f"{field.help} ({choices}env {field.env}, default {field.default!r})"
 
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description or __doc__.split("\n")[0])
-    for field in FIELDS:
-        parser.add_argument(
-            *field.all_flags, dest=field.name, default=None, metavar=field.env,
-            help=f"{field.help} (env {field.env}, default {field.default!r})",
-        )
+    for title, names in HELP_GROUPS:
+        group = parser.add_argument_group(title)
+        for field in (FIELD_BY_NAME[name] for name in names):
+            # a boolean switch works bare (--use-amp) and with a value (--use-amp false)
+            switch = {"nargs": "?", "const": "true"} if field.parse is parse_bool else {}
+            group.add_argument(*field.all_flags, dest=field.name, default=None, metavar=field.env, **switch,
+                               help=_help(field))
     return parser
 
 
 def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Resolve every setting: default, then the environment, then CLI flags."""
     environ = os.environ if environ is None else environ
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     values = {}
     for field in FIELDS:
@@ -369,7 +423,7 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
             value = _convert(field, environ[field.env], field.env)
         flag_value = getattr(args, field.name)
         if flag_value is not None:
-            value = _convert(field, flag_value, field.all_flags[0])
+            value = _convert(field, flag_value, typed_flag(field, argv))
         values[field.name] = value
     cfg = Config(**values)
     validate(cfg)

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from runtime.crop import crop_square
+from runtime.rle import class_mask, read_rows
 from utils import (
     IMAGENET_MEAN, IMAGENET_STD, LOG, UserError, atomic_write_json, file_sha1, index_masks, list_images, normalize,
     read_image, read_mask, resize_long_side, write_png,
@@ -43,15 +44,23 @@ class Source:
     image_path: Path
     mask_path: Path | None = None
     mask: np.ndarray | None = None
+    rle: tuple[tuple[int, str], ...] | None = None  # RAW_RLE_CSV: (ClassId, EncodedPixels) pairs, decoded on load
 
-    def load_mask(self, num_classes: int, max_pixels: int | None = None) -> np.ndarray:
+    def load_mask(self, num_classes: int, max_pixels: int | None = None,
+                  shape: tuple[int, int] | None = None) -> np.ndarray:
+        """(H, W) uint8 class ids; `shape` (the image's H, W) is needed for an RLE source."""
         if self.mask is not None:
             return self.mask
+        if self.rle is not None:
+            mask = class_mask(dict(self.rle), shape, f"RAW_RLE_CSV {self.image_path.name}")
+            return (mask > 0).astype(np.uint8) if num_classes == 1 else mask
         return read_mask(self.mask_path, num_classes, max_pixels)
 
     def content_hash(self) -> str:
         digest = hashlib.sha1(file_sha1(self.image_path).encode())
-        if self.mask is not None:
+        if self.rle is not None:
+            digest.update(json.dumps(self.rle).encode())
+        elif self.mask is not None:
             digest.update(np.ascontiguousarray(self.mask).tobytes())
             digest.update(str(self.mask.shape).encode())
         else:
@@ -74,7 +83,8 @@ class CacheEntry:
 
 
 def pair_by_stem(image_dir: str | Path, mask_dir: str | Path) -> list[Source]:
-    """Pair images and masks by file stem (a mask may also be named <stem>_mask)."""
+    """Pair images and masks by file stem (a mask may also be named <stem>_mask). Every image without a mask is
+    reported at once; masks without an image are left out with a warning."""
     image_dir, mask_dir = Path(image_dir), Path(mask_dir)
     if not mask_dir.is_dir():
         raise UserError(f"RAW_MASK_DIR not found: {mask_dir} (check the path)")
@@ -82,41 +92,128 @@ def pair_by_stem(image_dir: str | Path, mask_dir: str | Path) -> list[Source]:
     if not images:
         raise UserError(f"no images (jpg/png/tif/bmp) in RAW_IMG_DIR={image_dir}")
     masks = index_masks(mask_dir)
-    sources, seen = [], {}
+    seen: dict[str, Path] = {}
     for image in images:
         if image.stem in seen:
             raise UserError(f"two images share the stem {image.stem!r}: {seen[image.stem]} and {image}; rename one")
         seen[image.stem] = image
-        mask = masks.get(image.stem)
-        if mask is None:
-            raise UserError(f"no mask for image {image} (looked for {mask_dir}/{image.stem}.<png|jpg|tif|bmp>); "
-                            "add the mask or remove the image")
-        sources.append(Source(image.stem, image, mask_path=mask))
-    return sources
+    missing = [image.name for image in images if image.stem not in masks]
+    orphans = sorted(masks[stem].name for stem in set(masks) - set(seen))
+    if missing:
+        extra = f"; {len(orphans)} masks match no image (e.g. {', '.join(orphans[:3])})" if orphans else ""
+        raise UserError(f"{len(missing)} of {len(images)} images have no mask in {mask_dir} (e.g. "
+                        f"{', '.join(missing[:3])}){extra}; a mask is named <stem>.png (or .jpg/.tif/.bmp) or "
+                        "<stem>_mask.png: add the masks, rename them or remove those images")
+    if orphans:
+        LOG.warning("%d masks in %s match no image and are not used (e.g. %s)", len(orphans), mask_dir,
+                    ", ".join(orphans[:3]))
+    warn_jpeg_masks([masks[image.stem] for image in images])
+    return [Source(image.stem, image, mask_path=masks[image.stem]) for image in images]
+
+
+def warn_jpeg_masks(mask_paths: list[Path]) -> None:
+    """JPEG blurs mask values near every edge: say so once per run."""
+    jpegs = [p.name for p in mask_paths if p.suffix.lower() in (".jpg", ".jpeg")]
+    if jpegs:
+        LOG.warning("%d of %d masks are JPEG (e.g. %s): lossy compression changes values near edges; binary masks "
+                    "are read by their own scale (0/1 or 0/255, see docs/training.md) but class ids of multi-class "
+                    "masks may come out wrong. Save masks as PNG", len(jpegs), len(mask_paths), ", ".join(jpegs[:3]))
+
+
+def labelstudio_class_map(class_names: list[str], num_classes: int) -> dict[str, int] | None:
+    """Label -> class id for a Label Studio export: name i is id i. None for a binary run (every label -> 1)."""
+    return None if num_classes == 1 else {name: i for i, name in enumerate(class_names)}
+
+
+def check_export_labels(json_path: str | Path, class_map: dict[str, int]) -> None:
+    """Every label of the export must be a configured class name; one line lists them all."""
+    from labelstudio import export_labels
+
+    found = export_labels(json_path)
+    unknown = sorted(set(found) - set(class_map))
+    if unknown:
+        raise UserError(f"Label Studio export {json_path} uses the labels {sorted(found)} but CLASS_NAMES/CLASSES_FILE "
+                        f"configure {list(class_map)}: {unknown} not among them; name every label there "
+                        "(class i = name i, background first) or fix the annotations")
 
 
 def labelstudio_sources(json_path: str | Path, image_dir: str | Path, class_map: dict | None = None,
                         max_pixels: int | None = None) -> list[Source]:
     from labelstudio import load_labelstudio  # only needed for Label Studio input
 
+    if class_map is not None:
+        check_export_labels(json_path, class_map)
     items = load_labelstudio(json_path, image_dir, class_map, max_pixels)
     if not items:
         raise UserError(f"no annotated tasks in {json_path}")
     return [Source(Path(it.image_path).stem, Path(it.image_path), mask=it.mask) for it in items]
 
 
+def check_rle_classes(rows: dict[str, dict[int, str]], csv_path, num_classes: int) -> None:
+    ids = sorted({c for classes in rows.values() for c in classes})
+    if num_classes > 1 and ids and ids[-1] >= num_classes:
+        raise UserError(f"RAW_RLE_CSV {csv_path} has ClassId {ids[-1]} but CLASSES={num_classes} allows ids "
+                        f"1..{num_classes - 1}; set --classes {ids[-1] + 1} (background is class 0)")
+    if num_classes == 1 and ids:
+        LOG.info("RAW_RLE_CSV %s: ClassIds %s all train as the one foreground class (CLASSES=1); "
+                 "--classes %d keeps them apart", csv_path, ids, ids[-1] + 1)
+
+
+def rle_sources(csv_path: str | Path, image_dir: str | Path, num_classes: int) -> list[Source]:
+    """Every image of `image_dir` with its rows of a Severstal-style CSV (runtime/rle.py); an image without rows
+    is clean. A row naming an image that is not there is an error."""
+    rows = read_rows(csv_path)
+    check_rle_classes(rows, csv_path, num_classes)
+    images = {p.name: p for p in list_images(image_dir)}
+    unknown = sorted(set(rows) - set(images))
+    if unknown:
+        raise UserError(f"RAW_RLE_CSV {csv_path} names {len(unknown)} images not in RAW_IMG_DIR={image_dir} "
+                        f"(e.g. {', '.join(unknown[:3])}); ImageId must be the image's file name")
+    if not images:
+        raise UserError(f"no images (jpg/png/tif/bmp) in RAW_IMG_DIR={image_dir}")
+    return [Source(path.stem, path, rle=tuple(sorted(rows.get(name, {}).items()))) for name, path in images.items()]
+
+
 def collect_sources(raw_img_dir: str | None, raw_mask_dir: str | None, raw_json_path: str | None,
-                    max_pixels: int | None = None) -> list[Source]:
-    """The labelled sources; `max_pixels` (MAX_IMAGE_PIXELS) bounds the Label Studio images read for their size."""
+                    max_pixels: int | None = None, class_map: dict[str, int] | None = None,
+                    raw_rle_csv: str | None = None, num_classes: int = 1) -> list[Source]:
+    """The labelled sources; `max_pixels` (MAX_IMAGE_PIXELS) bounds the Label Studio images read for their size.
+    `class_map` (labelstudio_class_map) maps Label Studio labels to class ids; None: every label is class 1."""
     if not raw_img_dir:
         raise UserError("RAW_IMG_DIR is not set: point it (or --raw-img-dir) at the training images")
     if not Path(raw_img_dir).is_dir():
         raise UserError(f"RAW_IMG_DIR not found: {raw_img_dir} (check the path)")
+    given = [n for n, v in (("RAW_MASK_DIR", raw_mask_dir), ("RAW_JSON_PATH", raw_json_path),
+                            ("RAW_RLE_CSV", raw_rle_csv)) if v]
+    if len(given) > 1:
+        raise UserError(f"{' and '.join(given)} are set together: give one source of masks")
+    if raw_rle_csv:
+        return rle_sources(raw_rle_csv, raw_img_dir, num_classes)
     if raw_json_path:
-        return labelstudio_sources(raw_json_path, raw_img_dir, max_pixels=max_pixels)
+        return labelstudio_sources(raw_json_path, raw_img_dir, class_map, max_pixels=max_pixels)
     if not raw_mask_dir:
-        raise UserError("set RAW_MASK_DIR (mask folder) or RAW_JSON_PATH (Label Studio export)")
+        raise UserError("set RAW_MASK_DIR (mask folder), RAW_JSON_PATH (Label Studio export) or RAW_RLE_CSV "
+                        "(Severstal-style RLE CSV)")
     return pair_by_stem(raw_img_dir, raw_mask_dir)
+
+
+def check_mask_labels(entries: list, class_names: list[str], num_classes: int) -> list[str]:
+    """Stop when every mask is empty (nothing to learn); warn about each configured foreground class without a
+    pixel in any cached mask and return their names."""
+    if entries and all(entry.empty for entry in entries):
+        raise UserError(f"all {len(entries)} masks are empty: nothing to learn. Binary masks are 0/255 or 0/1, "
+                        "multi-class masks hold class ids 1..CLASSES-1; check RAW_MASK_DIR (or the export) and CLASSES")
+    if num_classes == 1:
+        return []
+    pixels = np.zeros(num_classes, np.int64)
+    for entry in entries:
+        counts = np.asarray(entry.class_pixels[:num_classes], np.int64)
+        pixels[:len(counts)] += counts
+    absent = [c for c in range(1, num_classes) if pixels[c] == 0]
+    for c in absent:
+        LOG.warning("class %r (id %d) has no pixels in any training mask: the model cannot learn it; "
+                    "check the labels or CLASS_NAMES", class_names[c], c)
+    return [class_names[c] for c in absent]
 
 
 # ----------------------------------------------------------------------------- disk cache
@@ -141,7 +238,7 @@ def _load_manifest(path: Path) -> dict:
 
 def _load_pair(source: Source, num_classes: int, max_pixels: int | None) -> tuple[np.ndarray, np.ndarray]:
     image = read_image(source.image_path, max_pixels)
-    mask = source.load_mask(num_classes, max_pixels)
+    mask = source.load_mask(num_classes, max_pixels, image.shape[:2])
     if mask.shape[:2] != image.shape[:2]:
         raise UserError(f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
                         f"{image.shape[1]}x{image.shape[0]} for {source.image_path}")
@@ -226,7 +323,7 @@ def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int
             fields = (_write_crop_entry(source, image_out, mask_out, num_classes, cropper, max_pixels) if cropper
                       else _write_entry(source, image_out, mask_out, input_size, num_classes, max_pixels))
             counts["computed"] += 1
-            record = {"source": str(source.image_path), "mask_source": str(source.mask_path or "<labelstudio>"),
+            record = {"source": str(source.image_path), "mask_source": str(source.mask_path or ("<rle csv>" if source.rle is not None else "<labelstudio>")),
                       "hash": digest, "settings": settings, **fields,
                       "empty": sum(fields["class_pixels"][1:]) == 0}
         records[source.key] = record

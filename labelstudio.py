@@ -247,6 +247,20 @@ def _check_class_map(class_map: dict[str, int] | None) -> None:
         raise UserError(f"class map ids must be integers 0..255, got {bad}; fix the class map")
 
 
+def export_labels(json_path: str | os.PathLike, predictions: bool = False) -> dict[str, int]:
+    """{label: number of regions} over the annotations load_labelstudio would read, to check a class map
+    against the whole export at once (one error listing every label, not one per task)."""
+    counts: dict[str, int] = {}
+    for task in _read_tasks(Path(json_path)):
+        annotation = _latest_annotation(task, predictions) or {}
+        for result in annotation.get("result") or []:
+            kind = result.get("type")
+            labels = (result.get("value") or {}).get(kind) if kind in _RESULT_TYPES else None
+            if labels:
+                counts[str(labels[0])] = counts.get(str(labels[0]), 0) + 1
+    return counts
+
+
 def load_labelstudio(
     json_path: str | os.PathLike,
     image_dir: str | os.PathLike,

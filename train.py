@@ -39,31 +39,36 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from pathlib import Path
-
-import numpy as np
-import torch
-import torch.distributed as dist
-from tqdm import tqdm
+from typing import TYPE_CHECKING, Mapping
 
 from config import Config, describe_config, load_config
-from dataset import CacheEntry, build_cache, collect_sources
-from training.distributed import barrier, ddp_device, distributed, is_main, world_size
-from training.loop import cross_validate
-from training.metrics import MetricsLog, Tracker
-from training.splits import resolve_splits
-from training.tasks import make_task
 from utils import LOG, UserError, atomic_write_json, run_cli, setup_logging
+
+if TYPE_CHECKING:
+    import torch
+
+    from dataset import CacheEntry
+    from training.metrics import Tracker
+
+# torch, and everything that imports it, is imported inside the functions that train: `--help` and a bad flag
+# answer at once instead of after the ~10 s torch import (tests/test_train_inputs.py runs them with torch blocked).
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
 def pick_device(name: str) -> torch.device:
+    import torch
+
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("DEVICE=cuda but no CUDA GPU is visible to torch; use DEVICE=auto or cpu")
     if name == "auto":
@@ -97,21 +102,32 @@ def make_cropper(cfg: Config, device: torch.device):
 
 def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     """Logging, seeds, the device and the disk cache: (cache entries, {key: source}, device)."""
+    import torch
+    import torch.distributed as dist
+    from tqdm import tqdm
+
+    from dataset import build_cache, check_mask_labels, collect_sources, labelstudio_class_map
+    from training.distributed import barrier, ddp_device, is_main, world_size
+
     work = Path(cfg.work_dir)
     check_work_dir_task(cfg)
     if is_main():
         setup_logging(work / "logs" / "training.log")
-        LOG.info("config:\n%s", describe_config(cfg))
-        cfg.save()
     else:
         setup_logging(level=logging.ERROR)
+    # the sources first: a wrong path or label stops the run before the config dump, not after it
+    sources = collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, cfg.raw_json_path, cfg.max_image_pixels,
+                              class_map=labelstudio_class_map(cfg.names(), cfg.classes), raw_rle_csv=cfg.raw_rle_csv,
+                              num_classes=cfg.classes)
+    if is_main():
+        LOG.info("config:\n%s", describe_config(cfg))
+        cfg.save()
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = ddp_device(pick_device(cfg.device))
     LOG.info("device: %s, torch threads: %d%s%s", device, torch.get_num_threads(), ", AMP on" if cfg.use_amp else "",
              f", DDP over {world_size()} processes ({dist.get_backend()})" if dist.is_initialized() else "")
-    sources = collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, cfg.raw_json_path, cfg.max_image_pixels)
     cropper = make_cropper(cfg, device)
     entries = None
     if is_main():  # rank 0 builds the cache while the others wait, then they read its manifest
@@ -121,11 +137,28 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     if entries is None:
         entries = build_cache(sources, work, cfg.input_size, cfg.classes, cropper=cropper, write=False,
                               max_pixels=cfg.max_image_pixels)
+    check_mask_labels(entries, cfg.names(), cfg.classes)
     return entries, {s.key: s for s in sources}, device
+
+
+def make_tracker(cfg: Config, log_dir: Path, environ: Mapping[str, str] | None = None) -> Tracker:
+    """The run's tracker (rank 0 only). W&B runs offline unless WANDB_MODE is set (online, disabled, ...)."""
+    from training.distributed import is_main
+    from training.metrics import Tracker
+
+    environ = os.environ if environ is None else environ
+    return Tracker(cfg.tracker if is_main() else "none", log_dir, cfg.to_dict(),
+                   wandb_mode=environ.get("WANDB_MODE") or "offline")
 
 
 def run(cfg: Config) -> dict:
     """The whole training job: every fold, cv_summary.json and <NAME>.onnx; returns the CV summary."""
+    from training.distributed import is_main
+    from training.loop import cross_validate
+    from training.metrics import MetricsLog
+    from training.splits import resolve_splits
+    from training.tasks import make_task
+
     entries, sources, device = prepare(cfg)
     work, task = Path(cfg.work_dir), make_task(cfg)
     splits, fold_ids, test_idx = resolve_splits(cfg, entries)
@@ -133,7 +166,7 @@ def run(cfg: Config) -> dict:
         atomic_write_json(work / "folds.json",
                           {str(k): [entries[i].key for i in va] for k, (_, va) in enumerate(splits)})
     metrics = MetricsLog(work / "logs" / "metrics.json", write=is_main())
-    tracker = Tracker(cfg.tracker if is_main() else "none", work / "logs", cfg.to_dict())
+    tracker = make_tracker(cfg, work / "logs")
     task.check_data(entries)
     try:
         summary, best_paths = cross_validate(task, entries, sources, splits, fold_ids, test_idx, device, metrics,
@@ -152,7 +185,9 @@ def run(cfg: Config) -> dict:
 
 
 def main() -> None:
-    cfg = load_config()
+    cfg = load_config()  # before torch: --help and argument errors answer at once
+    from training.distributed import distributed
+
     with distributed(cfg):
         run(cfg)
 

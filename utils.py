@@ -254,6 +254,20 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.nda
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def binary_threshold(mask: np.ndarray) -> float:
+    """Where a binary mask's foreground starts. A value above 127 means a 0/255 mask: above 127 is foreground.
+    Otherwise the mask is on a small scale (0/1, also 0/1 saved as JPEG, whose noise gives {0, 1, 2}): its
+    "on" level is its most frequent non-zero value (noise is rarer than the level it blurs), and foreground is
+    above half of it. A plain 0/1 mask gives > 0.5, as before; an all-zero mask stays empty."""
+    top = int(mask.max()) if mask.size else 0
+    if top > 127:
+        return 127
+    if top == 0:
+        return 0
+    counts = np.bincount(mask.ravel().astype(np.int64), minlength=top + 1)
+    return (int(np.argmax(counts[1:])) + 1) / 2
+
+
 def read_mask(path: str | os.PathLike, num_classes: int = 1, max_pixels: int | None = None) -> np.ndarray:
     """Read a mask as uint8 (H, W). Binary: 0/255 or 0/1 -> {0, 1}. Multi-class: class ids.
     `max_pixels` as in read_image."""
@@ -262,7 +276,7 @@ def read_mask(path: str | os.PathLike, num_classes: int = 1, max_pixels: int | N
         # Colour-saved masks: any channel set counts (alpha ignored).
         mask = mask[..., :3].max(axis=2)
     if num_classes == 1:
-        return (mask > (127 if mask.max() > 1 else 0)).astype(np.uint8)
+        return (mask > binary_threshold(mask)).astype(np.uint8)
     if mask.max() >= num_classes:
         raise UserError(
             f"mask {path} has class id {int(mask.max())} but num_classes={num_classes}; "

@@ -83,7 +83,7 @@ def test_help_lists_every_setting_with_env_var_and_default():
 
     text = " ".join(build_parser().format_help().split())
     for field in FIELDS:
-        assert f"(env {field.env}, default {field.default!r})" in text, field.name
+        assert f"env {field.env}, default {field.default!r})" in text, field.name  # after the choices, if any
         assert field.all_flags[0] in text
 
 

@@ -29,7 +29,7 @@ def test_pair_by_stem_accepts_mask_suffix(blobs):
 
 def test_missing_mask_error_names_the_image(blobs):
     (blobs / "masks" / "img_005.png").unlink()
-    with pytest.raises(UserError, match=r"no mask for image .*img_005\.jpg"):
+    with pytest.raises(UserError, match=r"1 of 12 images have no mask .*img_005\.jpg"):
         pair_by_stem(blobs / "images", blobs / "masks")
 
 

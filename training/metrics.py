@@ -161,9 +161,10 @@ class MetricsLog:
 
 
 class Tracker:
-    """Optional experiment tracker (TensorBoard or W&B offline). Never required."""
+    """Optional experiment tracker (TensorBoard or W&B, offline unless WANDB_MODE says otherwise). Never required."""
 
-    def __init__(self, kind: str, log_dir: Path, config: dict):
+    def __init__(self, kind: str, log_dir: Path, config: dict, wandb_mode: str = "offline"):
+        """`wandb_mode`: W&B's mode (offline, online, disabled); the entry point takes it from WANDB_MODE."""
         self.kind, self.backend = kind, None
         if kind == "tensorboard":
             try:
@@ -176,8 +177,8 @@ class Tracker:
                 import wandb
             except ImportError:
                 raise UserError("TRACKER=wandb needs the wandb package: pip install wandb") from None
-            # offline unless WANDB_MODE says otherwise; `wandb sync` uploads later
-            self.backend = wandb.init(project="segpipe", dir=str(log_dir), config=config, mode="offline")
+            # offline by default; `wandb sync` uploads later
+            self.backend = wandb.init(project="segpipe", dir=str(log_dir), config=config, mode=wandb_mode)
 
     def log(self, record: dict, step: int) -> None:
         numbers = {k: v for k, v in record.items() if isinstance(v, float)}

@@ -123,6 +123,11 @@ def auto_class_weights(entries: list[CacheEntry], classes: int) -> list[float]:
 def resolve_class_weights(cfg: Config, entries: list[CacheEntry], train_idx: list[int]) -> list[float] | None:
     weights = parse_class_weights(cfg.class_weights, cfg.classes) if cfg.classes > 1 else None
     if weights == "auto":
-        weights = auto_class_weights([entries[i] for i in train_idx], cfg.classes)
-        LOG.info("class weights (auto, from pixel counts): %s", dict(zip(cfg.names(), weights)))
+        train_entries = [entries[i] for i in train_idx]
+        weights = auto_class_weights(train_entries, cfg.classes)
+        pixels = np.sum([e.class_pixels[:cfg.classes] for e in train_entries], axis=0)
+        # a class without pixels gets a placeholder weight that never acts: say it is absent instead
+        shown = {name: (w if c >= len(pixels) or pixels[c] else "absent")
+                 for c, (name, w) in enumerate(zip(cfg.names(), weights))}
+        LOG.info("class weights (auto, from pixel counts of the training images): %s", shown)
     return weights
