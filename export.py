@@ -754,6 +754,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val-dir", default=None, help="--int8 Dice on DIR/images + DIR/masks "
                         "(default: the cached validation images of the exported folds)")
     parser.add_argument("--calib-images", type=int, default=64, help="cached images used for int8 calibration")
+    parser.add_argument("--end-to-end", action="store_true", help="also write <name>.e2e.onnx: uint8 RGB image in, "
+                        "mask and probs out (exporting/e2e.py; python -m exporting.e2e converts an existing file)")
     triton = parser.add_argument_group("Triton model repository (written only; Triton is not started)")
     triton.add_argument("--triton-repo", default=None,
                         help="also write DIR/<name>/config.pbtxt + DIR/<name>/1/model.onnx")
@@ -774,6 +776,10 @@ def main(argv: list[str] | None = None) -> None:
                        opset=args.opset, check=not args.no_verify, tta=args.tta, logits=args.logits,
                        simplify_graph=args.simplify, fp16=args.fp16, int8=args.int8, val_dir=args.val_dir,
                        calib_count=args.calib_images)
+    if args.end_to_end:
+        from exporting.e2e import convert
+
+        convert(path, check=not args.no_verify)
     if args.triton_repo:
         write_triton_repo(path, args.triton_repo, args.triton_name, max_batch_size=args.triton_max_batch,
                           kind=args.triton_kind, instances=args.triton_instances,

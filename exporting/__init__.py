@@ -1,0 +1,1 @@
+"""Export internals: checkpoints, checks, quantization, Triton, end-to-end graphs."""
