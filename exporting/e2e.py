@@ -96,82 +96,97 @@ class Builder:
 # ----------------------------------------------------------------------------- preprocessing
 
 
-def target_size(b: Builder, h: str, w: str, size: int) -> tuple[str, str, str]:
-    """(new h, new w, shrinking?) of utils.resize_long_side, in float64 as Python computes it."""
-    hd, wd = b.cast(h, TensorProto.DOUBLE), b.cast(w, TensorProto.DOUBLE)
-    scale = b.op("Div", b.const([float(size)], np.float64), b.op("Max", hd, wd))
-    one = b.const([1])
-    new = [b.op("Max", b.cast(b.op("Round", b.op("Mul", side, scale)), TensorProto.INT64), one) for side in (hd, wd)]
-    return new[0], new[1], b.op("Less", scale, b.const([1.0], np.float64))
+def target_size(b: Builder, hw: str, size: int) -> tuple[str, str, str]:
+    """(new (h, w), (H/h, W/w) as float64, shrinking?) of utils.resize_long_side, in float64 as Python computes it."""
+    hw_d = b.cast(hw, TensorProto.DOUBLE)  # [2]
+    scale = b.op("Div", b.const([float(size)], np.float64), b.op("ReduceMax", hw_d, keepdims=1))  # all axes: any opset
+    new_hw = b.op("Max", b.cast(b.op("Round", b.op("Mul", hw_d, scale)), TensorProto.INT64), b.const([1]))
+    steps = b.op("Div", hw_d, b.cast(new_hw, TensorProto.DOUBLE))
+    return new_hw, steps, b.op("Less", scale, b.const([1.0], np.float64))
 
 
-def area_axis(b: Builder, x: str, axis: int, n_in: str, n_out: str, sum_type: int) -> str:
-    """cv2.INTER_AREA along one axis: output i averages input [i*s, (i+1)*s), s = n_in / n_out.
+def coords(b: Builder, n: str) -> str:
+    """0, 1, ..., n - 1 as float64, for an int64 [1] tensor n."""
+    return b.cast(b.op("Range", b.const(0), b.op("Squeeze", n, b.const([0])), b.const(1)), TensorProto.DOUBLE)
 
-    With P the prefix sums of x, the integral up to p is P[floor p] + frac(p) * x[floor p], so each
-    output is a difference of two such integrals: O(input) work. `sum_type` INT32 keeps the prefix
-    sums of uint8 data exact; float64 keeps those of the first pass's output accurate.
+
+def area_rows(b: Builder, x: str, n_in: str, n_out: str, step: str) -> str:
+    """cv2.INTER_AREA along axis 1 of uint8 (N, H, W, 3) -> float32: row i averages input rows [i*s, (i+1)*s).
+
+    With E the exclusive prefix sums (int32: exact), the integral up to p is E[k] + (p - k) * x[k],
+    k = min(floor p, H - 1); each output is a difference of two such integrals: O(input) work.
     """
-    to_double = TensorProto.DOUBLE
-    step = b.op("Div", b.cast(n_in, to_double), b.cast(n_out, to_double))  # [1]
-    last = b.op("Squeeze", b.op("Add", n_out, b.const([1])), b.const([0]))
-    pos = b.op("Mul", b.cast(b.op("Range", b.const(0), last, b.const(1)), to_double), step)  # (n_out + 1,)
-    low = b.op("Min", b.cast(b.op("Floor", pos), TensorProto.INT64), n_in)
-    frac = b.op("Sub", pos, b.cast(low, to_double))
-    if axis == 2:
-        frac = b.op("Unsqueeze", frac, b.const([1]))  # broadcast over W
-    pads = [0] * 8
-    pads[axis] = 1  # one zero in front: P[k] = sum of the first k
-    prefix = b.op("Pad", b.op("CumSum", b.cast(x, sum_type), b.const(axis)), b.const(pads))
-    whole = b.op("Gather", prefix, low, axis=axis)
-    inside = b.op("Sub", b.axis_slice(whole, axis, 1, INT64_MAX), b.axis_slice(whole, axis, 0, -1))
-    low_px = b.op("Min", low, b.op("Sub", n_in, b.const([1])))
-    edge = b.op("Mul", b.cast(b.op("Gather", x, low_px, axis=axis), to_double), frac)
-    edges = b.op("Sub", b.axis_slice(edge, axis, 1, INT64_MAX), b.axis_slice(edge, axis, 0, -1))
-    return b.op("Div", b.op("Add", b.cast(inside, to_double), edges), step)
+    pos = b.op("Mul", coords(b, b.op("Add", n_out, b.const([1]))), step)  # (n_out + 1,) float64
+    low = b.op("Min", b.cast(b.op("Floor", pos), TensorProto.INT64), b.op("Sub", n_in, b.const([1])))
+    frac = b.cast(b.op("Sub", pos, b.cast(low, TensorProto.DOUBLE)), TensorProto.FLOAT)
+    whole = b.op("Gather", b.op("CumSum", b.cast(x, TensorProto.INT32), b.const(1), exclusive=1), low, axis=1)
+    edge = b.op("Mul", b.cast(b.op("Gather", x, low, axis=1), TensorProto.FLOAT),
+                b.op("Unsqueeze", frac, b.const([1, 2])))  # (N, n_out + 1, W, 3)
+    inside = b.cast(b.op("Sub", b.axis_slice(whole, 1, 1, INT64_MAX), b.axis_slice(whole, 1, 0, -1)), TensorProto.FLOAT)
+    edges = b.op("Sub", b.axis_slice(edge, 1, 1, INT64_MAX), b.axis_slice(edge, 1, 0, -1))
+    return b.op("Div", b.op("Add", inside, edges), b.cast(step, TensorProto.FLOAT))
 
 
-def resize_image(b: Builder, x: str, size: int) -> tuple[str, str, str]:
-    """(N, 3, H, W) uint8 -> ((N, 3, h, w) float32 whole grey levels, h, w): the long side to `size`."""
-    h, w = b.dims(x, 2, 3), b.dims(x, 3, 4)
-    new_h, new_w, shrink = target_size(b, h, w, size)
-    area = area_axis(b, x, 2, h, new_h, TensorProto.INT32)
-    area = b.cast(area_axis(b, area, 3, w, new_w, TensorProto.DOUBLE), TensorProto.FLOAT)
+def area_matrix(b: Builder, n_in: str, n_out: str, step: str) -> str:
+    """(n_in, n_out) float32 weights of cv2.INTER_AREA along one axis: the overlap of pixel j with [i*s, (i+1)*s), / s."""
+    j = b.op("Unsqueeze", coords(b, n_in), b.const([1]))  # (n_in, 1)
+    start = b.op("Mul", coords(b, n_out), step)  # (n_out,)
+    overlap = b.op("Sub", b.op("Min", b.op("Add", j, b.const(1.0, np.float64)), b.op("Add", start, step)),
+                   b.op("Max", j, start))
+    return b.cast(b.op("Div", b.op("Relu", overlap), step), TensorProto.FLOAT)
+
+
+def resize_image(b: Builder, x: str, size: int) -> tuple[str, str]:
+    """(N, H, W, 3) uint8 -> ((N, 3, h, w) float32 whole grey levels, (h, w)): the long side to `size`."""
+    hw = b.dims(x, 1, 3)
+    new_hw, steps, shrink = target_size(b, hw, size)
+    (h, w), (new_h, new_w), (step_h, step_w) = ([b.axis_slice(v, 0, i, i + 1) for i in (0, 1)]
+                                                for v in (hw, new_hw, steps))
+    # Rows by prefix sums on the NHWC image (linear in its size), columns of the much smaller result by a matmul.
+    rows = b.op("Transpose", area_rows(b, x, h, new_h, step_h), perm=[0, 3, 1, 2])  # (N, 3, h, W)
+    area = b.op("MatMul", rows, area_matrix(b, w, new_w, step_w))  # (N, 3, h, w)
     # Enlarging only happens when H, W <= size: the crop bounds the wasted work when shrinking.
-    small = b.cast(b.op("Slice", x, b.const([0, 0]), b.const([size, size]), b.const([2, 3])), TensorProto.FLOAT)
-    linear = b.resize(small, b.op("Concat", b.dims(x, 0, 2), new_h, new_w, axis=0))
+    small = b.op("Slice", x, b.const([0, 0]), b.const([size, size]), b.const([1, 2]))
+    small = b.cast(b.op("Transpose", small, perm=[0, 3, 1, 2]), TensorProto.FLOAT)
+    linear = b.resize(small, b.op("Concat", b.dims(small, 0, 2), new_hw, axis=0))
     chosen = b.op("Where", shrink, area, linear)
-    # cv2 rounds half to even, except in its exact 2x2 shrink (half up)
-    two = b.const([2])
-    halves = b.op("And", b.op("Equal", h, b.op("Mul", new_h, two)), b.op("Equal", w, b.op("Mul", new_w, two)))
-    half_up = b.op("Floor", b.op("Add", chosen, b.const(0.5, np.float32)))
-    levels = b.op("Where", halves, half_up, b.op("Round", chosen))
-    return b.op("Clip", levels, b.const(0.0, np.float32), b.const(255.0, np.float32)), new_h, new_w
+    # cv2 rounds half to even, except in its exact 2x2 shrink (half up): there every value is a multiple of
+    # 1/4, so a nudge of 1e-3 moves exactly the halves up
+    halves = b.op("ReduceMin", b.cast(b.op("Equal", hw, b.op("Mul", new_hw, b.const([2]))), TensorProto.FLOAT),
+                  keepdims=1)
+    return b.op("Round", b.op("Add", chosen, b.op("Mul", halves, b.const(1e-3, np.float32)))), new_hw
 
 
-def preprocess(b: Builder, meta: dict, image: str, batch: bool) -> tuple[str, str, str]:
-    """uint8 image -> ((N, 3, h, w) normalised float32, h, w), as utils.preprocess before padding."""
-    x = image if batch else b.op("Unsqueeze", image, b.const([0]))  # (N, H, W, 3)
-    x = b.op("Transpose", x, perm=[0, 3, 1, 2])  # (N, 3, H, W) uint8
+def resize_model(size: int) -> onnx.ModelProto:
+    """The resize stage alone, uint8 (H, W, 3) -> float32 (3, h, w) whole grey levels (tests, benchmarks)."""
+    b = Builder()
+    b.op("Squeeze", resize_image(b, b.op("Unsqueeze", INPUT, b.const([0])), size)[0], b.const([0]), out="resized")
+    graph = helper.make_graph(b.nodes, "resize", [helper.make_tensor_value_info(INPUT, TensorProto.UINT8, None)],
+                              [helper.make_tensor_value_info("resized", TensorProto.FLOAT, None)], b.constants)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", MIN_OPSET)], ir_version=8)
+
+
+def preprocess(b: Builder, meta: dict, image: str, batch: bool) -> tuple[str, str]:
+    """uint8 image -> ((N, 3, h, w) normalised float32, (h, w)), as utils.preprocess before padding."""
+    x = image if batch else b.op("Unsqueeze", image, b.const([0]))  # (N, H, W, 3) uint8
     size = int(meta.get("input_size") or 0)
     if size > 0 and meta.get("resize", "long_side") == "long_side":
-        x, h, w = resize_image(b, x, size)
+        x, hw = resize_image(b, x, size)
     else:
-        x, h, w = b.cast(x, TensorProto.FLOAT), b.dims(x, 2, 3), b.dims(x, 3, 4)
+        hw, x = b.dims(x, 1, 3), b.cast(b.op("Transpose", x, perm=[0, 3, 1, 2]), TensorProto.FLOAT)  # (N, 3, H, W)
     mean = b.const(np.reshape(meta["mean"], (1, 3, 1, 1)), np.float32)
     std = b.const(np.reshape(meta["std"], (1, 3, 1, 1)), np.float32)
-    x = b.op("Div", b.op("Sub", b.op("Div", x, b.const(255.0, np.float32)), mean), std)
-    return x, h, w
+    return b.op("Div", b.op("Sub", b.op("Div", x, b.const(255.0, np.float32)), mean), std), hw
 
 
-def padded_views(b: Builder, x: str, h: str, w: str, stride: int, views: list) -> tuple[str, str, str]:
-    """Each flip view padded bottom/right to the stride, stacked on the batch axis; (batch, H', W')."""
+def padded_views(b: Builder, x: str, hw: str, stride: int, views: list) -> tuple[str, str]:
+    """Each flip view padded bottom/right to the stride, stacked on the batch axis; (batch, padded (H', W'))."""
     s = b.const([stride])
-    pad_h, pad_w = (b.op("Mod", b.op("Sub", s, b.op("Mod", side, s)), s) for side in (h, w))
-    pads = b.op("Concat", b.const([0] * 6), pad_h, pad_w, axis=0)
+    pad_hw = b.op("Mod", b.op("Sub", s, b.op("Mod", hw, s)), s)
+    pads = b.op("Concat", b.const([0] * 6), pad_hw, axis=0)
     batch = [b.op("Pad", b.flip(x, axes), pads) for axes in views]
     stacked = batch[0] if len(batch) == 1 else b.op("Concat", *batch, axis=0)  # (V*N, 3, H', W')
-    return stacked, b.op("Add", h, pad_h), b.op("Add", w, pad_w)
+    return stacked, b.op("Add", hw, pad_hw)
 
 
 # ----------------------------------------------------------------------------- postprocessing
@@ -213,10 +228,10 @@ def make_mask(b: Builder, probs: str, num_classes: int, rule: dict) -> str:
 def postprocess(b: Builder, out: str, meta: dict, sizes: dict, views: list, rule: dict, batch: bool) -> None:
     """Model output -> the graph outputs `probs` (C, H, W) and `mask` (H, W) (with N in front for a batch)."""
     num_classes = int(meta["num_classes"])
-    padded = b.op("Concat", b.dims(out, 0, 2), sizes["padded_h"], sizes["padded_w"], axis=0)
+    padded = b.op("Concat", b.dims(out, 0, 2), sizes["padded_hw"], axis=0)
     out = b.resize(out, padded)  # a no-op unless the model's output is smaller (SegFormer-style)
     probs = to_probs(b, out, meta, num_classes)
-    probs = b.op("Slice", probs, b.const([0, 0]), b.op("Concat", sizes["h"], sizes["w"], axis=0), b.const([2, 3]))
+    probs = b.op("Slice", probs, b.const([0, 0]), sizes["hw"], b.const([2, 3]))
     probs = merge_views(b, probs, views)
     probs = b.resize(probs, b.op("Concat", b.dims(probs, 0, 2), sizes["image_hw"], axis=0))  # (N, C, H, W)
     mask = make_mask(b, probs, num_classes, rule)
@@ -311,15 +326,15 @@ def build_e2e(plain: onnx.ModelProto, tta: str = "none", threshold=None, batch: 
     rule, views = resolve_rule(meta, threshold), TTA_VIEWS[tta]
     inner = onnx.compose.add_prefix(plain, "model/")
     b = Builder()
-    x, h, w = preprocess(b, meta, INPUT, batch)
-    x, padded_h, padded_w = padded_views(b, x, h, w, int(meta.get("stride", 32)), views)
+    x, hw = preprocess(b, meta, INPUT, batch)
+    x, padded_hw = padded_views(b, x, hw, int(meta.get("stride", 32)), views)
     inner_input = next(i.name for i in inner.graph.input if i.name not in {t.name for t in inner.graph.initializer})
     b.op("Identity", x if inner_type == TensorProto.FLOAT else b.cast(x, inner_type), out=inner_input)
     pre_nodes, b.nodes, b.stage = b.nodes, [], "post/"
     out = inner.graph.output[0]
     out = out.name if out.type.tensor_type.elem_type == TensorProto.FLOAT else b.cast(out.name, TensorProto.FLOAT)
     image_hw = b.dims(INPUT, 1, 3) if batch else b.dims(INPUT, 0, 2)
-    sizes = {"h": h, "w": w, "padded_h": padded_h, "padded_w": padded_w, "image_hw": image_hw}
+    sizes = {"hw": hw, "padded_hw": padded_hw, "image_hw": image_hw}
     postprocess(b, out, meta, sizes, views, rule, batch)
     inputs, outputs = io_types(meta, batch)
     graph = helper.make_graph(pre_nodes + list(inner.graph.node) + b.nodes, "segpipe_e2e", inputs, outputs,

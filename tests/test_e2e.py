@@ -37,12 +37,12 @@ SHRINK = [(211, 300), (128, 64), (100, 61), (97, 333)]  # long side above the mo
 ENLARGE = [(37, 53), (3, 7), (64, 64)]  # at or below 64: cv2.INTER_LINEAR (64: no resize at all)
 
 
-def save_plain(path: Path, nodes, inits, out: str, classes: int, out_dims, **meta) -> Path:
+def save_plain(path: Path, nodes, inits, out: str, classes: int, out_dims, opset: int = 17, **meta) -> Path:
     graph = helper.make_graph(
         nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
         [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["batch", classes, *out_dims])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8 if opset < 19 else 9
     names = ["foreground"] if classes == 1 else [f"class_{i}" for i in range(classes)]
     entry = model.metadata_props.add()
     entry.key, entry.value = "segmentation", json.dumps({**DEFAULT_METADATA, "arch": "Tiny", "num_classes": classes,
@@ -53,7 +53,7 @@ def save_plain(path: Path, nodes, inits, out: str, classes: int, out_dims, **met
 
 
 def tiny_plain(path: Path, classes: int = 1, output: str = "probs", seed: int = 0, half_output: bool = False,
-               **meta) -> Path:
+               opset: int = 17, **meta) -> Path:
     """Conv stride 2 -> ReLU -> (x2 upsample) -> conv: a random 'segmenter' with export.py's I/O and metadata."""
     rng = np.random.default_rng(seed)
     inits = [numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32), "w1"),
@@ -70,7 +70,7 @@ def tiny_plain(path: Path, classes: int = 1, output: str = "probs", seed: int = 
                      helper.make_node("Softmax", ["logits"], ["probs"], axis=1))
         out = "probs"
     dims = ["h2", "w2"] if half_output else ["height", "width"]
-    return save_plain(path, nodes, inits, out, classes, dims, output=output, **meta)
+    return save_plain(path, nodes, inits, out, classes, dims, opset, output=output, **meta)
 
 
 def identity_plain(path: Path, input_size: int, **meta) -> Path:
@@ -87,8 +87,8 @@ def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
     return cv2.GaussianBlur(noise, (7, 7), 3)
 
 
-def session(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def session(model: Path | bytes) -> ort.InferenceSession:
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), providers=["CPUExecutionProvider"])
 
 
 def engine_mask(result, classes: int) -> np.ndarray:
@@ -112,6 +112,16 @@ def test_uint8_image_in_mask_and_probs_out_at_the_image_size(tmp_path, classes, 
         else:
             np.testing.assert_allclose(probs.sum(axis=0), 1, atol=1e-5)
             np.testing.assert_array_equal(mask, probs.argmax(axis=0))
+
+
+@pytest.mark.parametrize("opset", [13, 18, 20])
+def test_the_model_keeps_its_own_opset(tmp_path, opset):
+    path = e2e.convert(tiny_plain(tmp_path / "m.onnx", 3, "logits", opset=opset), tta="hflip", threshold=0.5)
+    assert [o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx")] == [opset]
+    mask, probs = predict_e2e(session(path), smooth_image(70, 90))
+    assert mask.shape == (70, 90) and probs.shape == (3, 70, 90)
+    adaptive = e2e.convert(tiny_plain(tmp_path / "b.onnx", opset=opset), tmp_path / "b2.onnx", threshold="adaptive")
+    assert predict_e2e(session(adaptive), smooth_image(70, 90))[0].shape == (70, 90)
 
 
 def test_batch_form_matches_single_images(tmp_path):
@@ -180,20 +190,8 @@ def test_parity_with_the_python_engine(tmp_path, classes, output, tta, half):
         assert differ == 0 if shrinking else differ <= max(1, 0.01 * mask.size), (h, w, differ)
 
 
-def preprocess_session(size: int) -> ort.InferenceSession:
-    """The graph's resize stage alone: uint8 (H, W, 3) -> float (3, h, w) of whole grey levels."""
-    b = e2e.Builder()
-    x = b.op("Transpose", b.op("Unsqueeze", "image", b.const([0])), perm=[0, 3, 1, 2])
-    resized, _, _ = e2e.resize_image(b, x, size)
-    b.op("Squeeze", resized, b.const([0]), out="resized")
-    graph = helper.make_graph(b.nodes, "pre", [helper.make_tensor_value_info("image", TensorProto.UINT8, None)],
-                              [helper.make_tensor_value_info("resized", TensorProto.FLOAT, None)], b.constants)
-    return ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                                                  ir_version=8).SerializeToString(), providers=["CPUExecutionProvider"])
-
-
 def test_in_graph_resize_is_cv2_area_and_linear():
-    pre, rng = preprocess_session(64), np.random.default_rng(3)
+    pre, rng = session(e2e.resize_model(64).SerializeToString()), np.random.default_rng(3)
     for h, w in [(128, 96), (256, 200), (130, 64), (333, 97), (611, 457), (40, 23), (64, 13)]:
         image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         want = resize_long_side(image, 64).transpose(2, 0, 1).astype(np.float32)
