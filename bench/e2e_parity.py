@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from common import add_run_args, machine_info, median, print_table, side_by_side, verdict, write_result
+from common import ROOT, add_run_args, machine_info, median, print_table, side_by_side, verdict, write_result
 from exporting.e2e import TTA_VIEWS, convert, resize_model
 from inference import Segmenter, create_session
 from runtime.e2e import predict_e2e
@@ -112,6 +113,55 @@ def create_session_from_bytes(model: bytes):
     import onnxruntime as ort
 
     return ort.InferenceSession(model, providers=CPU)
+
+
+# ----------------------------------------------------------------------------- other runtimes
+
+
+def node_masks(e2e_path: Path, image_dir: Path, out: Path) -> dict[str, np.ndarray]:
+    """examples/node/segment.js on every image of a folder -> {stem: mask}."""
+    done = subprocess.run(["node", "node/segment.js", str(e2e_path), str(image_dir), str(out)], cwd=ROOT / "examples",
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"node example failed: {done.stderr.strip()[-500:]}")
+    return {p.stem: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in out.glob("*.png")}
+
+
+def opencv_masks(e2e_path: Path, pairs) -> dict[str, np.ndarray]:
+    net = cv2.dnn.readNetFromONNX(str(e2e_path))
+    masks = {}
+    for name, image, _ in pairs:
+        net.setInput(image)
+        masks[name] = net.forward("mask")
+    return masks
+
+
+def compare_runtime(label: str, masks: dict, reference: dict, classes: int) -> list:
+    """[runtime, images, identical masks, min IoU, mean IoU, pixels differing] against Python onnxruntime."""
+    ious = [mask_iou(masks[k], reference[k], classes) for k in reference]
+    same = sum(np.array_equal(masks[k], reference[k]) for k in reference)
+    differ = sum(int(np.count_nonzero(masks[k] != reference[k])) for k in reference)
+    return [label, len(reference), same, f"{min(ious):.4f}", f"{np.mean(ious):.5f}", differ]
+
+
+def runtime_parity(e2e_path: Path, image_dir: Path, pairs, session, classes: int, runtimes: list[str],
+                   tmp: Path) -> list:
+    """Masks of the same e2e file in other runtimes vs Python onnxruntime's (images decoded by OpenCV)."""
+    reference = {name: predict_e2e(session, image)[0] for name, image, _ in pairs}
+    rows = []
+    if "node" in runtimes:
+        lossless = tmp / "png"
+        lossless.mkdir()
+        for name, image, _ in pairs:  # the same pixels: PNG re-encodes of the decoded images
+            cv2.imwrite(str(lossless / f"{name}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        rows.append(compare_runtime("onnxruntime-node, same pixels (PNG)",
+                                    node_masks(e2e_path, lossless, tmp / "node_png"), reference, classes))
+        originals = node_masks(e2e_path, image_dir, tmp / "node_files")  # JPEGs decoded by jpeg-js
+        rows.append(compare_runtime("onnxruntime-node, the files (pure-JS decoders)",
+                                    {k: originals[k] for k in reference}, reference, classes))
+    if "opencv" in runtimes:
+        rows.append(compare_runtime(f"OpenCV {cv2.__version__} DNN", opencv_masks(e2e_path, pairs), reference, classes))
+    return rows
 
 
 # ----------------------------------------------------------------------------- cost
@@ -254,6 +304,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threshold", default=None, help="a number, or 'adaptive' (default: the CV threshold)")
     parser.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
     parser.add_argument("--large", default="", help="also time one photo scaled to HxW, e.g. 3000x4000")
+    parser.add_argument("--runtimes", default="", help="comma list of node,opencv: the same e2e file's masks there "
+                        "vs Python onnxruntime's")
     parser.add_argument("--name", default=None, help="results name (default e2e_parity_<model stem>)")
     add_run_args(parser, repeats=3)
     return parser.parse_args()
@@ -274,6 +326,8 @@ def main() -> None:
         cut = None if adaptive or classes > 1 else float(engine.post.threshold)
         rows, summary = parity(pairs, session, engine, classes, cut)
         resize = resize_fidelity(pairs, int(engine.meta["input_size"]))
+        runtimes = runtime_parity(Path(e2e_path), args.images, pairs, session, classes,
+                                  [r for r in args.runtimes.split(",") if r], Path(tmp))
         images = [image for _, image, _ in pairs]
         cost = timed_passes(images, session, engine, args.repeats)
         cost.update(prepost_cost(args.model, images, engine, args.tta, args.threshold, args.threads, args.repeats,
@@ -284,9 +338,13 @@ def main() -> None:
             hw = tuple(int(v) for v in args.large.lower().split("x"))
             large = large_image_cost(images[0], hw, session, engine, args.repeats)
     print_report(summary, resize, cost, stages, large)
+    if runtimes:
+        print("\nthe same e2e file in other runtimes vs Python onnxruntime (masks)")
+        print_table(["runtime", "images", "identical masks", "min IoU", "mean IoU", "pixels differing"], runtimes)
     result = {"model": str(args.model), "images": str(args.images), "tta": args.tta,
               "threshold": "adaptive" if adaptive else engine.post.threshold, "threads": args.threads,
-              "summary": summary, "resize": resize, "cost": cost, "stages": stages, "large": large, "rows": rows}
+              "summary": summary, "resize": resize, "runtimes": runtimes, "cost": cost, "stages": stages,
+              "large": large, "rows": rows}
     write_result(args.name or f"e2e_parity_{args.model.stem}", result, args.out, start)
 
 

@@ -128,7 +128,7 @@ def area_rows(b: Builder, x: str, n_in: str, n_out: str, step: str) -> str:
 
 
 def area_matrix(b: Builder, n_in: str, n_out: str, step: str) -> str:
-    """(n_in, n_out) float32 weights of cv2.INTER_AREA along one axis: the overlap of pixel j with [i*s, (i+1)*s), / s."""
+    """(n_in, n_out) float32 cv2.INTER_AREA weights along one axis: overlap of pixel j and [i*s, (i+1)*s), / s."""
     j = b.op("Unsqueeze", coords(b, n_in), b.const([1]))  # (n_in, 1)
     start = b.op("Mul", coords(b, n_out), step)  # (n_out,)
     overlap = b.op("Sub", b.op("Min", b.op("Add", j, b.const(1.0, np.float64)), b.op("Add", start, step)),

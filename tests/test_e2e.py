@@ -26,9 +26,12 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from exporting import e2e
-from runtime.e2e import is_end_to_end, predict_e2e
-from utils import DEFAULT_METADATA, IMAGENET_MEAN, IMAGENET_STD, UserError, resize_long_side
+if __name__ == "__main__":  # run as a script (main below): the repository's modules, as conftest.py adds them
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from exporting import e2e  # noqa: E402
+from runtime.e2e import is_end_to_end, predict_e2e  # noqa: E402
+from utils import DEFAULT_METADATA, IMAGENET_MEAN, IMAGENET_STD, UserError, resize_long_side  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -381,8 +384,8 @@ def browser_mask(url: str, model: Path, photo: Path, profile: Path) -> tuple[np.
             page.locator("body[data-state=done], body[data-state=error]").wait_for(state="attached")
             shown = page.locator("#status").inner_text()
             assert page.locator("body[data-state=done]").count() == 1, shown
-            state = page.evaluate("() => ({width: segpipe.width, height: segpipe.height, mask: Array.from(segpipe.mask),"
-                                  " canvas: document.getElementById('view').width})")
+            state = page.evaluate("() => ({width: segpipe.width, height: segpipe.height, "
+                                  "mask: Array.from(segpipe.mask), canvas: document.getElementById('view').width})")
         finally:
             browser.close()
     mask = np.asarray(state.pop("mask"), np.uint8).reshape(state["height"], state["width"])
@@ -411,3 +414,31 @@ def test_web_page_shows_the_same_mask_as_python(tmp_path):
     assert "% foreground" in shown["status"]
     # WebAssembly kernels vs native ones: float rounding may flip a pixel sitting on the threshold
     assert np.count_nonzero(mask != want) <= 0.001 * want.size, shown
+
+
+def main() -> None:
+    """The browser check on a real model: python tests/test_e2e.py --model runs/horse/horse.e2e.onnx IMAGE..."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description="examples/web/index.html in headless chromium vs Python onnxruntime")
+    parser.add_argument("--model", type=Path, required=True, help="an end-to-end .onnx")
+    parser.add_argument("images", type=Path, nargs="+", help="photos; each is re-saved as PNG first (same pixels)")
+    args = parser.parse_args()
+    server = static_server(EXAMPLES)
+    url = f"http://127.0.0.1:{server.server_address[1]}/web/index.html"
+    try:
+        for image in args.images:
+            with tempfile.TemporaryDirectory() as tmp:
+                photo = Path(tmp) / "photo.png"
+                cv2.imwrite(str(photo), cv2.imread(str(image)))
+                mask, shown = browser_mask(url, args.model.resolve(), photo, Path(tmp) / "profile")
+                differ = int(np.count_nonzero(mask != python_mask(args.model, photo)))
+                print(json.dumps({"image": image.name, "pixels": mask.size, "differing": differ,
+                                  "status": shown["status"]}))
+    finally:
+        server.shutdown()
+
+
+if __name__ == "__main__":
+    main()

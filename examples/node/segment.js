@@ -2,6 +2,7 @@
 //
 //   npm ci --prefix examples                       # once (no install scripts: see examples/.npmrc)
 //   node examples/node/segment.js model.e2e.onnx photo.jpg mask.png
+//   node examples/node/segment.js model.e2e.onnx photos/ masks/      # every .png/.jpg in a folder
 //
 // The model takes the RGB uint8 image (H, W, 3) as it is and returns `mask` uint8 (H, W): 0/255 for a
 // binary model, class ids for a multi-class one. The mask is written as an 8-bit grey PNG and one JSON
@@ -9,6 +10,7 @@
 'use strict';
 
 const fs = require('fs');
+const path = require('path');
 const ort = require('onnxruntime-node');
 const { PNG } = require('pngjs');
 const jpeg = require('jpeg-js');
@@ -39,13 +41,7 @@ function writeGreyPng(path, pixels, width, height) {
   fs.writeFileSync(path, PNG.sync.write(png, { colorType: 0, inputColorType: 0 }));
 }
 
-async function main() {
-  const [modelPath, imagePath, maskPath] = process.argv.slice(2);
-  if (!maskPath) {
-    console.error('usage: node segment.js MODEL.e2e.onnx IMAGE.(png|jpg) MASK.png');
-    process.exit(2);
-  }
-  const session = await ort.InferenceSession.create(modelPath);
+async function segment(session, imagePath, maskPath) {
   const { rgb, width, height } = readRgb(imagePath);
   const start = performance.now();
   const { mask } = await session.run({ image: new ort.Tensor('uint8', rgb, [height, width, 3]) });
@@ -54,6 +50,25 @@ async function main() {
   const foreground = mask.data.reduce((n, v) => n + (v > 0 ? 1 : 0), 0);
   console.log(JSON.stringify({ image: imagePath, mask: maskPath, width, height, foreground_px: foreground,
                                ms: Math.round(ms * 10) / 10 }));
+}
+
+async function main() {
+  const [modelPath, imagePath, maskPath] = process.argv.slice(2);
+  if (!maskPath) {
+    console.error('usage: node segment.js MODEL.e2e.onnx IMAGE.(png|jpg)|FOLDER MASK.png|FOLDER');
+    process.exit(2);
+  }
+  const session = await ort.InferenceSession.create(modelPath);
+  if (!fs.statSync(imagePath).isDirectory()) {
+    await segment(session, imagePath, maskPath);
+    return;
+  }
+  fs.mkdirSync(maskPath, { recursive: true });
+  for (const name of fs.readdirSync(imagePath).sort()) {
+    if (/\.(png|jpe?g)$/i.test(name)) {
+      await segment(session, path.join(imagePath, name), path.join(maskPath, name.replace(/\.[^.]+$/, '.png')));
+    }
+  }
 }
 
 main().catch((error) => {
