@@ -13,9 +13,9 @@ the e2e graph uses the CV threshold, `adaptive` for the cascade); both get the s
   classes either mask holds), the pixels that differ and where: on the engine mask's border (1 px) or
   inside, and how close the engine's probability is to the threshold there. Mean Dice of each side against
   the ground truth (utils.MULTICLASS_RULE for multi-class models).
-- resize: the graph's resize stage alone (exporting.e2e.resize_model) vs utils.resize_long_side.
-- cost: one pass over the folder per round, rounds alternating: e2e session.run on the uint8 image vs
-  Segmenter.predict (pre-processing, model, post-processing, each timed by the engine). The e2e graph's
+- resize: the graph's resize stage alone (exporting.e2e_ops.resize_model) vs utils.resize_long_side.
+- cost: e2e session.run on the uint8 image vs Segmenter.predict (pre-processing, model, post-processing, each
+  timed by the engine), alternating on every image, --repeats rounds; per image the median, then the mean. The e2e graph's
   own pre+post: the same conversion around a 1x1-conv stand-in with MODEL's metadata, less the stand-in's
   own time on the engine's tensors. onnxruntime's profiler splits the e2e graph's time by stage (node
   names pre/, model/, post/; its layout reorders count as model) on one extra pass.
@@ -28,13 +28,15 @@ import argparse
 import json
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from common import ROOT, add_run_args, machine_info, median, print_table, side_by_side, verdict, write_result
-from exporting.e2e import TTA_VIEWS, convert, resize_model
+from exporting.e2e import TTA_VIEWS, convert
+from exporting.e2e_ops import resize_model
 from inference import Segmenter, create_session
 from runtime.e2e import predict_e2e
 from utils import (class_dice_iou, dice_iou, index_masks, list_images, read_image, read_mask, resize_long_side,
@@ -120,8 +122,8 @@ def create_session_from_bytes(model: bytes):
 
 def node_masks(e2e_path: Path, image_dir: Path, out: Path) -> dict[str, np.ndarray]:
     """examples/node/segment.js on every image of a folder -> {stem: mask}."""
-    done = subprocess.run(["node", "node/segment.js", str(e2e_path), str(image_dir), str(out)], cwd=ROOT / "examples",
-                          capture_output=True, text=True)
+    paths = [str(path.resolve()) for path in (e2e_path, image_dir, out)]
+    done = subprocess.run(["node", "node/segment.js", *paths], cwd=ROOT / "examples", capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"node example failed: {done.stderr.strip()[-500:]}")
     return {p.stem: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in out.glob("*.png")}
@@ -167,27 +169,38 @@ def runtime_parity(e2e_path: Path, image_dir: Path, pairs, session, classes: int
 # ----------------------------------------------------------------------------- cost
 
 
+def interleaved(fns: dict, items: list, repeats: int) -> dict[str, list[list[float]]]:
+    """Seconds of fn(item) for each fn, item and round: the fns alternate on every item (order flipped each
+    time), so load changes on a shared machine hit all of them alike. One untimed warm-up round."""
+    names = list(fns)
+    times = {name: [[] for _ in items] for name in names}
+    for round_ in range(repeats + 1):
+        for i, item in enumerate(items):
+            for name in names if (round_ + i) % 2 == 0 else names[::-1]:
+                start = time.perf_counter()
+                fns[name](item)
+                if round_:
+                    times[name][i].append(time.perf_counter() - start)
+    return times
+
+
+def per_image_ms(samples: list[list[float]]) -> float:
+    """Mean over the images of each image's median: ms per image."""
+    return 1e3 * float(np.mean([median(s) for s in samples]))
+
+
 def timed_passes(images, session, engine: Segmenter, repeats: int) -> dict:
-    """Seconds per folder pass of each side, alternating; the engine's own pre/model/post split per pass."""
-    split = []
+    """ms per image of each side, interleaved; the engine's own pre/model/post split (medians per image)."""
+    split = [[] for _ in images]
 
-    def run_engine():
-        totals = {"pre_ms": 0.0, "infer_ms": 0.0, "post_ms": 0.0}
-        for image in images:
-            timing = engine.predict(image).info["timing"]
-            for key in totals:
-                totals[key] += timing[key]
-        split.append(totals)
+    def run_engine(i):
+        split[i].append(engine.predict(images[i]).info["timing"])
 
-    def run_e2e():
-        for image in images:
-            predict_e2e(session, image)
-
-    times = side_by_side({"e2e": run_e2e, "engine": run_engine}, repeats=repeats)
-    split, n = split[1:], len(images)  # split[0]: the warm-up pass
-    return {"e2e_ms": 1e3 * median(times["e2e"]) / n, "engine_ms": 1e3 * median(times["engine"]) / n,
-            **{f"engine_{key}": median([s[key] for s in split]) / n for key in split[0]},
-            "e2e_rounds_s": times["e2e"], "engine_rounds_s": times["engine"]}
+    times = interleaved({"e2e": lambda i: predict_e2e(session, images[i]), "engine": run_engine},
+                        list(range(len(images))), repeats)
+    parts = {f"engine_{key}": float(np.mean([median([t[key] for t in s[1:]]) for s in split]))
+             for key in ("pre_ms", "infer_ms", "post_ms")}  # s[0]: the warm-up round
+    return {"e2e_ms": per_image_ms(times["e2e"]), "engine_ms": per_image_ms(times["engine"]), **parts}
 
 
 def stand_in(plain_path: Path, out: Path) -> Path:
@@ -220,10 +233,9 @@ def prepost_cost(plain_path: Path, images, engine: Segmenter, tta: str, threshol
     views = len(TTA_VIEWS[tta])  # the e2e graph runs every view through the model in one batch
     tensors = [np.repeat(np.pad(chw, ((0, 0), (0, ph - chw.shape[1]), (0, pw - chw.shape[2])))[None], views, 0)
                for chw, (ph, pw) in tensors]
-    times = side_by_side({"e2e": lambda: [predict_e2e(session, image) for image in images],
-                          "stand_in": lambda: [model.run(None, {"image": x}) for x in tensors]}, repeats=repeats)
-    n = len(images)
-    return {"e2e_stand_in_ms": 1e3 * median(times["e2e"]) / n, "stand_in_model_ms": 1e3 * median(times["stand_in"]) / n}
+    times = interleaved({"e2e": lambda i: predict_e2e(session, images[i]),
+                         "stand_in": lambda i: model.run(None, {"image": tensors[i]})}, list(range(len(images))), repeats)
+    return {"e2e_stand_in_ms": per_image_ms(times["e2e"]), "stand_in_model_ms": per_image_ms(times["stand_in"])}
 
 
 def profile_stages(e2e_path: Path, images, threads: int) -> dict:
@@ -279,8 +291,8 @@ def print_report(summary: dict, resize: dict, cost: dict, stages: dict, large: d
           f"{100 * resize['fraction_differing']:.4f} % of values differ")
     engine_prepost = cost["engine_pre_ms"] + cost["engine_post_ms"]
     e2e_prepost = cost["e2e_stand_in_ms"] - cost["stand_in_model_ms"]
-    print("\ncost per image (ms, medians of alternating rounds; e2e pre+post: the same graph around a 1x1-conv "
-          "stand-in model, less that model's own time)")
+    print("\ncost per image (ms, mean of per-image medians, sides alternating on every image; e2e pre+post: the "
+          "same graph around a 1x1-conv stand-in model, less that model's own time)")
     print_table(["side", "images/s", "total ms", "pre ms", "model ms", "post ms", "pre+post ms"],
                 [["Python engine", 1e3 / cost["engine_ms"], cost["engine_ms"], cost["engine_pre_ms"],
                   cost["engine_infer_ms"], cost["engine_post_ms"], engine_prepost],

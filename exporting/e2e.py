@@ -11,8 +11,8 @@ Run book:
 The graph wraps the plain export (input `image` float32 (N, 3, H', W'), output `probs` or `logits`)
 with the engine's own pre- and post-processing (utils.preprocess / inference.Segmenter):
 
-    image uint8 (H, W, 3) -> resize the long side to input_size: exact area averaging when shrinking
-    (cv2.INTER_AREA, computed from integer prefix sums), bilinear half-pixel when enlarging
+    image uint8 (H, W, 3) -> resize the long side to input_size (exporting/e2e_ops.py): exact area
+    averaging when shrinking (cv2.INTER_AREA, from integer prefix sums), bilinear half-pixel when enlarging
     (cv2.INTER_LINEAR), rounded to whole grey levels as cv2 does -> (x / 255 - mean) / std -> flip
     views (TTA) -> pad bottom/right to the stride -> the model, once for all views -> sigmoid/softmax
     (logits models) -> crop the padding -> flip back, average -> bilinear resize to (H, W)
@@ -24,9 +24,9 @@ whose mask holds at least min_area pixels wins, else an empty mask. The Python e
 largest 8-connected component instead of the total area; connected components have no ONNX op, so
 that variant is opt-in and its disagreement with the engine is measured (bench/e2e_parity.py).
 
-The model keeps its own opset (13 or more): every added op exists since opset 13, and Resize's
-opset-18 antialias is not used because antialiased bilinear is not cv2's INTER_AREA (measured in
-BENCHMARKS.md, end-to-end ONNX).
+The model keeps its own opset (13 or more): every added op exists since opset 13. Resize's opset-18
+antialias is not used: antialiased bilinear is not cv2's INTER_AREA (bench/e2e_parity.py measures both).
+No If node: OpenCV's DNN importer cannot load one, so the engine's choice of interpolation is a Where.
 """
 
 from __future__ import annotations
@@ -37,133 +37,17 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
+from exporting.e2e_ops import INPUT, MIN_OPSET, Builder, resize_image
 from utils import LOG, METADATA_KEY, UserError, atomic_write_bytes, decode_metadata, encode_metadata, run_cli, \
     setup_logging
 
 TTA_VIEWS = {"none": [()], "hflip": [(), (3,)], "flips": [(), (3,), (2,), (2, 3)]}  # NCHW axes flipped per view
-MIN_OPSET = 13
-INT64_MAX = np.iinfo(np.int64).max
-INPUT, MASK, PROBS = "image", "mask", "probs"
-
-
-class Builder:
-    """Collects nodes and constants; every name carries the stage prefix (pre/, post/) for profiling."""
-
-    def __init__(self):
-        self.nodes, self.constants, self.count, self.stage = [], [], 0, "pre/"
-
-    def fresh(self, hint: str) -> str:
-        self.count += 1
-        return f"{self.stage}{hint}_{self.count}"
-
-    def const(self, value, dtype=np.int64) -> str:
-        name = self.fresh("const")
-        self.constants.append(numpy_helper.from_array(np.asarray(value, dtype), name))
-        return name
-
-    def op(self, op_type: str, *inputs: str, out: str | None = None, **attrs) -> str:
-        output = out or self.fresh(op_type.lower())
-        self.nodes.append(helper.make_node(op_type, list(inputs), [output], name=self.fresh(op_type), **attrs))
-        return output
-
-    def cast(self, x: str, to: int) -> str:
-        return self.op("Cast", x, to=to)
-
-    def dims(self, x: str, start: int, end: int) -> str:
-        """Shape(x)[start:end] as an int64 vector."""
-        return self.op("Slice", self.op("Shape", x), self.const([start]), self.const([end]))
-
-    def axis_slice(self, x: str, axis: int, start, end) -> str:
-        """x[..., start:end, ...] along `axis`; start/end are ints or int64 [1] tensors."""
-        start = start if isinstance(start, str) else self.const([start])
-        end = end if isinstance(end, str) else self.const([end])
-        return self.op("Slice", x, start, end, self.const([axis]))
-
-    def flip(self, x: str, axes) -> str:
-        if not axes:
-            return x
-        n = len(axes)
-        return self.op("Slice", x, self.const([-1] * n), self.const([-INT64_MAX] * n), self.const(list(axes)),
-                       self.const([-1] * n))
-
-    def resize(self, x: str, sizes: str) -> str:
-        """Bilinear with half-pixel centres: cv2.INTER_LINEAR's sampling grid."""
-        return self.op("Resize", x, "", "", sizes, mode="linear", coordinate_transformation_mode="half_pixel")
+MASK, PROBS = "mask", "probs"
 
 
 # ----------------------------------------------------------------------------- preprocessing
-
-
-def target_size(b: Builder, hw: str, size: int) -> tuple[str, str, str]:
-    """(new (h, w), (H/h, W/w) as float64, shrinking?) of utils.resize_long_side, in float64 as Python computes it."""
-    hw_d = b.cast(hw, TensorProto.DOUBLE)  # [2]
-    scale = b.op("Div", b.const([float(size)], np.float64), b.op("ReduceMax", hw_d, keepdims=1))  # all axes: any opset
-    new_hw = b.op("Max", b.cast(b.op("Round", b.op("Mul", hw_d, scale)), TensorProto.INT64), b.const([1]))
-    steps = b.op("Div", hw_d, b.cast(new_hw, TensorProto.DOUBLE))
-    return new_hw, steps, b.op("Less", scale, b.const([1.0], np.float64))
-
-
-def coords(b: Builder, n: str) -> str:
-    """0, 1, ..., n - 1 as float64, for an int64 [1] tensor n."""
-    return b.cast(b.op("Range", b.const(0), b.op("Squeeze", n, b.const([0])), b.const(1)), TensorProto.DOUBLE)
-
-
-def area_rows(b: Builder, x: str, n_in: str, n_out: str, step: str) -> str:
-    """cv2.INTER_AREA along axis 1 of uint8 (N, H, W, 3) -> float32: row i averages input rows [i*s, (i+1)*s).
-
-    With E the exclusive prefix sums (int32: exact), the integral up to p is E[k] + (p - k) * x[k],
-    k = min(floor p, H - 1); each output is a difference of two such integrals: O(input) work.
-    """
-    pos = b.op("Mul", coords(b, b.op("Add", n_out, b.const([1]))), step)  # (n_out + 1,) float64
-    low = b.op("Min", b.cast(b.op("Floor", pos), TensorProto.INT64), b.op("Sub", n_in, b.const([1])))
-    frac = b.cast(b.op("Sub", pos, b.cast(low, TensorProto.DOUBLE)), TensorProto.FLOAT)
-    whole = b.op("Gather", b.op("CumSum", b.cast(x, TensorProto.INT32), b.const(1), exclusive=1), low, axis=1)
-    edge = b.op("Mul", b.cast(b.op("Gather", x, low, axis=1), TensorProto.FLOAT),
-                b.op("Unsqueeze", frac, b.const([1, 2])))  # (N, n_out + 1, W, 3)
-    inside = b.cast(b.op("Sub", b.axis_slice(whole, 1, 1, INT64_MAX), b.axis_slice(whole, 1, 0, -1)), TensorProto.FLOAT)
-    edges = b.op("Sub", b.axis_slice(edge, 1, 1, INT64_MAX), b.axis_slice(edge, 1, 0, -1))
-    return b.op("Div", b.op("Add", inside, edges), b.cast(step, TensorProto.FLOAT))
-
-
-def area_matrix(b: Builder, n_in: str, n_out: str, step: str) -> str:
-    """(n_in, n_out) float32 cv2.INTER_AREA weights along one axis: overlap of pixel j and [i*s, (i+1)*s), / s."""
-    j = b.op("Unsqueeze", coords(b, n_in), b.const([1]))  # (n_in, 1)
-    start = b.op("Mul", coords(b, n_out), step)  # (n_out,)
-    overlap = b.op("Sub", b.op("Min", b.op("Add", j, b.const(1.0, np.float64)), b.op("Add", start, step)),
-                   b.op("Max", j, start))
-    return b.cast(b.op("Div", b.op("Relu", overlap), step), TensorProto.FLOAT)
-
-
-def resize_image(b: Builder, x: str, size: int) -> tuple[str, str]:
-    """(N, H, W, 3) uint8 -> ((N, 3, h, w) float32 whole grey levels, (h, w)): the long side to `size`."""
-    hw = b.dims(x, 1, 3)
-    new_hw, steps, shrink = target_size(b, hw, size)
-    (h, w), (new_h, new_w), (step_h, step_w) = ([b.axis_slice(v, 0, i, i + 1) for i in (0, 1)]
-                                                for v in (hw, new_hw, steps))
-    # Rows by prefix sums on the NHWC image (linear in its size), columns of the much smaller result by a matmul.
-    rows = b.op("Transpose", area_rows(b, x, h, new_h, step_h), perm=[0, 3, 1, 2])  # (N, 3, h, W)
-    area = b.op("MatMul", rows, area_matrix(b, w, new_w, step_w))  # (N, 3, h, w)
-    # Enlarging only happens when H, W <= size: the crop bounds the wasted work when shrinking.
-    small = b.op("Slice", x, b.const([0, 0]), b.const([size, size]), b.const([1, 2]))
-    small = b.cast(b.op("Transpose", small, perm=[0, 3, 1, 2]), TensorProto.FLOAT)
-    linear = b.resize(small, b.op("Concat", b.dims(small, 0, 2), new_hw, axis=0))
-    chosen = b.op("Where", shrink, area, linear)
-    # cv2 rounds half to even, except in its exact 2x2 shrink (half up): there every value is a multiple of
-    # 1/4, so a nudge of 1e-3 moves exactly the halves up
-    halves = b.op("ReduceMin", b.cast(b.op("Equal", hw, b.op("Mul", new_hw, b.const([2]))), TensorProto.FLOAT),
-                  keepdims=1)
-    return b.op("Round", b.op("Add", chosen, b.op("Mul", halves, b.const(1e-3, np.float32)))), new_hw
-
-
-def resize_model(size: int) -> onnx.ModelProto:
-    """The resize stage alone, uint8 (H, W, 3) -> float32 (3, h, w) whole grey levels (tests, benchmarks)."""
-    b = Builder()
-    b.op("Squeeze", resize_image(b, b.op("Unsqueeze", INPUT, b.const([0])), size)[0], b.const([0]), out="resized")
-    graph = helper.make_graph(b.nodes, "resize", [helper.make_tensor_value_info(INPUT, TensorProto.UINT8, None)],
-                              [helper.make_tensor_value_info("resized", TensorProto.FLOAT, None)], b.constants)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", MIN_OPSET)], ir_version=8)
 
 
 def preprocess(b: Builder, meta: dict, image: str, batch: bool) -> tuple[str, str]:

@@ -30,6 +30,7 @@ if __name__ == "__main__":  # run as a script (main below): the repository's mod
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exporting import e2e  # noqa: E402
+from exporting.e2e_ops import resize_model  # noqa: E402
 from runtime.e2e import is_end_to_end, predict_e2e  # noqa: E402
 from utils import DEFAULT_METADATA, IMAGENET_MEAN, IMAGENET_STD, UserError, resize_long_side  # noqa: E402
 
@@ -193,18 +194,20 @@ def test_parity_with_the_python_engine(tmp_path, classes, output, tta, half):
         assert differ == 0 if shrinking else differ <= max(1, 0.01 * mask.size), (h, w, differ)
 
 
-def test_in_graph_resize_is_cv2_area_and_linear():
-    pre, rng = session(e2e.resize_model(64).SerializeToString()), np.random.default_rng(3)
-    for h, w in [(128, 96), (256, 200), (130, 64), (333, 97), (611, 457), (40, 23), (64, 13)]:
+@pytest.mark.parametrize("size", [64, 320])  # column pass by matmul (<= MATMUL_SIDE) and by prefix sums
+def test_in_graph_resize_is_cv2_area_and_linear(size):
+    pre, rng, k = session(resize_model(size).SerializeToString()), np.random.default_rng(3), size // 64
+    exact = [(128 * k, 96 * k), (256 * k, 200 * k)]  # exact 2x and 4x shrinks: cv2's two rounding rules
+    for h, w in exact + [(130 * k, 64 * k), (333 * k, 97 * k), (611, 457), (40 * k, 23 * k), (64 * k, 13), (3, 5)]:
         image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        want = resize_long_side(image, 64).transpose(2, 0, 1).astype(np.float32)
+        want = resize_long_side(image, size).transpose(2, 0, 1).astype(np.float32)
         got = pre.run(None, {"image": image})[0]
         assert got.shape == want.shape
         diff = np.abs(got - want)
         assert diff.max() <= 1
-        if (h, w) in [(128, 96), (256, 200)]:  # exact 2x and 4x shrinks: cv2's two rounding rules
+        if (h, w) in exact:
             assert diff.max() == 0
-        elif max(h, w) > 64:  # area weights in float vs float64 prefix sums: rare last-bit differences
+        elif max(h, w) > size:  # float area weights vs cv2's own float ones: rare last-bit differences
             assert np.mean(diff > 0) < 1e-3
 
 
