@@ -14,11 +14,12 @@ the e2e graph uses the CV threshold, `adaptive` for the cascade); both get the s
   inside, and how close the engine's probability is to the threshold there. Mean Dice of each side against
   the ground truth (utils.MULTICLASS_RULE for multi-class models).
 - resize: the graph's resize stage alone (exporting.e2e_ops.resize_model) vs utils.resize_long_side.
-- cost: e2e session.run on the uint8 image vs Segmenter.predict (pre-processing, model, post-processing, each
-  timed by the engine), alternating on every image, --repeats rounds; per image the median, then the mean. The e2e graph's
-  own pre+post: the same conversion around a 1x1-conv stand-in with MODEL's metadata, less the stand-in's
-  own time on the engine's tensors. onnxruntime's profiler splits the e2e graph's time by stage (node
-  names pre/, model/, post/; its layout reorders count as model) on one extra pass.
+- resize, for comparison: onnxruntime's Resize (linear, opset-18 antialias) on the same images and sizes.
+- cost: e2e session.run on the uint8 image vs Segmenter.predict (pre-processing, model, post-processing,
+  each timed by the engine), alternating on every image, --repeats rounds; per image the median, then the
+  mean. The e2e graph's own pre+post: the same conversion around a 1x1-conv stand-in with MODEL's
+  metadata, less the stand-in's own time on the engine's tensors. onnxruntime's profiler splits the e2e
+  graph's time by stage (node names pre/, model/, post/; its layout reorders count as model) on one pass.
   --large HxW adds the same comparison on one photo scaled to that size (resizing is per pixel).
 """
 
@@ -102,13 +103,38 @@ def parity(pairs, session, engine: Segmenter, classes: int, cut: float | None) -
     return rows, summary
 
 
-def resize_fidelity(pairs, size: int) -> dict:
-    """The graph's resize stage vs cv2 (utils.resize_long_side), grey levels over all images."""
-    session = create_session_from_bytes(resize_model(size).SerializeToString())
-    diffs = [np.abs(session.run(None, {"image": image})[0] - resize_long_side(image, size).transpose(2, 0, 1))
-             for _, image, _ in pairs]
+def antialias_model() -> bytes:
+    """uint8 (H, W, 3) + target sizes (4,) -> onnxruntime's antialiased bilinear Resize, rounded (opset 18)."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Transpose", ["image"], ["chw"], perm=[2, 0, 1]),
+             helper.make_node("Cast", ["chw"], ["float"], to=TensorProto.FLOAT),
+             helper.make_node("Unsqueeze", ["float", "zero"], ["batch"]),
+             helper.make_node("Resize", ["batch", "", "", "sizes"], ["resized"], mode="linear", antialias=1,
+                              coordinate_transformation_mode="half_pixel"),
+             helper.make_node("Round", ["resized"], ["out"])]
+    graph = helper.make_graph(nodes, "antialias", [helper.make_tensor_value_info("image", TensorProto.UINT8, None),
+                                                   helper.make_tensor_value_info("sizes", TensorProto.INT64, [4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              [helper.make_tensor("zero", TensorProto.INT64, [1], [0])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8).SerializeToString()
+
+
+def level_stats(diffs: list[np.ndarray]) -> dict:
     values = np.concatenate([d.ravel() for d in diffs])
-    return {"max_level_diff": float(values.max()), "fraction_differing": float(np.mean(values > 0))}
+    return {"max_level_diff": float(values.max()), "mean_level_diff": float(values.mean()),
+            "fraction_differing": float(np.mean(values > 0))}
+
+
+def resize_fidelity(pairs, size: int) -> dict:
+    """The graph's resize stage and onnxruntime's antialiased Resize vs cv2 (utils.resize_long_side), grey levels."""
+    graph = create_session_from_bytes(resize_model(size).SerializeToString())
+    antialias = create_session_from_bytes(antialias_model())
+    wanted = [resize_long_side(image, size).transpose(2, 0, 1) for _, image, _ in pairs]
+    ours = [np.abs(graph.run(None, {"image": image})[0] - want) for (_, image, _), want in zip(pairs, wanted)]
+    theirs = [np.abs(antialias.run(None, {"image": image, "sizes": np.array((1, *want.shape), np.int64)})[0][0] - want)
+              for (_, image, _), want in zip(pairs, wanted)]
+    return {**level_stats(ours), "antialias": level_stats(theirs)}
 
 
 def create_session_from_bytes(model: bytes):
@@ -234,7 +260,8 @@ def prepost_cost(plain_path: Path, images, engine: Segmenter, tta: str, threshol
     tensors = [np.repeat(np.pad(chw, ((0, 0), (0, ph - chw.shape[1]), (0, pw - chw.shape[2])))[None], views, 0)
                for chw, (ph, pw) in tensors]
     times = interleaved({"e2e": lambda i: predict_e2e(session, images[i]),
-                         "stand_in": lambda i: model.run(None, {"image": tensors[i]})}, list(range(len(images))), repeats)
+                         "stand_in": lambda i: model.run(None, {"image": tensors[i]})},
+                        list(range(len(images))), repeats)
     return {"e2e_stand_in_ms": per_image_ms(times["e2e"]), "stand_in_model_ms": per_image_ms(times["stand_in"])}
 
 
@@ -287,8 +314,9 @@ def print_report(summary: dict, resize: dict, cost: dict, stages: dict, large: d
                   summary["differing_on_border"], f"{summary['probs_max_diff']:.1e}"]])
     print(f"worst: {worst['image']} {worst['size']}: IoU {worst['iou']:.4f}, {worst['differ']}, "
           f"max probs diff {worst['probs_max_diff']:.1e}")
-    print(f"resize stage vs cv2: max {resize['max_level_diff']:.0f} grey level, "
-          f"{100 * resize['fraction_differing']:.4f} % of values differ")
+    for label, stats in (("the graph's resize", resize), ("onnxruntime Resize, antialias", resize["antialias"])):
+        print(f"{label} vs cv2: max {stats['max_level_diff']:.0f} grey levels, mean {stats['mean_level_diff']:.4f}, "
+              f"{100 * stats['fraction_differing']:.4f} % of values differ")
     engine_prepost = cost["engine_pre_ms"] + cost["engine_post_ms"]
     e2e_prepost = cost["e2e_stand_in_ms"] - cost["stand_in_model_ms"]
     print("\ncost per image (ms, mean of per-image medians, sides alternating on every image; e2e pre+post: the "
