@@ -230,21 +230,25 @@ def timed_passes(images, session, engine: Segmenter, repeats: int) -> dict:
 
 
 def stand_in(plain_path: Path, out: Path) -> Path:
-    """MODEL's metadata and I/O around a 1x1 convolution: the e2e graph's pre+post cost with (almost) no model."""
+    """MODEL's metadata and I/O around a 1x1 convolution (+ its sigmoid/softmax when MODEL outputs probs, so
+    that the e2e graph adds the same nodes as around MODEL): the graph's pre+post cost with almost no model."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     plain = onnx.load(str(plain_path), load_external_data=False)
     meta = json.loads(next(p.value for p in plain.metadata_props if p.key == "segmentation"))
     classes = int(meta["num_classes"])
-    weight = numpy_helper.from_array(np.full((classes, 3, 1, 1), 0.1, np.float32), "w")
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(0, 1, (classes, 3, 1, 1)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["image", "w"], ["logits"])]
+    if meta.get("output", "probs") == "probs":
+        nodes.append(helper.make_node("Sigmoid", ["logits"], ["probs"]) if classes == 1 else
+                     helper.make_node("Softmax", ["logits"], ["probs"], axis=1))
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["image", "w"], ["logits"])], "stand_in",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes, "height", "width"])], [weight])
+        nodes, "stand_in", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, ["batch", classes, "height", "width"])],
+        [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    entry = model.metadata_props.add()
-    entry.key, entry.value = "segmentation", json.dumps({**meta, "output": "logits"})
+    model.metadata_props.extend(plain.metadata_props)
     onnx.save(model, str(out))
     return out
 

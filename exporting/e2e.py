@@ -19,7 +19,7 @@ with the engine's own pre- and post-processing (utils.preprocess / inference.Seg
     -> probs float32 (C, H, W); mask uint8 (H, W): 0/255 (binary, probs > threshold) or class ids (argmax).
 
 Threshold: fixed (the metadata's CV threshold, or --threshold T) by default. `--threshold adaptive`
-bakes the cascade in (each level's mask, ReduceSum of its area, a chain of Where): the first level
+bakes the cascade in (ReduceSum of each level's area, a chain of Where picks the level): the first level
 whose mask holds at least min_area pixels wins, else an empty mask. The Python engine counts the
 largest 8-connected component instead of the total area; connected components have no ONNX op, so
 that variant is opt-in and its disagreement with the engine is measured (bench/e2e_parity.py).
@@ -100,13 +100,12 @@ def make_mask(b: Builder, probs: str, num_classes: int, rule: dict) -> str:
     on, off = b.const(255, np.uint8), b.const(0, np.uint8)
     if rule["mode"] == "fixed":
         return b.op("Where", b.op("Greater", fg, b.const(rule["threshold"], np.float32)), on, off)
-    chosen = b.op("Where", b.op("Less", fg, b.const(-1.0, np.float32)), on, off)  # all 0: nothing reached min_area
-    need = b.const(max(int(rule["min_area"]), 1))
-    for level in reversed(rule["cascade"]):  # uint8 masks: onnxruntime has no Where over bool
-        above = b.op("Greater", fg, b.const(float(level), np.float32))
-        area = b.op("ReduceSum", b.cast(above, TensorProto.INT64), b.const([1, 2]), keepdims=1)  # (N, 1, 1)
-        chosen = b.op("Where", b.op("GreaterOrEqual", area, need), b.op("Where", above, on, off), chosen)
-    return chosen
+    cut, need = b.const(2.0, np.float32), b.const(float(max(int(rule["min_area"]), 1)), np.float32)  # 2: empty mask
+    for level in reversed(rule["cascade"]):  # per image: the first level whose mask holds min_area pixels
+        level = b.const(float(level), np.float32)
+        area = b.op("ReduceSum", b.cast(b.op("Greater", fg, level), TensorProto.FLOAT), b.const([1, 2]), keepdims=1)
+        cut = b.op("Where", b.op("GreaterOrEqual", area, need), level, cut)  # (N, 1, 1)
+    return b.op("Where", b.op("Greater", fg, cut), on, off)
 
 
 def postprocess(b: Builder, out: str, meta: dict, sizes: dict, views: list, rule: dict, batch: bool) -> None:

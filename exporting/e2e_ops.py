@@ -80,7 +80,7 @@ def coords(b: Builder, n: str) -> str:
 
 
 def area_axis(b: Builder, x: str, axis: int, n_in: str, n_out: str, step: str, sum_type: int) -> str:
-    """cv2.INTER_AREA along `axis` (1 or 2) of a rank-4 tensor -> float32: output i averages input [i*s, (i+1)*s).
+    """cv2.INTER_AREA along `axis` (2 of NCHW) -> float32: output i averages input [i*s, (i+1)*s).
 
     With E the exclusive prefix sums, the integral up to p is E[k] + (p - k) * x[k], k = min(floor p,
     n_in - 1); output i is the integral up to (i+1)*s less the one up to i*s: O(input) work, and Gather
@@ -116,14 +116,16 @@ def area_matrix(b: Builder, n_in: str, n_out: str, step: str) -> str:
 def area_resize(b: Builder, x: str, hw: str, new_hw: str, steps: str, size: int) -> str:
     """cv2.INTER_AREA of uint8 (N, H, W, 3) -> float32 (N, 3, h, w): the rows of the image by prefix sums,
     then the columns of the much smaller result: by a matmul with the (W, w) weights while w <= MATMUL_SIDE
-    (fewest nodes), else by prefix sums too (its work does not grow with w)."""
+    (fewest nodes), else by prefix sums too (its work does not grow with w). Only NCHW <-> NHWC and
+    last-two-axes transposes: onnxruntime's fast ones."""
     (h, w), (new_h, new_w), (step_h, step_w) = ([b.axis_slice(v, 0, i, i + 1) for i in (0, 1)]
                                                 for v in (hw, new_hw, steps))
-    rows = area_axis(b, x, 1, h, new_h, step_h, TensorProto.INT32)  # (N, h, W, 3)
+    x = b.op("Transpose", x, perm=[0, 3, 1, 2])  # (N, 3, H, W) uint8
+    rows = area_axis(b, x, 2, h, new_h, step_h, TensorProto.INT32)  # (N, 3, h, W)
     if size <= MATMUL_SIDE:
-        return b.op("MatMul", b.op("Transpose", rows, perm=[0, 3, 1, 2]), area_matrix(b, w, new_w, step_w))
-    rows = b.op("Transpose", rows, perm=[0, 3, 2, 1])  # (N, 3, W, h): columns as rows
-    return b.op("Transpose", area_axis(b, rows, 2, w, new_w, step_w, TensorProto.DOUBLE), perm=[0, 1, 3, 2])
+        return b.op("MatMul", rows, area_matrix(b, w, new_w, step_w))
+    cols = area_axis(b, b.op("Transpose", rows, perm=[0, 1, 3, 2]), 2, w, new_w, step_w, TensorProto.DOUBLE)
+    return b.op("Transpose", cols, perm=[0, 1, 3, 2])
 
 
 def linear_resize(b: Builder, x: str, new_hw: str, size: int) -> str:
