@@ -338,6 +338,12 @@ def print_report(summary: dict, resize: dict, cost: dict, stages: dict, large: d
               f"post {large['engine_post_ms']:.0f})")
 
 
+def shown(path: Path) -> str:
+    """A path for the committed results: relative as given, else its last two parts (no machine's folders)."""
+    return str(path) if not path.is_absolute() or path.resolve().is_relative_to(ROOT.parent) else \
+        str(Path(*path.parts[-2:]))
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", type=Path, help="the plain exported .onnx")
@@ -385,7 +391,7 @@ def main() -> None:
     if runtimes:
         print("\nthe same e2e file in other runtimes vs Python onnxruntime (masks)")
         print_table(["runtime", "images", "identical masks", "min IoU", "mean IoU", "pixels differing"], runtimes)
-    result = {"model": str(args.model), "images": str(args.images), "tta": args.tta,
+    result = {"model": shown(args.model), "images": shown(args.images), "tta": args.tta,
               "threshold": "adaptive" if adaptive else engine.post.threshold, "threads": args.threads,
               "summary": summary, "resize": resize, "runtimes": runtimes, "cost": cost, "stages": stages,
               "large": large, "rows": rows}

@@ -316,6 +316,24 @@ def test_opencv_dnn_runs_the_end_to_end_graph(tmp_path):
     assert np.mean(mask == want_mask) >= 0.999 and np.abs(probs - want_probs).max() < 1e-4
 
 
+def test_parity_bench_runs_on_a_tiny_model(tmp_path):
+    """bench/e2e_parity.py end to end on 3 generated images (the BENCHMARKS.md numbers come from real models)."""
+    plain = tiny_plain(tmp_path / "m.onnx", 3, "logits")
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    for i, (h, w) in enumerate([(90, 120), (50, 40), (64, 64)]):
+        cv2.imwrite(str(tmp_path / "images" / f"{i}.png"), smooth_image(h, w, i))
+        cv2.imwrite(str(tmp_path / "masks" / f"{i}.png"), (smooth_image(h, w, i + 9)[..., 0] % 3).astype(np.uint8))
+    done = subprocess.run([sys.executable, "bench/e2e_parity.py", str(plain), str(tmp_path / "images"),
+                           str(tmp_path / "masks"), "--repeats", "1", "--runtimes", "opencv", "--large", "300x400",
+                           "--threads", "1", "--out", str(tmp_path / "out.json")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["summary"]["images"] == 3 and result["model"] == str(plain.relative_to(plain.parents[1]))
+    assert result["cost"]["e2e_ms"] > 0 and result["large"]["size"] == [300, 400]
+    assert "| e2e graph |" in done.stdout and "OpenCV" in done.stdout
+
+
 # ----------------------------------------------------------------------------- Node.js and the browser
 
 
