@@ -326,7 +326,8 @@ def test_parity_bench_runs_on_a_tiny_model(tmp_path):
         cv2.imwrite(str(tmp_path / "masks" / f"{i}.png"), (smooth_image(h, w, i + 9)[..., 0] % 3).astype(np.uint8))
     done = subprocess.run([sys.executable, "bench/e2e_parity.py", str(plain), str(tmp_path / "images"),
                            str(tmp_path / "masks"), "--repeats", "1", "--runtimes", "opencv", "--large", "300x400",
-                           "--threads", "1", "--out", str(tmp_path / "out.json")], cwd=ROOT, capture_output=True, text=True)
+                           "--threads", "1", "--out", str(tmp_path / "out.json")],
+                          cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((tmp_path / "out.json").read_text())
     assert result["summary"]["images"] == 3 and result["model"] == str(plain.relative_to(plain.parents[1]))
