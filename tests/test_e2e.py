@@ -173,6 +173,21 @@ def test_helper_takes_grey_and_rgba_and_refuses_floats(tmp_path):
         predict_e2e(model, rgb.astype(np.float32))
 
 
+@pytest.mark.parametrize("module,blocked", [("exporting.e2e", "'torch', 'torchvision', 'segmentation_models_pytorch'"),
+                                            ("runtime.e2e", "'torch', 'torchvision', 'segmentation_models_pytorch', "
+                                                            "'onnx'")])
+def test_import_needs_no_torch(module, blocked):
+    """The builder is torch-free (onnx only); the runtime helper needs neither torch nor onnx."""
+    code = (f"import sys\nBLOCKED = {{{blocked}}}\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in BLOCKED:\n"
+            "            raise ImportError('blocked: ' + name)\n"
+            f"sys.meta_path.insert(0, Block())\nimport {module}\nprint('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
 # ----------------------------------------------------------------------------- parity with the engine
 
 
