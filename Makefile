@@ -4,10 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The Node.js and browser examples (examples/, tests/test_e2e.py): npm packages only, no install scripts.
+NODE_STAMP := examples/node_modules/.package-lock.json
 
 .PHONY: demo demo-steel test install clean
 
-install: $(STAMP)
+install: $(STAMP) $(NODE_STAMP)
 
 $(STAMP): requirements-train.txt requirements-infer.txt requirements-app.txt requirements-dist.txt requirements-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,13 +17,17 @@ $(STAMP): requirements-train.txt requirements-infer.txt requirements-app.txt req
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-test.txt
 	touch $(STAMP)
 
+$(NODE_STAMP): examples/package.json examples/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then npm ci --prefix examples --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the Node.js and browser example tests cannot run (apt-get install nodejs npm)"; fi
+
 demo: $(STAMP)
 	$(PY) demo.py
 
 demo-steel: $(STAMP)
 	$(PY) demo.py --steel
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -q
 
 clean:

@@ -271,6 +271,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val-dir", default=None, help="--int8 Dice on DIR/images + DIR/masks "
                         "(default: the cached validation images of the exported folds)")
     parser.add_argument("--calib-images", type=int, default=64, help="cached images used for int8 calibration")
+    parser.add_argument("--end-to-end", action="store_true", help="also write <name>.e2e.onnx: uint8 RGB image in, "
+                        "mask and probs out (exporting/e2e.py; python -m exporting.e2e converts an existing file)")
     add_foreign_args(parser)
     triton = parser.add_argument_group("Triton model repository (written only; Triton is not started)")
     triton.add_argument("--triton-repo", default=None,
@@ -325,6 +327,10 @@ def main(argv: list[str] | None = None) -> None:
                                  read_class_names(args), args.output, args.trust_pickle, **options)
     else:
         path = export_onnx(args.work_dir, parse_folds(args.folds, args.fold), args.output, **options)
+    if args.end_to_end:
+        from exporting.e2e import convert
+
+        convert(path, check=not args.no_verify)
     if args.triton_repo:
         write_triton_repo(path, args.triton_repo, args.triton_name, max_batch_size=args.triton_max_batch,
                           kind=args.triton_kind, instances=args.triton_instances,
