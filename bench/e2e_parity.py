@@ -38,7 +38,8 @@ import numpy as np
 from common import ROOT, add_run_args, machine_info, median, print_table, side_by_side, verdict, write_result
 from exporting.e2e import TTA_VIEWS, convert
 from exporting.e2e_ops import resize_model
-from inference import Segmenter, create_session
+from inference import Segmenter
+from runtime.session import create_session
 from runtime.e2e import predict_e2e
 from utils import (class_dice_iou, dice_iou, index_masks, list_images, read_image, read_mask, resize_long_side,
                    setup_logging)
@@ -259,10 +260,8 @@ def prepost_cost(plain_path: Path, images, engine: Segmenter, tta: str, threshol
     plain = stand_in(plain_path, tmp / "stand_in.onnx")
     session = create_session(convert(plain, tmp / "stand_in.e2e.onnx", tta, threshold), CPU, threads)
     model = create_session(plain, CPU, threads)
-    tensors = [engine.prepare(image) for image in images]
     views = len(TTA_VIEWS[tta])  # the e2e graph runs every view through the model in one batch
-    tensors = [np.repeat(np.pad(chw, ((0, 0), (0, ph - chw.shape[1]), (0, pw - chw.shape[2])))[None], views, 0)
-               for chw, (ph, pw) in tensors]
+    tensors = [np.repeat(engine.prepare(image)[0][None], views, 0) for image in images]  # padded (views, 3, H', W')
     times = interleaved({"e2e": lambda i: predict_e2e(session, images[i]),
                          "stand_in": lambda i: model.run(None, {"image": tensors[i]})},
                         list(range(len(images))), repeats)

@@ -40,8 +40,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from exporting.e2e_ops import INPUT, MIN_OPSET, Builder, resize_image
-from utils import LOG, METADATA_KEY, UserError, atomic_write_bytes, decode_metadata, encode_metadata, run_cli, \
-    setup_logging
+from runtime.metadata import METADATA_KEY, decode_metadata, encode_metadata
+from utils import LOG, UserError, atomic_write_bytes, run_cli, setup_logging
 
 TTA_VIEWS = {"none": [()], "hflip": [(), (3,)], "flips": [(), (3,), (2,), (2, 3)]}  # NCHW axes flipped per view
 MASK, PROBS = "mask", "probs"

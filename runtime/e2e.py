@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from utils import UserError, decode_metadata
+from runtime.metadata import decode_metadata
+from utils import UserError
 
 MASK, PROBS = "mask", "probs"
 

@@ -32,7 +32,8 @@ if __name__ == "__main__":  # run as a script (main below): the repository's mod
 from exporting import e2e  # noqa: E402
 from exporting.e2e_ops import resize_model  # noqa: E402
 from runtime.e2e import is_end_to_end, predict_e2e  # noqa: E402
-from utils import DEFAULT_METADATA, IMAGENET_MEAN, IMAGENET_STD, UserError, resize_long_side  # noqa: E402
+from runtime.metadata import DEFAULT_METADATA  # noqa: E402
+from utils import IMAGENET_MEAN, IMAGENET_STD, UserError, resize_long_side  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
