@@ -197,10 +197,11 @@ def collect_sources(raw_img_dir: str | None, raw_mask_dir: str | None, raw_json_
     return pair_by_stem(raw_img_dir, raw_mask_dir)
 
 
-def check_mask_labels(entries: list, class_names: list[str], num_classes: int) -> list[str]:
+def check_mask_labels(entries: list, class_names: list[str], num_classes: int, segment: bool = True) -> list[str]:
     """Stop when every mask is empty (nothing to learn); warn about each configured foreground class without a
-    pixel in any cached mask and return their names."""
-    if entries and all(entry.empty for entry in entries):
+    pixel in any cached mask and return their names. A gate (`segment` False) checks its own labels instead
+    (classify.check_labels: it needs defective and clean images)."""
+    if segment and entries and all(entry.empty for entry in entries):
         raise UserError(f"all {len(entries)} masks are empty: nothing to learn. Binary masks are 0/255 or 0/1, "
                         "multi-class masks hold class ids 1..CLASSES-1; check RAW_MASK_DIR (or the export) and CLASSES")
     if num_classes == 1:

@@ -137,7 +137,7 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     if entries is None:
         entries = build_cache(sources, work, cfg.input_size, cfg.classes, cropper=cropper, write=False,
                               max_pixels=cfg.max_image_pixels)
-    check_mask_labels(entries, cfg.names(), cfg.classes)
+    check_mask_labels(entries, cfg.names(), cfg.classes, segment=cfg.task == "segment")
     return entries, {s.key: s for s in sources}, device
 
 
