@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.metadata import decode_metadata
-from utils import UserError
+from runtime.metadata import check_metadata, decode_metadata
+from utils import LOG, UserError
 
 MASK, PROBS = "mask", "probs"
 
@@ -55,3 +55,17 @@ def predict_e2e(session, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     batched = len(model_input.shape) == 4
     mask, probs = session.run([MASK, PROBS], {model_input.name: image[None] if batched else image})
     return (mask[0], probs[0]) if batched else (mask, probs)
+
+
+def load_e2e_metadata(session, model_path, tta: str | None = None) -> tuple[dict, bool]:
+    """The metadata of an end-to-end graph for the Python engine: checked like a plain model's. Its TTA is
+    baked in; asking for more is refused (the graph takes one image, not its flipped copies)."""
+    meta, found = decode_metadata(session.get_modelmeta().custom_metadata_map)
+    if tta not in (None, "none"):
+        raise UserError(f"--tta {tta}: {model_path} is an end-to-end graph with its TTA baked in "
+                        f"({meta.get('tta') or 'none'}); drop --tta, or export it with python -m exporting.e2e --tta")
+    check_metadata({k: v for k, v in meta.items() if k != "tta"} | {"tta": "none"})
+    LOG.info("%s is an end-to-end graph: it resizes, normalises and runs the model itself; the engine applies "
+             "its post-processing to the graph's probs (--threshold model cuts where the graph's mask does)",
+             model_path)
+    return meta, found

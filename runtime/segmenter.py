@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from runtime.crop import load_crop_stage
+from runtime.e2e import is_end_to_end, load_e2e_metadata, predict_e2e
 from runtime.foreign import load_segmenter_metadata  # noqa: F401 - also imported from here
 from runtime.gate import Gate, clean_prediction
 from runtime.metadata import decode_metadata
@@ -122,10 +123,15 @@ class Segmenter:
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         self.input_dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32
-        self.meta, self.has_metadata = load_segmenter_metadata(self.session, self.model_path, description,
-                                                               self._probe_classes)
-        self.fixed_hw = fixed_input_size(self.input_name, model_input.shape)
-        self._check_output_channels()
+        self.end_to_end = is_end_to_end(self.session)  # a .e2e.onnx: the uint8 image in, probs at its size out
+        if self.end_to_end:
+            self.meta, self.has_metadata = load_e2e_metadata(self.session, self.model_path, tta)
+            self.fixed_hw = None
+        else:
+            self.meta, self.has_metadata = load_segmenter_metadata(self.session, self.model_path, description,
+                                                                   self._probe_classes)
+            self.fixed_hw = fixed_input_size(self.input_name, model_input.shape)
+            self._check_output_channels()
         self.max_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else 0  # 0: any
         self.tta = self._resolve_tta(tta)
         self.post = self._post_options(post)
@@ -277,6 +283,8 @@ class Segmenter:
         All images and their TTA flips go through the model together (one session.run per input
         shape); flipped outputs are flipped back and the probabilities averaged.
         """
+        if getattr(self, "end_to_end", False):
+            return self._predict_probs_e2e(images)
         t0 = time.perf_counter()
         images = [as_rgb(image) for image in images]
         prepared = [self.prepare(image) for image in images]  # ((3, H', W'), (h, w)) each
@@ -292,6 +300,15 @@ class Segmenter:
         n = max(len(images), 1)
         self.timing = {"pre_ms": (t1 - t0) * 1e3 / n, "infer_ms": (t2 - t1) * 1e3 / n, "post_ms": (t3 - t2) * 1e3 / n}
         return results
+
+    def _predict_probs_e2e(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """An end-to-end graph does the pre-processing, the model and the resize back itself: its `probs`
+        (C, H, W) go through the engine's post-processing like any model's."""
+        t0 = time.perf_counter()
+        probs = [predict_e2e(self.session, as_rgb(image))[1].astype(np.float32) for image in images]
+        n = max(len(images), 1)
+        self.timing = {"pre_ms": 0.0, "infer_ms": (time.perf_counter() - t0) * 1e3 / n, "post_ms": 0.0}
+        return probs
 
     def predict_probs(self, image: np.ndarray) -> np.ndarray:
         """RGB uint8 (H, W, 3) -> float32 probabilities (C, H, W) at the image's own size."""

@@ -320,6 +320,35 @@ def test_export_end_to_end_flag_writes_the_e2e_file_beside_the_plain_one(tmp_pat
     assert is_end_to_end(session(tmp_path / "run" / "model.e2e.onnx"))
 
 
+@pytest.mark.parametrize("classes", [1, 3])
+def test_inference_cli_runs_the_e2e_file_like_its_plain_file(tmp_path, classes):
+    """inference.py --model x.e2e.onnx: the graph's probs, the engine's post-processing; with --threshold model the
+    masks equal the graph's own mask output and the plain file's masks."""
+    import inference
+    from utils import read_mask
+
+    plain = tiny_plain(tmp_path / "m.onnx", classes, threshold=0.45)
+    e2e_path = e2e.convert(plain)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, (h, w) in enumerate([(70, 90), (120, 64)]):
+        cv2.imwrite(str(images / f"i{i}.png"), cv2.cvtColor(smooth_image(h, w, i), cv2.COLOR_RGB2BGR))
+    for model, out in ((plain, "plain"), (e2e_path, "e2e")):
+        inference.main(["--model", str(model), "--source", str(images), "--output", str(tmp_path / out),
+                        "--threshold", "model", "--min-area", "0"])
+    graph = session(e2e_path)
+    for i in range(2):
+        got = read_mask(tmp_path / "e2e" / "masks" / f"i{i}.png", num_classes=classes)
+        want = read_mask(tmp_path / "plain" / "masks" / f"i{i}.png", num_classes=classes)
+        assert got.shape == want.shape and (got != want).mean() < 1e-3
+        rgb = cv2.cvtColor(cv2.imread(str(images / f"i{i}.png")), cv2.COLOR_BGR2RGB)
+        graph_mask = predict_e2e(graph, rgb)[0]
+        assert np.array_equal(got, graph_mask // 255 if classes == 1 else graph_mask)
+    with pytest.raises(UserError, match="TTA baked in"):
+        inference.main(["--model", str(e2e_path), "--source", str(images), "--output", str(tmp_path / "x"),
+                        "--tta", "hflip"])
+
+
 def test_opencv_dnn_runs_the_end_to_end_graph(tmp_path):
     if not hasattr(cv2, "dnn"):
         pytest.skip(f"OpenCV {cv2.__version__} has no dnn module")
