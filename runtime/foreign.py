@@ -47,7 +47,8 @@ def check_io(inputs: list[tuple[str, list]], outputs: list[tuple[str, list]]) ->
         raise UserError(f"the model's input {name!r} is NHWC {dims_in}; segpipe feeds NCHW (N, 3, H, W): "
                         "re-export it channels-first (or put a Transpose in front)")
     if isinstance(dims_in[1], int) and dims_in[1] not in (0, 3):
-        raise UserError(f"the model's input {name!r} has {dims_in[1]} channels; segpipe feeds RGB (3)")
+        raise UserError(f"the model's input {name!r} has shape {dims_in}: {dims_in[1]} channels; segpipe feeds RGB "
+                        "(N, 3, H, W)")
     if len(dims_out) != 4:
         raise UserError(f"the model's output {out_name!r} has shape {dims_out}; segpipe reads (N, C, h, w) scores")
     return list(dims_in), list(dims_out)

@@ -84,13 +84,8 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
 
 
 def fixed_input_size(name: str, shape) -> tuple[int, int] | None:
-    """(H, W) of an (N, 3, H, W) model input exported with a static size, else None (dynamic)."""
-    if len(shape) != 4:
-        raise UserError(f"model input '{name}' has rank {len(shape)}, shape {shape}; expected rank 4, "
-                        "(N, 3, H, W): export an NCHW image model")
-    if isinstance(shape[1], int) and shape[1] != 3:
-        raise UserError(f"model input '{name}' has shape {shape}: {shape[1]} channels, expected "
-                        "(N, 3, H, W); only RGB (3-channel) models are supported")
+    """(H, W) of an (N, 3, H, W) model input exported with a static size, else None (dynamic). The layout
+    itself was checked at load (runtime.foreign.check_io)."""
     if isinstance(shape[2], int) and isinstance(shape[3], int):
         LOG.info("model has a fixed %dx%d input; images are letterboxed to it", shape[3], shape[2])
         return shape[2], shape[3]

@@ -199,9 +199,9 @@ def build_shaped(path: Path, in_shape: list, channels_out: int = 1) -> Path:
 
 
 @pytest.mark.parametrize("shape, message", [
-    (["N", 3, "H"], r"rank 3, shape \['N', 3, 'H'\]; expected rank 4, \(N, 3, H, W\)"),
-    (["N", 1, "H", "W"], r"shape \['N', 1, 'H', 'W'\]: 1 channels, expected \(N, 3, H, W\)"),
-    (["N", 4, 64, 64], r"4 channels, expected \(N, 3, H, W\)"),
+    (["N", 3, "H"], r"input 'image' has shape \['N', 3, 'H'\]; segpipe feeds \(N, 3, H, W\)"),
+    (["N", 1, "H", "W"], r"input 'image' has shape \['N', 1, 'H', 'W'\]: 1 channels; segpipe feeds RGB \(N, 3, H, W\)"),
+    (["N", 4, 64, 64], r"input 'image' has shape \['N', 4, 64, 64\]: 4 channels; segpipe feeds RGB \(N, 3, H, W\)"),
 ])
 def test_wrong_input_rank_or_channels_is_rejected_at_load(tmp_path, shape, message):
     with pytest.raises(UserError, match=message):
