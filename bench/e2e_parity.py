@@ -338,9 +338,13 @@ def print_report(summary: dict, resize: dict, cost: dict, stages: dict, large: d
 
 
 def shown(path: Path) -> str:
-    """A path for the committed results: relative as given, else its last two parts (no machine's folders)."""
-    return str(path) if not path.is_absolute() or path.resolve().is_relative_to(ROOT.parent) else \
-        str(Path(*path.parts[-2:]))
+    """A path for the committed results, without this machine's folders: relative as given, inside the
+    repository relative to it, anywhere else its last two parts."""
+    if not path.is_absolute():
+        return str(path)
+    if path.resolve().is_relative_to(ROOT):
+        return str(path.resolve().relative_to(ROOT))
+    return str(Path(*path.parts[-2:]))
 
 
 def parse_args() -> argparse.Namespace:

@@ -43,7 +43,10 @@ def streamlit_server(model: Path, timeout: float = 40.0):
     """`streamlit run app.py` on 127.0.0.1:<free port>; yields its URL, stops it afterwards."""
     port = free_port()
     env = {**os.environ, "MODEL_PATH": str(model)}
+    # No file watcher: on a fresh clone, the first imports write .pyc files all over .venv (and node_modules sits
+    # in the tree too), and streamlit's recursive inotify watch of the repository overflows and stalls the session.
     command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+               "--server.fileWatcherType", "none",
                "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"]
     with tempfile.TemporaryFile() as log:
         server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
