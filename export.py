@@ -59,7 +59,7 @@ from exporting.tracing import MAX_OPSET, MIN_OPSET, check_opset, simplify, to_on
 from exporting.triton import write_triton_repo
 from exporting.variants import guard_outputs, sibling_path, variant_path, warn_stale_siblings
 from model import GATE_ARCH
-from runtime.foreign import parse_floats
+from runtime.foreign import parse_class_names, parse_floats
 from runtime.metadata import DEFAULT_METADATA, STRIDE
 from runtime.metadata import read_metadata  # noqa: F401  (export.read_metadata: reads what export_onnx wrote)
 from utils import LOG, UserError, atomic_write_bytes, run_cli, setup_logging
@@ -296,7 +296,7 @@ def read_class_names(args: argparse.Namespace) -> list[str] | None:
         if not path.is_file():
             raise UserError(f"--classes-file {path}: no such file (one class name per line)")
         return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    return [name.strip() for name in args.class_names.split(",") if name.strip()] if args.class_names else None
+    return parse_class_names(args.class_names)
 
 
 def export_foreign(args: argparse.Namespace) -> Path:
