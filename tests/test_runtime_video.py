@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 import cv2
 import numpy as np
@@ -215,3 +217,159 @@ def test_view_img_on_a_headless_build_names_the_package(monkeypatch, records):  
     monkeypatch.setattr(video, "opencv_is_headless", lambda build_info=None: True)
     assert not video.Viewer(True).enabled
     assert any("pip install opencv-python" in r.getMessage() for r in records.records)
+
+
+# ----------------------------------------------------------------------------- the writer thread
+
+
+def within(seconds: float, fn):
+    """(fn's result, the exception it raised) from a helper thread; fails when fn is still running after `seconds`."""
+    out = {}
+
+    def target():
+        try:
+            out["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt included: it is what is tested
+            out["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s: a hang"
+    return out.get("result"), out.get("error")
+
+
+def sequential_video(segmenter, source, stem, options) -> tuple:
+    """The frame loop without the writer thread: predict, annotate, encode one frame after another."""
+    capture = video.open_capture(source)
+    out, rows = video.VideoOut(stem, video.capture_fps(capture)), []
+    frames = video.iter_frames(capture, options.video_max_side, options.max_frames)
+    for frame in video.predict_frames(segmenter, frames, options.vid_stride):
+        row, shown = video.frame_row(frame, 1, options)
+        out.write(shown)
+        rows.append(row)
+    out.close()
+    capture.release()
+    return out.path, rows
+
+
+def decoded_frames(path) -> list[np.ndarray]:
+    capture, frames = cv2.VideoCapture(str(path)), []
+    while (got := capture.read())[0]:
+        frames.append(got[1])
+    capture.release()
+    return frames
+
+
+def writer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("video-writer")]
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_the_writer_thread_writes_the_same_bytes_as_a_sequential_loop(segmenter, clip, tmp_path, stride,
+                                                                       monkeypatch):
+    monkeypatch.setattr(video, "elapsed_ms", lambda start: 7.0)  # the annotation shows the model's ms: pin it
+    options = RunOptions(vid_stride=stride)
+    result = video.run_video(segmenter, clip, tmp_path / "threaded", options)
+    reference, expected = sequential_video(segmenter, clip, tmp_path / "sequential" / "clip", options)
+    assert result["video"].read_bytes() == reference.read_bytes()  # same frames, same order, same annotation
+    got = decoded_frames(result["video"])
+    assert len(got) == FRAMES and all(np.array_equal(a, b) for a, b in zip(got, decoded_frames(reference)))
+    rows = read_rows(tmp_path / "threaded" / "clip_frames.csv")
+    keys = ("frame", "status", "inferred", "area_px", "largest_component_px", "error")
+    assert [[r[k] for k in keys] for r in rows] == [[str(r[k]) for k in keys] for r in expected]
+
+
+def test_an_error_in_the_writer_thread_reaches_the_caller_and_the_video_is_closed(segmenter, clip, tmp_path,
+                                                                                   monkeypatch):
+    real, calls = video.VideoOut.write, []
+
+    def failing(self, shown):
+        calls.append(1)
+        if len(calls) > 4:
+            raise OSError("disk full")
+        real(self, shown)
+
+    monkeypatch.setattr(video.VideoOut, "write", failing)
+    _, error = within(30, lambda: video.run_video(segmenter, clip, tmp_path, RunOptions()))
+    assert isinstance(error, OSError) and str(error) == "disk full"
+    assert video_info(tmp_path / "clip.mp4")[0] == 4  # finalised: the frames before the error play
+    assert len(read_rows(tmp_path / "clip_frames.csv")) == 4
+    assert len(calls) <= 4 + video.FRAMES_AHEAD and not writer_threads()
+
+
+class EndlessStream:
+    """A capture that never ends, as a webcam or an RTSP stream: a moving square, frame after frame."""
+
+    def __init__(self):
+        self.reads, self.released = 0, False
+
+    def read(self):
+        self.reads += 1
+        frame = np.zeros((H, W, 3), np.uint8)
+        frame[12:36, self.reads % 30: self.reads % 30 + 24] = 255
+        return True, frame
+
+    def get(self, prop):
+        return 0.0  # no fps, no frame count
+
+    def isOpened(self):
+        return True
+
+    def release(self):
+        self.released = True
+
+
+def test_ctrl_c_on_a_stream_stops_at_once_and_keeps_the_frames_written(segmenter, tmp_path, monkeypatch):
+    stream = EndlessStream()
+    monkeypatch.setattr(video, "open_capture", lambda source: stream)
+
+    def progress(done, total):
+        assert total is None  # a stream has no length
+        if done == 6:
+            raise KeyboardInterrupt
+
+    _, error = within(30, lambda: video.run_video(segmenter, "rtsp://camera/live", tmp_path, RunOptions(),
+                                                  progress))
+    assert isinstance(error, KeyboardInterrupt) and stream.released and not writer_threads()
+    assert 6 <= video_info(tmp_path / "stream.mp4")[0] <= 6 + video.FRAMES_AHEAD  # closed, playable
+    assert [int(r["frame"]) for r in read_rows(tmp_path / "stream_frames.csv")] == list(range(6))
+    assert stream.reads <= 6 + video.FRAMES_AHEAD + 1  # it stopped reading
+
+
+def test_the_model_runs_at_most_frames_ahead_of_a_stalled_writer(segmenter, tmp_path, monkeypatch):
+    """Bounded memory: while the encoder is stuck, the frame loop waits after FRAMES_AHEAD frames."""
+    stream, counting, release = EndlessStream(), Counting(segmenter), threading.Event()
+    monkeypatch.setattr(video, "open_capture", lambda source: stream)
+    real = video.VideoOut.write
+    monkeypatch.setattr(video.VideoOut, "write", lambda self, shown: release.wait(30) and real(self, shown))
+    thread = threading.Thread(target=video.run_video, daemon=True,
+                              args=(counting, "0", tmp_path, RunOptions(max_frames=20)))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while counting.calls < video.FRAMES_AHEAD and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    assert counting.calls == video.FRAMES_AHEAD and stream.reads == video.FRAMES_AHEAD
+    release.set()
+    thread.join(30)
+    assert not thread.is_alive() and counting.calls == 20 and video_info(tmp_path / "webcam0.mp4")[0] == 20
+
+
+def test_quit_in_the_viewer_writes_the_frames_already_predicted(segmenter, clip, tmp_path, monkeypatch):
+    class QuitAtThree:
+        def __init__(self, enabled):
+            self.shown = 0
+
+        def show(self, frame):
+            self.shown += 1
+            return self.shown < 3
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(video, "Viewer", QuitAtThree)
+    result = video.run_video(segmenter, clip, tmp_path, RunOptions(view_img=True))
+    rows = read_rows(tmp_path / "clip_frames.csv")
+    assert 3 <= len(rows) < FRAMES and all(r["status"] == "ok" for r in rows)  # no "ended early" row: the user quit
+    assert video_info(result["video"])[0] == len(rows) == result["images"]
