@@ -209,7 +209,8 @@ def build_segmenter(args: argparse.Namespace):
     if args.model is None:
         raise UserError("--model is required (the .onnx from export.py), or use --method otsu for the baseline")
     return Segmenter(args.model, device=args.device, threads=args.threads, tta=args.tta, detector=args.detector,
-                     gate=args.gate, gate_threshold=args.gate_threshold, description=model_description(args), **post)
+                     gate=args.gate, gate_threshold=args.gate_threshold, description=model_description(args),
+                     spinning=args.ort_spinning == "on", **post)
 
 
 def warn_binary_only(args: argparse.Namespace, meta: dict) -> None:

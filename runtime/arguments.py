@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from runtime.segmenter import TTA_FLIPS
-from runtime.session import PROVIDER_CHOICES
+from runtime.session import DEFAULT_SPINNING, PROVIDER_CHOICES
 from runtime.sources import ZIP_MAX_BYTES, ZIP_MAX_ENTRIES, ZIP_MAX_RATIO
 from runtime.writers import LABEL_STUDIO_PREFIX
 from utils import MAX_IMAGE_PIXELS
@@ -30,6 +30,9 @@ def add_model_args(add) -> None:
     add("--device", "--providers", dest="device", default="auto", choices=PROVIDER_CHOICES,
         help="execution provider; auto tries TensorRT > CUDA > CPU (--providers is the old name)")
     add("--threads", type=int, default=0, help="CPU threads for onnxruntime, 0 = automatic")
+    add("--ort-spinning", choices=("on", "off"), default="on" if DEFAULT_SPINNING else "off",
+        help="onnxruntime's idle threads spin-wait for work (on) or sleep (off: they leave the cores to the "
+             "decode and write threads)")
     add("--batch-size", type=int, default=1, help="images per model run for folders, lists and ZIPs")
     add("--io-threads", type=int, default=2, help="background threads for decoding and for writing")
     add("--gate", default=None,

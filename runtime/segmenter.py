@@ -29,7 +29,7 @@ from runtime.foreign import load_segmenter_metadata  # noqa: F401 - also importe
 from runtime.gate import Gate, clean_prediction
 from runtime.metadata import decode_metadata
 from runtime.postprocess import PostOptions, otsu_level, postprocess
-from runtime.session import CPU, create_session, select_providers
+from runtime.session import CPU, DEFAULT_SPINNING, create_session, select_providers
 from utils import LOG, UserError, match_input_size, preprocess, read_image, restore_size
 
 # Flip TTA: the (H, W) axes of a (C, H, W) tensor each copy is flipped along; () is the original.
@@ -106,11 +106,13 @@ class Segmenter:
 
     def __init__(self, model_path, device: str = "auto", threads: int = 0, tta: str | None = None,
                  session=None, providers: str | None = None, detector=None, gate=None,
-                 gate_threshold: float | None = None, description: dict | None = None, **post):
+                 gate_threshold: float | None = None, description: dict | None = None,
+                 spinning: bool | None = None, **post):
         self.model_path = Path(model_path) if model_path is not None else None
+        self.spinning = DEFAULT_SPINNING if spinning is None else bool(spinning)  # onnxruntime's spin-waiting
         if session is None:
             self.wanted = select_providers(providers or device)  # --providers is the old name
-            session = create_session(self.model_path, self.wanted, threads)
+            session = create_session(self.model_path, self.wanted, threads, self.spinning)
         else:
             self.wanted = list(session.get_providers())
         self.session = session
@@ -133,7 +135,8 @@ class Segmenter:
         self.timing = {"pre_ms": 0.0, "infer_ms": 0.0, "post_ms": 0.0}
         # smart crop (metadata crop_mode 'person'): the YOLO detector runs on the same providers
         self.crop_stage = load_crop_stage(self.meta, self.model_path,
-                                          lambda path: create_session(path, self.wanted, threads), detector)
+                                          lambda path: create_session(path, self.wanted, threads, self.spinning),
+                                          detector)
         self._report_provider()
         self.gate = self._load_gate(gate, threads, gate_threshold)
 
@@ -145,7 +148,7 @@ class Segmenter:
             return None
         if isinstance(gate, Gate):
             return gate if threshold is None else gate.with_threshold(threshold)
-        return Gate(gate, create_session(Path(gate), self.wanted, threads), threshold)
+        return Gate(gate, create_session(Path(gate), self.wanted, threads, self.spinning), threshold)
 
     def _probe_classes(self) -> int:
         """The output channels of a model whose output shape does not say: one run on a small black image."""

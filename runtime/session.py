@@ -2,6 +2,7 @@
 
     providers = select_providers("auto")        # TensorRT > CUDA > CPU, each only when it can really run
     session = create_session(Path("model.onnx"), providers, threads=4)
+    session = create_session(Path("model.onnx"), providers, spinning=True, inter_op_threads=2)  # A/B variants
 
 A GPU provider compiled into onnxruntime is tried only when its libraries load, so a GPU build on a
 GPU-less machine starts on the CPU without a wall of errors. A file that is not a model, or one
@@ -105,22 +106,43 @@ def folder_hint(folder: Path) -> str:
     return f"{folder} is a folder, not a model file; give the .onnx file inside it: {shown}"
 
 
-def create_session(model_path: Path, providers: list[str], threads: int = 0) -> ort.InferenceSession:
-    """Open an ONNX file with `providers` (from select_providers); user mistakes become UserError."""
+# Idle intra-op threads sleep instead of spinning: the spinning burns the cores that the decode and
+# write threads of runtime/pipeline.py need between runs (BENCHMARKS.md, end to end; measured on a
+# loaded machine). bench/session_options.py measures both on an idle one.
+DEFAULT_SPINNING = False
+
+
+def session_options(threads: int = 0, spinning: bool = DEFAULT_SPINNING, inter_op_threads: int = 0
+                    ) -> ort.SessionOptions:
+    """The SessionOptions of create_session: `threads` intra-op (0: automatic), spin-waiting or not, and
+    `inter_op_threads` > 0 runs independent branches in parallel (ORT_PARALLEL) on that many threads."""
+    if threads < 0:
+        raise UserError(f"--threads {threads} is not valid; use 0 (automatic) or a positive number")
+    if inter_op_threads < 0:
+        raise UserError(f"inter_op_threads {inter_op_threads} is not valid; use 0 (sequential) or a positive number")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: ORT's placement warnings are noise to a user
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    if inter_op_threads > 0:
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        options.inter_op_num_threads = inter_op_threads
+        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+    return options
+
+
+def create_session(model_path: Path, providers: list[str], threads: int = 0, spinning: bool = DEFAULT_SPINNING,
+                   inter_op_threads: int = 0) -> ort.InferenceSession:
+    """Open an ONNX file with `providers` (from select_providers); user mistakes become UserError.
+
+    `threads`, `spinning` and `inter_op_threads` are those of session_options."""
     if model_path.is_dir():
         raise UserError(folder_hint(model_path))
     if not model_path.is_file():
         raise UserError(f"model file not found: {model_path} (check --model, or export one with export.py)")
-    if threads < 0:
-        raise UserError(f"--threads {threads} is not valid; use 0 (automatic) or a positive number")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only: ORT's placement warnings are noise to a user
-    # Idle intra-op threads sleep instead of spinning: the spinning burns the cores that the decode
-    # and write threads of runtime/pipeline.py need between runs (BENCHMARKS.md, end to end).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads > 0:
-        options.intra_op_num_threads = threads
+    options = session_options(threads, spinning, inter_op_threads)
     try:
         return ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
     except LOAD_ERRORS as exc:
