@@ -21,6 +21,8 @@ from conftest import ROOT, SHARED_DATA
 BENCH = ROOT / "bench"
 HORSE = SHARED_DATA / "weizmann_horse"
 needs_horse = pytest.mark.skipif(not (HORSE / "images" / "val").is_dir(), reason="needs ../shared/data/weizmann_horse")
+needs_isbi = pytest.mark.skipif(not (SHARED_DATA / "isbi_membrane" / "images").is_dir(),
+                                reason="needs ../shared/data/isbi_membrane")
 
 
 @pytest.fixture
@@ -181,3 +183,19 @@ def test_gate_tradeoff(run_script, tmp_path):
     assert [c["strip"] for c in costs] == ["128x32", "256x64"] and costs[1]["segmenter_input"] == "128x32"
     assert all(c["segmenter_ms"] > 0 and c["gate_ms"] > 0 for c in costs)
     assert 0 <= row["gated"]["gated_fraction"] <= 1 and all(0 <= d <= 1 for d in row["dice"].values())
+
+
+@needs_isbi
+def test_session_options(run_script):
+    result = run_script("session_options", "--size", "64", "--limit", "2", "--repeats", "1")
+    names = [v["name"] for v in result["variants"]]
+    assert result["default"] == names[0] and len(set(names)) == len(names) >= 3
+    assert {v["spinning"] for v in result["variants"]} == {True, False}
+    assert [v["inter_op"] for v in result["variants"]].count(2) == 1
+    for part in ("latency", "folder"):
+        assert list(result[part]) == names and all(positive(series) for series in result[part].values())
+        assert result["speedup"][part][result["default"]] == 1.0
+    assert result["images"] == 2
+    for name, series in result["folder"].items():
+        assert result["images_per_s"][name] == pytest.approx(2 / (series["median_ms"] / 1e3))
+    assert len(result["machine"]["start"]["load_average"]) == 3 and result["machine"]["end"]["load_average"]
