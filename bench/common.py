@@ -27,6 +27,8 @@ from utils import atomic_write_json  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 HORSE = ROOT.parent / "shared" / "data" / "weizmann_horse"
+ISBI = ROOT.parent / "shared" / "data" / "isbi_membrane"  # 30 greyscale 512x512 EM slices
+LOAD_LIMIT = 1.5  # a 1-minute load average above this at the start or end: the table is not an idle-machine figure
 
 
 # ----------------------------------------------------------------------------- timing
@@ -107,11 +109,31 @@ def machine_line(info: dict) -> str:
 # ----------------------------------------------------------------------------- output
 
 
+def load_report(start_info: dict | None, end_info: dict) -> dict:
+    """The 1-minute load average at the start and end of a run, printed, with a loud warning above LOAD_LIMIT."""
+    def one_minute(info: dict | None) -> float | None:
+        load = (info or {}).get("load_average") or []
+        return load[0] if load else None
+
+    start, end = one_minute(start_info), one_minute(end_info)
+    busy = any(value is not None and value > LOAD_LIMIT for value in (start, end))
+    print(f"load average (1 min): {'?' if start is None else start} at start, {'?' if end is None else end} at end")
+    if busy:
+        print(f"WARNING: load average above {LOAD_LIMIT}: rerun this table on an idle machine")
+    return {"start": start, "end": end, "limit": LOAD_LIMIT, "busy": busy}
+
+
 def write_result(name: str, result: dict, out: Path | None = None, start_info: dict | None = None) -> Path:
-    """bench/results/<name>.json (or `out`), atomically, with the machine before and after the run."""
+    """bench/results/<name>.json (or `out`), atomically, with the machine before and after the run.
+
+    Prints the load average at the start and end (load_report) and records it as "load" in the JSON.
+    """
     path = Path(out) if out else RESULTS / f"{name}.json"
-    machine = {"start": start_info, "end": machine_info()} if start_info else machine_info()
-    atomic_write_json(path, json.loads(relative_paths(json.dumps({"benchmark": name, "machine": machine, **result}))))
+    end_info = machine_info()
+    machine = {"start": start_info, "end": end_info} if start_info else end_info
+    load = load_report(start_info, end_info)
+    atomic_write_json(path, json.loads(relative_paths(json.dumps({"benchmark": name, "machine": machine, "load": load,
+                                                                  **result}))))
     print(f"wrote {path}")
     return path
 
@@ -220,3 +242,19 @@ def ort_session(path: Path, threads: int):
     from runtime.session import create_session
 
     return create_session(Path(path), ["CPUExecutionProvider"], threads)
+
+
+def quantize_copy(fp32_path: Path, int8_path: Path, images: list[Path]) -> Path:
+    """The static int8 QDQ copy export.py --int8 writes (exporting.quantize.quantize_int8: per-channel int8
+    weights, uint8 activations, MinMax), calibrated on `images` preprocessed as the engine feeds them."""
+    import logging
+
+    from exporting.quantize import quantize_int8
+    from runtime.metadata import read_metadata
+
+    handlers = list(logging.root.handlers)
+    try:
+        return quantize_int8(Path(fp32_path), Path(int8_path), list(images), read_metadata(str(fp32_path)))
+    finally:  # onnxruntime.quantization calls logging.basicConfig: undo it, as export.py does
+        for handler in set(logging.root.handlers) - set(handlers):
+            logging.root.removeHandler(handler)

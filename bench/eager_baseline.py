@@ -2,8 +2,10 @@
 
     python bench/eager_baseline.py --weights model.pt --source images/ --output preds/ [--threshold 0.5 --close 5]
 
-One image at a time: read (OpenCV), resize the long side to --size, normalise, pad to a multiple
-of 32, model under torch.inference_mode, sigmoid, crop, resize back, threshold, morphological
+One image at a time: read (OpenCV, as 3-channel colour: a greyscale PNG becomes RGB with three equal
+channels, as the engine's utils.read_image does), resize the long side to --size (skipped when it
+already is), normalise, pad to a multiple of 32, model under torch.inference_mode, sigmoid, crop,
+resize back (skipped likewise), threshold, morphological
 closing, red overlay, write masks/ and overlays/ PNGs and a summary.csv row. --weights is a
 torch.save'd {"model_args": {arch, encoder, classes}, "state_dict": ...} (bench/end_to_end.py
 writes one beside the ONNX export of the same weights). This is the reference bench/end_to_end.py
@@ -42,13 +44,17 @@ def predict(model: torch.nn.Module, rgb: np.ndarray, size: int) -> np.ndarray:
     h, w = rgb.shape[:2]
     scale = size / max(h, w)
     nh, nw = round(h * scale), round(w * scale)
-    resized = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    if (nh, nw) == (h, w):  # already the model's size (ISBI's 512x512 slices at 512): nothing to resize
+        resized = rgb
+    else:
+        resized = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     x = torch.from_numpy(resized).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, nh, nw)
     x = (x - MEAN) / STD
     x = F.pad(x, (0, (-nw) % 32, 0, (-nh) % 32))
     with torch.inference_mode():
         probs = torch.sigmoid(model(x))[:, :, :nh, :nw]
-        probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
+        if (nh, nw) != (h, w):
+            probs = F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=False)
     return probs[0, 0].numpy()
 
 
@@ -63,7 +69,7 @@ def run_folder(model: torch.nn.Module, paths: list[Path], output: Path, size: in
         writer.writerow(["image", "status", "area_px", "ms"])
         for path in paths:
             t0 = time.perf_counter()
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)  # greyscale files come back as 3 equal channels
             if bgr is None:
                 writer.writerow([path.name, "error", "", ""])
                 continue

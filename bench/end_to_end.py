@@ -1,23 +1,33 @@
-"""End to end on a folder: inference.py vs the plain PyTorch eager script (bench/eager_baseline.py).
+"""End to end on a folder: inference.py (fp32 and int8) vs the plain PyTorch eager script (bench/eager_baseline.py).
 
     python bench/end_to_end.py                       # horse val (77 images), Unet/resnet18 @192 (the README recipe)
+    python bench/end_to_end.py --data isbi           # ISBI (30 greyscale 512x512 slices), UnetPlusPlus/resnet34 @512
     python bench/end_to_end.py --cli                 # plus both scripts as cold command lines
-    python bench/end_to_end.py --arch UnetPlusPlus --encoder resnet34 --size 512 --repeats 5   # the default model
+    python bench/end_to_end.py --images DIR --arch UnetPlusPlus --encoder resnet34 --size 512   # any folder
     python bench/end_to_end.py --limit 4 --size 64 --repeats 1 --out smoke.json               # smoke
 
-One random-init model (BatchNorm calibrated) is exported with export.py's code and its state dict
-saved, so both sides run the same weights. Same work on each side: read, resize the long side to
---size, pad, model, sigmoid, threshold 0.5, closing 5 px, overlay, write mask and overlay PNGs and
-a CSV row. Measured, alternating round by round after a warm-up (--repeats rounds, medians):
+--data picks a folder and the model served on it: horse (photos of about 300x200, Unet/resnet18 @192)
+or isbi (512x512 slices, UnetPlusPlus/resnet34 @512: the input needs no resizing, so the engine is
+not charged for upscaling small photos); --images, --arch, --encoder and --size override it.
 
-- engine:  inference.run() in-process (session already open), batch 1, --threads threads
-- eager:   eager_baseline.run_folder() in-process (model already loaded), torch threads = --threads
-- model:   only session.run over the same preprocessed inputs, one by one: the pure model time
-- CLIs:    with --cli, `python inference.py ...` and `python bench/eager_baseline.py ...` as
-           subprocesses (imports, session/model load included)
-- stubbed: inference.run() with session.run answered from a cache of real outputs: all the
-           engine's work except the model (decode, resize, post-processing, overlay, PNG writes)
-Overhead = engine time / pure model time (1.00 means decode, post-processing and writing are hidden).
+One random-init model (BatchNorm calibrated) is exported with export.py's code and its state dict
+saved, so both sides run the same weights. With int8 in --precisions, that export is also quantized
+by the repo's own code (exporting.quantize.quantize_int8: static QDQ, per-channel int8 weights,
+uint8 activations) calibrated on --calib-images images spread over the folder. Same work on each
+side: read (greyscale -> RGB), resize the long side to --size (none when it already is), pad to 32,
+model, sigmoid, threshold 0.5, closing 5 px, overlay, write mask and overlay PNGs and a CSV row.
+Measured, alternating round by round after a warm-up (--repeats rounds, medians):
+
+- engine:      inference.run() in-process on the fp32 model (session already open), batch 1, --threads threads
+- engine int8: the same on the int8 copy (its masks differ slightly from fp32's; accuracy: bench/quantization.py)
+- eager:       eager_baseline.run_folder() in-process (model already loaded), torch threads = --threads
+- model:       only session.run over the same preprocessed inputs, one by one: the pure model time (fp32, int8)
+- CLIs:        with --cli, `python inference.py ...` and `python bench/eager_baseline.py ...` as
+               subprocesses (imports, session/model load included; fp32)
+- stubbed:     inference.run() with session.run answered from a cache of real outputs: all the
+               engine's work except the model (decode, resize, post-processing, overlay, PNG writes)
+Overhead = engine time / pure model time of the same precision (1.00: decode, post-processing and
+writing are hidden). Targets: engine >= 2x eager with fp32 and >= 3x with int8, overhead <= 1.10.
 """
 
 from __future__ import annotations
@@ -29,10 +39,16 @@ from pathlib import Path
 
 import torch
 
-from common import (HORSE, add_run_args, export_model, machine_info, median, ort_session, print_table, random_model,
-                    run_python, side_by_side, summary, verdict, write_result)
+from common import (HORSE, ISBI, add_run_args, export_model, machine_info, median, ort_session, print_table,
+                    quantize_copy, random_model, run_python, side_by_side, summary, verdict, write_result)
 
-TARGET_SPEEDUP, TARGET_OVERHEAD = 2.0, 1.15
+TARGET_SPEEDUP = {"fp32": 2.0, "int8": 3.0}  # engine / eager script, images per second
+TARGET_OVERHEAD = 1.10  # engine time / pure model time
+DATA = {  # --data: the folder and the model served on it
+    "horse": {"images": HORSE / "images" / "val", "arch": "Unet", "encoder": "resnet18", "size": 192},
+    "isbi": {"images": ISBI / "images", "arch": "UnetPlusPlus", "encoder": "resnet34", "size": 512},
+}
+SUFFIX = {"fp32": "", "int8": "_int8"}  # run names: engine, engine_int8, model, model_int8
 
 
 def prepare_inputs(segmenter, paths: list[Path]) -> list:
@@ -58,100 +74,144 @@ class CachedSession:
         return self.outputs[x.shape]
 
 
-def build(args, tmp: Path) -> tuple[Path, Path]:
+def build(args, tmp: Path, paths: list[Path]) -> tuple[dict[str, Path], Path]:
+    """({precision: ONNX path}, state-dict path) of one random-init model; int8 quantized from the fp32 file."""
+    from exporting.quantize import spread
+
     model = random_model(args.arch, args.encoder)
     onnx_path, weights = tmp / "model.onnx", tmp / "model.pt"
     export_model(model, args.arch, args.encoder, args.size, onnx_path, weights)
-    return onnx_path, weights
+    models = {"fp32": onnx_path}
+    if "int8" in args.precisions:
+        models["int8"] = quantize_copy(onnx_path, tmp / "model.int8.onnx", spread(paths, args.calib_images))
+    return {p: models[p] for p in args.precisions}, weights
 
 
-def contenders(args, tmp: Path, onnx_path: Path, weights: Path, paths: list[Path]) -> dict:
+def contenders(args, tmp: Path, models: dict[str, Path], weights: Path, paths: list[Path]) -> dict:
     import eager_baseline
     import inference
 
-    segmenter = inference.Segmenter(onnx_path, device="cpu", threads=args.threads, threshold=0.5, close=5)
-    session = ort_session(onnx_path, args.threads)
-    tensors = prepare_inputs(segmenter, paths)
-    stubbed = inference.Segmenter(onnx_path, session=CachedSession(session), threshold=0.5, close=5)
-    for x in tensors:  # fill the cache outside the timed runs
-        stubbed.session.run(None, {"image": x})
-    model = eager_baseline.load_model(weights)
     rounds = iter(range(10**6))
 
     def fresh(name: str) -> Path:
-        out = tmp / f"{name}_{next(rounds)}"
-        return out
+        return tmp / f"{name}_{next(rounds)}"
 
-    def engine():
-        inference.run(segmenter, str(args.source), fresh("engine"), batch_size=1, io_threads=2)
+    def engine_fn(segmenter, name):
+        return lambda: inference.run(segmenter, str(args.images), fresh(name), batch_size=1, io_threads=2)
 
-    def eager():
-        eager_baseline.run_folder(model, paths, fresh("eager"), args.size, 0.5, 5, 0.5)
+    def model_fn(session, tensors):
+        def pure_model():
+            for x in tensors:
+                session.run(None, {"image": x})
+        return pure_model
 
-    def pure_model():
-        for x in tensors:
-            session.run(None, {"image": x})
-
-    def engine_stubbed():
-        inference.run(stubbed, str(args.source), fresh("stubbed"), batch_size=1, io_threads=2)
-
-    fns = {"engine": engine, "eager": eager, "model": pure_model, "stubbed": engine_stubbed}
+    fns, sessions, tensors = {}, {}, {}
+    for precision, path in models.items():
+        segmenter = inference.Segmenter(path, device="cpu", threads=args.threads, threshold=0.5, close=5)
+        sessions[precision] = ort_session(path, args.threads)
+        tensors[precision] = prepare_inputs(segmenter, paths)
+        fns["engine" + SUFFIX[precision]] = engine_fn(segmenter, "engine" + SUFFIX[precision])
+        fns["model" + SUFFIX[precision]] = model_fn(sessions[precision], tensors[precision])
+    model = eager_baseline.load_model(weights)
+    fns["eager"] = lambda: eager_baseline.run_folder(model, paths, fresh("eager"), args.size, 0.5, 5, 0.5)
+    first = next(iter(models))  # the stubbed engine: any precision's real outputs, filled outside the timed runs
+    stubbed = inference.Segmenter(models[first], session=CachedSession(sessions[first]), threshold=0.5, close=5)
+    for x in tensors[first]:
+        stubbed.session.run(None, {"image": x})
+    fns["stubbed"] = engine_fn(stubbed, "stubbed")
     if args.cli:
+        onnx_path = models.get("fp32", models[first])
         common = ["--threads", str(args.threads)]
         fns["cli_inference"] = lambda: run_python(
-            ["inference.py", "--model", str(onnx_path), "--source", str(args.source), "--output",
+            ["inference.py", "--model", str(onnx_path), "--source", str(args.images), "--output",
              str(fresh("cli_engine")), "--device", "cpu", "--threshold", "0.5", "--close", "5", *common])
         fns["cli_eager"] = lambda: run_python(
-            ["bench/eager_baseline.py", "--weights", str(weights), "--source", str(args.source), "--output",
+            ["bench/eager_baseline.py", "--weights", str(weights), "--source", str(args.images), "--output",
              str(fresh("cli_eager")), "--size", str(args.size), *common])
     return fns
 
 
-def main() -> None:
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--source", type=Path, default=HORSE / "images" / "val")
-    parser.add_argument("--arch", default="Unet")
-    parser.add_argument("--encoder", default="resnet18")
-    parser.add_argument("--size", type=int, default=192, help="input size (long side) of the exported model")
+    parser.add_argument("--data", choices=sorted(DATA), default="horse",
+                        help="folder preset and the model served on it (default: horse)")
+    parser.add_argument("--images", "--source", type=Path, default=None, help="image folder (default: --data's)")
+    parser.add_argument("--arch", default=None, help="default: --data's (horse: Unet, isbi: UnetPlusPlus)")
+    parser.add_argument("--encoder", default=None, help="default: --data's (horse: resnet18, isbi: resnet34)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="input size (long side) of the exported model (default: --data's, horse 192, isbi 512)")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N images (0: all)")
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "int8"], default=["fp32", "int8"],
+                        help="engine precisions to time (default: both)")
+    parser.add_argument("--calib-images", type=int, default=8,
+                        help="int8 calibration images, spread over the folder (default 8)")
     add_run_args(parser)
     parser.add_argument("--cli", action="store_true", help="add the two subprocess rows (cold start included)")
     args = parser.parse_args()
+    for key, value in DATA[args.data].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.precisions = [p for p in ("fp32", "int8") if p in args.precisions]
+    return args
 
+
+def main() -> None:
+    args = parse_args()
     start_info = machine_info()
     torch.set_num_threads(args.threads)
+    from runtime.sources import image_items
+
+    folder = str(args.images)  # before --limit swaps in a copy of its first N images
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if args.limit:  # a copy holding only the first N images, so that the CLI sees the same set
             subset = tmp / "source"
             subset.mkdir()
-            for path in sorted(args.source.iterdir())[:args.limit]:
-                shutil.copy(path, subset / path.name)
-            args.source = subset
-        from runtime.sources import image_items
+            for item in image_items(str(args.images))[:args.limit]:
+                shutil.copy(item.path, subset / Path(item.path).name)
+            args.images = subset
+        paths = [Path(item.path) for item in image_items(str(args.images))]
+        models, weights = build(args, tmp, paths)
+        times = side_by_side(contenders(args, tmp, models, weights, paths), repeats=args.repeats)
+    report(args, folder, paths, times, start_info)
 
-        paths = [item.path for item in image_items(str(args.source))]
-        onnx_path, weights = build(args, tmp)
-        times = side_by_side(contenders(args, tmp, onnx_path, weights, paths), repeats=args.repeats)
+
+def report(args, folder: str, paths: list[Path], times: dict[str, list[float]], start_info: dict) -> None:
     n = len(paths)
     med = {name: median(t) for name, t in times.items()}
-    speedup, overhead = med["eager"] / med["engine"], med["engine"] / med["model"]
-    labels = {"engine": "inference.run (engine, in-process)", "eager": "eager_baseline.run_folder (in-process)",
-              "model": "pure model (session.run only)",
-              "stubbed": "inference.run with the model stubbed (all but the model)", "cli_inference": "`python inference.py` (CLI, cold)",
+    labels = {"engine": "inference.run fp32 (engine, in-process)",
+              "engine_int8": "inference.run int8 (engine, in-process)",
+              "eager": "eager_baseline.run_folder (in-process)", "model": "pure model fp32 (session.run only)",
+              "model_int8": "pure model int8 (session.run only)",
+              "stubbed": "inference.run with the model stubbed (all but the model)",
+              "cli_inference": "`python inference.py` fp32 (CLI, cold)",
               "cli_eager": "`python bench/eager_baseline.py` (CLI, cold)"}
-    print_table(["what", f"median s ({n} images)", "images/s", "x pure model"],
-                [[labels[k], f"{med[k]:.2f}", f"{n / med[k]:.1f}", f"{med[k] / med['model']:.2f}"] for k in med])
+    order = [k for k in labels if k in med]
+    print_table(["what", f"median s ({n} images)", "images/s", "speed-up vs eager"],
+                [[labels[k], f"{med[k]:.2f}", f"{n / med[k]:.1f}", f"{med['eager'] / med[k]:.2f}"] for k in order])
     result = {"command": "python bench/end_to_end.py", "args": {k: str(v) for k, v in vars(args).items()},
-              "images": n, "threads": args.threads, "runs": {k: summary(v) for k, v in times.items()},
-              "images_per_s": {k: n / v for k, v in med.items()}, "speedup_vs_eager": speedup, "overhead": overhead,
-              "target_speedup": verdict(speedup, TARGET_SPEEDUP),
-              "target_overhead": verdict(overhead, TARGET_OVERHEAD, higher_is_better=False)}
+              "data": args.data, "folder": folder, "model": f"{args.arch}/{args.encoder}", "size": args.size,
+              "images": n, "threads": args.threads, "precisions": args.precisions,
+              "runs": {k: summary(v) for k, v in times.items()}, "images_per_s": {k: n / v for k, v in med.items()},
+              "targets": {}}
+    for precision in args.precisions:
+        suffix = SUFFIX[precision]
+        speedup = med["eager"] / med["engine" + suffix]
+        overhead = med["engine" + suffix] / med["model" + suffix]
+        result["speedup_vs_eager" + suffix], result["overhead" + suffix] = speedup, overhead
+        result["targets"][precision] = {
+            "speedup_vs_eager": verdict(speedup, TARGET_SPEEDUP[precision]),
+            "overhead": verdict(overhead, TARGET_OVERHEAD, higher_is_better=False)}
+        print(f"{precision}: throughput inference vs eager: {result['targets'][precision]['speedup_vs_eager']}")
+        print(f"{precision}: overhead end-to-end / pure model: {result['targets'][precision]['overhead']}")
+    if "engine_int8" in med and "engine" in med:
+        result["int8_vs_fp32_engine"] = med["engine"] / med["engine_int8"]
+        result["int8_vs_fp32_model"] = med["model"] / med["model_int8"]
+        print(f"int8 vs fp32: engine {result['int8_vs_fp32_engine']:.2f}x, "
+              f"pure model {result['int8_vs_fp32_model']:.2f}x")
     if "cli_eager" in med:
         result["cli_speedup_vs_eager"] = med["cli_eager"] / med["cli_inference"]
         print(f"CLI speed-up (cold start included): {result['cli_speedup_vs_eager']:.2f}x")
-    print(f"throughput inference vs eager: {result['target_speedup']}")
-    print(f"overhead end-to-end / pure model: {result['target_overhead']}")
     write_result("end_to_end", result, args.out, start_info)
 
 

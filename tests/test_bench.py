@@ -20,9 +20,9 @@ from conftest import ROOT, SHARED_DATA
 
 BENCH = ROOT / "bench"
 HORSE = SHARED_DATA / "weizmann_horse"
+ISBI = SHARED_DATA / "isbi_membrane"
 needs_horse = pytest.mark.skipif(not (HORSE / "images" / "val").is_dir(), reason="needs ../shared/data/weizmann_horse")
-needs_isbi = pytest.mark.skipif(not (SHARED_DATA / "isbi_membrane" / "images").is_dir(),
-                                reason="needs ../shared/data/isbi_membrane")
+needs_isbi = pytest.mark.skipif(not (ISBI / "images").is_dir(), reason="needs ../shared/data/isbi_membrane")
 
 
 @pytest.fixture
@@ -60,26 +60,125 @@ def test_common_helpers():
     assert common.verdict(2.0, 1.6).startswith("met") and common.verdict(1.2, 1.15, False).startswith("MISSED")
 
 
+def test_load_report_warns_above_the_limit(capsys, tmp_path):
+    sys.path.insert(0, str(BENCH))
+    import common
+
+    idle, busy = {"load_average": [0.2, 0.3, 0.4]}, {"load_average": [1.6, 0.3, 0.4]}
+    assert common.load_report(idle, idle) == {"start": 0.2, "end": 0.2, "limit": 1.5, "busy": False}
+    assert "WARNING" not in capsys.readouterr().out
+    assert common.load_report(idle, busy)["busy"] and common.load_report(busy, idle)["busy"]
+    out = capsys.readouterr().out
+    assert "0.2 at start, 1.6 at end" in out
+    assert out.count("load average above 1.5: rerun this table on an idle machine") == 2
+    path = common.write_result("x", {"value": 1}, tmp_path / "x.json", idle)  # every script's JSON gets it
+    result = json.loads(path.read_text())
+    assert set(result["load"]) == {"start", "end", "limit", "busy"} and result["load"]["start"] == 0.2
+    assert "load average (1 min): 0.2 at start" in capsys.readouterr().out
+
+
 def test_latency(run_script):
     result = run_script("latency", "--size", "64", "--models", "Unet/resnet18", "--batches", "1", "2",
-                        "--repeats", "1", "--threads", "1")
+                        "--repeats", "1", "--threads", "1", "--calib-images", "2")
     assert [(r["model"], r["batch"]) for r in result["rows"]] == [("Unet/resnet18", 1), ("Unet/resnet18", 2)]
     for row in result["rows"]:
-        assert positive(row["torch"]) and positive(row["onnxruntime"])
+        assert positive(row["torch"]) and positive(row["onnxruntime"]) and positive(row["int8"])
         assert row["max_abs_diff"] < 1e-3  # same weights on both sides
         assert row["speedup"] == pytest.approx(row["torch"]["median_ms"] / row["onnxruntime"]["median_ms"])
+        assert row["int8_vs_fp32"] == pytest.approx(row["onnxruntime"]["median_ms"] / row["int8"]["median_ms"])
+        assert row["int8_vs_torch"] == pytest.approx(row["torch"]["median_ms"] / row["int8"]["median_ms"])
+    assert result["int8_calibration"].startswith("2 ")
     rows = result["rows"]
     assert rows[1]["gflop"] == pytest.approx(2 * rows[0]["gflop"], rel=1e-6)  # FLOPs scale with the batch
     assert result["sgemm_gflops"] > 0 and result["target"] == "not measured"
 
 
+def test_latency_without_int8(run_script, tmp_path):
+    result = run_script("latency", "--size", "64", "--models", "Unet/resnet18", "--batches", "1", "--repeats", "1",
+                        "--threads", "1", "--no-int8")
+    assert "int8" not in result["rows"][0] and "int8_vs_fp32" not in result["rows"][0]
+
+
+def test_latency_calibrates_on_random_images_without_the_folder(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    import latency
+
+    images, what = latency.calibration_images(tmp_path / "missing", 2, tmp_path)
+    assert len(images) == 2 and all(p.suffix == ".png" for p in images) and "random" in what
+
+
+def ratios_add_up(result: dict, precision: str) -> None:
+    runs, suffix = result["runs"], {"fp32": "", "int8": "_int8"}[precision]
+    engine = runs["engine" + suffix]["median_ms"]
+    assert result["overhead" + suffix] == pytest.approx(engine / runs["model" + suffix]["median_ms"])
+    assert result["speedup_vs_eager" + suffix] == pytest.approx(runs["eager"]["median_ms"] / engine)
+    verdicts = result["targets"][precision]
+    assert verdicts["overhead"].endswith("<= 1.1)")
+    assert verdicts["speedup_vs_eager"].endswith(f">= {2.0 if precision == 'fp32' else 3.0})")
+
+
 @needs_horse
 def test_end_to_end(run_script):
-    result = run_script("end_to_end", "--limit", "3", "--size", "64", "--repeats", "1", "--threads", "1")
-    assert result["images"] == 3
-    assert set(result["runs"]) == {"engine", "eager", "model", "stubbed"}
+    result = run_script("end_to_end", "--limit", "3", "--size", "64", "--repeats", "1", "--threads", "1",
+                        "--calib-images", "2")
+    assert result["images"] == 3 and result["data"] == "horse" and result["model"] == "Unet/resnet18"
+    assert set(result["runs"]) == {"engine", "engine_int8", "eager", "model", "model_int8", "stubbed"}
     assert all(positive(series) for series in result["runs"].values())
-    assert result["overhead"] == pytest.approx(result["runs"]["engine"]["median_ms"] / result["runs"]["model"]["median_ms"])
+    ratios_add_up(result, "fp32")
+    ratios_add_up(result, "int8")
+    assert result["int8_vs_fp32_model"] > 0 and set(result["load"]) >= {"start", "end"}
+
+
+@needs_horse
+def test_end_to_end_fp32_only(run_script):
+    result = run_script("end_to_end", "--limit", "2", "--size", "64", "--repeats", "1", "--threads", "1",
+                        "--precisions", "fp32")
+    assert set(result["runs"]) == {"engine", "eager", "model", "stubbed"} and set(result["targets"]) == {"fp32"}
+    ratios_add_up(result, "fp32")
+
+
+@needs_isbi
+def test_end_to_end_isbi(run_script):
+    """The ISBI preset picks the greyscale slices; int8 only; a small model to stay fast."""
+    result = run_script("end_to_end", "--data", "isbi", "--arch", "Unet", "--encoder", "resnet18", "--size", "64",
+                        "--limit", "2", "--repeats", "1", "--threads", "1", "--precisions", "int8",
+                        "--calib-images", "2")
+    assert result["data"] == "isbi" and result["images"] == 2 and result["model"] == "Unet/resnet18"
+    assert set(result["runs"]) == {"engine_int8", "eager", "model_int8", "stubbed"}
+    ratios_add_up(result, "int8")
+
+
+@needs_isbi
+def test_end_to_end_isbi_preset_model(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import end_to_end
+
+    monkeypatch.setattr(sys, "argv", ["end_to_end.py", "--data", "isbi"])
+    args = end_to_end.parse_args()
+    assert (args.arch, args.encoder, args.size, args.images.name) == ("UnetPlusPlus", "resnet34", 512, "images")
+    assert args.precisions == ["fp32", "int8"]
+    monkeypatch.setattr(sys, "argv", ["end_to_end.py", "--images", "x", "--size", "256"])
+    args = end_to_end.parse_args()
+    assert (args.arch, args.size, str(args.images)) == ("Unet", 256, "x")
+
+
+def test_quantization(run_script, tmp_path):
+    """Dice at the model's own size, plus --size's latency side by side; the load recorded."""
+    from conftest import write_blobs
+
+    sys.path.insert(0, str(BENCH))
+    import common
+
+    data = write_blobs(tmp_path / "blobs", 3, size=(40, 56))
+    model = common.random_model("Unet", "resnet18", calibrate_size=64)
+    fp32 = common.export_model(model, "Unet", "resnet18", 64, tmp_path / "m.onnx")
+    int8 = common.quantize_copy(fp32, tmp_path / "m.int8.onnx", sorted((data / "images").iterdir()))
+    result = run_script("quantization", "--fp32", str(fp32), "--int8", str(int8), "--val-dir", str(data),
+                        "--rounds", "1", "--threads", "1", "--size", "96")
+    assert result["images"] == 3 and result["input_shape"] == [1, 3, 64, 64]
+    assert result["at_size"]["input_shape"] == [1, 3, 96, 96] and result["at_size"]["speedup"] > 0
+    assert all(0 <= d <= 1 for d in result["dice"].values())
+    assert result["machine"]["start"]["load_average"] and result["machine"]["end"]["load_average"]
 
 
 def test_eager_baseline_matches_the_engine(tmp_path, monkeypatch):
@@ -96,19 +195,20 @@ def test_eager_baseline_matches_the_engine(tmp_path, monkeypatch):
         import cv2
 
         cv2.imwrite(str(images / f"im{i}.png"), (rng.random((50 + 10 * i, 70, 3)) * 255).astype(np.uint8))
+    cv2.imwrite(str(images / "im2.png"), (rng.random((64, 64)) * 255).astype(np.uint8))  # greyscale, at --size
     model = common.random_model("Unet", "resnet18", calibrate_size=64)
     onnx_path = common.export_model(model, "Unet", "resnet18", 64, tmp_path / "m.onnx", tmp_path / "m.pt")
     eager_baseline.run_folder(eager_baseline.load_model(tmp_path / "m.pt"), sorted(images.iterdir()),
                               tmp_path / "eager", size=64, threshold=0.5, close=5)
     segmenter = inference.Segmenter(onnx_path, device="cpu", threshold=0.5, close=5, min_area=0)
     inference.run(segmenter, str(images), tmp_path / "engine")
-    for i in range(2):
+    for i in range(3):
         a = cv2.imread(str(tmp_path / "eager" / "masks" / f"im{i}.png"), cv2.IMREAD_GRAYSCALE)
         b = cv2.imread(str(tmp_path / "engine" / "masks" / f"im{i}.png"), cv2.IMREAD_GRAYSCALE)
         assert a.shape == b.shape
         assert np.mean(a != b) < 0.02
     rows = (tmp_path / "eager" / "summary.csv").read_text().splitlines()
-    assert len(rows) == 3 and rows[1].startswith("im0.png,ok,")
+    assert len(rows) == 4 and rows[1].startswith("im0.png,ok,")
 
 
 def test_cost_growth(run_script):
