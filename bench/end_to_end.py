@@ -69,7 +69,8 @@ def contenders(args, tmp: Path, onnx_path: Path, weights: Path, paths: list[Path
     import eager_baseline
     import inference
 
-    segmenter = inference.Segmenter(onnx_path, device="cpu", threads=args.threads, threshold=0.5, close=5)
+    segmenter = inference.Segmenter(onnx_path, device="cpu", threads=args.threads, threshold=0.5, close=5,
+                                    precision="fp32")  # fp32, like the torch baseline
     session = ort_session(onnx_path, args.threads)
     tensors = prepare_inputs(segmenter, paths)
     stubbed = inference.Segmenter(onnx_path, session=CachedSession(session), threshold=0.5, close=5)
