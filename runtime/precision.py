@@ -1,7 +1,7 @@
 """Which file runs: the float32 model or the int8 copy export.py measured beside it. No torch, no onnx.
 
     path, precision, reason = resolve_precision(Path("horse.onnx"), "auto", select_providers("cpu"))
-    # -> horse.int8.onnx, "int8", "horse.int8.onnx (ΔDice -0.0003 on 40 held-back images, 2.1x fp32)"
+    # -> horse.int8.onnx, "int8", "horse.int8.onnx (ΔDice -0.0003 on 40 held-back images, 2.1x fp32); ..."
 
 auto (the default) runs <stem>.int8.onnx on the CPU provider when it was made from this very fp32
 file (its `int8_source` is the fp32 file's SHA-1, so a re-export makes it stale) and its recorded

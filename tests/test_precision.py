@@ -38,13 +38,16 @@ def with_meta(path, **changes):
 def pair(tmp_path):
     """horse.onnx and a horse.int8.onnx made from it, measured at MEASURED (the same tiny graph stands in)."""
     fp32 = build_model(tmp_path / "horse.onnx", TEST_META)
-    int8 = shutil.copy(fp32, tmp_path / "horse.int8.onnx")
+    int8 = tmp_path / "horse.int8.onnx"
+    shutil.copy(fp32, int8)
     with_meta(int8, precision="int8", int8_source=file_sha1(fp32), **MEASURED)
-    return fp32, tmp_path / "horse.int8.onnx"
+    return fp32, int8
 
 
-def lines(caplog, level=logging.INFO) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.levelno == level and r.getMessage().startswith("precision")]
+def lines(caplog) -> list[str]:
+    """The precision lines logged (INFO)."""
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.INFO and r.getMessage().startswith("precision")]
 
 
 # ----------------------------------------------------------------------------- auto
