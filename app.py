@@ -208,7 +208,8 @@ def show_metadata(segmenter: Segmenter) -> None:
             f"{'; class 0 is a class (no background)' if meta.get('background') is False else ''}\n"
             f"- **threshold** (CV): {meta.get('threshold', 'n/a')}\n"
             f"- **folds**: {meta.get('folds', 'n/a')}\n"
-            f"- **running on**: {segmenter.providers[0]}"
+            f"- **running on**: {segmenter.providers[0]}\n"
+            f"- **precision**: {segmenter.precision} ({segmenter.precision_reason})"
         )
         st.json(meta, expanded=False)
     gate = segmenter.gate

@@ -38,6 +38,8 @@ GATE_POOLS = ("avgmax", "avg", "max")
 TRACKERS = ("none", "tensorboard", "wandb")
 CROP_MODES = ("off", "person")  # smart crop (runtime/crop.py); also the metadata's crop_mode values
 TTA_MODES = ("none", "hflip", "flips")  # flip test-time augmentation (export.py --tta, inference.py --tta)
+# <name>.int8.onnx beside the export: auto = when held-back images can measure it (export.py --int8, INT8)
+INT8_MODES = ("auto", "on", "off")
 
 
 def parse_bool(text: str) -> bool:
@@ -250,6 +252,8 @@ FIELDS: tuple[Field, ...] = (
     Field("min_area", non_negative(int), 64, "min region area (px) for the adaptive threshold at inference",
           trains=False),
     Field("export", parse_bool, True, "export <name>.onnx after training", trains=False),
+    Field("int8", str, "auto", "also write <name>.int8.onnx, measured on the held-back images (export.py --int8): "
+          "auto = when they are in the cache, on = or stop, off = never", choices=INT8_MODES, trains=False),
     Field("max_image_pixels", positive(int), MAX_IMAGE_PIXELS,
           "images or masks claiming more pixels are refused from their header (decompression bombs)",
           flags=("--max-pixels",), trains=False),
@@ -269,7 +273,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("smart crop", ("crop", "crop_model", "crop_conf", "crop_roi_factor", "crop_min_size", "crop_pad_value")),
     ("gate (TASK=classify)", ("task", "gate_input_size", "gate_recall", "gate_pos_weight", "gate_pool")),
     ("run", ("work_dir", "name", "save_checkpoints", "resume", "tracker", "workers", "pin_memory", "device",
-             "threads", "min_area", "export")),
+             "threads", "min_area", "export", "int8")),
 )
 
 
@@ -332,6 +336,7 @@ class Config:
     threads: int
     min_area: int
     export: bool
+    int8: str
     max_image_pixels: int
 
     def to_dict(self) -> dict:

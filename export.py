@@ -8,7 +8,8 @@ Run book:
     python export.py --work-dir runs/exp1 --logits         # raw logits instead of probabilities
     python export.py --work-dir runs/exp1 --simplify       # onnxslim
     python export.py --work-dir runs/exp1 --fp16           # + <name>.fp16.onnx for GPUs (I/O stays float32)
-    python export.py --work-dir runs/exp1 --int8 --val-dir data/val   # + <name>.int8.onnx, Dice before/after
+    python export.py --work-dir runs/exp1 --int8 off       # no <name>.int8.onnx (see "int8" below)
+    python export.py --work-dir runs/exp1 --val-dir data/val   # int8 Dice measured on data/val
     python export.py --work-dir runs/exp1 --triton-repo models/ --triton-kind gpu --triton-dynamic-batching
         # + models/<name>/config.pbtxt and models/<name>/1/model.onnx: an NVIDIA Triton model repository
     python export.py --checkpoint old/best.pth.tar --model unet --encoder resnet34 --input-size 512
@@ -18,6 +19,11 @@ Run book:
 
 Variants get their own names (<name>.fold0.onnx, <name>.tta-flips.onnx, <name>.logits.onnx, their .fp16/.int8
 copies beside them) unless --output is given; a file holding another variant is replaced only with --force.
+
+int8: by default (--int8 auto, env INT8) <name>.int8.onnx is written beside the fp32 file when held-back images
+are at hand (the run's folds.json and cache, or --val-dir). It is measured against the fp32 file before it is
+written and records its Dice change, speed-up and the fp32 file's SHA-1 in its metadata, which
+inference.py --precision auto reads. --int8 on stops when it cannot be made; --int8 off (--no-int8) skips it.
 
 The graph takes `image` float32 (N, 3, H, W), H and W multiples of 32, dynamic N/H/W, and returns
 `probs` (N, C, H, W): sigmoid (binary) or softmax (multi-class) inside the graph, averaged over
@@ -40,12 +46,14 @@ int8), variants (output names), foreign (--describe, --hf) and triton.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+from typing import Mapping
 
 import onnx
 import torch.nn as nn
 
-from config import ARCHITECTURES, TTA_MODES
+from config import ARCHITECTURES, INT8_MODES, TTA_MODES
 from exporting.checkpoints import (
     checkpoint_name, find_checkpoints, load_fold_models, load_plain_checkpoint, read_recommended_threshold,
     read_summary,
@@ -54,7 +62,7 @@ from exporting.checks import verify
 from exporting.ensembles import GATE_OUTPUT, ExportEnsemble, GateEnsemble
 from exporting.foreign import describe_onnx, export_huggingface
 from exporting.onnx_metadata import add_metadata, build_gate_metadata, build_metadata, set_metadata
-from exporting.quantize import int8_inputs, write_fp16, write_int8
+from exporting.quantize import int8_mode, int8_plan, write_fp16, write_int8
 from exporting.tracing import MAX_OPSET, MIN_OPSET, check_opset, simplify, to_onnx_bytes, trace_side
 from exporting.triton import write_triton_repo
 from exporting.variants import guard_outputs, sibling_path, variant_path, warn_stale_siblings
@@ -73,12 +81,13 @@ def detector_path(output: Path) -> Path:
 def export_onnx(work_dir: str | Path, folds: list[int] | None = None, output: str | Path | None = None,
                 threshold: float | None = None, min_area: int | None = None, opset: int = 17,
                 check: bool = True, tta: str = "none", logits: bool = False, simplify_graph: bool = False,
-                fp16: bool = False, int8: bool = False, val_dir: str | Path | None = None,
+                fp16: bool = False, int8: str | bool = "off", val_dir: str | Path | None = None,
                 calib_count: int = 64, force: bool = False) -> Path:
     """Export the chosen folds of a training run as one averaged ONNX graph; returns its path.
 
-    Without `output` a variant gets its own name (exporting/variants.py). fp16/int8 write <name>.fp16.onnx /
-    <name>.int8.onnx beside the float32 file. A file of another variant is replaced only with `force`.
+    Without `output` a variant gets its own name (exporting/variants.py). fp16 writes <name>.fp16.onnx beside the
+    float32 file; int8 (auto, on or off; quantize.int8_plan) <name>.int8.onnx: export.py and train.py pass auto
+    (their default), a Python caller says so. A file of another variant is replaced only with `force`.
     """
     check_opset(opset)
     work_dir = Path(work_dir)
@@ -86,16 +95,20 @@ def export_onnx(work_dir: str | Path, folds: list[int] | None = None, output: st
     subset = None if set(checkpoints) == set(find_checkpoints(work_dir, None)) else list(checkpoints)
     models, ckpt = load_fold_models(checkpoints)
     if ckpt["model_args"].get("arch") == GATE_ARCH:
-        unsupported = [name for name, on in (("--tta", tta != "none"), ("--logits", logits), ("--int8", int8)) if on]
+        mode = int8_mode(int8)
+        used = (("--tta", tta != "none"), ("--logits", logits), ("--int8", mode == "on"))
+        unsupported = [name for name, on in used if on]
         if unsupported:
             raise UserError(f"{', '.join(unsupported)}: not available for a gate (TASK=classify) export; drop it")
+        if mode == "auto":
+            LOG.info("no int8 copy: not made for a gate (TASK=classify) export")
         return export_gate(work_dir, checkpoints, models, ckpt, output, threshold, opset, check, simplify_graph, fp16,
                            subset, force)
     if threshold is None:
         threshold = read_recommended_threshold(work_dir)
     name = ckpt.get("config", {}).get("name") or "model"
     output = Path(output) if output else variant_path(work_dir, name, subset, tta, logits)
-    int8_data = int8_inputs(work_dir, list(checkpoints), val_dir, calib_count) if int8 else None
+    int8_data = int8_plan(int8, work_dir, list(checkpoints), val_dir, calib_count)
     return export_segmenter(models, ckpt, list(checkpoints), output, threshold=threshold, min_area=min_area,
                             opset=opset, check=check, tta=tta, logits=logits, simplify_graph=simplify_graph,
                             fp16=fp16, int8_data=int8_data, force=force)
@@ -103,7 +116,7 @@ def export_onnx(work_dir: str | Path, folds: list[int] | None = None, output: st
 
 def export_checkpoint(path: str | Path, arch: str | None = None, encoder: str | None = None,
                       classes: int | None = None, input_size: int | None = None, class_names: list[str] | None = None,
-                      output: str | Path | None = None, trust_pickle: bool = False, int8: bool = False,
+                      output: str | Path | None = None, trust_pickle: bool = False, int8: str | bool = "off",
                       val_dir: str | Path | None = None, calib_count: int = 64, **options) -> Path:
     """A plain state dict saved by another script (any wrapper model.unwrap_state_dict accepts), exported by the
     same steps as a run's folds. `options`: export_segmenter's (threshold, opset, check, tta, logits, ...)."""
@@ -120,7 +133,7 @@ def export_checkpoint(path: str | Path, arch: str | None = None, encoder: str | 
                       "class_names": class_names}
     output = Path(output) if output else variant_path(Path(path).parent, name, None, options.get("tta", "none"),
                                                       options.get("logits", False))
-    int8_data = int8_inputs(None, [], val_dir, calib_count) if int8 else None
+    int8_data = int8_plan(int8, None, [], val_dir, calib_count)
     return export_segmenter([model], ckpt, [], output, int8_data=int8_data, **options)
 
 
@@ -129,7 +142,7 @@ def export_segmenter(models: list[nn.Module], ckpt: dict, folds: list[int], outp
                      tta: str = "none", logits: bool = False, simplify_graph: bool = False, fp16: bool = False,
                      int8_data: tuple | None = None, force: bool = False) -> Path:
     """The steps every segmenter export shares: metadata, the overwrite guard, the detector, trace, checks,
-    write, then the fp16/int8 copies (int8_data: quantize.int8_inputs, checked by the caller beforehand)."""
+    write, then the fp16/int8 copies (int8_data: quantize.int8_plan, checked by the caller beforehand)."""
     kind = "logits" if logits else "probs"
     metadata = build_metadata(ckpt, folds, threshold, min_area, tta, kind, detector_path(output).name)
     precisions = [name for name, on in (("fp16", fp16), ("int8", int8_data is not None)) if on]
@@ -267,7 +280,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="skip the checker, onnxruntime and OpenCV checks")
     parser.add_argument("--simplify", action="store_true", help="simplify the graph with onnxslim")
     parser.add_argument("--fp16", action="store_true", help="also write <name>.fp16.onnx (GPU)")
-    parser.add_argument("--int8", action="store_true", help="also write <name>.int8.onnx (static QDQ, CPU)")
+    parser.add_argument("--int8", nargs="?", const="on", default=None, choices=INT8_MODES,
+                        help="<name>.int8.onnx (static QDQ, CPU), measured against fp32: auto (default; env INT8) "
+                        "writes it when held-back images are at hand, on (bare --int8) writes it or stops, off never")
+    parser.add_argument("--no-int8", dest="int8", action="store_const", const="off", help="the same as --int8 off")
     parser.add_argument("--val-dir", default=None, help="--int8 Dice on DIR/images + DIR/masks "
                         "(default: the cached validation images of the exported folds)")
     parser.add_argument("--calib-images", type=int, default=64, help="cached images used for int8 calibration")
@@ -311,8 +327,9 @@ def export_foreign(args: argparse.Namespace) -> Path:
                          background=False if args.no_background else None)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> None:
     args = parse_args(argv)
+    args.int8 = args.int8 or int8_mode((os.environ if environ is None else environ).get("INT8") or "auto")
     setup_logging()
     if args.describe or args.hf:
         export_foreign(args)

@@ -29,6 +29,10 @@ Run book (only onnxruntime(-gpu), opencv-python-headless and numpy are needed):
     # force the CPU with 4 threads; --device auto picks TensorRT > CUDA > CPU
     python inference.py --model model.onnx --source images/ --output preds/ --device cpu --threads 4
 
+    # on the CPU, --precision auto (the default) runs model.int8.onnx when export.py measured it beside model.onnx
+    # and it loses at most 0.01 Dice (runtime/precision.py; one log line says which runs and why)
+    python inference.py --model model.onnx --source images/ --output preds/ --precision fp32   # force float32
+
     # a clean/defect gate (train.py --task classify -> gate.onnx) in front: images it judges clean are not
     # segmented (empty mask, status gated_clean); summary.csv gets gate_prob. --gate-threshold overrides its own
     python inference.py --model model.onnx --gate gate.onnx --source coil_0042/ --output preds/ --batch-size 8
@@ -210,7 +214,7 @@ def build_segmenter(args: argparse.Namespace):
         raise UserError("--model is required (the .onnx from export.py), or use --method otsu for the baseline")
     return Segmenter(args.model, device=args.device, threads=args.threads, tta=args.tta, detector=args.detector,
                      gate=args.gate, gate_threshold=args.gate_threshold, description=model_description(args),
-                     spinning=args.ort_spinning == "on", **post)
+                     spinning=args.ort_spinning == "on", precision=args.precision, **post)
 
 
 def warn_binary_only(args: argparse.Namespace, meta: dict) -> None:

@@ -372,7 +372,7 @@ def main() -> None:
         e2e_path = args.e2e or convert(args.model, Path(tmp) / "model.e2e.onnx", args.tta, args.threshold)
         session = create_session(Path(e2e_path), CPU, args.threads)
         adaptive = str(args.threshold).lower() == "adaptive"
-        engine = Segmenter(args.model, device="cpu", threads=args.threads, tta=args.tta,
+        engine = Segmenter(args.model, device="cpu", threads=args.threads, tta=args.tta, precision="fp32",
                            threshold="adaptive" if adaptive else (args.threshold or "model"))
         classes = int(engine.meta["num_classes"])
         pairs = load_pairs(args.images, args.masks, classes, args.limit)

@@ -107,7 +107,8 @@ def contenders(args, tmp: Path, models: dict[str, Path], weights: Path, paths: l
 
     fns, sessions, tensors = {}, {}, {}
     for precision, path in models.items():
-        segmenter = inference.Segmenter(path, device="cpu", threads=args.threads, threshold=0.5, close=5)
+        segmenter = inference.Segmenter(path, device="cpu", threads=args.threads, threshold=0.5, close=5,
+                                        precision="fp32" if precision == "fp32" else "auto")  # the file as given
         sessions[precision] = ort_session(path, args.threads)
         tensors[precision] = prepare_inputs(segmenter, paths)
         fns["engine" + SUFFIX[precision]] = engine_fn(segmenter, "engine" + SUFFIX[precision])

@@ -1,4 +1,9 @@
-"""Lower-precision copies of an exported graph: fp16 for GPUs, static int8 QDQ for CPUs with Dice before/after."""
+"""Lower-precision copies of an exported graph: fp16 for GPUs, static int8 QDQ for CPUs with Dice before/after.
+
+The int8 copy records what was measured (int8_dice_delta, int8_speedup, int8_val_images) and the SHA-1 of the
+fp32 file it came from (int8_source): inference.py --precision auto (runtime/precision.py) decides on them.
+`--int8 auto` (the default) writes it only when a validation set is at hand (int8_plan).
+"""
 
 from __future__ import annotations
 
@@ -14,9 +19,10 @@ import onnx
 from exporting.checks import max_diff, parity_input, run_onnxruntime
 from exporting.onnx_metadata import set_metadata
 from runtime.metadata import read_metadata
+from config import INT8_MODES
 from utils import (
-    LOG, UserError, atomic_write_bytes, dice_iou, index_masks, list_images, preprocess, read_image, read_mask,
-    restore_size,
+    LOG, UserError, atomic_write_bytes, dice_iou, file_sha1, index_masks, list_images, preprocess, read_image,
+    read_mask, restore_size,
 )
 
 
@@ -95,11 +101,13 @@ def validation_pairs(work_dir: Path, folds: list[int], val_dir: str | Path | Non
     return load_pairs(work_dir / "images", work_dir / "masks", keys)
 
 
-def evaluate(model_path: Path, pairs: list[tuple[Path, Path]], meta: dict) -> tuple[float, float]:
-    """(mean per-image Dice at the metadata threshold, median ms per image) with onnxruntime on CPU."""
+def evaluate(model: Path | bytes, pairs: list[tuple[Path, Path]], meta: dict) -> tuple[float, float]:
+    """(mean per-image Dice at the metadata threshold, median ms per image) with onnxruntime on CPU; `model` is
+    a file or the serialized graph."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model if isinstance(model, bytes) else str(model),
+                                   providers=["CPUExecutionProvider"])
     scores, times = [], []
     for image_path, mask_path in pairs:
         image, mask = read_image(image_path), read_mask(mask_path, meta["num_classes"])
@@ -159,13 +167,55 @@ def int8_inputs(work_dir: Path | None, folds: list[int], val_dir, count: int) ->
     return calibration_images(work_dir, count), validation_pairs(work_dir, folds, val_dir)
 
 
-def quantize_int8(fp32_path: Path, output: Path, images: list[Path], meta: dict) -> Path:
+def int8_mode(value: str | bool | None) -> str:
+    """auto, on or off (True/False: the old on/off switch)."""
+    if isinstance(value, bool) or value is None:
+        return "on" if value else "off"
+    mode = str(value).strip().lower()
+    if mode not in INT8_MODES:
+        raise UserError(f"--int8 {value!r} is not valid; use one of: {', '.join(INT8_MODES)}")
+    return mode
+
+
+def no_validation_set(work_dir: Path | None, folds: list[int], val_dir) -> str | None:
+    """Why --int8 auto writes no int8 copy (no validation set at hand), or None when it can measure one."""
+    if val_dir is not None and work_dir is None:
+        return None
+    if work_dir is None:
+        return "--checkpoint without --val-dir"
+    if not (work_dir / "images").is_dir() or not list_images(work_dir / "images"):
+        return f"no training cache in {work_dir / 'images'} to calibrate on"
+    if val_dir is not None:
+        return None
+    if not (work_dir / "folds.json").is_file():
+        return f"no {work_dir / 'folds.json'} naming the held-back images of the exported folds"
+    try:
+        validation_pairs(work_dir, folds, None)
+    except UserError:
+        return f"the held-back images of folds {folds} are not in the training cache"
+    return None
+
+
+def int8_plan(mode: str | bool | None, work_dir: Path | None, folds: list[int], val_dir, count: int) -> tuple | None:
+    """int8_inputs for --int8 on, or auto with a validation set at hand; None (off, or auto without one: one line
+    says why) means no int8 copy."""
+    mode = int8_mode(mode)
+    if mode == "auto":
+        reason = no_validation_set(work_dir, folds, val_dir)
+        if reason is not None:
+            LOG.info("no int8 copy: %s (--val-dir DIR measures one; --int8 off silences this)", reason)
+            return None
+    return int8_inputs(work_dir, folds, val_dir, count) if mode != "off" else None
+
+
+def quantize_int8(fp32_path: Path, images: list[Path], meta: dict) -> onnx.ModelProto:
     """Static QDQ int8 (per-channel weights, uint8 activations), calibrated on `images`."""
     import tempfile
 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    root_handlers = list(logging.root.handlers)
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         try:
@@ -173,25 +223,27 @@ def quantize_int8(fp32_path: Path, output: Path, images: list[Path], meta: dict)
         except Exception as exc:  # the optimiser is optional: quantize the plain graph then
             LOG.warning("quantization pre-processing skipped (%s: %s)", type(exc).__name__, exc)
             prepared = fp32_path
-        quantize_static(str(prepared), str(Path(tmp) / "int8.onnx"), CacheReader(images, meta),
-                        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, per_channel=True, calibrate_method=CalibrationMethod.MinMax)
-        proto = onnx.load(str(Path(tmp) / "int8.onnx"))
-    atomic_write_bytes(output, set_metadata(proto, {**meta, "precision": "int8"}).SerializeToString())
-    return output
+        try:
+            quantize_static(str(prepared), str(Path(tmp) / "int8.onnx"), CacheReader(images, meta),
+                            quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, per_channel=True, calibrate_method=CalibrationMethod.MinMax)
+        finally:  # onnxruntime.quantization calls logging.basicConfig: undo it, or every line prints twice
+            for handler in set(logging.root.handlers) - set(root_handlers):
+                logging.root.removeHandler(handler)
+        return onnx.load(str(Path(tmp) / "int8.onnx"))
 
 
 def write_int8(fp32_path: Path, metadata: dict, images: list[Path], pairs: list[tuple[Path, Path]]) -> Path:
-    """<name>.int8.onnx calibrated on `images`, then Dice and latency of fp32 vs int8 on `pairs` (int8_inputs)."""
-    root_handlers = list(logging.root.handlers)
-    try:
-        path = quantize_int8(fp32_path, fp32_path.with_suffix(".int8.onnx"), images, metadata)
-    finally:  # onnxruntime.quantization calls logging.basicConfig: undo it, or every line prints twice
-        for handler in set(logging.root.handlers) - set(root_handlers):
-            logging.root.removeHandler(handler)
-    LOG.info("exported %s (int8 QDQ, calibrated on %d images, %.1f MB)", path, len(images), path.stat().st_size / 1e6)
+    """<name>.int8.onnx calibrated on `images` and measured against the fp32 file on `pairs` (int8_inputs) before it
+    is written, so it records its Dice change, speed-up and source (what runtime/precision.py decides on)."""
+    proto = quantize_int8(fp32_path, images, metadata)
     dice32, ms32 = evaluate(fp32_path, pairs, metadata)
-    dice8, ms8 = evaluate(path, pairs, metadata)
+    dice8, ms8 = evaluate(proto.SerializeToString(), pairs, metadata)
+    measured = {"int8_dice_delta": round(dice8 - dice32, 6), "int8_speedup": round(ms32 / max(ms8, 1e-9), 3),
+                "int8_val_images": len(pairs), "int8_source": file_sha1(fp32_path)}
+    path = fp32_path.with_suffix(".int8.onnx")
+    atomic_write_bytes(path, set_metadata(proto, {**metadata, "precision": "int8", **measured}).SerializeToString())
+    LOG.info("exported %s (int8 QDQ, calibrated on %d images, %.1f MB)", path, len(images), path.stat().st_size / 1e6)
     LOG.info("int8: Dice %.4f -> %.4f (%+.4f) on %d validation images; median latency %.1f -> %.1f ms (%.2fx)",
-             dice32, dice8, dice8 - dice32, len(pairs), ms32, ms8, ms32 / max(ms8, 1e-9))
+             dice32, dice8, dice8 - dice32, len(pairs), ms32, ms8, measured["int8_speedup"])
     return path

@@ -81,4 +81,4 @@ def warn_stale_siblings(output: Path, written: list[str]) -> None:
         sibling = sibling_path(output, precision)
         if precision not in written and sibling.exists():
             LOG.warning("%s is left from an earlier export and no longer matches %s: add --%s to rewrite it, "
-                        "or delete it", sibling, output.name, precision)
+                        "or delete it", sibling, output.name, "int8 on" if precision == "int8" else precision)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from runtime.precision import MAX_DICE_LOSS, PRECISIONS
 from runtime.segmenter import TTA_FLIPS
 from runtime.session import DEFAULT_SPINNING, PROVIDER_CHOICES
 from runtime.sources import ZIP_MAX_BYTES, ZIP_MAX_ENTRIES, ZIP_MAX_RATIO
@@ -29,6 +30,9 @@ def add_model_args(add) -> None:
     """Model, device and the stages around the model."""
     add("--device", "--providers", dest="device", default="auto", choices=PROVIDER_CHOICES,
         help="execution provider; auto tries TensorRT > CUDA > CPU (--providers is the old name)")
+    add("--precision", default="auto", choices=PRECISIONS,
+        help="auto: on the CPU, the <stem>.int8.onnx export.py measured beside the model when it loses at most "
+             f"{MAX_DICE_LOSS} Dice and is not stale, else the model as given; fp32 / int8 force one")
     add("--threads", type=int, default=0, help="CPU threads for onnxruntime, 0 = automatic")
     add("--ort-spinning", choices=("on", "off"), default="on" if DEFAULT_SPINNING else "off",
         help="onnxruntime's idle threads spin-wait for work (on) or sleep (off: they leave the cores to the "

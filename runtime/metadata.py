@@ -34,6 +34,7 @@ MULTICLASS_RULE = ("per (image, class) Dice/IoU of the class-id masks, a class a
                    "classes 1..C-1; a class's dice is the mean over all images")
 
 EXPORT, EXPORT_GATE = "export.py", "export.py (gate)"
+INT8 = "export.py (int8 copy, exporting/quantize.py)"
 RUNTIME = "runtime (Segmenter)"
 
 
@@ -134,7 +135,18 @@ KEYS: tuple[Key, ...] = (
     Key("described", None, "true when export.py --describe / --hf wrote this metadata for a model trained elsewhere",
         "export.py --describe / --hf", "export.py --describe (may rewrite it)", tasks=(SEGMENT,)),
     Key("folds", [], "the fold ids averaged inside the graph", "export.py", "logs, app"),
-    Key("precision", "fp32", "fp32, fp16 or int8", "export.py (--fp16 / --int8)", "logs"),
+    Key("precision", "fp32", "fp32, fp16 or int8", "export.py (--fp16 / --int8)", "logs, runtime/precision.py"),
+    Key("int8_dice_delta", None, "int8 file: its mean per-image Dice minus the fp32 file's, on the validation images",
+        INT8, "runtime/precision.py: --precision auto runs int8 only when it loses at most MAX_DICE_LOSS",
+        tasks=(SEGMENT,),
+        check=lambda v: is_number(v) and -1 <= v <= 1, must="a number from -1 to 1"),
+    Key("int8_speedup", None, "int8 file: fp32 median ms / int8 median ms per image (onnxruntime CPU, at export)",
+        INT8, "logs", tasks=(SEGMENT,), check=lambda v: is_number(v) and v > 0, must="a positive number"),
+    Key("int8_val_images", None, "int8 file: how many validation images the two were measured on", INT8, "logs",
+        tasks=(SEGMENT,), check=lambda v: is_int(v) and v >= 1, must="an integer >= 1"),
+    Key("int8_source", None, "int8 file: SHA-1 of the fp32 file's bytes it was made from; another fp32 file beside "
+        "it (a re-export) makes it stale", INT8, "runtime/precision.py: auto skips a stale int8 file",
+        tasks=(SEGMENT,), check=lambda v: isinstance(v, str) and len(v) == 40, must="40 hex digits"),
     Key("train_patch", None, "TRAIN_PATCH (HxW) when training used random crops; absent otherwise", "export.py",
         "documentation only", tasks=(SEGMENT,)),
     Key("config_hash", None, "hash of the training settings that shaped the weights", "export.py", "provenance"),

@@ -29,6 +29,7 @@ from runtime.foreign import load_segmenter_metadata  # noqa: F401 - also importe
 from runtime.gate import Gate, clean_prediction
 from runtime.metadata import decode_metadata
 from runtime.postprocess import PostOptions, otsu_level, postprocess
+from runtime.precision import choose_precision
 from runtime.session import CPU, DEFAULT_SPINNING, create_session, select_providers
 from utils import LOG, UserError, match_input_size, preprocess, read_image, restore_size
 
@@ -102,16 +103,22 @@ class Segmenter:
 
     `gate` (a gate .onnx path or a runtime.gate.Gate) runs first on every batch: images below its
     threshold (`gate_threshold`, default the gate's own) are not segmented (empty mask, status gated_clean).
+
+    `precision` (auto, fp32, int8; runtime/precision.py) may run the measured <stem>.int8.onnx beside the model
+    on the CPU: `model_path`, `precision` and `precision_reason` say what runs.
     """
 
     def __init__(self, model_path, device: str = "auto", threads: int = 0, tta: str | None = None,
                  session=None, providers: str | None = None, detector=None, gate=None,
-                 gate_threshold: float | None = None, description: dict | None = None,
+                 gate_threshold: float | None = None, description: dict | None = None, precision: str = "auto",
                  spinning: bool | None = None, **post):
         self.model_path = Path(model_path) if model_path is not None else None
         self.spinning = DEFAULT_SPINNING if spinning is None else bool(spinning)  # onnxruntime's spin-waiting
+        self.precision, self.precision_reason = None, "session given"
         if session is None:
             self.wanted = select_providers(providers or device)  # --providers is the old name
+            self.model_path, self.precision, self.precision_reason = choose_precision(self.model_path, precision,
+                                                                                      self.wanted)
             session = create_session(self.model_path, self.wanted, threads, self.spinning)
         else:
             self.wanted = list(session.get_providers())
@@ -129,6 +136,7 @@ class Segmenter:
                                                                    self._probe_classes)
             self.fixed_hw = fixed_input_size(self.input_name, model_input.shape)
             self._check_output_channels()
+        self.precision = self.precision or str(self.meta.get("precision") or "fp32")
         self.max_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else 0  # 0: any
         self.tta = self._resolve_tta(tta)
         self.post = self._post_options(post)
@@ -371,6 +379,7 @@ class OtsuSegmenter(Segmenter):
 
     def __init__(self, **post):
         self.model_path, self.session, self.providers, self.wanted = None, None, ["none (Otsu)"], ["none"]
+        self.precision, self.precision_reason = "none", "no model"
         self.meta, self.has_metadata = decode_metadata({})[0], False
         self.tta, self.fixed_hw, self.max_batch, self.crop_stage, self.gate = "none", None, 0, None, None
         post["threshold"] = "otsu"

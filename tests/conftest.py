@@ -13,8 +13,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+# int8 off: quantizing and measuring costs seconds per export; tests about int8 turn it on (tests/test_precision.py)
 TINY = {"arch": "Unet", "encoder": "resnet18", "encoder_weights": "none", "input_size": "64",
-        "epochs": "1", "folds": "2", "batch_size": "4", "workers": "0", "lr": "1e-3"}
+        "epochs": "1", "folds": "2", "batch_size": "4", "workers": "0", "lr": "1e-3", "int8": "off"}
+
+
+@pytest.fixture(autouse=True)
+def int8_off(monkeypatch):
+    """export.py's and train.py's default --int8 auto is off in tests (env INT8), as in TINY: see there."""
+    monkeypatch.setenv("INT8", "off")
 
 
 def write_blobs(folder: Path, count: int, size=(80, 100), seed: int = 0, empty_every: int = 4) -> Path:

@@ -12,7 +12,7 @@ from config import TTA_MODES
 from exporting import checkpoints, checks, ensembles, quantize, tracing, triton
 from model import build_model_from_checkpoint
 from runtime.metadata import METADATA_KEY, read_metadata
-from utils import UserError
+from utils import UserError, file_sha1
 
 
 def _session(path):
@@ -204,7 +204,9 @@ def test_int8_is_static_qdq_and_keeps_metadata(trained_run, tmp_path, caplog):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     assert any(t.data_type == onnx.TensorProto.INT8 for t in quant.graph.initializer)  # int8 weights
     meta, fp32_meta = read_metadata(quant), _meta(out)
+    measured = {key: meta.pop(key) for key in ("int8_dice_delta", "int8_speedup", "int8_val_images", "int8_source")}
     assert meta.pop("precision") == "int8" and fp32_meta.pop("precision") == "fp32" and meta == fp32_meta
+    assert measured["int8_source"] == file_sha1(out) and measured["int8_val_images"] > 0  # measured before written
     probs = _session(out.with_suffix(".int8.onnx")).run(None, {"image": checks.parity_input(64)})[0]
     assert probs.shape == (2, 1, 64, 96) and 0 <= probs.min() and probs.max() <= 1
     assert "int8: Dice" in caplog.text and "latency" in caplog.text

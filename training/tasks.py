@@ -79,8 +79,8 @@ class SegmentTask:
                 f"{name} dice {v['dice']:.4f} iou {v['iou']:.4f}" for name, v in summary["oof_per_class"].items()))
 
     def export_args(self, summary: dict) -> dict:
-        """export_onnx's settings: the out-of-fold best threshold and MIN_AREA."""
-        return {"threshold": summary["best_threshold"], "min_area": self.cfg.min_area}
+        """export_onnx's settings: the out-of-fold best threshold, MIN_AREA and INT8."""
+        return {"threshold": summary["best_threshold"], "min_area": self.cfg.min_area, "int8": self.cfg.int8}
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,8 @@ class ClassifyTask:
         LOG.info("%s", classify.describe_gate_report(summary["oof"]))
 
     def export_args(self, summary: dict) -> dict:
-        """export_onnx's settings: the out-of-fold threshold that keeps GATE_RECALL (gate.onnx)."""
-        return {"threshold": summary["threshold"]}
+        """export_onnx's settings: the out-of-fold threshold that keeps GATE_RECALL (gate.onnx); a gate has no int8."""
+        return {"threshold": summary["threshold"], "int8": "off"}
 
 
 TASK_CLASSES = {"segment": SegmentTask, "classify": ClassifyTask}
