@@ -21,6 +21,7 @@ from utils import LOG, UserError, file_sha1, is_number
 
 PRECISIONS = ("auto", "fp32", "int8")
 MAX_DICE_LOSS = 0.01  # auto runs int8 only when it loses at most this much mean Dice on the held-back images
+MIN_SPEEDUP = 1.0  # ... and was faster than float32 where export.py measured it (a CPU without int8 dot products)
 AS_GIVEN = (".int8.onnx", ".fp16.onnx", ".e2e.onnx")  # a file the user picked a precision or graph for
 
 
@@ -110,6 +111,9 @@ def int8_problem(fp32: Path, int8: Path) -> tuple[str | None, dict]:
         return f"{int8.name} is stale: it was made from an earlier {fp32.name} (export again to refresh it)", meta
     if delta < -MAX_DICE_LOSS:
         return f"{int8.name} lost {-delta:.3f} Dice (limit {MAX_DICE_LOSS})", meta
+    speedup = meta.get("int8_speedup")
+    if is_number(speedup) and speedup < MIN_SPEEDUP:
+        return f"{int8.name} was no faster than float32 where it was measured ({speedup:.2f}x)", meta
     return None, meta
 
 

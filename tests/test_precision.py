@@ -70,6 +70,15 @@ def test_auto_picks_int8_only_within_the_dice_limit(pair, records, delta, picked
     assert segmenter.predict_probs(np.zeros((20, 30, 3), np.uint8)).shape == (1, 20, 30)
 
 
+def test_auto_skips_an_int8_copy_that_was_no_faster(pair, records):
+    fp32, int8 = pair
+    with_meta(int8, int8_speedup=0.8)  # e.g. measured on a CPU without int8 dot products
+    segmenter = inference.Segmenter(fp32, device="cpu")
+    assert (segmenter.model_path, segmenter.precision) == (fp32, "fp32")
+    assert lines(records) == ["precision fp32: horse.int8.onnx was no faster than float32 where it was measured "
+                              "(0.80x)"]
+
+
 def test_the_limit_is_one_constant():
     assert precision.MAX_DICE_LOSS == 0.01
 
