@@ -249,12 +249,16 @@ def quantize_copy(fp32_path: Path, int8_path: Path, images: list[Path]) -> Path:
     weights, uint8 activations, MinMax), calibrated on `images` preprocessed as the engine feeds them."""
     import logging
 
+    from exporting.onnx_metadata import set_metadata
     from exporting.quantize import quantize_int8
     from runtime.metadata import read_metadata
 
     handlers = list(logging.root.handlers)
     try:
-        return quantize_int8(Path(fp32_path), Path(int8_path), list(images), read_metadata(str(fp32_path)))
+        meta = read_metadata(str(fp32_path))
+        proto = quantize_int8(Path(fp32_path), list(images), meta)
+        Path(int8_path).write_bytes(set_metadata(proto, {**meta, "precision": "int8"}).SerializeToString())
+        return Path(int8_path)
     finally:  # onnxruntime.quantization calls logging.basicConfig: undo it, as export.py does
         for handler in set(logging.root.handlers) - set(handlers):
             logging.root.removeHandler(handler)
