@@ -213,7 +213,7 @@ def report(args, folder: str, paths: list[Path], times: dict[str, list[float]], 
     if "cli_eager" in med:
         result["cli_speedup_vs_eager"] = med["cli_eager"] / med["cli_inference"]
         print(f"CLI speed-up (cold start included): {result['cli_speedup_vs_eager']:.2f}x")
-    write_result("end_to_end", result, args.out, start_info)
+    write_result("end_to_end" if args.data == "horse" else f"end_to_end_{args.data}", result, args.out, start_info)
 
 
 if __name__ == "__main__":
