@@ -28,7 +28,8 @@ from utils import atomic_write_json  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 HORSE = ROOT.parent / "shared" / "data" / "weizmann_horse"
 ISBI = ROOT.parent / "shared" / "data" / "isbi_membrane"  # 30 greyscale 512x512 EM slices
-LOAD_LIMIT = 1.5  # a 1-minute load average above this at the start or end: the table is not an idle-machine figure
+LOAD_LIMIT = 1.5  # a 1-minute load average above this at the start: the table is not an idle-machine figure
+OTHERS_LIMIT = 0.25  # cores used on average by other processes during the run, above which it was not alone
 
 
 # ----------------------------------------------------------------------------- timing
@@ -83,10 +84,26 @@ def load_average() -> list[float]:
         return []
 
 
+def cpu_seconds() -> dict:
+    """Busy CPU seconds of the whole machine since boot (/proc/stat: all but idle and iowait) and of this process
+    with its reaped children (os.times), with a monotonic clock: two of these tell what other processes used."""
+    own = os.times()
+    info = {"clock_s": round(time.monotonic(), 3),
+            "own_s": round(own.user + own.system + own.children_user + own.children_system, 3)}
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        ticks = os.sysconf("SC_CLK_TCK")
+        info["machine_busy_s"] = round((sum(fields[:8]) - fields[3] - fields[4]) / ticks, 3)
+    except (OSError, ValueError, IndexError):
+        pass
+    return info
+
+
 def machine_info() -> dict:
-    """Cores, CPU model, memory and load average at the time of the call, plus package versions."""
+    """Cores, CPU model, memory and load average at the time of the call, plus package versions and CPU seconds."""
     info = {"cores": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
-            "load_average": load_average(), "time_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            "load_average": load_average(), "time_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "cpu_seconds": cpu_seconds()}
     try:
         pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
         info["memory_gib"] = round(pages * size / 2**30, 1)
@@ -109,18 +126,37 @@ def machine_line(info: dict) -> str:
 # ----------------------------------------------------------------------------- output
 
 
+def others_cores(start_info: dict | None, end_info: dict) -> float | None:
+    """Cores used on average by every other process between the two calls (machine busy time less this process's
+    and its children's), or None where /proc/stat is not there."""
+    first, last = (start_info or {}).get("cpu_seconds") or {}, end_info.get("cpu_seconds") or {}
+    if "machine_busy_s" not in first or "machine_busy_s" not in last:
+        return None
+    wall = last["clock_s"] - first["clock_s"]
+    others = (last["machine_busy_s"] - first["machine_busy_s"]) - (last["own_s"] - first["own_s"])
+    return round(max(others, 0.0) / wall, 3) if wall > 0 else None
+
+
 def load_report(start_info: dict | None, end_info: dict) -> dict:
-    """The 1-minute load average at the start and end of a run, printed, with a loud warning above LOAD_LIMIT."""
+    """The 1-minute load average at the start and end of a run and the cores other processes used meanwhile,
+    printed, with a loud warning when the run was not alone: a start load above LOAD_LIMIT, or others above
+    OTHERS_LIMIT cores (without /proc/stat: an end load above LOAD_LIMIT). The end load counts the run's own
+    threads (a 2-thread run ends near 2.0 on its own), hence the CPU-time check."""
     def one_minute(info: dict | None) -> float | None:
         load = (info or {}).get("load_average") or []
         return load[0] if load else None
 
     start, end = one_minute(start_info), one_minute(end_info)
-    busy = any(value is not None and value > LOAD_LIMIT for value in (start, end))
-    print(f"load average (1 min): {'?' if start is None else start} at start, {'?' if end is None else end} at end")
+    others = others_cores(start_info, end_info)
+    busy = (start is not None and start > LOAD_LIMIT) or (
+        others > OTHERS_LIMIT if others is not None else end is not None and end > LOAD_LIMIT)
+    print(f"load average (1 min): {'?' if start is None else start} at start, {'?' if end is None else end} at end "
+          f"(own threads included); other processes: {'?' if others is None else others} cores on average")
     if busy:
-        print(f"WARNING: load average above {LOAD_LIMIT}: rerun this table on an idle machine")
-    return {"start": start, "end": end, "limit": LOAD_LIMIT, "busy": busy}
+        print(f"WARNING: not alone (load above {LOAD_LIMIT} at the start, or other processes above {OTHERS_LIMIT} "
+              "cores): rerun this table on an idle machine")
+    return {"start": start, "end": end, "others_cores": others, "limit": LOAD_LIMIT, "others_limit": OTHERS_LIMIT,
+            "busy": busy}
 
 
 def write_result(name: str, result: dict, out: Path | None = None, start_info: dict | None = None) -> Path:

@@ -60,21 +60,36 @@ def test_common_helpers():
     assert common.verdict(2.0, 1.6).startswith("met") and common.verdict(1.2, 1.15, False).startswith("MISSED")
 
 
-def test_load_report_warns_above_the_limit(capsys, tmp_path):
+def test_load_report_warns_when_the_run_was_not_alone(capsys, tmp_path):
     sys.path.insert(0, str(BENCH))
     import common
 
-    idle, busy = {"load_average": [0.2, 0.3, 0.4]}, {"load_average": [1.6, 0.3, 0.4]}
-    assert common.load_report(idle, idle) == {"start": 0.2, "end": 0.2, "limit": 1.5, "busy": False}
-    assert "WARNING" not in capsys.readouterr().out
-    assert common.load_report(idle, busy)["busy"] and common.load_report(busy, idle)["busy"]
+    def info(load, clock, machine, own):
+        return {"load_average": [load, 0.3, 0.4],
+                "cpu_seconds": {"clock_s": clock, "machine_busy_s": machine, "own_s": own}}
+
+    start = info(0.2, 100.0, 1000.0, 5.0)
+    alone = info(1.9, 110.0, 1020.5, 25.0)  # 20 of the 20.5 busy seconds were the run's own: its 2 threads
+    assert common.others_cores(start, alone) == 0.05
+    assert common.load_report(start, alone) == {"start": 0.2, "end": 1.9, "others_cores": 0.05, "limit": 1.5,
+                                                 "others_limit": 0.25, "busy": False}
     out = capsys.readouterr().out
-    assert "0.2 at start, 1.6 at end" in out
-    assert out.count("load average above 1.5: rerun this table on an idle machine") == 2
-    path = common.write_result("x", {"value": 1}, tmp_path / "x.json", idle)  # every script's JSON gets it
+    assert "0.2 at start, 1.9 at end (own threads included); other processes: 0.05 cores" in out
+    assert "WARNING" not in out
+    shared = info(1.9, 110.0, 1020.0, 15.0)  # 20 busy s, 10 of them the run's: others used a whole core
+    assert common.others_cores(start, shared) == 1.0 and common.load_report(start, shared)["busy"]
+    assert common.load_report(info(1.6, 100.0, 1000.0, 5.0), alone)["busy"]  # busy before it started
+    no_proc = {"load_average": [0.2, 0.3, 0.4]}  # no /proc/stat: the end load decides
+    assert common.others_cores(no_proc, no_proc) is None
+    assert not common.load_report(no_proc, no_proc)["busy"]
+    assert common.load_report(no_proc, {"load_average": [1.6, 0.3, 0.4]})["busy"]
+    assert capsys.readouterr().out.count("rerun this table on an idle machine") == 3
+    begun = common.machine_info()
+    begun["cpu_seconds"]["clock_s"] -= 1.0  # a run of a second, not of the microseconds this test takes
+    path = common.write_result("x", {"value": 1}, tmp_path / "x.json", begun)  # every script's JSON has it
     result = json.loads(path.read_text())
-    assert set(result["load"]) == {"start", "end", "limit", "busy"} and result["load"]["start"] == 0.2
-    assert "load average (1 min): 0.2 at start" in capsys.readouterr().out
+    assert set(result["load"]) == {"start", "end", "others_cores", "limit", "others_limit", "busy"}
+    assert result["load"]["others_cores"] is not None and result["load"]["others_cores"] >= 0
 
 
 def test_latency(run_script):
