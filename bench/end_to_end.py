@@ -190,7 +190,7 @@ def report(args, folder: str, paths: list[Path], times: dict[str, list[float]], 
     order = [k for k in labels if k in med]
     print_table(["what", f"median s ({n} images)", "images/s", "speed-up vs eager"],
                 [[labels[k], f"{med[k]:.2f}", f"{n / med[k]:.1f}", f"{med['eager'] / med[k]:.2f}"] for k in order])
-    result = {"command": "python bench/end_to_end.py", "args": {k: str(v) for k, v in vars(args).items()},
+    result = {"command": "python bench/end_to_end.py", "args": {**{k: str(v) for k, v in vars(args).items()}, "images": folder},
               "data": args.data, "folder": folder, "model": f"{args.arch}/{args.encoder}", "size": args.size,
               "images": n, "threads": args.threads, "precisions": args.precisions,
               "runs": {k: summary(v) for k, v in times.items()}, "images_per_s": {k: n / v for k, v in med.items()},
