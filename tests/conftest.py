@@ -67,6 +67,19 @@ def trained_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def run_copy(trained_run, tmp_path) -> Path:
+    """The shared run seen through a folder of its own (models, images, masks linked; its JSONs copied), so that a
+    test's exports land there and never in the shared run."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("models", "images", "masks"):
+        (folder / name).symlink_to(trained_run / name, target_is_directory=True)
+    for name in ("cv_summary.json", "folds.json", "config.json"):
+        (folder / name).write_bytes((trained_run / name).read_bytes())
+    return folder
+
+
+@pytest.fixture
 def tiny_disk(tmp_path):
     """A real 1 MiB tmpfs (a full disk that says ENOSPC), mounted for one test; skipped where mount is not allowed."""
     import subprocess

@@ -11,15 +11,9 @@ from utils import UserError
 
 
 @pytest.fixture
-def run(trained_run, tmp_path):
-    """The shared 2-fold run, seen through a folder of its own (exports land here, not in the shared run)."""
-    folder = tmp_path / "run"
-    folder.mkdir()
-    for name in ("models", "images", "masks"):
-        (folder / name).symlink_to(trained_run / name, target_is_directory=True)
-    for name in ("cv_summary.json", "folds.json", "config.json"):
-        (folder / name).write_bytes((trained_run / name).read_bytes())
-    return folder
+def run(run_copy):
+    """The shared 2-fold run through a folder of its own, so exports land here (conftest.run_copy)."""
+    return run_copy
 
 
 @pytest.mark.parametrize("folds, tta, logits, name", [

@@ -201,15 +201,9 @@ def test_export_int8_flag(argv, expected, monkeypatch):
 
 
 @pytest.fixture
-def run(trained_run, tmp_path):
-    """The shared run through a folder of its own, so exports land here."""
-    folder = tmp_path / "run"
-    folder.mkdir()
-    for name in ("models", "images", "masks"):
-        (folder / name).symlink_to(trained_run / name, target_is_directory=True)
-    for name in ("cv_summary.json", "folds.json", "config.json"):
-        (folder / name).write_bytes((trained_run / name).read_bytes())
-    return folder
+def run(run_copy):
+    """The shared 2-fold run through a folder of its own, so exports land here (conftest.run_copy)."""
+    return run_copy
 
 
 def test_export_by_default_writes_a_measured_int8_copy(run, monkeypatch, records):
