@@ -1,16 +1,23 @@
-"""TIME_BUDGET: parsing, the setting, and the planner and the stop rule on numbers and a fake clock
-(training/budget.py)."""
+"""TIME_BUDGET: parsing, the planner and the stop rule on a fake clock, then tiny real runs: the schedule spans the
+planned steps, the probe trains nothing, a run ends within its budget with its export, and a resumed run keeps
+its plan."""
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
 
+import train
 from config import config_hash, load_config
-from conftest import ROOT
+from conftest import ROOT, tiny_argv, write_blobs
+from training import loop
 from training.budget import Budget, epoch_estimate, format_duration, parse_duration, plan_epochs
 
 # ----------------------------------------------------------------------------- parsing
@@ -128,3 +135,91 @@ def test_the_next_epoch_is_estimated_from_the_plan_then_from_measured_epochs():
     assert epoch_estimate(25.0, []) == 25.0
     assert epoch_estimate(25.0, [20.0, 22.0, 30.0]) == 30.0  # slowing down: the last one
     assert epoch_estimate(25.0, [30.0, 20.0]) == 25.0  # a fast one: the mean
+
+
+# ----------------------------------------------------------------------------- tiny real runs
+
+
+def records(work) -> list[dict]:
+    return [r for r in json.loads((work / "logs" / "metrics.json").read_text()) if r["kind"] == "epoch"]
+
+
+@pytest.mark.parametrize("scheduler, length_key", [("onecycle", "total_steps"), ("cosine", "T_max")])
+def test_the_schedule_spans_exactly_the_planned_steps(tmp_path, scheduler, length_key):
+    data = write_blobs(tmp_path / "data", 12)
+    work = tmp_path / "work"
+    train.run(load_config(tiny_argv(data, work, time_budget="10m", epochs=2, batch_size=2, fold_ids=0,
+                                    export="false", scheduler=scheduler), environ={}))
+    ckpt = torch.load(work / "models" / "fold0_last.pt", weights_only=True)
+    fold_plan, saved = ckpt["state"]["plan"], json.loads((work / "models" / "budget_plan.json").read_text())
+    assert fold_plan == {"budget_s": 600.0, "epochs": 2, "steps_per_epoch": 3, "total_steps": 6}  # 6 images / 2
+    assert (saved["epochs"], saved["max_epochs"], saved["total_steps"]) == (2, 2, 6) and saved["fit"] >= 2
+    assert ckpt["scheduler"][length_key] == 6 and ckpt["scheduler"]["last_epoch"] == 6  # every planned step taken
+    if scheduler == "cosine":  # one decay that ends at its floor on the last planned step
+        assert records(work)[-1]["lr"] == pytest.approx(1e-3 * 0.01)
+
+
+def test_the_probe_trains_nothing(tmp_path):
+    """A budgeted run whose plan is 2 epochs (EPOCHS caps it) logs the very numbers of an unbudgeted 2-epoch run:
+    the probe's steps left no trace in the weights, the optimizer, the data order or the augmentation."""
+    data = write_blobs(tmp_path / "data", 12)
+    same = dict(epochs=2, batch_size=2, fold_ids=0, export="false", scheduler="onecycle")
+    train.run(load_config(tiny_argv(data, tmp_path / "plain", **same), environ={}))
+    train.run(load_config(tiny_argv(data, tmp_path / "budget", time_budget="10m", **same), environ={}))
+    keys = ("train_loss", "val_loss", "val_dice", "lr", "step")
+    plain, budgeted = ([[r[k] for k in keys] for r in records(tmp_path / name)] for name in ("plain", "budget"))
+    assert len(plain) == 2 and budgeted == plain
+
+
+def test_a_budgeted_run_ends_within_its_budget_and_exports(tmp_path, caplog):
+    """75 s for 2 folds, scoring and export, EPOCHS no limit, one torch thread (two threads on a busy 2-core machine
+    oversubscribe it): the plan is measured, so it holds on a loaded machine."""
+    data = write_blobs(tmp_path / "data", 12)
+    work = tmp_path / "work"
+    cfg = load_config(tiny_argv(data, work, time_budget="75s", epochs=1000, batch_size=2, patience=1000, threads=1),
+                      environ={})
+    start = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="seg"):
+        train.run(cfg, started=start)
+    took = time.monotonic() - start
+    assert took <= 75 * 1.1, caplog.text
+    assert (work / "model.onnx").is_file()
+    saved = json.loads((work / "models" / "budget_plan.json").read_text())
+    assert saved["folds"] == 2 and 1 <= saved["epochs"] < 1000 and saved["fit"] == saved["epochs"]  # the budget decided
+    assert re.search(rf"budget 75 s → {saved['epochs']} epochs of [\d.]+ s per fold, 2 folds share it", caplog.text)
+    assert "budget 75 s: the run took" in caplog.text
+    for fold in (0, 1):  # each fold trained its planned epochs, or said why it stopped sooner
+        trained = sum(r["fold"] == fold for r in records(work))
+        assert 1 <= trained <= saved["epochs"]
+        stopped = f"fold {fold}: budget: stopped early after epoch {trained} of {saved['epochs']}"
+        assert trained == saved["epochs"] or stopped in caplog.text, caplog.text
+
+
+def test_a_killed_budgeted_run_resumes_with_its_plan(tmp_path, caplog, monkeypatch):
+    """Killed after fold 0's first epoch (its epoch-1 checkpoint put back as the last one), fold 1 not started:
+    the rerun measures nothing, fold 0 goes on under its own plan, fold 1 gets the saved run's plan."""
+    data = write_blobs(tmp_path / "data", 12)
+    work, models = tmp_path / "work", tmp_path / "work" / "models"
+    cfg = load_config(tiny_argv(data, work, time_budget="10m", epochs=3, batch_size=2, export="false",
+                                save_checkpoints="true", scheduler="onecycle", patience=100), environ={})
+    train.run(cfg)
+    (models / "fold0_last.pt").write_bytes((models / "fold0_epoch1.pt").read_bytes())
+    for path in models.glob("fold1_*"):
+        path.unlink()
+    saved = json.loads((models / "budget_plan.json").read_text())
+    assert saved["epochs"] == 3
+    saved["epochs"] = 2  # what a rerun that planned again would not give: proof the file is what is used
+    (models / "budget_plan.json").write_text(json.dumps(saved))
+    monkeypatch.setattr(loop, "probe_fold", lambda *a, **k: pytest.fail("the resumed run measured again"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="seg"):
+        train.run(cfg)
+    text = caplog.text
+    assert "budget 10 min → 2 epochs of" in text and "the plan saved in budget_plan.json, reused" in text
+    assert "fold 0: resuming after epoch 1" in text and "fold 0 epoch 2/3" in text and "fold 0 epoch 1/3" not in text
+    assert "fold 1 epoch 2/2" in text and "fold 1 epoch 3/" not in text
+    for fold, epochs in ((0, 3), (1, 2)):
+        ckpt = torch.load(models / f"fold{fold}_last.pt", weights_only=True)
+        plan_of_fold = ckpt["state"]["plan"]
+        assert plan_of_fold["epochs"] == epochs and plan_of_fold["total_steps"] == epochs * 3
+        assert ckpt["scheduler"]["total_steps"] == ckpt["scheduler"]["last_epoch"] == epochs * 3
