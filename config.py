@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from training.budget import parse_duration
 from utils import MAX_IMAGE_PIXELS, UserError, atomic_write_json
 
 # The smp architectures (segmentation_models_pytorch 0.6); test_config checks this list against
@@ -222,6 +223,10 @@ FIELDS: tuple[Field, ...] = (
     # Optimisation
     Field("batch_size", positive(int), 8, "batch size"),
     Field("epochs", positive(int), 50, "maximum epochs per fold"),
+    # It sets the epochs and the schedule, so it trains: a fold's checkpoint resumes only under the same budget.
+    Field("time_budget", parse_duration, 0, "wall-clock budget of the whole run (90s, 20m, 1h30m or seconds; 0 = "
+          "off): measures the first steps, plans the epochs per fold (at most EPOCHS) and the schedule to fit, "
+          "reserves time for out-of-fold scoring and export, stops by the clock", legacy_default=0),
     Field("lr", positive(float), 3e-4, "AdamW learning rate"),
     Field("weight_decay", non_negative(float), 1e-4, "AdamW weight decay"),
     Field("adam_eps", positive(float), 1e-8, "AdamW epsilon"),
@@ -266,9 +271,9 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
               "max_image_pixels")),
     ("model", ("arch", "encoder", "encoder_weights", "classes", "class_names", "classes_file", "class_weights",
                "input_size", "train_patch", "patches_per_image")),
-    ("optimisation", ("batch_size", "epochs", "lr", "weight_decay", "adam_eps", "scheduler", "restart_epochs",
-                      "grad_clip", "dice_weight", "bce_weight", "patience", "cooldown", "eval_step", "use_amp",
-                      "load_model")),
+    ("optimisation", ("batch_size", "epochs", "time_budget", "lr", "weight_decay", "adam_eps", "scheduler",
+                      "restart_epochs", "grad_clip", "dice_weight", "bce_weight", "patience", "cooldown", "eval_step",
+                      "use_amp", "load_model")),
     ("cross-validation", ("folds", "fold_ids", "seed")),
     ("smart crop", ("crop", "crop_model", "crop_conf", "crop_roi_factor", "crop_min_size", "crop_pad_value")),
     ("gate (TASK=classify)", ("task", "gate_input_size", "gate_recall", "gate_pos_weight", "gate_pool")),
@@ -311,6 +316,7 @@ class Config:
     patches_per_image: int
     batch_size: int
     epochs: int
+    time_budget: int
     lr: float
     weight_decay: float
     adam_eps: float

@@ -8,6 +8,9 @@ Run book:
     # flags override env vars, which override the defaults in config.py
     python train.py --raw-img-dir data/images --raw-mask-dir data/masks --model Unet --encoder resnet18 \
         --encoder-weights none --input-size 256 --epochs 30 --folds 5
+    # a wall-clock budget: the epochs (at most EPOCHS) and the schedule are planned to finish training, out-of-fold
+    # scoring and export in 20 minutes from now (docs/training.md#time-budget)
+    python train.py --raw-img-dir data/images --raw-mask-dir data/masks --time-budget 20m --epochs 1000
     # fixed split lists (training_dataset.txt, validation_dataset.txt, test_dataset.txt) instead of CV
     python train.py --raw-img-dir data/images --raw-mask-dir data/masks --search-files true
     # multi-class: class ids in the masks, named classes, weights from pixel counts
@@ -22,9 +25,9 @@ Run book:
 
 Writes to WORK_DIR: config.json, images/ + masks/ (the cache), folds.json, models/fold<K>_{best,last}.pt,
 logs/metrics.json, logs/training.log, logs/val_preview_fold<K>.png, cv_summary.json and <NAME>.onnx
-(a gate run: no previews, plus gate_oof.csv, the out-of-fold probability of every image).
-A killed run resumes (RESUME=true, the default): finished folds are kept and an unfinished fold
-continues from its last checkpoint with its optimizer and scheduler.
+(a gate run: no previews, plus gate_oof.csv, the out-of-fold probability of every image; with TIME_BUDGET,
+models/budget_plan.json). A killed run resumes (RESUME=true, the default): finished folds are kept and an
+unfinished fold continues from its last checkpoint with its optimizer, scheduler and budget plan.
 
 This file is the job (prepare, run, main); its pieces live in training/: torchrun helpers, splits,
 metrics, the one fold loop, the segment/classify task objects and the out-of-fold scoring.
@@ -41,11 +44,14 @@ import json
 import logging
 import os
 import random
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
-from config import Config, describe_config, load_config
-from utils import LOG, UserError, atomic_write_json, run_cli, setup_logging
+PROCESS_START = time.monotonic()  # TIME_BUDGET counts from here: imports, the cache and the probe included
+
+from config import Config, describe_config, load_config  # noqa: E402
+from utils import LOG, UserError, atomic_write_json, run_cli, setup_logging  # noqa: E402
 
 if TYPE_CHECKING:
     import torch
@@ -151,14 +157,17 @@ def make_tracker(cfg: Config, log_dir: Path, environ: Mapping[str, str] | None =
                    wandb_mode=environ.get("WANDB_MODE") or "offline")
 
 
-def run(cfg: Config) -> dict:
-    """The whole training job: every fold, cv_summary.json and <NAME>.onnx; returns the CV summary."""
+def run(cfg: Config, started: float | None = None) -> dict:
+    """The whole training job: every fold, cv_summary.json and <NAME>.onnx; returns the CV summary.
+    `started` (a time.monotonic() reading, default now) is when the run began: TIME_BUDGET counts from it."""
+    from training.budget import Budget, format_duration
     from training.distributed import is_main
     from training.loop import cross_validate
     from training.metrics import MetricsLog
     from training.splits import resolve_splits
     from training.tasks import make_task
 
+    budget = Budget(cfg.time_budget, time.monotonic() if started is None else started) if cfg.time_budget else None
     entries, sources, device = prepare(cfg)
     work, task = Path(cfg.work_dir), make_task(cfg)
     splits, fold_ids, test_idx = resolve_splits(cfg, entries)
@@ -170,7 +179,7 @@ def run(cfg: Config) -> dict:
     task.check_data(entries)
     try:
         summary, best_paths = cross_validate(task, entries, sources, splits, fold_ids, test_idx, device, metrics,
-                                             tracker)
+                                             tracker, budget)
     finally:
         tracker.close()
     if not is_main():  # the summary is the same on every rank; rank 0 writes it and exports
@@ -181,6 +190,9 @@ def run(cfg: Config) -> dict:
         from export import export_onnx
 
         summary["onnx"] = str(export_onnx(work, folds=sorted(best_paths), **task.export_args(summary)))
+    if budget is not None:
+        LOG.info("budget %s: the run took %s (%.0f s), training, out-of-fold scoring and export included",
+                 format_duration(budget.seconds), format_duration(budget.elapsed()), budget.elapsed())
     return summary
 
 
@@ -189,7 +201,7 @@ def main() -> None:
     from training.distributed import distributed
 
     with distributed(cfg):
-        run(cfg)
+        run(cfg, started=PROCESS_START)
 
 
 if __name__ == "__main__":

@@ -9,12 +9,18 @@ is scored as `inference.py --gt` scores it: per-image Dice and IoU at each image
         --val ../shared/data/weizmann_horse/images/val --size 192 --epochs 26 \
         --out bench/results/plain_unet_horse.json
 
+--time-budget 20m plans the epochs as train.py does (training/budget.py: a few timed steps whose weights are
+put back, then OneCycleLR over the planned steps, time kept for the val scoring; --epochs caps them) and stops
+at an epoch boundary when the next epoch would not fit, so both sides of an equal-budget comparison stop by
+the clock. The JSON records the epochs reached and the wall time from the start of the script.
+
 Masks are found beside the images' folder: `images/<split>` pairs with `masks/<split>`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import random
@@ -22,12 +28,17 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
-import segmentation_models_pytorch as smp
-import torch
+STARTED = time.monotonic()  # --time-budget counts from here, the imports below included, as in train.py
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import segmentation_models_pytorch as smp  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from training.budget import (  # noqa: E402
+    PROBE_STEPS, Budget, epoch_estimate, format_duration, parse_duration, plan_epochs, score_estimate,
+)
 from utils import dice_iou, list_images, normalize, read_image, read_mask  # noqa: E402
 
 
@@ -44,6 +55,37 @@ def load(folder: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarr
     return np.stack(images), np.stack(masks), originals
 
 
+def train_step(model, optimizer, loss_fn, x: np.ndarray, y: np.ndarray) -> float:
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    flip = torch.rand(len(x)) < 0.5
+    x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
+    loss = loss_fn(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def time_steps(model, optimizer, loss_fn, x_train, y_train, x_val, batch_size: int) -> tuple[float, float]:
+    """(seconds per training step, seconds per val image) from PROBE_STEPS real steps after a warm-up one;
+    the weights, the optimizer and torch's random state are then put back."""
+    saved = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()), torch.get_rng_state()
+    pick, marks = np.random.default_rng(0), []
+    for _ in range(PROBE_STEPS + 1):
+        batch = pick.choice(len(x_train), min(batch_size, len(x_train)), replace=False)
+        train_step(model, optimizer, loss_fn, x_train[batch], y_train[batch])
+        marks.append(time.perf_counter())
+    model.eval()
+    with torch.inference_mode():
+        start = time.perf_counter()
+        model(torch.from_numpy(x_val[:1]))
+        image_s = time.perf_counter() - start
+    model.load_state_dict(saved[0])
+    optimizer.load_state_dict(saved[1])
+    torch.set_rng_state(saved[2])
+    return (marks[-1] - marks[0]) / PROBE_STEPS, image_s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", type=Path, required=True)
@@ -51,7 +93,9 @@ def main() -> None:
     parser.add_argument("--arch", default="Unet")
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--size", type=int, default=192)
-    parser.add_argument("--epochs", type=int, default=26)
+    parser.add_argument("--epochs", type=int, default=26, help="epochs; with --time-budget, the most it may plan")
+    parser.add_argument("--time-budget", type=parse_duration, default=0,
+                        help="wall-clock budget from the script's start (90s, 20m, 1h30m; 0 = off)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=42)
@@ -66,27 +110,37 @@ def main() -> None:
     model = smp.create_model(args.arch, encoder_name=args.encoder, encoder_weights=None, classes=1)
     dice = smp.losses.DiceLoss("binary")
     bce = torch.nn.BCEWithLogitsLoss()
+    loss_fn = lambda logits, y: 0.5 * dice(logits, y) + 0.5 * bce(logits, y)  # noqa: E731
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     steps = (len(x_train) + args.batch_size - 1) // args.batch_size
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.epochs * steps)
+    epochs, budget, train_end = args.epochs, None, 0.0
+    if args.time_budget:
+        step_s, image_s = time_steps(model, optimizer, loss_fn, x_train, y_train, x_val, args.batch_size)
+        budget = Budget(args.time_budget, STARTED)
+        budget.plan = plan_epochs(args.time_budget, budget.elapsed(), step_s, steps, 0.0, 0.0, 1,
+                                  score_estimate(len(x_val) * image_s, len(x_val), len(x_val)), 0.0, args.epochs)
+        epochs = budget.plan.epochs
+        if not budget.plan.fits:
+            print(f"warning: {budget.plan.shortfall()}", flush=True)
+        print(f"{budget.plan.headline()} ({steps} steps of {step_s:.2f} s; {format_duration(budget.elapsed())} "
+              f"spent, {format_duration(budget.plan.score_s)} kept for the val scoring)", flush=True)
+        train_end = budget.fold_end(1)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=epochs * steps)
 
-    start = time.perf_counter()
-    for epoch in range(args.epochs):
+    start, times, stopped = time.perf_counter(), [], ""
+    for epoch in range(epochs):
+        if budget and epoch and not budget.next_epoch_fits(train_end, epoch_estimate(budget.plan.epoch_s, times)):
+            stopped = f"stopped by the clock after {epoch} of {epochs} epochs: the next one would not fit"
+            print(stopped, flush=True)
+            break
         model.train()
-        order, total = np.random.permutation(len(x_train)), 0.0
+        order, total, epoch_start = np.random.permutation(len(x_train)), 0.0, time.perf_counter()
         for i in range(0, len(order), args.batch_size):
             batch = order[i: i + args.batch_size]
-            x, y = torch.from_numpy(x_train[batch]), torch.from_numpy(y_train[batch])
-            flip = torch.rand(len(batch)) < 0.5
-            x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
-            logits = model(x)
-            loss = 0.5 * dice(logits, y) + 0.5 * bce(logits, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            total += train_step(model, optimizer, loss_fn, x_train[batch], y_train[batch]) * len(batch)
             scheduler.step()
-            total += loss.item() * len(batch)
-        print(f"epoch {epoch + 1}/{args.epochs} loss {total / len(x_train):.4f} "
+        times.append(time.perf_counter() - epoch_start)
+        print(f"epoch {epoch + 1}/{epochs} loss {total / len(x_train):.4f} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
     train_s = time.perf_counter() - start
 
@@ -102,11 +156,15 @@ def main() -> None:
         "train_images": len(x_train), "val_images": len(x_val), "train_seconds": round(train_s, 1),
         "val_dice": float(np.mean([s[0] for s in scores])), "val_iou": float(np.mean([s[1] for s in scores])),
         "scored_at": "original resolution, per-image mean, threshold 0.5",
+        "epochs_planned": epochs, "epochs_reached": len(times), "stopped_early": stopped,
+        "time_budget_seconds": args.time_budget, "wall_seconds": round(time.monotonic() - STARTED, 1),
         "machine": {"cpu_threads": torch.get_num_threads(), "python": platform.python_version()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"val dice {result['val_dice']:.4f} iou {result['val_iou']:.4f} after {train_s / 60:.1f} min of training")
+    print(f"val dice {result['val_dice']:.4f} iou {result['val_iou']:.4f} after {len(times)} epochs "
+          f"({train_s / 60:.1f} min of training, {result['wall_seconds']:.0f} s wall time"
+          f"{f' of a {args.time_budget} s budget' if args.time_budget else ''})")
 
 
 if __name__ == "__main__":

@@ -264,19 +264,36 @@ def test_footprint(run_script):
     assert all(40 < p < 4000 for p in peaks)  # the child's own peak, not the benchmark process's
 
 
-def test_plain_unet_baseline(run_script, tmp_path):
+def plain_unet_splits(tmp_path: Path) -> list[str]:
+    """--train and --val of 6 blob images each (images/<split> pairs with masks/<split>)."""
     from conftest import write_blobs
 
-    for split, seed in (("train", 0), ("val", 1)):  # images/<split> pairs with masks/<split>
+    for split, seed in (("train", 0), ("val", 1)):
         data = write_blobs(tmp_path / f"blobs_{split}", 6, size=(40, 56), seed=seed)
         for kind in ("images", "masks"):
             (tmp_path / kind).mkdir(exist_ok=True)
             (data / kind).rename(tmp_path / kind / split)
-    result = run_script("plain_unet", "--train", str(tmp_path / "images" / "train"),
-                        "--val", str(tmp_path / "images" / "val"), "--size", "32", "--epochs", "1", "--batch-size", "3")
+    return ["--train", str(tmp_path / "images" / "train"), "--val", str(tmp_path / "images" / "val")]
+
+
+def test_plain_unet_baseline(run_script, tmp_path):
+    result = run_script("plain_unet", *plain_unet_splits(tmp_path), "--size", "32", "--epochs", "1",
+                        "--batch-size", "3")
     assert result["train_images"] == 6 and result["val_images"] == 6
     assert 0.0 <= result["val_iou"] <= result["val_dice"] <= 1.0
     assert result["train_seconds"] > 0 and result["recipe"]["epochs"] == 1
+    assert result["epochs_reached"] == result["epochs_planned"] == 1 and result["time_budget_seconds"] == 0
+
+
+def test_plain_unet_stops_by_the_clock(run_script, tmp_path):
+    """--time-budget 15s with no real epoch limit: the epochs are planned from timed steps, the run (scoring
+    included) ends within the budget + 10 %, and the JSON says how far it got."""
+    result = run_script("plain_unet", *plain_unet_splits(tmp_path), "--size", "32", "--epochs", "100000",
+                        "--batch-size", "3", "--time-budget", "15s")
+    assert result["time_budget_seconds"] == 15 and result["recipe"]["time_budget"] == 15
+    assert 2 <= result["epochs_planned"] < 100000 and 1 <= result["epochs_reached"] <= result["epochs_planned"]
+    assert result["epochs_reached"] == result["epochs_planned"] or result["stopped_early"].startswith("stopped by")
+    assert result["wall_seconds"] <= 15 * 1.1
 
 
 def test_gate_tradeoff(run_script, tmp_path):

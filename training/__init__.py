@@ -6,4 +6,5 @@
     loop         the one fold loop: loaders, optimizer step, evaluation, checkpoints, resume, cross-validation
     tasks        what the segmenter and the clean/defect gate put into that loop
     scoring      out-of-fold scoring as the runtime scores, and cv_summary.json
+    budget       TIME_BUDGET: parse a duration, plan the epochs from measured times, the run's clock (no torch)
 """

@@ -41,6 +41,15 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return summed.cpu()
 
 
+def broadcast(obj):
+    """Rank 0's obj on every rank (a decision only rank 0 makes, such as a TIME_BUDGET plan); obj in one process."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def gather(obj) -> list:
     """[obj of rank 0, obj of rank 1, ...] under torchrun; [obj] in a single process."""
     if not dist.is_initialized():

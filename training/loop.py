@@ -1,5 +1,7 @@
 """The one fold loop, the same for every task: loaders, the optimizer step, evaluation, early stopping,
-checkpoints and resume, then cross-validation over the folds.
+checkpoints and resume, then cross-validation over the folds. Under TIME_BUDGET (training/budget.py) the
+first fold to train is timed by a probe, the epochs and the schedule are planned from it, and each
+fold stops by the clock at an epoch boundary.
 
 What differs between the segmenter and the gate (model, loss, metrics, what early stopping watches,
 out-of-fold scoring) comes from the task object (training/tasks.py) that every function here is given.
@@ -8,11 +10,16 @@ out-of-fold scoring) comes from the task object (training/tasks.py) that every f
 from __future__ import annotations
 
 import contextlib
+import copy
+import itertools
+import json
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
@@ -21,10 +28,15 @@ from tqdm import tqdm
 from config import Config, config_hash
 from dataset import CacheEntry, PatchDataset, SegDataset, get_transform, pad_collate, seed_worker
 from model import load_checkpoint, read_checkpoint, save_checkpoint
-from training.distributed import barrier, is_main, rank, shard, sync_buffers, wrap_ddp
+from training.budget import (
+    INT8_CALIBRATION, PROBE_STEPS, Budget, Plan, epoch_estimate, export_estimate, plan_epochs, score_estimate,
+)
+from training.distributed import barrier, broadcast, is_main, rank, shard, sync_buffers, wrap_ddp
 from training.metrics import MetricsLog, OOFStats, Tracker
 from training.splits import Split
-from utils import LOG, UserError, write_png
+from utils import LOG, UserError, atomic_write_json, write_png
+
+PLAN_FILE = "budget_plan.json"  # in WORK_DIR/models: the TIME_BUDGET plan a resumed run reuses
 
 
 class OutOfFold(Protocol):
@@ -85,8 +97,14 @@ def make_loader(task: Task, entries: list[CacheEntry], indices: list[int], train
     )
 
 
-def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int):
-    """Both schedules are stepped once per optimizer step."""
+def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int, total_steps: int | None = None):
+    """Both schedules are stepped once per optimizer step. `total_steps` (a TIME_BUDGET plan): OneCycleLR over
+    exactly those steps, and cosine as one decay to LR x 0.01 at the last planned step (CosineAnnealingLR, no
+    restart: RESTART_EPOCHS would leave a run ending mid-cycle at a high learning rate)."""
+    if total_steps is not None:
+        if cfg.scheduler == "onecycle":
+            return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=cfg.lr * 0.01)
     if cfg.scheduler == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
@@ -167,6 +185,11 @@ class FoldRun:
     def cfg(self) -> Config:
         return self.task.cfg
 
+    @property
+    def epochs(self) -> int:
+        """EPOCHS, or the epochs of the fold's TIME_BUDGET plan (state["plan"], saved in fold<K>_last.pt)."""
+        return self.state["plan"]["epochs"] if self.state.get("plan") else self.cfg.epochs
+
     def payload(self) -> dict:
         return {"model": self.model.state_dict(), "model_args": self.task.model_args(),
                 "config": {**self.cfg.to_dict(), "class_names": self.cfg.names()},
@@ -174,7 +197,9 @@ class FoldRun:
 
 
 def setup_fold(task: Task, fold: int, entries, split: Split, device, metrics: MetricsLog,
-               tracker: Tracker) -> FoldRun:
+               tracker: Tracker, budgeted: bool = False) -> FoldRun:
+    """The fold's model, loaders, loss, optimizer and scheduler; `budgeted` (TIME_BUDGET): no scheduler yet, it is
+    built for the planned steps (set_plan)."""
     cfg = task.cfg
     models_dir = Path(cfg.work_dir) / "models"
     model = task.build_model(cfg.encoder_weights)
@@ -187,7 +212,7 @@ def setup_fold(task: Task, fold: int, entries, split: Split, device, metrics: Me
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
     return FoldRun(
         task, fold, model, train_loader, make_loader(task, entries, split[1], False, device), loss_fn.to(device),
-        optimizer, make_scheduler(cfg, optimizer, len(train_loader)),
+        optimizer, None if budgeted else make_scheduler(cfg, optimizer, len(train_loader)),
         torch.amp.GradScaler(device.type, enabled=cfg.use_amp and device.type == "cuda"), device, metrics, tracker,
         models_dir / f"fold{fold}_best.pt", models_dir / f"fold{fold}_last.pt", net=wrap_ddp(model, device),
     )
@@ -212,7 +237,12 @@ def restore(run: FoldRun) -> None:
         LOG.info("fold %d: RESUME=false, ignoring %s", run.fold, run.last_path)
     elif ckpt.get("config_hash") != config_hash(run.cfg):
         LOG.info("fold %d: settings changed since %s was written; training from scratch", run.fold, run.last_path)
+    elif run.scheduler is None and not fits_the_loader(run, ckpt["state"].get("plan")):
+        LOG.info("fold %d: %s holds no TIME_BUDGET plan for %d steps per epoch; training from scratch", run.fold,
+                 run.last_path, len(run.train_loader))
     else:
+        if run.scheduler is None:  # TIME_BUDGET: the schedule of the plan the checkpoint was trained under
+            set_plan(run, ckpt["state"]["plan"])
         load_checkpoint(run.model, ckpt)
         run.optimizer.load_state_dict(ckpt["optimizer"])
         run.scheduler.load_state_dict(ckpt["scheduler"])
@@ -223,6 +253,17 @@ def restore(run: FoldRun) -> None:
                      run.task.monitor_name, run.state["best_score"])
         return
     run.metrics.drop_fold(run.fold)
+
+
+def fits_the_loader(run: FoldRun, plan: dict | None) -> bool:
+    return isinstance(plan, dict) and plan.get("steps_per_epoch") == len(run.train_loader)
+
+
+def set_plan(run: FoldRun, plan: dict) -> None:
+    """The fold's TIME_BUDGET plan ({budget_s, epochs, steps_per_epoch, total_steps}): kept in its state (so in
+    fold<K>_last.pt) and its scheduler built for exactly total_steps."""
+    run.state["plan"] = dict(plan)
+    run.scheduler = make_scheduler(run.cfg, run.optimizer, plan["steps_per_epoch"], plan["total_steps"])
 
 
 def train_step(run: FoldRun, images: torch.Tensor, masks: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -247,7 +288,7 @@ def train_one_epoch(run: FoldRun, epoch: int) -> dict:
     if isinstance(run.train_loader.sampler, DistributedSampler):
         run.train_loader.sampler.set_epoch(epoch)  # a different shuffle every epoch, the same on every rank
     sums = run.task.new_sums()
-    desc = f"fold {run.fold} epoch {epoch + 1}/{run.cfg.epochs}"
+    desc = f"fold {run.fold} epoch {epoch + 1}/{run.epochs}"
     bar = tqdm(run.train_loader, desc=desc, leave=False, dynamic_ncols=True,
                disable=None if is_main() else True)  # None: off without a TTY
     for images, masks in bar:
@@ -289,10 +330,10 @@ def end_epoch(run: FoldRun, epoch: int, train_stats: dict, start: float) -> bool
     improved = record_evaluation(run, epoch, train_stats, val_stats, time.perf_counter() - start)
     cfg, task = run.cfg, run.task
     stop = epoch >= cfg.cooldown and epoch - max(run.state["best_epoch"], cfg.cooldown) >= cfg.patience
-    run.state.update(epoch=epoch, finished=stop or epoch == cfg.epochs - 1)
+    run.state.update(epoch=epoch, finished=stop or epoch == run.epochs - 1)
     if is_main():
         save_last_and_preview(run, epoch)
-    LOG.info("fold %d epoch %d/%d  train %s | val %s | lr %.2e%s", run.fold, epoch + 1, cfg.epochs,
+    LOG.info("fold %d epoch %d/%d  train %s | val %s | lr %.2e%s", run.fold, epoch + 1, run.epochs,
              task.describe_stats(train_stats), task.describe_stats(val_stats, iou=True),
              run.optimizer.param_groups[0]["lr"], "  *best*" if improved else "")
     if stop:
@@ -300,9 +341,14 @@ def end_epoch(run: FoldRun, epoch: int, train_stats: dict, start: float) -> bool
     return stop
 
 
-def save_last_and_preview(run: FoldRun, epoch: int) -> None:
-    last = {**run.payload(), "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+def last_payload(run: FoldRun) -> dict:
+    """What fold<K>_last.pt holds: the weights and everything a resume needs."""
+    return {**run.payload(), "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict(), "state": dict(run.state)}
+
+
+def save_last_and_preview(run: FoldRun, epoch: int) -> None:
+    last = last_payload(run)
     save_checkpoint(run.last_path, last)
     if run.cfg.save_checkpoints:
         save_checkpoint(run.last_path.with_name(f"fold{run.fold}_epoch{epoch + 1}.pt"), last)
@@ -314,17 +360,32 @@ def save_last_and_preview(run: FoldRun, epoch: int) -> None:
 
 
 def train_fold(task: Task, fold: int, entries, split: Split, device, metrics: MetricsLog,
-               tracker: Tracker | None = None) -> Path:
-    """Train one fold with early stopping; returns the path of its best checkpoint."""
-    run = setup_fold(task, fold, entries, split, device, metrics, tracker or Tracker("none", Path(), {}))
+               tracker: Tracker | None = None, budget: Budget | None = None) -> Path:
+    """Train one fold with early stopping (and, under TIME_BUDGET, its planned epochs and the clock); returns
+    the path of its best checkpoint."""
+    run = setup_fold(task, fold, entries, split, device, metrics, tracker or Tracker("none", Path(), {}),
+                     budgeted=budget is not None)
     restore(run)
     if run.state["finished"] and run.best_path.is_file():
         LOG.info("fold %d: already finished (best %s %.4f at epoch %d)", fold, task.monitor_name,
                  run.state["best_score"], run.state["best_epoch"] + 1)
         return run.best_path
-    for epoch in range(run.state["epoch"] + 1, task.cfg.epochs):
+    fold_end, measured = 0.0, []  # TIME_BUDGET: when this fold should end; seconds of each epoch trained here
+    if budget is not None:
+        if budget.plan is None:
+            budget.plan = budget_plan(run, budget)
+        if run.scheduler is None:  # a fold starting now: the run's epochs, over this fold's steps per epoch
+            steps = len(run.train_loader)
+            set_plan(run, {"budget_s": budget.seconds, "epochs": budget.plan.epochs, "steps_per_epoch": steps,
+                           "total_steps": budget.plan.epochs * steps})
+        fold_end = budget.fold_end()
+    for epoch in range(run.state["epoch"] + 1, run.epochs):
+        if budget is not None and run.state["epoch"] >= 0 and out_of_time(run, budget, fold_end, measured):
+            break
         start = time.perf_counter()
-        if end_epoch(run, epoch, train_one_epoch(run, epoch), start):
+        stop = end_epoch(run, epoch, train_one_epoch(run, epoch), start)
+        measured.append(time.perf_counter() - start)
+        if stop:
             break
     if is_main() and not run.best_path.is_file():  # every epoch fell inside the cooldown: keep the last weights
         save_checkpoint(run.best_path, {**run.payload(), "epoch": run.state["epoch"]})
@@ -332,19 +393,134 @@ def train_fold(task: Task, fold: int, entries, split: Split, device, metrics: Me
     return run.best_path
 
 
+# ----------------------------------------------------------------------------- TIME_BUDGET
+
+
+class NoSchedule:
+    """The scheduler during the probe: the real one is built afterwards, for the planned steps."""
+
+    def step(self) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+
+def probe_fold(run: FoldRun, steps: int = PROBE_STEPS) -> dict:
+    """Time `steps` real optimizer steps after one warm-up step (their batches loaded as in training), one validation
+    pass, one preview and one fold<K>_last.pt-sized checkpoint write; returns the seconds of each. The batches come
+    from a copy of the training loader (its dataset, augmentation and crop streams copied), and the model, optimizer,
+    scaler and the global random generators are put back afterwards: the fold then trains as if never probed."""
+    loader = run.train_loader
+    probe_loader = DataLoader(
+        copy.deepcopy(loader.dataset), batch_size=loader.batch_size, shuffle=True, collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers, pin_memory=loader.pin_memory, persistent_workers=loader.persistent_workers,
+        worker_init_fn=loader.worker_init_fn, drop_last=loader.drop_last,
+        generator=torch.Generator().manual_seed(run.cfg.seed + rank()))
+    saved = {"model": copy.deepcopy(run.model.state_dict()), "optimizer": copy.deepcopy(run.optimizer.state_dict()),
+             "scaler": run.scaler, "scheduler": run.scheduler, "torch": torch.get_rng_state(),
+             "numpy": np.random.get_state(), "random": random.getstate()}
+    run.scheduler = NoSchedule()
+    run.scaler = torch.amp.GradScaler(run.device.type, enabled=saved["scaler"].is_enabled())
+    run.model.train()
+    batches = itertools.chain.from_iterable(itertools.repeat(probe_loader))  # past the end of a short epoch
+    marks = []
+    for images, masks in itertools.islice(batches, steps + 1):
+        train_step(run, images.to(run.device, non_blocking=True), masks.to(run.device, non_blocking=True))
+        marks.append(time.perf_counter())  # train_step's loss.item() waits for the device
+    del batches, probe_loader
+    start = time.perf_counter()
+    evaluate(run.model, run.val_loader, run.loss_fn, run.task, run.device)
+    val_s = time.perf_counter() - start
+    start = time.perf_counter()
+    if is_main():
+        run.task.preview_grid(run.model, run.val_loader.dataset, run.device)
+        scratch = run.last_path.with_name(f".fold{run.fold}_probe.pt")
+        save_checkpoint(scratch, last_payload(run))
+        scratch.unlink(missing_ok=True)
+    overhead_s = time.perf_counter() - start
+    run.model.load_state_dict(saved["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.scaler, run.scheduler = saved["scaler"], saved["scheduler"]
+    torch.set_rng_state(saved["torch"])
+    np.random.set_state(saved["numpy"])
+    random.setstate(saved["random"])
+    return {"step_s": (marks[-1] - marks[0]) / steps, "val_s": val_s, "overhead_s": overhead_s,
+            "image_s": val_s / max(1, len(run.val_loader.dataset))}
+
+
+def budget_plan(run: FoldRun, budget: Budget) -> Plan:
+    """The run's plan, the same on every rank: WORK_DIR/models/budget_plan.json when it was made for these settings
+    and folds (a resumed run: no new probe), else measured now on this fold (probe_fold), planned, saved and logged."""
+    cfg = run.cfg
+    path = run.last_path.parent / PLAN_FILE
+    key = {"config_hash": config_hash(cfg), "fold_ids": list(budget.fold_ids)}
+    saved = None
+    if is_main() and path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+            saved = Plan.from_dict(saved).to_dict() if {k: saved.get(k) for k in key} == key else None
+        except (ValueError, TypeError, KeyError, AttributeError):
+            saved = None
+    saved = broadcast(saved)
+    if saved is not None:
+        plan = Plan.from_dict(saved)
+        LOG.info("%s: the plan saved in %s, reused (a resumed run does not measure again; its clock restarts now)",
+                 plan.headline(), path.name)
+        return plan
+    timings = probe_fold(run)
+    val_s, val_images = timings["val_s"], len(run.val_loader.dataset)
+    score_s = score_estimate(val_s, val_images, val_images + budget.test_images)
+    int8 = cfg.task == "segment" and (cfg.int8 == "on" or (cfg.int8 == "auto" and budget.test_images > 0))
+    int8_images = INT8_CALIBRATION + budget.test_images if int8 else 0
+    export_s = export_estimate(len(budget.fold_ids), timings["image_s"], int8_images) if cfg.export else 0.0
+    plan = plan_epochs(budget.seconds, budget.elapsed(), timings["step_s"], len(run.train_loader), val_s,
+                       timings["overhead_s"], budget.folds_left, score_s, export_s, cfg.epochs)
+    plan = Plan.from_dict(broadcast(plan.to_dict()))  # rank 0's measurements decide
+    if is_main():
+        atomic_write_json(path, {**plan.to_dict(), **key})
+    LOG.info("%s", plan.describe())
+    if not plan.fits:
+        LOG.warning("%s", plan.shortfall())
+    return plan
+
+
+def out_of_time(run: FoldRun, budget: Budget, fold_end: float, measured: list[float]) -> bool:
+    """At an epoch boundary: whether the next epoch would end past this fold's share of the budget (rank 0 decides
+    for every rank). If so, the fold is finished as it stands: its best checkpoint is kept, one line says why."""
+    epoch_s = epoch_estimate(budget.plan.epoch_s, measured)
+    stop = broadcast(not budget.next_epoch_fits(fold_end, epoch_s))
+    if stop:
+        LOG.info("%s", budget.stop_message(run.fold, run.state["epoch"] + 1, run.epochs, fold_end, epoch_s))
+        run.state.update(finished=True, stopped="time budget")
+        if is_main():
+            save_checkpoint(run.last_path, last_payload(run))
+    return stop
+
+
 # ----------------------------------------------------------------------------- every fold
 
 
 def cross_validate(task: Task, entries, sources: dict, splits: list[Split], fold_ids: list[int], test_idx: list[int],
-                   device, metrics: MetricsLog, tracker: Tracker) -> tuple[dict, dict[int, Path]]:
+                   device, metrics: MetricsLog, tracker: Tracker,
+                   budget: Budget | None = None) -> tuple[dict, dict[int, Path]]:
     """Train the chosen folds; score each best checkpoint on its val fold (and on the test list), then
-    the task's out-of-fold summary. Returns (the cv_summary.json contents, {fold: best checkpoint})."""
+    the task's out-of-fold summary. Returns (the cv_summary.json contents, {fold: best checkpoint}).
+    Under TIME_BUDGET the folds share the budget: the same planned epochs, and each fold's clock share is an
+    equal part of what is left once the scoring of it and the folds after it and the export are reserved."""
     out_of_fold = task.new_out_of_fold(sources)
     fold_scores, test_scores, best_paths = {}, {}, {}
-    for fold in fold_ids:
-        best_paths[fold] = train_fold(task, fold, entries, splits[fold], device, metrics, tracker)
+    if budget is not None:
+        budget.fold_ids, budget.test_images = list(fold_ids), len(test_idx)
+    for position, fold in enumerate(fold_ids):
+        if budget is not None:
+            budget.folds_left = len(fold_ids) - position
+        best_paths[fold] = train_fold(task, fold, entries, splits[fold], device, metrics, tracker, budget)
+        start = time.perf_counter()
         fold_scores[fold] = out_of_fold.score_fold(fold, best_paths[fold], entries, splits[fold][1], device)
         LOG.info("fold %d best: val %s", fold, task.describe_best(fold_scores[fold]))
         if test_idx:
             test_scores[fold] = evaluate_checkpoint(task, best_paths[fold], entries, test_idx, device)
+        if budget is not None:
+            budget.record_scoring(time.perf_counter() - start)
     return out_of_fold.summarize(fold_scores, test_scores), best_paths

@@ -1,0 +1,225 @@
+"""TIME_BUDGET: parsing, the planner and the stop rule on a fake clock, then tiny real runs: the schedule spans the
+planned steps, the probe trains nothing, a run ends within its budget with its export, and a resumed run keeps
+its plan."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from config import config_hash, load_config
+from conftest import ROOT, tiny_argv, write_blobs
+from training import loop
+from training.budget import Budget, epoch_estimate, format_duration, parse_duration, plan_epochs
+
+# ----------------------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("90s", 90), ("20m", 1200), ("1h", 3600), ("1h30m", 5400), ("1.5h", 5400), ("30m15s", 1815), ("1h 30m", 5400),
+    ("20M", 1200), ("600", 600), ("2.5", 3), ("", 0), ("0", 0), ("off", 0), ("none", 0),
+])
+def test_durations_parse_to_seconds(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["5x", "m", "20 minutes", "h1", "1h-3m", "-5", "nan", "inf"])
+def test_bad_durations_are_refused(text):
+    with pytest.raises(ValueError, match="expected a duration"):
+        parse_duration(text)
+
+
+def test_time_budget_setting_from_env_and_flag():
+    assert load_config([], environ={}).time_budget == 0
+    assert load_config([], environ={"TIME_BUDGET": ""}).time_budget == 0
+    assert load_config([], environ={"TIME_BUDGET": "20m"}).time_budget == 1200
+    assert load_config(["--time-budget", "1h30m"], environ={"TIME_BUDGET": "20m"}).time_budget == 5400
+
+
+def test_a_bad_budget_is_one_clear_line():
+    done = subprocess.run([sys.executable, "train.py", "--time-budget", "5x"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "Traceback" not in done.stderr and len(lines) == 1, done.stderr
+    assert "--time-budget='5x' is not a valid duration" in lines[0] and "1h30m" in lines[0]
+
+
+def test_a_budget_changes_the_hash_but_no_budget_keeps_old_runs_resumable():
+    base = config_hash(load_config([], environ={}))
+    assert config_hash(load_config(["--time-budget", "0"], environ={})) == base
+    assert config_hash(load_config(["--time-budget", "20m"], environ={})) != base
+
+
+@pytest.mark.parametrize("seconds, text", [(2.44, "2.4 s"), (26, "26 s"), (90, "90 s"), (150, "2.5 min"),
+                                           (1200, "20 min"), (5400, "90 min"), (9000, "2.5 h")])
+def test_format_duration(seconds, text):
+    assert format_duration(seconds) == text
+
+
+# ----------------------------------------------------------------------------- the planner, on numbers
+
+
+def plan(**overrides):
+    """One epoch: 40 steps x 0.5 s + 4 s validation + 1 s checkpoint = 25 s, planned as 27.5 s."""
+    settings = dict(budget_s=1200, elapsed_s=50, step_s=0.5, steps_per_epoch=40, val_s=4.0, overhead_s=1.0, folds=1,
+                    score_s=10.0, export_s=20.0, max_epochs=1000)
+    return plan_epochs(**{**settings, **overrides})
+
+
+def test_plan_from_measured_times():
+    p = plan()  # (1200 - 50 spent - 10 scoring - 20 export) / 27.5 = 40.7
+    assert (p.epoch_s, p.epochs, p.total_steps, p.reserve_s) == (25.0, 40, 1600, 30.0)
+    assert p.fits and not p.capped
+    assert p.headline() == "budget 20 min → 40 epochs of 25 s"
+    assert p.describe().startswith("budget 20 min → 40 epochs of 25 s (40 steps of 0.50 s + validation 4.0 s")
+
+
+def test_folds_share_the_budget():
+    p = plan(folds=2)  # (1200 - 50 - 2 x 10 - 20) / 2 / 27.5 = 20.2
+    assert (p.epochs, p.total_steps, p.reserve_s) == (20, 800, 40.0)
+    assert "per fold, 2 folds share it" in p.describe()
+
+
+def test_epochs_cap_the_plan():
+    p = plan(max_epochs=12)
+    assert (p.epochs, p.fit, p.capped, p.total_steps) == (12, 40, True, 480)
+    assert "EPOCHS=12 caps it (the budget has room for 40)" in p.describe()
+
+
+def test_a_budget_too_small_for_one_epoch_plans_one_with_a_warning():
+    p = plan(budget_s=90)  # 90 - 50 - 30 = 10 s left for a 27.5 s epoch
+    assert (p.epochs, p.fit, p.fits, p.total_steps) == (1, 0, False, 40)
+    assert "is too small" in p.shortfall() and "training 1 epoch per fold anyway" in p.shortfall()
+
+
+def test_the_plan_round_trips_through_json():
+    p = plan(folds=3)
+    assert type(p).from_dict(json.loads(json.dumps(p.to_dict()))) == p and p.to_dict()["total_steps"] == p.total_steps
+
+
+class FakeClock:
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_fold_shares_and_the_stop_rule_on_a_fake_clock():
+    clock = FakeClock(100.0)
+    budget = Budget(1200, started=100.0, clock=clock)
+    budget.plan, budget.folds_left = plan(folds=2), 2
+    clock.now = 150.0  # 50 s spent: imports, cache, probe
+    end = budget.fold_end()  # (1150 left - 2 x 10 scoring - 20 export) / 2 folds
+    assert end == pytest.approx(150 + 555)
+    clock.now = end - 30
+    assert budget.next_epoch_fits(end, 25) and not budget.next_epoch_fits(end, 31)
+    line = budget.stop_message(0, 18, 20, end, 31)
+    assert line.startswith("fold 0: budget: stopped early after epoch 18 of 20: the next epoch (~31 s) would end "
+                           "1.0 s past this fold's share") and "keeping the best checkpoint" in line
+    budget.record_scoring(8.0)  # fold 0 scored in 8 s: 10 s (x 1.25) reserved per fold from now on
+    assert budget.score_s() == 10.0
+    clock.now, budget.folds_left = 713.0, 1  # fold 1 starts late: it gets what is left, less its reserve
+    assert budget.fold_end() == pytest.approx(100 + 1200 - 10 - 20)
+
+
+def test_the_next_epoch_is_estimated_from_the_plan_then_from_measured_epochs():
+    assert epoch_estimate(25.0, []) == 25.0
+    assert epoch_estimate(25.0, [20.0, 22.0, 30.0]) == 30.0  # slowing down: the last one
+    assert epoch_estimate(25.0, [30.0, 20.0]) == 25.0  # a fast one: the mean
+
+
+# ----------------------------------------------------------------------------- tiny real runs
+
+
+def records(work) -> list[dict]:
+    return [r for r in json.loads((work / "logs" / "metrics.json").read_text()) if r["kind"] == "epoch"]
+
+
+@pytest.mark.parametrize("scheduler, length_key", [("onecycle", "total_steps"), ("cosine", "T_max")])
+def test_the_schedule_spans_exactly_the_planned_steps(tmp_path, scheduler, length_key):
+    data = write_blobs(tmp_path / "data", 12)
+    work = tmp_path / "work"
+    train.run(load_config(tiny_argv(data, work, time_budget="10m", epochs=2, batch_size=2, fold_ids=0,
+                                    export="false", scheduler=scheduler), environ={}))
+    ckpt = torch.load(work / "models" / "fold0_last.pt", weights_only=True)
+    fold_plan, saved = ckpt["state"]["plan"], json.loads((work / "models" / "budget_plan.json").read_text())
+    assert fold_plan == {"budget_s": 600.0, "epochs": 2, "steps_per_epoch": 3, "total_steps": 6}  # 6 images / 2
+    assert (saved["epochs"], saved["max_epochs"], saved["total_steps"]) == (2, 2, 6) and saved["fit"] >= 2
+    assert ckpt["scheduler"][length_key] == 6 and ckpt["scheduler"]["last_epoch"] == 6  # every planned step taken
+    if scheduler == "cosine":  # one decay that ends at its floor on the last planned step
+        assert records(work)[-1]["lr"] == pytest.approx(1e-3 * 0.01)
+
+
+def test_the_probe_trains_nothing(tmp_path):
+    """A budgeted run whose plan is 2 epochs (EPOCHS caps it) logs the very numbers of an unbudgeted 2-epoch run:
+    the probe's steps left no trace in the weights, the optimizer, the data order or the augmentation."""
+    data = write_blobs(tmp_path / "data", 12)
+    same = dict(epochs=2, batch_size=2, fold_ids=0, export="false", scheduler="onecycle")
+    train.run(load_config(tiny_argv(data, tmp_path / "plain", **same), environ={}))
+    train.run(load_config(tiny_argv(data, tmp_path / "budget", time_budget="10m", **same), environ={}))
+    keys = ("train_loss", "val_loss", "val_dice", "lr", "step")
+    plain, budgeted = ([[r[k] for k in keys] for r in records(tmp_path / name)] for name in ("plain", "budget"))
+    assert len(plain) == 2 and budgeted == plain
+
+
+def test_a_budgeted_run_ends_within_its_budget_and_exports(tmp_path, caplog):
+    """75 s for 2 folds, scoring and export, EPOCHS no limit, one torch thread (two threads on a busy 2-core machine
+    oversubscribe it): the plan is measured, so it holds on a loaded machine."""
+    data = write_blobs(tmp_path / "data", 12)
+    work = tmp_path / "work"
+    cfg = load_config(tiny_argv(data, work, time_budget="75s", epochs=1000, batch_size=2, patience=1000, threads=1),
+                      environ={})
+    start = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="seg"):
+        train.run(cfg, started=start)
+    took = time.monotonic() - start
+    assert took <= 75 * 1.1, caplog.text
+    assert (work / "model.onnx").is_file()
+    saved = json.loads((work / "models" / "budget_plan.json").read_text())
+    assert saved["folds"] == 2 and 1 <= saved["epochs"] < 1000 and saved["fit"] == saved["epochs"]  # the budget decided
+    assert re.search(rf"budget 75 s → {saved['epochs']} epochs of [\d.]+ s per fold, 2 folds share it", caplog.text)
+    assert "budget 75 s: the run took" in caplog.text
+    for fold in (0, 1):  # each fold trained its planned epochs, or said why it stopped sooner
+        trained = sum(r["fold"] == fold for r in records(work))
+        assert 1 <= trained <= saved["epochs"]
+        stopped = f"fold {fold}: budget: stopped early after epoch {trained} of {saved['epochs']}"
+        assert trained == saved["epochs"] or stopped in caplog.text, caplog.text
+
+
+def test_a_killed_budgeted_run_resumes_with_its_plan(tmp_path, caplog, monkeypatch):
+    """Killed after fold 0's first epoch (its epoch-1 checkpoint put back as the last one), fold 1 not started:
+    the rerun measures nothing, fold 0 goes on under its own plan, fold 1 gets the saved run's plan."""
+    data = write_blobs(tmp_path / "data", 12)
+    work, models = tmp_path / "work", tmp_path / "work" / "models"
+    cfg = load_config(tiny_argv(data, work, time_budget="10m", epochs=3, batch_size=2, export="false",
+                                save_checkpoints="true", scheduler="onecycle", patience=100), environ={})
+    train.run(cfg)
+    (models / "fold0_last.pt").write_bytes((models / "fold0_epoch1.pt").read_bytes())
+    for path in models.glob("fold1_*"):
+        path.unlink()
+    saved = json.loads((models / "budget_plan.json").read_text())
+    assert saved["epochs"] == 3
+    saved["epochs"] = 2  # what a rerun that planned again would not give: proof the file is what is used
+    (models / "budget_plan.json").write_text(json.dumps(saved))
+    monkeypatch.setattr(loop, "probe_fold", lambda *a, **k: pytest.fail("the resumed run measured again"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="seg"):
+        train.run(cfg)
+    text = caplog.text
+    assert "budget 10 min → 2 epochs of" in text and "the plan saved in budget_plan.json, reused" in text
+    assert "fold 0: resuming after epoch 1" in text and "fold 0 epoch 2/3" in text and "fold 0 epoch 1/3" not in text
+    assert "fold 1 epoch 2/2" in text and "fold 1 epoch 3/" not in text
+    for fold, epochs in ((0, 3), (1, 2)):
+        ckpt = torch.load(models / f"fold{fold}_last.pt", weights_only=True)
+        plan_of_fold = ckpt["state"]["plan"]
+        assert plan_of_fold["epochs"] == epochs and plan_of_fold["total_steps"] == epochs * 3
+        assert ckpt["scheduler"]["total_steps"] == ckpt["scheduler"]["last_epoch"] == epochs * 3

@@ -1,0 +1,232 @@
+"""TIME_BUDGET: plan a run's epochs to fit a wall-clock budget, and stop it by the clock. No torch here.
+
+    TIME_BUDGET=20m python train.py ...      # or --time-budget 20m; 90s, 1h, 1h30m, 600 (seconds); 0 or empty = off
+
+The clock starts with train.py, before torch is imported: the imports, the cache build and the timing probe
+all count. The pieces, each a plain function of numbers (the clock is passed in, so tests need no sleep):
+
+- parse_duration: '20m' -> 1200 seconds.
+- plan_epochs: from the measured cost of one optimizer step, one validation pass and one checkpoint write,
+  what is left of the budget less the reserve for out-of-fold scoring and the export, shared equally by the
+  folds to train -> epochs per fold (at most EPOCHS, at least 1) and the schedule's total steps.
+- Budget: the run's clock; the end of each fold's share of what is left, and whether the next epoch fits in it.
+
+train.py measures the steps in training/loop.py (probe_fold); bench/plain_unet.py uses the same plan_epochs
+and Budget. The guide is docs/training.md#time-budget.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+PROBE_STEPS = 5  # timed optimizer steps, after one untimed warm-up step
+MARGIN = 0.10  # each epoch is planned 10 % longer than measured
+# Out-of-fold scoring of a fold (the val pass again, then every val image at its own size, one at a time, and the
+# test list): SCORE_FACTOR x the measured validation pass per val image scored, plus SCORE_BASE_S for loading the
+# model and reading originals. After the first fold, its measured time x SCORED_MARGIN replaces the estimate.
+SCORE_FACTOR = 3.0
+SCORE_BASE_S = 3.0
+SCORED_MARGIN = 1.25
+# The export (load the folds, trace, onnx checker, onnxruntime and OpenCV parity at INPUT_SIZE): EXPORT_BASE_S
+# plus, per fold in the ensemble, EXPORT_FOLD_S and EXPORT_FORWARDS one-image forward passes. An int8 copy
+# (INT8=on, or auto with held-back images) adds INT8_BASE_S and INT8_FORWARDS forwards per calibration or
+# measured image and fold.
+EXPORT_BASE_S = 15.0
+EXPORT_FOLD_S = 3.0
+EXPORT_FORWARDS = 30
+INT8_BASE_S = 30.0
+INT8_FORWARDS = 6
+INT8_CALIBRATION = 64  # images export.py calibrates an int8 copy on (its --calib-count default)
+
+_PART = r"(\d+(?:\.\d*)?|\.\d+)"
+_DURATION = re.compile(rf"(?:{_PART}h)?(?:{_PART}m)?(?:{_PART}s)?")
+
+
+def parse_duration(text: str) -> int:
+    """Seconds of a budget: '90s', '20m', '1h', '1h30m', '1.5h' or a plain number of seconds; '', '0', 'off'
+    and 'none' mean no budget (0). Rounded up to a whole second."""
+    value = re.sub(r"\s+", "", str(text).lower())
+    if value in ("", "off", "none"):
+        return 0
+    try:
+        seconds = float(value)
+    except ValueError:
+        match = _DURATION.fullmatch(value)
+        if not match or not any(match.groups()):
+            raise ValueError("expected a duration such as 90s, 20m, 1h or 1h30m, or a number of seconds; "
+                             "0 or empty = no budget") from None
+        hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("expected a duration >= 0 such as 90s, 20m or 1h30m")
+    return math.ceil(seconds)
+
+
+parse_duration.__name__ = "duration"  # what config.py's error calls it: "... is not a valid duration"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def format_duration(seconds: float) -> str:
+    """2.44 -> '2.4 s', 26 -> '26 s', 1200 -> '20 min', 150 -> '2.5 min', 9000 -> '2.5 h'."""
+    if seconds < 9.95:
+        return f"{seconds:.1f} s"
+    if seconds < 100:
+        return f"{seconds:.0f} s"
+    value, unit = (seconds / 60, "min") if seconds < 7200 else (seconds / 3600, "h")
+    return f"{value:.0f} {unit}" if abs(value - round(value)) < 0.05 else f"{value:.1f} {unit}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The run's plan: the same number of epochs for every fold it trains. Saved as models/budget_plan.json."""
+    budget_s: float
+    epochs: int  # per fold
+    steps_per_epoch: int  # of the fold that was measured (each fold's schedule uses its own loader's length)
+    epoch_s: float  # one epoch as measured: steps x step_s + val_s + overhead_s
+    step_s: float  # one optimizer step, its batch's loading included
+    val_s: float  # one validation pass
+    overhead_s: float  # the checkpoint and preview written after each epoch
+    folds: int  # folds sharing the budget
+    elapsed_s: float  # spent before the plan: imports, cache, the probe
+    score_s: float  # reserved per fold for out-of-fold scoring
+    export_s: float  # reserved for the export (0 with EXPORT=false)
+    fit: int  # epochs per fold the budget has room for (before EPOCHS caps it and before the floor of 1)
+    max_epochs: int  # EPOCHS, the cap
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def reserve_s(self) -> float:
+        return self.folds * self.score_s + self.export_s
+
+    @property
+    def capped(self) -> bool:
+        return self.fit > self.max_epochs
+
+    @property
+    def fits(self) -> bool:
+        return self.fit >= 1
+
+    def headline(self) -> str:
+        """'budget 20 min → 23 epochs of 26 s'"""
+        epochs = plural(self.epochs, "epoch")
+        return f"budget {format_duration(self.budget_s)} → {epochs} of {format_duration(self.epoch_s)}"
+
+    def describe(self) -> str:
+        """The plan's log line: the headline, then how it was reached."""
+        shared = f" per fold, {self.folds} folds share it" if self.folds > 1 else ""
+        steps = plural(self.steps_per_epoch, "step")
+        text = (f"{self.headline()}{shared} ({steps} of {self.step_s:.2f} s + validation {self.val_s:.1f} s + "
+                f"checkpoint {self.overhead_s:.1f} s, +{MARGIN:.0%} margin; {format_duration(self.elapsed_s)} already "
+                f"spent; reserved {format_duration(self.reserve_s)} for out-of-fold scoring "
+                f"({format_duration(self.score_s)} per fold) and the export ({format_duration(self.export_s)}))")
+        if self.capped:
+            text += f"; EPOCHS={self.max_epochs} caps it (the budget has room for {self.fit})"
+        return text
+
+    def shortfall(self) -> str:
+        """The warning when not even one epoch per fold fits."""
+        need = self.elapsed_s + self.folds * self.epoch_s * (1 + MARGIN) + self.reserve_s
+        return (f"budget {format_duration(self.budget_s)} is too small: 1 epoch of {format_duration(self.epoch_s)} "
+                f"per fold x {self.folds} folds, {format_duration(self.elapsed_s)} already spent and "
+                f"{format_duration(self.reserve_s)} for scoring and export need about {format_duration(need)}; "
+                "training 1 epoch per fold anyway, so the run will end late")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total_steps": self.total_steps}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Plan:
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+
+
+def plan_epochs(budget_s: float, elapsed_s: float, step_s: float, steps_per_epoch: int, val_s: float,
+                overhead_s: float, folds: int, score_s: float, export_s: float, max_epochs: int,
+                margin: float = MARGIN) -> Plan:
+    """Epochs per fold: (budget - elapsed - folds x score_s - export_s) / folds / (epoch time x (1 + margin)),
+    rounded down, at most max_epochs and at least 1 (Plan.fits says whether that 1 fits)."""
+    epoch_s = steps_per_epoch * step_s + val_s + overhead_s
+    per_fold = (budget_s - elapsed_s - folds * score_s - export_s) / max(1, folds)
+    fit = max(0, math.floor(per_fold / (epoch_s * (1 + margin)) + 1e-9)) if epoch_s > 0 else max_epochs + 1
+    return Plan(budget_s=float(budget_s), epochs=max(1, min(max_epochs, fit)), steps_per_epoch=steps_per_epoch,
+                epoch_s=epoch_s, step_s=step_s, val_s=val_s, overhead_s=overhead_s, folds=folds, elapsed_s=elapsed_s,
+                score_s=score_s, export_s=export_s, fit=fit, max_epochs=max_epochs)
+
+
+def score_estimate(val_s: float, val_images: int, scored_images: int) -> float:
+    """Seconds to reserve for one fold's out-of-fold scoring of `scored_images` (its val fold + the test list)."""
+    return SCORE_BASE_S + SCORE_FACTOR * val_s * scored_images / max(1, val_images)
+
+
+def export_estimate(folds: int, image_s: float, int8_images: int = 0) -> float:
+    """Seconds to reserve for exporting `folds` fold models, one forward of one image taking `image_s`;
+    int8_images: calibration + measured images of an int8 copy (0: none)."""
+    seconds = EXPORT_BASE_S + folds * (EXPORT_FOLD_S + EXPORT_FORWARDS * image_s)
+    if int8_images:
+        seconds += INT8_BASE_S + folds * INT8_FORWARDS * image_s * int8_images
+    return seconds
+
+
+def epoch_estimate(planned_s: float, measured: list[float]) -> float:
+    """What the next epoch will take: the plan's estimate until an epoch was measured in this process, then the
+    larger of the mean and the last one (a machine that slows down is believed at once)."""
+    if not measured:
+        return planned_s
+    return max(sum(measured) / len(measured), measured[-1])
+
+
+class Budget:
+    """One run's clock. `started` is a reading of `clock` (time.monotonic) taken when the run began."""
+
+    def __init__(self, seconds: float, started: float, clock: Callable[[], float] = time.monotonic):
+        self.seconds, self.started, self.clock = float(seconds), started, clock
+        self.plan: Plan | None = None
+        self.scored_s: float | None = None  # the longest out-of-fold scoring measured so far
+        self.fold_ids: list[int] = []  # the folds this run trains (cross_validate sets them)
+        self.folds_left = 1  # this fold and the ones after it in this run (cross_validate sets it)
+        self.test_images = 0  # the test list scored by every fold (cross_validate sets it)
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def left(self) -> float:
+        return self.seconds - self.elapsed()
+
+    def score_s(self) -> float:
+        if self.scored_s is not None:
+            return self.scored_s * SCORED_MARGIN
+        return self.plan.score_s if self.plan else 0.0
+
+    def reserve(self, folds: int) -> float:
+        """Seconds kept for the out-of-fold scoring of `folds` folds and the export."""
+        return folds * self.score_s() + (self.plan.export_s if self.plan else 0.0)
+
+    def record_scoring(self, seconds: float) -> None:
+        self.scored_s = max(seconds, self.scored_s or 0.0)
+
+    def fold_end(self, folds_left: int | None = None) -> float:
+        """The clock reading by which this fold's training should end: an equal share, among this fold and the
+        ones after it, of what is left once their scoring and the export are reserved."""
+        folds = folds_left or self.folds_left
+        return self.clock() + max(0.0, (self.left() - self.reserve(folds)) / folds)
+
+    def next_epoch_fits(self, fold_end: float, epoch_s: float) -> bool:
+        return self.clock() + epoch_s <= fold_end
+
+    def stop_message(self, fold: int, done: int, epochs: int, fold_end: float, epoch_s: float) -> str:
+        """The one line of a fold stopped by the clock after `done` of `epochs` planned epochs."""
+        share_left = fold_end - self.clock()
+        return (f"fold {fold}: budget: stopped early after epoch {done} of {epochs}: the next epoch (~"
+                f"{format_duration(epoch_s)}) would end {format_duration(epoch_s - share_left)} past this fold's "
+                f"share of the budget ({format_duration(max(0.0, self.left()))} left, "
+                f"{format_duration(self.reserve(self.folds_left))} of it reserved for scoring and export); "
+                "keeping the best checkpoint")
