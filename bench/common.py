@@ -30,6 +30,7 @@ HORSE = ROOT.parent / "shared" / "data" / "weizmann_horse"
 ISBI = ROOT.parent / "shared" / "data" / "isbi_membrane"  # 30 greyscale 512x512 EM slices
 LOAD_LIMIT = 1.5  # a 1-minute load average above this at the start: the table is not an idle-machine figure
 OTHERS_LIMIT = 0.25  # cores used on average by other processes during the run, above which it was not alone
+HOST_DRIFT_LIMIT = 0.15  # the host's matmul rate changing by more than this between start and end: it was not steady
 
 
 # ----------------------------------------------------------------------------- timing
@@ -99,11 +100,26 @@ def cpu_seconds() -> dict:
     return info
 
 
+def host_gflops(n: int = 1024, repeats: int = 5) -> float:
+    """The float32 matmul rate this machine gives right now (numpy BLAS, every core), GFLOP/s: a speed probe.
+
+    A virtual machine's host can be busier at one hour than another, and that shows neither in the load average nor
+    in this machine's CPU accounting; measured at the start and end of every run, it lets tables taken at different
+    times be compared and flags a run during which the host's speed changed."""
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    a @ a  # warm-up: threads started, pages touched
+    seconds = side_by_side({"mm": lambda: a @ a}, repeats=repeats, warmup=0)["mm"]
+    return round(2 * n**3 / median(seconds) / 1e9, 1)
+
+
 def machine_info() -> dict:
-    """Cores, CPU model, memory and load average at the time of the call, plus package versions and CPU seconds."""
+    """Cores, CPU model, memory, load average and the host's matmul rate at the time of the call, plus package
+    versions and CPU seconds."""
     info = {"cores": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
             "load_average": load_average(), "time_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "cpu_seconds": cpu_seconds()}
+            "cpu_seconds": cpu_seconds(), "matmul_gflops": host_gflops()}
     try:
         pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
         info["memory_gib"] = round(pages * size / 2**30, 1)
@@ -137,11 +153,18 @@ def others_cores(start_info: dict | None, end_info: dict) -> float | None:
     return round(max(others, 0.0) / wall, 3) if wall > 0 else None
 
 
+def host_drift(start_info: dict | None, end_info: dict) -> float | None:
+    """How much the host's matmul rate changed between the two calls (end / start - 1), or None if not measured."""
+    first, last = (start_info or {}).get("matmul_gflops"), end_info.get("matmul_gflops")
+    return round(last / first - 1, 3) if first and last else None
+
+
 def load_report(start_info: dict | None, end_info: dict) -> dict:
-    """The 1-minute load average at the start and end of a run and the cores other processes used meanwhile,
-    printed, with a loud warning when the run was not alone: a start load above LOAD_LIMIT, or others above
-    OTHERS_LIMIT cores (without /proc/stat: an end load above LOAD_LIMIT). The end load counts the run's own
-    threads (a 2-thread run ends near 2.0 on its own), hence the CPU-time check."""
+    """The 1-minute load average at the start and end of a run, the cores other processes used meanwhile and the
+    host's matmul rate at both ends, printed, with a loud warning when the run was not alone: a start load above
+    LOAD_LIMIT, or others above OTHERS_LIMIT cores (without /proc/stat: an end load above LOAD_LIMIT). The end
+    load counts the run's own threads (a 2-thread run ends near 2.0 on its own), hence the CPU-time check. A
+    second warning when the host's speed drifted by more than HOST_DRIFT_LIMIT."""
     def one_minute(info: dict | None) -> float | None:
         load = (info or {}).get("load_average") or []
         return load[0] if load else None
@@ -155,8 +178,16 @@ def load_report(start_info: dict | None, end_info: dict) -> dict:
     if busy:
         print(f"WARNING: not alone (load above {LOAD_LIMIT} at the start, or other processes above {OTHERS_LIMIT} "
               "cores): rerun this table on an idle machine")
+    drift = host_drift(start_info, end_info)
+    rates = [(info or {}).get("matmul_gflops") for info in (start_info, end_info)]
+    if drift is not None:
+        print(f"host matmul rate: {rates[0]} GFLOP/s at start, {rates[1]} at end ({drift:+.0%})")
+        if abs(drift) > HOST_DRIFT_LIMIT:
+            print(f"WARNING: the host's speed changed by {drift:+.0%} during the run (limit {HOST_DRIFT_LIMIT:.0%}): "
+                  "the contenders may have run at different speeds; rerun this table")
     return {"start": start, "end": end, "others_cores": others, "limit": LOAD_LIMIT, "others_limit": OTHERS_LIMIT,
-            "busy": busy}
+            "busy": busy, "matmul_gflops": rates, "host_drift": drift,
+            "host_unsteady": drift is not None and abs(drift) > HOST_DRIFT_LIMIT}
 
 
 def write_result(name: str, result: dict, out: Path | None = None, start_info: dict | None = None) -> Path:

@@ -72,7 +72,8 @@ def test_load_report_warns_when_the_run_was_not_alone(capsys, tmp_path):
     alone = info(1.9, 110.0, 1020.5, 25.0)  # 20 of the 20.5 busy seconds were the run's own: its 2 threads
     assert common.others_cores(start, alone) == 0.05
     assert common.load_report(start, alone) == {"start": 0.2, "end": 1.9, "others_cores": 0.05, "limit": 1.5,
-                                                 "others_limit": 0.25, "busy": False}
+                                                 "others_limit": 0.25, "busy": False, "matmul_gflops": [None, None],
+                                                 "host_drift": None, "host_unsteady": False}
     out = capsys.readouterr().out
     assert "0.2 at start, 1.9 at end (own threads included); other processes: 0.05 cores" in out
     assert "WARNING" not in out
@@ -88,8 +89,25 @@ def test_load_report_warns_when_the_run_was_not_alone(capsys, tmp_path):
     begun["cpu_seconds"]["clock_s"] -= 1.0  # a run of a second, not of the microseconds this test takes
     path = common.write_result("x", {"value": 1}, tmp_path / "x.json", begun)  # every script's JSON has it
     result = json.loads(path.read_text())
-    assert set(result["load"]) == {"start", "end", "others_cores", "limit", "others_limit", "busy"}
+    assert set(result["load"]) == {"start", "end", "others_cores", "limit", "others_limit", "busy", "matmul_gflops",
+                                   "host_drift", "host_unsteady"}
     assert result["load"]["others_cores"] is not None and result["load"]["others_cores"] >= 0
+    assert all(rate > 0 for rate in result["load"]["matmul_gflops"]) and result["load"]["host_drift"] is not None
+
+
+def test_load_report_warns_when_the_host_speed_drifted(capsys):
+    """A VM's host can slow down mid-run without any sign in the load average: the matmul probe at both ends
+    catches it."""
+    sys.path.insert(0, str(BENCH))
+    import common
+
+    start = {"load_average": [0.2, 0.3, 0.4], "matmul_gflops": 180.0}
+    steady = common.load_report(start, {"load_average": [0.9, 0.3, 0.4], "matmul_gflops": 171.0})
+    assert steady["host_drift"] == -0.05 and not steady["host_unsteady"] and not steady["busy"]
+    assert "180.0 GFLOP/s at start, 171.0 at end (-5%)" in capsys.readouterr().out
+    slowed = common.load_report(start, {"load_average": [0.9, 0.3, 0.4], "matmul_gflops": 131.0})
+    assert slowed["host_drift"] == -0.272 and slowed["host_unsteady"]
+    assert "the host's speed changed by -27%" in capsys.readouterr().out
 
 
 def test_latency(run_script):
@@ -246,7 +264,7 @@ def test_video(run_script):
 
 @needs_horse
 def test_training(run_script):
-    result = run_script("training", "--limit", "10", "--size", "64", "--batch-size", "2", "--warmup", "1",
+    result = run_script("train_speed", "--limit", "10", "--size", "64", "--batch-size", "2", "--warmup", "1",
                         "--steps", "1", "--blocks", "1", "--repeats", "1")
     assert result["training"]["images_per_s"] > 0 and result["training"]["batch_size"] == 2
     assert result["etl"]["images"] == 10 and positive(result["etl"]["first"]) and positive(result["etl"]["second"])
@@ -331,3 +349,11 @@ def test_session_options(run_script):
     for name, series in result["folder"].items():
         assert result["images_per_s"][name] == pytest.approx(2 / (series["median_ms"] / 1e3))
     assert len(result["machine"]["start"]["load_average"]) == 3 and result["machine"]["end"]["load_average"]
+
+
+def test_no_bench_script_shadows_a_repo_module():
+    """`python bench/x.py` puts bench/ first on sys.path: a bench/training.py would hide the training package from
+    every script that imports config."""
+    root = BENCH.parent
+    modules = {p.stem for p in root.glob("*.py")} | {p.name for p in root.iterdir() if (p / "__init__.py").exists()}
+    assert not {p.stem for p in BENCH.glob("*.py")} & modules

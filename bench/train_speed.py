@@ -1,8 +1,8 @@
 """Training side: training images/s of the README horse recipe, and the ETL cache stage, first vs second run.
 
-    python bench/training.py                      # horse train set (250 images), 5 blocks of 6 steps after 2 warm-up
-    python bench/training.py --steps 12 --blocks 7
-    python bench/training.py --limit 16 --size 64 --batch-size 4 --steps 1 --blocks 1 --repeats 1 --out smoke.json
+    python bench/train_speed.py                      # horse train set (250 images), 5 blocks of 6 steps after 2 warm-up
+    python bench/train_speed.py --steps 12 --blocks 7
+    python bench/train_speed.py --limit 16 --size 64 --batch-size 4 --steps 1 --blocks 1 --repeats 1 --out smoke.json
 
 Training: the trainer's own pieces (train.prepare, training.loop.setup_fold and train_step) with the README recipe's
 settings (Unet/resnet18, random init, 192 px, batch 8, AdamW + OneCycle, 2 DataLoader workers);
@@ -122,7 +122,7 @@ def main() -> None:
         [f"ETL cache, second run ({n} images)", f"{second:.2f}", f"{n / second:.0f}",
          f"hash check only: {first / second:.1f}x faster"],
     ])
-    write_result("training", {"command": "python bench/training.py", "args": {k: str(v) for k, v in vars(args).items()},
+    write_result("train_speed", {"command": "python bench/train_speed.py", "args": {k: str(v) for k, v in vars(args).items()},
                               "training": fit, "etl": cache, "etl_second_run_speedup": first / second,
                               "smart_crop": "measured by bench/smart_crop.py"}, args.out, start_info)
 
