@@ -41,6 +41,7 @@ CROP_MODES = ("off", "person")  # smart crop (runtime/crop.py); also the metadat
 TTA_MODES = ("none", "hflip", "flips")  # flip test-time augmentation (export.py --tta, inference.py --tta)
 # <name>.int8.onnx beside the export: auto = when held-back images can measure it (export.py --int8, INT8)
 INT8_MODES = ("auto", "on", "off")
+BATCH_SHAPES = ("square", "rect")  # BATCH_SHAPE: how whole-image training batches are shaped (dataset.AspectBatchSampler)
 
 
 def parse_bool(text: str) -> bool:
@@ -220,6 +221,10 @@ FIELDS: tuple[Field, ...] = (
           "Empty: every image is padded to an INPUT_SIZE square", legacy_default=""),
     Field("patches_per_image", positive(int), 1, "TRAIN_PATCH: random crops drawn from each training image per epoch",
           legacy_default=1),
+    Field("batch_shape", str, "square", "whole-image training batches: square = each image padded to an INPUT_SIZE "
+          "square; rect = images of one aspect batched together, padded to a multiple of 32 only, as the runtime "
+          "pads (no TRAIN_PATCH; the gate always batches as rect)", choices=BATCH_SHAPES, only_task="segment",
+          legacy_default="square"),
     # Optimisation
     Field("batch_size", positive(int), 8, "batch size"),
     Field("epochs", positive(int), 50, "maximum epochs per fold"),
@@ -270,7 +275,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("data", ("raw_img_dir", "raw_mask_dir", "raw_json_path", "raw_rle_csv", "search_files", "split_dir", "groups",
               "max_image_pixels")),
     ("model", ("arch", "encoder", "encoder_weights", "classes", "class_names", "classes_file", "class_weights",
-               "input_size", "train_patch", "patches_per_image")),
+               "input_size", "train_patch", "patches_per_image", "batch_shape")),
     ("optimisation", ("batch_size", "epochs", "time_budget", "lr", "weight_decay", "adam_eps", "scheduler",
                       "restart_epochs", "grad_clip", "dice_weight", "bce_weight", "patience", "cooldown", "eval_step",
                       "use_amp", "load_model")),
@@ -314,6 +319,7 @@ class Config:
     input_size: int
     train_patch: str
     patches_per_image: int
+    batch_shape: str
     batch_size: int
     epochs: int
     time_budget: int

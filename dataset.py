@@ -5,9 +5,11 @@ to WORK_DIR/images and WORK_DIR/masks with a manifest. Training reads from the c
 sample at a time, so RAM stays flat however large the set. A re-run reuses every entry whose
 source content and settings are unchanged; writes are atomic, so a killed run resumes.
 
-The cached images keep their aspect ratio (no padding on disk). SegDataset pads each one to an
-INPUT_SIZE square; with TRAIN_PATCH, PatchDataset cuts random HxW training crops instead (a third
-of them centred on a defect) and validation images are padded to a multiple of 32 only.
+The cached images keep their aspect ratio (no padding on disk). With BATCH_SHAPE=square SegDataset pads each one
+to an INPUT_SIZE square; with BATCH_SHAPE=rect, AspectBatchSampler batches images of one shape together and
+pad_collate pads them to a multiple of 32 only, as the runtime pads; with TRAIN_PATCH, PatchDataset cuts random
+HxW training crops instead (a third of them centred on a defect). Outside square, validation images are padded
+to a multiple of 32 only.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from runtime.crop import crop_square
 from runtime.rle import class_mask, read_rows
@@ -499,6 +501,58 @@ def pad_collate(batch: list, stride: int = STRIDE) -> tuple[torch.Tensor, torch.
         out_images[i, :, :image.shape[1], :image.shape[2]] = image
         out_masks[i, ..., :mask.shape[-2], :mask.shape[-1]] = mask
     return out_images, out_masks
+
+
+def png_hw(path: Path) -> tuple[int, int]:
+    """(height, width) of a PNG from its header (the cache's files), without decoding it."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n":
+        raise UserError(f"{path} is not a PNG; delete WORK_DIR's cache to rebuild it")
+    return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+
+
+class AspectBatchSampler(Sampler[list[int]]):
+    """BATCH_SHAPE=rect: batches of images that share a shape, so a batch is padded to a multiple of STRIDE only
+    (pad_collate), as the runtime pads, instead of to an INPUT_SIZE square.
+
+    Each epoch: a random order, stably sorted by the padded shape's aspect ratio (so images of one shape are
+    together, in random order), cut into batches, and the batches shuffled; a batch that straddles two shapes is
+    padded to the larger. Under DDP every rank builds the same list from (seed, epoch) and takes every world-th
+    batch, the same number on each rank. `set_epoch` as with DistributedSampler; without it each pass advances the
+    epoch itself."""
+
+    def __init__(self, shapes: list[tuple[int, int]], batch_size: int, seed: int = 0, drop_last: bool = False,
+                 rank: int = 0, world: int = 1, stride: int = STRIDE):
+        if not shapes:
+            raise ValueError("no images to batch")
+        self.keys = [self.shape_key(h, w, stride) for h, w in shapes]
+        self.batch_size, self.seed, self.drop_last = batch_size, seed, drop_last
+        self.rank, self.world, self.epoch = rank, world, 0
+
+    @staticmethod
+    def shape_key(h: int, w: int, stride: int = STRIDE) -> tuple[float, int, int]:
+        ph, pw = h + (-h) % stride, w + (-w) % stride
+        return ph / pw, ph, pw
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _all_batches(self) -> int:
+        n = len(self.keys)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __len__(self) -> int:
+        return self._all_batches() // self.world
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        order = sorted(rng.permutation(len(self.keys)).tolist(), key=self.keys.__getitem__)
+        batches = [order[i: i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = batches[:self._all_batches()]  # drop_last: the one short batch
+        rng.shuffle(batches)
+        yield from batches[:len(self) * self.world][self.rank::self.world]
 
 
 def seed_worker(worker_id: int) -> None:

@@ -149,6 +149,10 @@ KEYS: tuple[Key, ...] = (
         tasks=(SEGMENT,), check=lambda v: isinstance(v, str) and len(v) == 40, must="40 hex digits"),
     Key("train_patch", None, "TRAIN_PATCH (HxW) when training used random crops; absent otherwise", "export.py",
         "documentation only", tasks=(SEGMENT,)),
+    Key("batch_shape", None, "how whole training images were batched (BATCH_SHAPE): 'square' (padded to an "
+        "input_size square) or 'rect' (padded to a multiple of stride, as the runtime pads); absent with "
+        "train_patch and in models exported before it existed", "export.py", "documentation only",
+        tasks=(SEGMENT,), check=lambda v: v is None or v in ("square", "rect"), must="'square' or 'rect'"),
     Key("config_hash", None, "hash of the training settings that shaped the weights", "export.py", "provenance"),
     Key("created", None, "UTC export time", "export.py", "provenance"),
     Key("versions", None, "torch, smp, onnx, onnxruntime versions at export", "export.py", "provenance"),
@@ -207,7 +211,8 @@ def build_metadata(ckpt: dict, folds: list[int], threshold: float | None, min_ar
         "threshold": 0.5 if threshold is None else float(threshold),
         "min_area": int(cfg.get("min_area", 64) if min_area is None else min_area),
         "folds": folds, **crop_metadata(cfg, detector_name),
-        **({"train_patch": cfg["train_patch"]} if cfg.get("train_patch") else {}),
+        **({"train_patch": cfg["train_patch"]} if cfg.get("train_patch") else
+           {"batch_shape": cfg.get("batch_shape", "square")} if cfg else {}),
         "config_hash": ckpt.get("config_hash"),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions or {},

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dataset import (
-    PatchDataset, SegDataset, build_cache, collect_sources, crop_origin, cut_patch, get_transform, pad_collate,
-    pair_by_stem,
+    AspectBatchSampler, PatchDataset, SegDataset, build_cache, collect_sources, crop_origin, cut_patch, get_transform,
+    pad_collate, pair_by_stem, png_hw,
 )
 from utils import UserError, read_mask
 
@@ -253,3 +253,44 @@ def test_cache_refuses_a_source_over_max_pixels_without_touching_the_global(blob
     assert utils.MAX_IMAGE_PIXELS == 100_000_000
     if oversized == "image":
         assert len(build_cache(sources, tmp_path / "work", 64, max_pixels=8000)) == 2
+
+
+# ----------------------------------------------------------------------------- BATCH_SHAPE=rect
+
+
+def test_aspect_batches_group_shapes_cover_every_image_and_reshuffle():
+    shapes = [(128, 192)] * 9 + [(192, 128)] * 6 + [(100, 192)] * 5  # the last pads to 128x192 as well
+    sampler = AspectBatchSampler(shapes, batch_size=4, seed=3)
+    first = list(sampler)
+    assert len(first) == len(sampler) == 5 and sorted(i for b in first for i in b) == list(range(20))
+    keys = [AspectBatchSampler.shape_key(*s) for s in shapes]
+    mixed = [b for b in first if len({keys[i] for i in b}) > 1]
+    assert len(mixed) <= 1  # 14 landscape + 6 portrait in batches of 4: one batch may straddle the two
+    second = list(sampler)  # without set_epoch each pass advances the epoch
+    assert second != first and sorted(i for b in second for i in b) == list(range(20))
+    sampler.set_epoch(0)
+    assert list(sampler) == first  # set_epoch replays an epoch (resume, DDP)
+
+
+def test_aspect_batches_drop_the_short_batch_and_split_evenly_over_ranks():
+    shapes = [(64, 96)] * 7 + [(96, 64)] * 6
+    dropped = list(AspectBatchSampler(shapes, batch_size=4, seed=0, drop_last=True))
+    assert len(dropped) == 3 and all(len(b) == 4 for b in dropped)
+    ranks = [AspectBatchSampler(shapes + [(64, 96)], batch_size=2, seed=5, rank=r, world=2) for r in (0, 1)]
+    for r in ranks:
+        r.set_epoch(2)
+    batches = [list(r) for r in ranks]
+    assert len(batches[0]) == len(batches[1]) == len(ranks[0]) == 3  # 7 batches over 2 ranks: 3 each
+    seen = [i for b in batches[0] + batches[1] for i in b]
+    assert len(seen) == len(set(seen)) == 12
+    with pytest.raises(ValueError):
+        AspectBatchSampler([], batch_size=2)
+
+
+def test_png_hw_reads_the_header(tmp_path):
+    path = tmp_path / "a.png"
+    cv2.imwrite(str(path), np.zeros((37, 53, 3), np.uint8))
+    assert png_hw(path) == (37, 53)
+    (tmp_path / "b.png").write_bytes(b"GIF89a" + bytes(40))
+    with pytest.raises(UserError, match="not a PNG"):
+        png_hw(tmp_path / "b.png")

@@ -438,3 +438,46 @@ def test_default_path_keeps_square_batches(tmp_path):
     entries, _, device = train.prepare(cfg)
     images, _ = next(iter(make_loader(SegmentTask(cfg), entries, [0, 1], False, device)))
     assert images.shape[-2:] == (64, 64)
+
+
+# ----------------------------------------------------------------------------- BATCH_SHAPE=rect
+
+
+def write_mixed_blobs(folder: Path, count: int = 12) -> Path:
+    """Blobs at 40x100 (landscape), every third one turned to 100x40 (portrait)."""
+    write_blobs(folder, count, size=(40, 100))
+    for i in range(0, count, 3):
+        for path in (folder / "images" / f"img_{i:03d}.jpg", folder / "masks" / f"img_{i:03d}.png"):
+            cv2.imwrite(str(path), cv2.rotate(cv2.imread(str(path)), cv2.ROTATE_90_CLOCKWISE))
+    return folder
+
+
+def test_rect_batches_keep_each_images_shape(tmp_path):
+    """BATCH_SHAPE=rect: 40x100 photos at INPUT_SIZE 64 train as 32x64 batches (26x64 padded to /32, as the
+    runtime pads), portrait ones as 64x32, not as 64x64 squares; validation pads to /32 only."""
+    data = write_mixed_blobs(tmp_path / "data")
+    cfg = load_config(tiny_argv(data, tmp_path / "work", batch_shape="rect", batch_size=2), environ={})
+    entries, _, device = train.prepare(cfg)
+    loader = make_loader(SegmentTask(cfg), entries, list(range(12)), True, device)
+    shapes = [tuple(images.shape[-2:]) for images, _ in loader]
+    assert len(shapes) == 6 and set(shapes) == {(32, 64), (64, 32)} and shapes.count((64, 32)) == 2
+    val = [tuple(i.shape[-2:]) for i, _ in make_loader(SegmentTask(cfg), entries, [1, 2], False, device)]
+    assert val == [(32, 64)]
+    square = load_config(tiny_argv(data, tmp_path / "work", batch_size=2), environ={})
+    assert {tuple(i.shape[-2:]) for i, _ in make_loader(SegmentTask(square), entries, list(range(12)), True,
+                                                        device)} == {(64, 64)}
+
+
+def test_rect_run_trains_exports_and_records_its_batch_shape(tmp_path):
+    from runtime.metadata import read_metadata
+
+    data = write_mixed_blobs(tmp_path / "data")
+    cfg = load_config(tiny_argv(data, tmp_path / "work", batch_shape="rect", batch_size=2, epochs=2, fold_ids="0",
+                                folds=2), environ={})
+    summary = train.run(cfg)
+    assert 0.0 <= summary["oof_dice"] <= 1.0
+    assert read_metadata(str(tmp_path / "work" / "model.onnx"))["batch_shape"] == "rect"
+    assert load_config([], environ={}).batch_shape == "square"
+    assert load_config([], environ={"BATCH_SHAPE": "rect"}).batch_shape == "rect"
+    with pytest.raises(UserError, match="--batch-shape=.squash. is not allowed; choose one of: square, rect"):
+        load_config(["--batch-shape", "squash"], environ={})

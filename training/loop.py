@@ -26,7 +26,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from config import Config, config_hash
-from dataset import CacheEntry, PatchDataset, SegDataset, get_transform, pad_collate, seed_worker
+from dataset import (
+    AspectBatchSampler, CacheEntry, PatchDataset, SegDataset, get_transform, pad_collate, png_hw, seed_worker,
+)
 from model import load_checkpoint, read_checkpoint, save_checkpoint
 from training.budget import (
     INT8_CALIBRATION, PROBE_STEPS, Budget, Plan, epoch_estimate, export_estimate, plan_epochs, score_estimate,
@@ -66,14 +68,25 @@ class Task(Protocol):
     def new_out_of_fold(self, sources: dict) -> OutOfFold: ...
 
 
+def square_batches(task: Task) -> bool:
+    """Whole images padded to an INPUT_SIZE square (BATCH_SHAPE=square, no TRAIN_PATCH, not the gate); otherwise
+    batches are padded to a multiple of 32 by pad_collate, as the runtime pads."""
+    return task.pads_to_square and not task.cfg.train_patch and task.cfg.batch_shape == "square"
+
+
+def rect_batches(task: Task) -> bool:
+    """BATCH_SHAPE=rect training: whole images batched by shape (AspectBatchSampler)."""
+    return task.pads_to_square and not task.cfg.train_patch and task.cfg.batch_shape == "rect"
+
+
 def make_dataset(task: Task, entries: list[CacheEntry], train: bool) -> SegDataset:
-    """Whole images padded to an INPUT_SIZE square; with TRAIN_PATCH, random HxW crops for training
-    and whole images padded to /32 for evaluation. The gate keeps whole images as cached. Augmentation
-    and crops are seeded per rank."""
+    """Whole images padded to an INPUT_SIZE square (BATCH_SHAPE=square); with TRAIN_PATCH, random HxW crops for
+    training; otherwise (rect, TRAIN_PATCH evaluation) whole images padded to /32. The gate keeps whole images as
+    cached. Augmentation and crops are seeded per rank."""
     cfg = task.cfg
     patch = task.patch_hw()
-    transform = get_transform(train, cfg.input_size, seed=cfg.seed + rank(), patch=patch is not None,
-                              square=task.pads_to_square)
+    transform = get_transform(train, cfg.input_size, seed=cfg.seed + rank(),
+                              patch=patch is not None or rect_batches(task), square=task.pads_to_square)
     if patch and train:
         return PatchDataset(entries, transform, cfg.classes, patch, cfg.patches_per_image, seed=cfg.seed + rank(),
                             max_pixels=cfg.max_image_pixels)
@@ -86,15 +99,19 @@ def make_loader(task: Task, entries: list[CacheEntry], indices: list[int], train
     (pad_collate)."""
     cfg = task.cfg
     dataset = make_dataset(task, [entries[i] for i in (indices if train else shard(indices))], train)
+    common = dict(collate_fn=None if square_batches(task) else pad_collate, num_workers=cfg.workers,
+                  pin_memory=cfg.pin_memory and device.type == "cuda", persistent_workers=cfg.workers > 0,
+                  worker_init_fn=seed_worker)
+    if train and rect_batches(task):
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        batches = AspectBatchSampler([png_hw(e.image) for e in dataset.entries], cfg.batch_size, seed=cfg.seed,
+                                     drop_last=len(dataset) > cfg.batch_size * world, rank=rank(), world=world)
+        return DataLoader(dataset, batch_sampler=batches, **common)
     sampler = DistributedSampler(dataset, shuffle=True, seed=cfg.seed) if train and dist.is_initialized() else None
     return DataLoader(
         dataset, batch_size=cfg.batch_size, shuffle=train and sampler is None, sampler=sampler,
-        collate_fn=pad_collate if not task.pads_to_square or (cfg.train_patch and not train) else None,
-        num_workers=cfg.workers, pin_memory=cfg.pin_memory and device.type == "cuda",
-        persistent_workers=cfg.workers > 0, worker_init_fn=seed_worker,
         generator=torch.Generator().manual_seed(cfg.seed) if train else None,
-        drop_last=train and len(sampler or dataset) > cfg.batch_size,
-    )
+        drop_last=train and len(sampler or dataset) > cfg.batch_size, **common)
 
 
 def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int, total_steps: int | None = None):
@@ -285,8 +302,9 @@ def train_step(run: FoldRun, images: torch.Tensor, masks: torch.Tensor) -> tuple
 
 def train_one_epoch(run: FoldRun, epoch: int) -> dict:
     run.model.train()
-    if isinstance(run.train_loader.sampler, DistributedSampler):
-        run.train_loader.sampler.set_epoch(epoch)  # a different shuffle every epoch, the same on every rank
+    for sampler in (run.train_loader.sampler, run.train_loader.batch_sampler):
+        if isinstance(sampler, (DistributedSampler, AspectBatchSampler)):
+            sampler.set_epoch(epoch)  # a different shuffle every epoch (the same on every rank), also on resume
     sums = run.task.new_sums()
     desc = f"fold {run.fold} epoch {epoch + 1}/{run.epochs}"
     bar = tqdm(run.train_loader, desc=desc, leave=False, dynamic_ncols=True,
@@ -412,11 +430,15 @@ def probe_fold(run: FoldRun, steps: int = PROBE_STEPS) -> dict:
     from a copy of the training loader (its dataset, augmentation and crop streams copied), and the model, optimizer,
     scaler and the global random generators are put back afterwards: the fold then trains as if never probed."""
     loader = run.train_loader
-    probe_loader = DataLoader(
-        copy.deepcopy(loader.dataset), batch_size=loader.batch_size, shuffle=True, collate_fn=loader.collate_fn,
-        num_workers=loader.num_workers, pin_memory=loader.pin_memory, persistent_workers=loader.persistent_workers,
-        worker_init_fn=loader.worker_init_fn, drop_last=loader.drop_last,
-        generator=torch.Generator().manual_seed(run.cfg.seed + rank()))
+    common = dict(collate_fn=loader.collate_fn, num_workers=loader.num_workers, pin_memory=loader.pin_memory,
+                  persistent_workers=loader.persistent_workers, worker_init_fn=loader.worker_init_fn)
+    if isinstance(loader.batch_sampler, AspectBatchSampler):  # rect batches: time batches of the real shapes
+        probe_loader = DataLoader(copy.deepcopy(loader.dataset), batch_sampler=copy.deepcopy(loader.batch_sampler),
+                                  **common)
+    else:
+        probe_loader = DataLoader(
+            copy.deepcopy(loader.dataset), batch_size=loader.batch_size, shuffle=True, drop_last=loader.drop_last,
+            generator=torch.Generator().manual_seed(run.cfg.seed + rank()), **common)
     saved = {"model": copy.deepcopy(run.model.state_dict()), "optimizer": copy.deepcopy(run.optimizer.state_dict()),
              "scaler": run.scaler, "scheduler": run.scheduler, "torch": torch.get_rng_state(),
              "numpy": np.random.get_state(), "random": random.getstate()}
