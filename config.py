@@ -41,6 +41,7 @@ CROP_MODES = ("off", "person")  # smart crop (runtime/crop.py); also the metadat
 TTA_MODES = ("none", "hflip", "flips")  # flip test-time augmentation (export.py --tta, inference.py --tta)
 # <name>.int8.onnx beside the export: auto = when held-back images can measure it (export.py --int8, INT8)
 INT8_MODES = ("auto", "on", "off")
+AUGMENTS = ("full", "flip", "none")  # AUGMENT: the training augmentation (dataset.augmentations)
 BATCH_SHAPES = ("square", "rect")  # BATCH_SHAPE: how whole-image training batches are shaped (dataset.AspectBatchSampler)
 
 
@@ -221,10 +222,13 @@ FIELDS: tuple[Field, ...] = (
           "Empty: every image is padded to an INPUT_SIZE square", legacy_default=""),
     Field("patches_per_image", positive(int), 1, "TRAIN_PATCH: random crops drawn from each training image per epoch",
           legacy_default=1),
-    Field("batch_shape", str, "square", "whole-image training batches: square = each image padded to an INPUT_SIZE "
-          "square; rect = images of one aspect batched together, padded to a multiple of 32 only, as the runtime "
-          "pads (no TRAIN_PATCH; the gate always batches as rect)", choices=BATCH_SHAPES, only_task="segment",
-          legacy_default="square"),
+    Field("batch_shape", str, "rect", "whole-image training batches: rect = images of one aspect batched together, "
+          "padded to a multiple of 32 only, as the runtime pads; square = each image padded to an INPUT_SIZE square "
+          "(the rule before rect; ignored with TRAIN_PATCH; the gate always batches as rect)", choices=BATCH_SHAPES,
+          only_task="segment", legacy_default="square"),
+    Field("augment", str, "full", "training augmentation: full = flip, affine (scale 0.85-1.15, shift 0.05, "
+          "rotation 15 degrees), brightness/contrast, hue/saturation; flip = horizontal flip only; none",
+          choices=AUGMENTS, legacy_default="full"),
     # Optimisation
     Field("batch_size", positive(int), 8, "batch size"),
     Field("epochs", positive(int), 50, "maximum epochs per fold"),
@@ -259,6 +263,8 @@ FIELDS: tuple[Field, ...] = (
     Field("pin_memory", parse_bool, True, "pin DataLoader memory (CUDA only)", trains=False),
     Field("device", str, "auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"), trains=False),
     Field("threads", non_negative(int), 0, "torch CPU threads; 0 = torch's default", trains=False),
+    Field("channels_last", parse_bool, False, "train in channels-last memory format (NHWC convolutions)",
+          trains=False),
     Field("min_area", non_negative(int), 64, "min region area (px) for the adaptive threshold at inference",
           trains=False),
     Field("export", parse_bool, True, "export <name>.onnx after training", trains=False),
@@ -275,7 +281,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("data", ("raw_img_dir", "raw_mask_dir", "raw_json_path", "raw_rle_csv", "search_files", "split_dir", "groups",
               "max_image_pixels")),
     ("model", ("arch", "encoder", "encoder_weights", "classes", "class_names", "classes_file", "class_weights",
-               "input_size", "train_patch", "patches_per_image", "batch_shape")),
+               "input_size", "train_patch", "patches_per_image", "batch_shape", "augment")),
     ("optimisation", ("batch_size", "epochs", "time_budget", "lr", "weight_decay", "adam_eps", "scheduler",
                       "restart_epochs", "grad_clip", "dice_weight", "bce_weight", "patience", "cooldown", "eval_step",
                       "use_amp", "load_model")),
@@ -283,7 +289,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("smart crop", ("crop", "crop_model", "crop_conf", "crop_roi_factor", "crop_min_size", "crop_pad_value")),
     ("gate (TASK=classify)", ("task", "gate_input_size", "gate_recall", "gate_pos_weight", "gate_pool")),
     ("run", ("work_dir", "name", "save_checkpoints", "resume", "tracker", "workers", "pin_memory", "device",
-             "threads", "min_area", "export", "int8")),
+             "threads", "channels_last", "min_area", "export", "int8")),
 )
 
 
@@ -320,6 +326,7 @@ class Config:
     train_patch: str
     patches_per_image: int
     batch_shape: str
+    augment: str
     batch_size: int
     epochs: int
     time_budget: int
@@ -346,6 +353,7 @@ class Config:
     pin_memory: bool
     device: str
     threads: int
+    channels_last: bool
     min_area: int
     export: bool
     int8: str
@@ -535,4 +543,6 @@ def config_hash(cfg: Config) -> str:
     """16 hex digits over the settings that shape the trained weights (see Field.hashed). A fold checkpoint
     written under another hash is trained again instead of resumed."""
     relevant = {name: value for name, value in cfg.to_dict().items() if FIELD_BY_NAME[name].hashed(cfg.task, value)}
+    if cfg.train_patch:  # patches replace whole-image batches: BATCH_SHAPE shapes nothing
+        relevant.pop("batch_shape", None)
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

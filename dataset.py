@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from config import AUGMENTS
 from runtime.crop import crop_square
 from runtime.rle import class_mask, read_rows
 from utils import (
@@ -357,9 +358,27 @@ def mean_fill(mean=IMAGENET_MEAN) -> tuple[int, ...]:
     return tuple(round(m * 255) for m in mean)
 
 
+def augmentations(augment: str = "full") -> list:
+    """AUGMENT: full = horizontal flip, affine (scale 0.85-1.15, shift 5 %, rotation 15°), brightness/contrast
+    and hue/saturation; flip = the horizontal flip only; none = nothing."""
+    if augment not in AUGMENTS:
+        raise ValueError(f"augment {augment!r} is not one of {AUGMENTS}")
+    if augment == "none":
+        return []
+    if augment == "flip":
+        return [A.HorizontalFlip(p=0.5)]
+    return [
+        A.HorizontalFlip(p=0.5),
+        A.Affine(scale=(0.85, 1.15), translate_percent=(-0.05, 0.05), rotate=(-15, 15),
+                 border_mode=cv2.BORDER_REFLECT_101, p=0.5),
+        A.RandomBrightnessContrast(0.2, 0.2, p=0.5),
+        A.HueSaturationValue(8, 12, 8, p=0.3),
+    ]
+
+
 def get_transform(train: bool, input_size: int, mean=IMAGENET_MEAN, seed: int | None = None,
-                  patch: bool = False, square: bool = True) -> A.Compose:
-    """Pad bottom/right to a square (as the runtime pads), plus augmentation when training.
+                  patch: bool = False, square: bool = True, augment: str = "full") -> A.Compose:
+    """Pad bottom/right to a square (as the runtime pads), plus augmentation (AUGMENT) when training.
 
     patch=True (TRAIN_PATCH): training gets the augmentation only (PatchDataset crops first) and
     validation pads to the next multiple of STRIDE only, as the runtime does, not to a square.
@@ -377,14 +396,7 @@ def get_transform(train: bool, input_size: int, mean=IMAGENET_MEAN, seed: int | 
         pad = []
     if not train:
         return A.Compose(pad)
-    return A.Compose(seed=seed, transforms=[
-        A.HorizontalFlip(p=0.5),
-        A.Affine(scale=(0.85, 1.15), translate_percent=(-0.05, 0.05), rotate=(-15, 15),
-                 border_mode=cv2.BORDER_REFLECT_101, p=0.5),
-        A.RandomBrightnessContrast(0.2, 0.2, p=0.5),
-        A.HueSaturationValue(8, 12, 8, p=0.3),
-        *([] if patch else pad),
-    ])
+    return A.Compose(seed=seed, transforms=[*augmentations(augment), *([] if patch else pad)])
 
 
 class SegDataset(Dataset):

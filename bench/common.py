@@ -78,6 +78,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD features that decide fp32, int8 and bf16 speed (a VM's "AMD EPYC" can be a Zen 3 without AVX-512
+    one day and a Zen 4 with AVX-512 VNNI and BF16 the next)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return [flag for flag in SIMD_FLAGS if flag in present]
+    except OSError:
+        pass
+    return []
+
+
 def load_average() -> list[float]:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -117,7 +133,7 @@ def host_gflops(n: int = 1024, repeats: int = 5) -> float:
 def machine_info() -> dict:
     """Cores, CPU model, memory, load average and the host's matmul rate at the time of the call, plus package
     versions and CPU seconds."""
-    info = {"cores": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
+    info = {"cores": os.cpu_count(), "cpu": cpu_model(), "cpu_flags": cpu_flags(), "python": platform.python_version(),
             "load_average": load_average(), "time_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "cpu_seconds": cpu_seconds(), "matmul_gflops": host_gflops()}
     try:

@@ -1,13 +1,16 @@
-"""Training side: training images/s of the README horse recipe, and the ETL cache stage, first vs second run.
+"""Training side: training images/s of the README horse recipe in several variants side by side, and the ETL cache
+stage, first vs second run.
 
     python bench/train_speed.py                      # horse train set (250 images), 5 blocks of 6 steps after 2 warm-up
-    python bench/train_speed.py --steps 12 --blocks 7
+    python bench/train_speed.py --variants square,rect --steps 12 --blocks 7
     python bench/train_speed.py --limit 16 --size 64 --batch-size 4 --steps 1 --blocks 1 --repeats 1 --out smoke.json
 
 Training: the trainer's own pieces (train.prepare, training.loop.setup_fold and train_step) with the README recipe's
-settings (Unet/resnet18, random init, 192 px, batch 8, AdamW + OneCycle, 2 DataLoader workers);
---warmup steps untimed, then --blocks blocks of --steps steps, each timed with its data loading;
-images/s = batch x steps / block time, median over the blocks. No convergence, no validation.
+settings (Unet/resnet18, random init, 192 px, batch 8, AdamW + OneCycle, 2 DataLoader workers), one fold run per
+variant (--variants: square = BATCH_SHAPE=square, rect = BATCH_SHAPE=rect, and rect with +channels_last
+(CHANNELS_LAST) or +bf16 (USE_AMP: bf16 autocast on the CPU)); --warmup steps untimed, then --blocks rounds, each timing --steps steps of every variant in
+turn with their data loading; images/s = batch x steps / block time, median over the blocks. Same images, same
+seed; no convergence, no validation (Dice at equal epochs is measured by full runs: docs/results.md).
 ETL: dataset.build_cache on the train folder into a fresh folder (first run: decode, resize and
 write every sample), then again on the same folder (second run: hashes checked, files reused);
 --repeats fresh folders, medians. The smart-crop (YOLO person crop) stage has its own script,
@@ -55,42 +58,65 @@ def etl(sources: list, size: int, repeats: int, tmp: Path) -> dict:
     return {"first": summary(first), "second": summary(second), "images": len(sources)}
 
 
-def training(args, images: Path, masks: Path, tmp: Path) -> dict:
-    import train
-    from config import load_config
-    from training.loop import setup_fold, train_step
-    from training.metrics import MetricsLog, Tracker
-    from training.splits import make_folds
-    from training.tasks import make_task
+VARIANTS = {"square": {"batch_shape": "square"}, "rect": {"batch_shape": "rect"},
+            "rect+channels_last": {"batch_shape": "rect", "channels_last": "true"},
+            "rect+bf16": {"batch_shape": "rect", "use_amp": "true"}}
 
-    settings = {**RECIPE, "input_size": str(args.size), "batch_size": str(args.batch_size),
-                "raw_img_dir": str(images), "raw_mask_dir": str(masks), "work_dir": str(tmp / "work")}
-    cfg = load_config([a for k, v in settings.items() for a in ("--" + k.replace("_", "-"), v)], environ={})
-    entries, _, device = train.prepare(cfg)
-    split = make_folds(entries, 5, cfg.seed)[0]
-    run = setup_fold(make_task(cfg), 0, entries, split, device, MetricsLog(tmp / "metrics.json"),
-                     Tracker("none", tmp, {}))
-    run.model.train()
-    batches = iter(run.train_loader)
 
-    def next_batch():
-        nonlocal batches
+class Stepper:
+    """One variant's fold run and an endless stream of its training batches."""
+
+    def __init__(self, name: str, args, images: Path, masks: Path, tmp: Path):
+        import train
+        from config import load_config
+        from training.loop import setup_fold
+        from training.metrics import MetricsLog, Tracker
+        from training.splits import make_folds
+        from training.tasks import make_task
+
+        settings = {**RECIPE, **VARIANTS[name], "input_size": str(args.size), "batch_size": str(args.batch_size),
+                    "raw_img_dir": str(images), "raw_mask_dir": str(masks), "work_dir": str(tmp / "work")}
+        self.cfg = load_config([a for k, v in settings.items() for a in ("--" + k.replace("_", "-"), v)], environ={})
+        entries, _, device = train.prepare(self.cfg)
+        torch.manual_seed(self.cfg.seed)  # the same initial weights in every variant
+        self.split = make_folds(entries, 5, self.cfg.seed)[0]
+        self.run = setup_fold(make_task(self.cfg), 0, entries, self.split, device, MetricsLog(tmp / f"{name}.json"),
+                              Tracker("none", tmp, {}))
+        self.run.model.train()
+        self.batches = iter(self.run.train_loader)
+
+    def next_batch(self):
         try:
-            return next(batches)
+            return next(self.batches)
         except StopIteration:  # a new epoch
-            batches = iter(run.train_loader)
-            return next(batches)
+            self.batches = iter(self.run.train_loader)
+            return next(self.batches)
 
-    def steps(count: int):
+    def steps(self, count: int) -> None:
+        from training.loop import train_step
+
         for _ in range(count):
-            images_, masks_ = next_batch()
-            train_step(run, images_, masks_)
+            images_, masks_ = self.next_batch()
+            train_step(self.run, images_, masks_)
 
-    steps(args.warmup)
-    blocks = [time_once(lambda: steps(args.steps)) for _ in range(args.blocks)]
-    return {"blocks": summary(blocks), "steps_per_block": args.steps, "batch_size": cfg.batch_size,
-            "images_per_s": cfg.batch_size * args.steps / median(blocks), "torch_threads": torch.get_num_threads(),
-            "workers": cfg.workers, "train_images": len(split[0])}
+
+def training(args, images: Path, masks: Path, tmp: Path) -> dict:
+    steppers = {name: Stepper(name, args, images, masks, tmp) for name in args.variants}
+    warmup = {name: [time_once(lambda: s.steps(1)) for _ in range(args.warmup)] for name, s in steppers.items()}
+    blocks = {name: [] for name in steppers}
+    for _ in range(args.blocks):  # the variants alternate block by block
+        for name, stepper in steppers.items():
+            blocks[name].append(time_once(lambda: stepper.steps(args.steps)))
+    first = next(iter(steppers.values()))
+    rows = {name: {"blocks": summary(blocks[name]), "images_per_s": first.cfg.batch_size * args.steps /
+                   median(blocks[name]), "first_step_s": warmup[name][0] if warmup[name] else None}
+            for name in steppers}
+    base = rows[args.variants[0]]["images_per_s"]
+    for row in rows.values():
+        row["vs_first"] = row["images_per_s"] / base
+    return {"variants": rows, "steps_per_block": args.steps, "batch_size": first.cfg.batch_size,
+            "images_per_s": base, "torch_threads": torch.get_num_threads(), "workers": first.cfg.workers,
+            "train_images": len(first.split[0])}
 
 
 def main() -> None:
@@ -102,8 +128,14 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5, help="ETL: fresh cache folders")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N train images (0: all 250)")
+    parser.add_argument("--variants", type=lambda v: v.split(","), default=["square", "rect", "rect+channels_last",
+                                                                              "rect+bf16"],
+                        help=f"comma list of {', '.join(VARIANTS)}; ratios are against the first")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
 
     from dataset import pair_by_stem
 
@@ -116,8 +148,10 @@ def main() -> None:
     n = cache["images"]
     first, second = cache["first"]["median_ms"] / 1e3, cache["second"]["median_ms"] / 1e3
     print_table(["stage", "median s", "images/s", "note"], [
-        [f"training step (batch {fit['batch_size']}, {args.size} px)", f"{fit['blocks']['median_ms'] / 1e3 / args.steps:.2f}",
-         f"{fit['images_per_s']:.1f}", f"{fit['torch_threads']} torch threads, {fit['workers']} loader workers"],
+        *[[f"training step, {name} (batch {fit['batch_size']}, {args.size} px)",
+           f"{row['blocks']['median_ms'] / 1e3 / args.steps:.2f}", f"{row['images_per_s']:.1f}",
+           f"{row['vs_first']:.2f}x {args.variants[0]}; {fit['torch_threads']} torch threads, {fit['workers']} workers"]
+          for name, row in fit["variants"].items()],
         [f"ETL cache, first run ({n} images)", f"{first:.2f}", f"{n / first:.0f}", "decode, resize, write PNGs"],
         [f"ETL cache, second run ({n} images)", f"{second:.2f}", f"{n / second:.0f}",
          f"hash check only: {first / second:.1f}x faster"],

@@ -57,6 +57,7 @@ def test_common_helpers():
     assert common.median([3.0, 1.0, 2.0]) == 2.0
     info = common.machine_info()
     assert info["cores"] >= 1 and info["cpu"] and len(info["load_average"]) == 3
+    assert set(info["cpu_flags"]) <= set(common.SIMD_FLAGS) and info["matmul_gflops"] > 0
     assert common.verdict(2.0, 1.6).startswith("met") and common.verdict(1.2, 1.15, False).startswith("MISSED")
 
 
@@ -267,6 +268,10 @@ def test_training(run_script):
     result = run_script("train_speed", "--limit", "10", "--size", "64", "--batch-size", "2", "--warmup", "1",
                         "--steps", "1", "--blocks", "1", "--repeats", "1")
     assert result["training"]["images_per_s"] > 0 and result["training"]["batch_size"] == 2
+    variants = result["training"]["variants"]
+    assert list(variants) == ["square", "rect", "rect+channels_last", "rect+bf16"]
+    assert all(positive(v["blocks"]) and v["images_per_s"] > 0 for v in variants.values())
+    assert variants["square"]["vs_first"] == 1.0
     assert result["etl"]["images"] == 10 and positive(result["etl"]["first"]) and positive(result["etl"]["second"])
     assert result["smart_crop"] == "measured by bench/smart_crop.py"
 
@@ -357,3 +362,26 @@ def test_no_bench_script_shadows_a_repo_module():
     root = BENCH.parent
     modules = {p.stem for p in root.glob("*.py")} | {p.name for p in root.iterdir() if (p / "__init__.py").exists()}
     assert not {p.stem for p in BENCH.glob("*.py")} & modules
+
+
+def test_equal_budget(run_script, tmp_path):
+    """Both sides run by the clock on tiny blobs in the images/<split> + masks/<split> layout, and are scored."""
+    import shutil
+
+    from conftest import write_blobs
+
+    data = tmp_path / "data"
+    for split, count, seed in (("train", 12, 0), ("val", 4, 1)):
+        write_blobs(tmp_path / split, count, seed=seed)
+        for kind in ("images", "masks"):
+            (data / kind).mkdir(parents=True, exist_ok=True)
+            shutil.move(str(tmp_path / split / kind), str(data / kind / split))
+    result = run_script("equal_budget", "--budget", "30s", "--seeds", "0", "--size", "64", "--quiet", "100",
+                        "--variant", "rect=--batch-shape rect", "--recipe=--folds 2 --batch-size 4",
+                        "--train", str(data / "images" / "train"), "--val", str(data / "images" / "val"))
+    assert list(result["runs"]) == ["rect", "plain"] and result["budget"] == "30s"
+    for side in ("rect", "plain"):
+        [one] = result["runs"][side]
+        assert 0.0 <= one["dice"] <= 1.0 and one["epochs"] >= 1 and one["wall_s"] > 0
+        assert one["before"]["matmul_gflops"] > 0 and one["after"]["matmul_gflops"] > 0
+    assert result["summary"]["rect"]["mean_dice"] == result["runs"]["rect"][0]["dice"]

@@ -294,3 +294,19 @@ def test_png_hw_reads_the_header(tmp_path):
     (tmp_path / "b.png").write_bytes(b"GIF89a" + bytes(40))
     with pytest.raises(UserError, match="not a PNG"):
         png_hw(tmp_path / "b.png")
+
+
+def test_augment_setting_chooses_the_training_augmentation():
+    import albumentations as A
+
+    kinds = {a: [type(t) for t in get_transform(True, 64, seed=0, augment=a).transforms] for a in
+             ("full", "flip", "none")}
+    assert kinds["full"][:2] == [A.HorizontalFlip, A.Affine] and A.HueSaturationValue in kinds["full"]
+    assert kinds["flip"] == [A.HorizontalFlip, A.PadIfNeeded] and kinds["none"] == [A.PadIfNeeded]
+    assert [type(t) for t in get_transform(False, 64, augment="full").transforms] == [A.PadIfNeeded]  # val: none
+    with pytest.raises(ValueError, match="augment 'strong'"):
+        get_transform(True, 64, augment="strong")
+    from config import load_config
+
+    assert load_config([], environ={}).augment == "full"
+    assert load_config(["--augment", "flip"], environ={"AUGMENT": "none"}).augment == "flip"

@@ -290,6 +290,34 @@ def test_amp_bf16_on_cpu_trains(tmp_path):
     assert np.isfinite(records[-1]["train_loss"]) and 0 <= summary["mean_dice"] <= 1
 
 
+def test_channels_last_trains_nhwc_and_exports(tmp_path, monkeypatch):
+    """CHANNELS_LAST: the weights and every training batch are NHWC; the checkpoint still exports."""
+    from training import loop
+    from training.metrics import MetricsLog, Tracker
+    from runtime.metadata import read_metadata
+
+    data = write_blobs(tmp_path / "data", 12)
+    cfg = load_config(tiny_argv(data, tmp_path / "work", channels_last="true", fold_ids="0", folds=2), environ={})
+    seen, build = [], SegmentTask.build_model
+
+    def recording_model(task, weights=None):
+        model = build(task, weights)
+        model.register_forward_pre_hook(lambda module, inputs: seen.append(
+            (module.training, inputs[0].is_contiguous(memory_format=torch.channels_last))))
+        return model
+
+    monkeypatch.setattr(SegmentTask, "build_model", recording_model)
+    train.run(cfg)
+    assert (True, True) in seen and all(nhwc for training, nhwc in seen if training)  # every training batch
+    monkeypatch.undo()
+    assert read_metadata(str(tmp_path / "work" / "model.onnx"))["arch"] == cfg.arch
+    entries, _, device = train.prepare(cfg)
+    run = loop.setup_fold(SegmentTask(cfg), 0, entries, make_folds(entries, 2, 0)[0], device,
+                          MetricsLog(tmp_path / "m.json"), Tracker("none", tmp_path, {}))
+    conv = next(m for m in run.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_corrupt_last_checkpoint_restarts_the_fold(tmp_path, caplog):
     data = write_blobs(tmp_path / "data", 12)
     cfg = load_config(tiny_argv(data, tmp_path / "work", export="false", fold_ids="0"), environ={})
@@ -431,10 +459,10 @@ def test_patch_loaders_crop_for_training_and_keep_whole_images_for_validation(tm
     assert images.shape == (3, 3, 64, 256) and masks.shape == (3, 64, 256)
 
 
-def test_default_path_keeps_square_batches(tmp_path):
-    """Without TRAIN_PATCH nothing changes: validation batches are INPUT_SIZE squares."""
-    data = write_blobs(tmp_path / "data", 4)
-    cfg = load_config(tiny_argv(data, tmp_path / "work"), environ={})
+def test_square_batch_shape_pads_to_input_size_squares(tmp_path):
+    """BATCH_SHAPE=square, the rule before rect: validation batches are INPUT_SIZE squares."""
+    data = write_blobs(tmp_path / "data", 4, size=(40, 100))
+    cfg = load_config(tiny_argv(data, tmp_path / "work", batch_shape="square"), environ={})
     entries, _, device = train.prepare(cfg)
     images, _ = next(iter(make_loader(SegmentTask(cfg), entries, [0, 1], False, device)))
     assert images.shape[-2:] == (64, 64)
@@ -463,7 +491,7 @@ def test_rect_batches_keep_each_images_shape(tmp_path):
     assert len(shapes) == 6 and set(shapes) == {(32, 64), (64, 32)} and shapes.count((64, 32)) == 2
     val = [tuple(i.shape[-2:]) for i, _ in make_loader(SegmentTask(cfg), entries, [1, 2], False, device)]
     assert val == [(32, 64)]
-    square = load_config(tiny_argv(data, tmp_path / "work", batch_size=2), environ={})
+    square = load_config(tiny_argv(data, tmp_path / "work", batch_size=2, batch_shape="square"), environ={})
     assert {tuple(i.shape[-2:]) for i, _ in make_loader(SegmentTask(square), entries, list(range(12)), True,
                                                         device)} == {(64, 64)}
 
@@ -472,12 +500,12 @@ def test_rect_run_trains_exports_and_records_its_batch_shape(tmp_path):
     from runtime.metadata import read_metadata
 
     data = write_mixed_blobs(tmp_path / "data")
-    cfg = load_config(tiny_argv(data, tmp_path / "work", batch_shape="rect", batch_size=2, epochs=2, fold_ids="0",
-                                folds=2), environ={})
+    cfg = load_config(tiny_argv(data, tmp_path / "work", batch_size=2, epochs=2, fold_ids="0", folds=2),
+                      environ={})  # rect is the default
     summary = train.run(cfg)
     assert 0.0 <= summary["oof_dice"] <= 1.0
     assert read_metadata(str(tmp_path / "work" / "model.onnx"))["batch_shape"] == "rect"
-    assert load_config([], environ={}).batch_shape == "square"
-    assert load_config([], environ={"BATCH_SHAPE": "rect"}).batch_shape == "rect"
+    assert load_config([], environ={}).batch_shape == "rect"
+    assert load_config([], environ={"BATCH_SHAPE": "square"}).batch_shape == "square"
     with pytest.raises(UserError, match="--batch-shape=.squash. is not allowed; choose one of: square, rect"):
         load_config(["--batch-shape", "squash"], environ={})

@@ -77,6 +77,7 @@ def distributed(cfg: Config, environ=os.environ):
     dist.init_process_group("nccl" if cuda else "gloo")
     try:
         yield
+        dist.barrier()  # every rank done before any tears down: gloo aborts a rank whose peer left first
     finally:
         dist.destroy_process_group()
 

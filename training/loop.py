@@ -86,7 +86,8 @@ def make_dataset(task: Task, entries: list[CacheEntry], train: bool) -> SegDatas
     cfg = task.cfg
     patch = task.patch_hw()
     transform = get_transform(train, cfg.input_size, seed=cfg.seed + rank(),
-                              patch=patch is not None or rect_batches(task), square=task.pads_to_square)
+                              patch=patch is not None or rect_batches(task), square=task.pads_to_square,
+                              augment=cfg.augment)
     if patch and train:
         return PatchDataset(entries, transform, cfg.classes, patch, cfg.patches_per_image, seed=cfg.seed + rank(),
                             max_pixels=cfg.max_image_pixels)
@@ -128,6 +129,11 @@ def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int, total_steps: in
         optimizer, T_0=max(1, cfg.restart_epochs * steps_per_epoch), eta_min=cfg.lr * 0.01)
 
 
+def memory_format(cfg: Config, images: torch.Tensor) -> torch.Tensor:
+    """CHANNELS_LAST: the batch in channels-last (NHWC) memory, as the model's weights are."""
+    return images.contiguous(memory_format=torch.channels_last) if cfg.channels_last else images
+
+
 def autocast(cfg: Config, device: torch.device):
     """fp16 on CUDA, bf16 on CPU, or nothing."""
     if not cfg.use_amp:
@@ -143,7 +149,7 @@ def evaluate(model, loader, loss_fn, task: Task, device, oof: OOFStats | None = 
     sync_buffers(model)
     sums, local_oof = task.new_sums(), OOFStats(cfg.classes)
     for images, masks in loader:
-        images, masks = images.to(device), masks.to(device)
+        images, masks = memory_format(cfg, images.to(device)), masks.to(device)
         with autocast(cfg, device):
             logits = model(images)
         logits = logits.float()
@@ -224,6 +230,9 @@ def setup_fold(task: Task, fold: int, entries, split: Split, device, metrics: Me
         load_checkpoint(model, cfg.load_model)
         LOG.info("fold %d: fine-tuning from %s", fold, cfg.load_model)
     model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    net = wrap_ddp(model, device)
     train_loader = make_loader(task, entries, split[0], True, device)
     loss_fn = task.build_loss(entries, split[0])
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
@@ -231,7 +240,7 @@ def setup_fold(task: Task, fold: int, entries, split: Split, device, metrics: Me
         task, fold, model, train_loader, make_loader(task, entries, split[1], False, device), loss_fn.to(device),
         optimizer, None if budgeted else make_scheduler(cfg, optimizer, len(train_loader)),
         torch.amp.GradScaler(device.type, enabled=cfg.use_amp and device.type == "cuda"), device, metrics, tracker,
-        models_dir / f"fold{fold}_best.pt", models_dir / f"fold{fold}_last.pt", net=wrap_ddp(model, device),
+        models_dir / f"fold{fold}_best.pt", models_dir / f"fold{fold}_last.pt", net=net,
     )
 
 
@@ -285,6 +294,7 @@ def set_plan(run: FoldRun, plan: dict) -> None:
 
 def train_step(run: FoldRun, images: torch.Tensor, masks: torch.Tensor) -> tuple[float, torch.Tensor]:
     """One optimizer step; returns (loss, detached logits)."""
+    images = memory_format(run.cfg, images)
     with autocast(run.cfg, run.device):
         logits = (run.model if run.net is None else run.net)(images)
     logits = logits.float()

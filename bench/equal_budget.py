@@ -1,0 +1,128 @@
+"""The pipeline against the plain smp script at the same TIME_BUDGET, each run timed alone, seeds alternating.
+
+    python bench/equal_budget.py --budget 5m --seeds 42 1 --variant square="--batch-shape square" \
+        --variant rect="--batch-shape rect" --out bench/results/equal_budget_horse_5m.json
+    python bench/equal_budget.py --budget 15m --seeds 42 1                      # the README's horse comparison
+
+Each side is a subprocess started from a quiet machine (it waits for a 1-minute load average below --quiet):
+- a pipeline variant: `train.py` with the horse recipe (Unet/resnet18 from scratch, 192 px, batch 8, OneCycle
+  lr 1e-3, fold 0 of 10 held back, EPOCHS no limit, INT8 off) plus the variant's own flags and `--time-budget`,
+  then `inference.py --gt` on the val photos at their original size;
+- `plain`: `bench/plain_unet.py --time-budget` (the same model, squashed to a square, every train photo, the
+  last epoch), scored the same way.
+Both report mean per-image Dice at original size (threshold: the pipeline's exported one, the plain script's 0.5),
+epochs reached and the wall time from process start, with the host's matmul rate before and after each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import HORSE, ROOT, host_gflops, load_average, machine_info, median, write_result  # noqa: E402
+
+RECIPE = ["--name", "horse", "--model", "Unet", "--encoder", "resnet18", "--encoder-weights", "none",
+          "--batch-size", "8", "--epochs", "1000", "--scheduler", "onecycle", "--lr", "1e-3",
+          "--folds", "10", "--fold-ids", "0", "--patience", "1000", "--int8", "off"]
+
+
+def wait_quiet(limit: float, most_s: float = 120.0) -> None:
+    """Until the 1-minute load average falls below `limit` (the previous run's threads have left), at most most_s."""
+    end = time.monotonic() + most_s
+    while time.monotonic() < end and (load_average() or [0])[0] >= limit:
+        time.sleep(5)
+
+
+def run(cmd: list[str], log: Path, env: dict | None = None) -> float:
+    start = time.monotonic()
+    with open(log, "w") as out:
+        done = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}); see {log}:\n{log.read_text()[-2000:]}")
+    return time.monotonic() - start
+
+
+def pipeline(args, flags: list[str], seed: int, work: Path) -> dict:
+    import os
+
+    env = {**os.environ, "RAW_IMG_DIR": str(args.train), "RAW_MASK_DIR": str(masks_of(args.train)),
+           "WORK_DIR": str(work)}
+    wall = run([sys.executable, "train.py", *RECIPE, "--input-size", str(args.size), *args.recipe, "--time-budget",
+                args.budget, "--seed", str(seed), *flags], work.with_suffix(".train.log"), env)
+    run([sys.executable, "inference.py", "--model", str(work / "horse.onnx"), "--source", str(args.val),
+         "--output", str(work / "pred"), "--gt", str(masks_of(args.val))], work.with_suffix(".score.log"))
+    scores = json.loads((work / "pred" / "metrics.json").read_text())
+    epochs = [r for r in json.loads((work / "logs" / "metrics.json").read_text()) if r.get("kind") == "epoch"]
+    return {"dice": scores["mean_dice"], "pixel_dice": scores["pixel_dice"], "epochs": len(epochs),
+            "wall_s": round(wall, 1), "val_curve": [round(r["val_dice"], 4) for r in epochs]}
+
+
+def plain(args, seed: int, work: Path) -> dict:
+    out = work / "plain.json"
+    work.mkdir(parents=True, exist_ok=True)
+    wall = run([sys.executable, "bench/plain_unet.py", "--train", str(args.train), "--val", str(args.val),
+                "--size", str(args.size), "--epochs", "1000", "--time-budget", args.budget, "--seed", str(seed),
+                "--out", str(out)], work.with_suffix(".train.log"))
+    result = json.loads(out.read_text())
+    return {"dice": result["val_dice"], "epochs": result["epochs_reached"], "wall_s": round(wall, 1)}
+
+
+def masks_of(images: Path) -> Path:
+    """images/<split> pairs with masks/<split>, as bench/plain_unet.py reads them."""
+    return Path(str(images).replace("/images", "/masks", 1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", default="5m", help="TIME_BUDGET of every run (90s, 5m, 15m)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1])
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                        help="a pipeline side: its name and extra train.py flags (default: pipeline=\"\")")
+    parser.add_argument("--no-plain", action="store_true", help="leave the plain script out")
+    parser.add_argument("--train", type=Path, default=HORSE / "images" / "train")
+    parser.add_argument("--val", type=Path, default=HORSE / "images" / "val")
+    parser.add_argument("--size", type=int, default=192, help="INPUT_SIZE of the pipeline, square side of the plain "
+                        "script")
+    parser.add_argument("--recipe", type=shlex.split, default=[], help="train.py flags added to the horse recipe "
+                        "(e.g. \"--folds 2\")")
+    parser.add_argument("--quiet", type=float, default=1.0, help="start each run below this 1-minute load average")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    variants = dict(v.split("=", 1) for v in args.variant) or {"pipeline": ""}
+    sides = [*variants, *([] if args.no_plain else ["plain"])]
+
+    start_info = machine_info()
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:  # seed by seed, every side in turn: a slow hour hits all of them
+            for side in sides:
+                wait_quiet(args.quiet)
+                work = Path(tmp) / f"{side}_{seed}"
+                before = {"matmul_gflops": host_gflops(), "load": (load_average() or [None])[0]}
+                result = plain(args, seed, work) if side == "plain" else pipeline(args, shlex.split(variants[side]),
+                                                                                seed, work)
+                result.update(seed=seed, before=before,
+                              after={"matmul_gflops": host_gflops(), "load": (load_average() or [None])[0]})
+                runs[side].append(result)
+                print(f"{side} seed {seed}: Dice {result['dice']:.4f}, {result['epochs']} epochs, "
+                      f"{result['wall_s']:.0f} s", flush=True)
+    summary = {side: {"mean_dice": sum(r["dice"] for r in rs) / len(rs), "median_epochs": median([r["epochs"] for r in rs]),
+                      "median_wall_s": median([r["wall_s"] for r in rs])} for side, rs in runs.items()}
+    for side, row in summary.items():
+        print(f"| {side} | {row['mean_dice']:.4f} | " + " / ".join(f"{r['dice']:.4f}" for r in runs[side]) +
+              f" | {' / '.join(str(r['epochs']) for r in runs[side])} | {row['median_wall_s']:.0f} s |")
+    write_result("equal_budget", {"command": "python bench/equal_budget.py " + " ".join(sys.argv[1:]),
+                                  "budget": args.budget, "seeds": args.seeds, "variants": variants,
+                                  "train": str(args.train), "val": str(args.val), "summary": summary, "runs": runs},
+                 args.out, start_info)
+
+
+if __name__ == "__main__":
+    main()
