@@ -68,14 +68,19 @@ def summary(seconds: list[float]) -> dict:
 # ----------------------------------------------------------------------------- machine
 
 
-def cpu_model() -> str:
+def cpuinfo_field(name: str) -> str | None:
+    """The first `name : value` of /proc/cpuinfo, or None (no such file or field)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(name):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_model() -> str:
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
@@ -84,14 +89,8 @@ SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16"
 def cpu_flags() -> list[str]:
     """The SIMD features that decide fp32, int8 and bf16 speed (a VM's "AMD EPYC" can be a Zen 3 without AVX-512
     one day and a Zen 4 with AVX-512 VNNI and BF16 the next)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                present = set(line.split(":", 1)[1].split())
-                return [flag for flag in SIMD_FLAGS if flag in present]
-    except OSError:
-        pass
-    return []
+    present = set((cpuinfo_field("flags") or "").split())
+    return [flag for flag in SIMD_FLAGS if flag in present]
 
 
 def load_average() -> list[float]:

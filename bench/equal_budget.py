@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -50,8 +51,6 @@ def run(cmd: list[str], log: Path, env: dict | None = None) -> float:
 
 
 def pipeline(args, flags: list[str], seed: int, work: Path) -> dict:
-    import os
-
     env = {**os.environ, "RAW_IMG_DIR": str(args.train), "RAW_MASK_DIR": str(masks_of(args.train)),
            "WORK_DIR": str(work)}
     wall = run([sys.executable, "train.py", *RECIPE, "--input-size", str(args.size), *args.recipe, "--time-budget",

@@ -54,7 +54,7 @@ class Task(Protocol):
 
     cfg: Config
     monitor_name: str  # the val metric early stopping and the best checkpoint maximise
-    pads_to_square: bool  # whole images padded to an INPUT_SIZE square, else batched by pad_collate
+    pads_to_square: bool  # BATCH_SHAPE applies (the segmenter); else whole images batched by pad_collate
 
     def build_model(self, weights: str | None = None) -> torch.nn.Module: ...
     def model_args(self) -> dict: ...  # stored in each checkpoint: export rebuilds the model from it
@@ -68,15 +68,11 @@ class Task(Protocol):
     def new_out_of_fold(self, sources: dict) -> OutOfFold: ...
 
 
-def square_batches(task: Task) -> bool:
-    """Whole images padded to an INPUT_SIZE square (BATCH_SHAPE=square, no TRAIN_PATCH, not the gate); otherwise
-    batches are padded to a multiple of 32 by pad_collate, as the runtime pads."""
-    return task.pads_to_square and not task.cfg.train_patch and task.cfg.batch_shape == "square"
-
-
-def rect_batches(task: Task) -> bool:
-    """BATCH_SHAPE=rect training: whole images batched by shape (AspectBatchSampler)."""
-    return task.pads_to_square and not task.cfg.train_patch and task.cfg.batch_shape == "rect"
+def batch_shape(task: Task) -> str | None:
+    """BATCH_SHAPE where it applies: 'square' (whole images padded to an INPUT_SIZE square) or 'rect' (batched by
+    shape, AspectBatchSampler); None with TRAIN_PATCH and for the gate. Outside 'square', batches are padded to a
+    multiple of 32 by pad_collate, as the runtime pads."""
+    return task.cfg.batch_shape if task.pads_to_square and not task.cfg.train_patch else None
 
 
 def make_dataset(task: Task, entries: list[CacheEntry], train: bool) -> SegDataset:
@@ -86,7 +82,7 @@ def make_dataset(task: Task, entries: list[CacheEntry], train: bool) -> SegDatas
     cfg = task.cfg
     patch = task.patch_hw()
     transform = get_transform(train, cfg.input_size, seed=cfg.seed + rank(),
-                              patch=patch is not None or rect_batches(task), square=task.pads_to_square,
+                              patch=patch is not None or batch_shape(task) == "rect", square=task.pads_to_square,
                               augment=cfg.augment)
     if patch and train:
         return PatchDataset(entries, transform, cfg.classes, patch, cfg.patches_per_image, seed=cfg.seed + rank(),
@@ -100,10 +96,10 @@ def make_loader(task: Task, entries: list[CacheEntry], indices: list[int], train
     (pad_collate)."""
     cfg = task.cfg
     dataset = make_dataset(task, [entries[i] for i in (indices if train else shard(indices))], train)
-    common = dict(collate_fn=None if square_batches(task) else pad_collate, num_workers=cfg.workers,
+    common = dict(collate_fn=None if batch_shape(task) == "square" else pad_collate, num_workers=cfg.workers,
                   pin_memory=cfg.pin_memory and device.type == "cuda", persistent_workers=cfg.workers > 0,
                   worker_init_fn=seed_worker)
-    if train and rect_batches(task):
+    if train and batch_shape(task) == "rect":
         world = dist.get_world_size() if dist.is_initialized() else 1
         batches = AspectBatchSampler([png_hw(e.image) for e in dataset.entries], cfg.batch_size, seed=cfg.seed,
                                      drop_last=len(dataset) > cfg.batch_size * world, rank=rank(), world=world)
