@@ -54,6 +54,17 @@ def parse_bool(text: str) -> bool:
     raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
 
 
+def parse_amp(text: str) -> str | bool:
+    """USE_AMP: 'auto', or a boolean (True/False, as the setting was before 'auto' existed)."""
+    value = text.strip().lower()
+    if value == "auto":
+        return "auto"
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise ValueError("expected auto, or one of 1/0, true/false, yes/no, on/off") from None
+
+
 def parse_optional_path(text: str) -> str | None:
     return None if text.strip().lower() in ("", "none") else text
 
@@ -61,6 +72,7 @@ def parse_optional_path(text: str) -> str | None:
 # What a bad value is reported as not being ("not a valid boolean"), never an internal function name.
 parse_bool.__name__ = "boolean"
 parse_optional_path.__name__ = "path"
+parse_amp.__name__ = "AMP setting"
 
 
 def positive(kind: Callable) -> Callable:
@@ -248,7 +260,8 @@ FIELDS: tuple[Field, ...] = (
     Field("patience", positive(int), 10, "early stopping: epochs without val Dice improvement"),
     Field("cooldown", non_negative(int), 0, "epochs before 'best' is tracked"),
     Field("eval_step", non_negative(int), 0, "also evaluate every N optimizer steps; 0 = once per epoch", trains=False),
-    Field("use_amp", parse_bool, False, "mixed precision: fp16 + GradScaler on CUDA, bf16 autocast on CPU"),
+    Field("use_amp", parse_amp, "auto", "mixed precision: true = fp16 + GradScaler on CUDA, bf16 autocast on CPU; "
+          "auto = on CUDA and on a CPU with native bf16 (AVX-512 BF16 or AMX), fp32 elsewhere; false = fp32"),
     Field("load_model", parse_optional_path, None, "checkpoint to fine-tune from (strict load)"),
     Field("save_checkpoints", parse_bool, False, "also keep models/fold<K>_epoch<E>.pt for every epoch", trains=False),
     Field("resume", parse_bool, True, "continue unfinished folds from models/fold<K>_last.pt; false = start over",
@@ -341,7 +354,7 @@ class Config:
     patience: int
     cooldown: int
     eval_step: int
-    use_amp: bool
+    use_amp: bool | str  # True, False or 'auto' (training/loop.amp_dtype resolves it)
     load_model: str | None
     save_checkpoints: bool
     resume: bool
@@ -430,7 +443,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         group = parser.add_argument_group(title)
         for field in (FIELD_BY_NAME[name] for name in names):
             # a boolean switch works bare (--use-amp) and with a value (--use-amp false)
-            switch = {"nargs": "?", "const": "true"} if field.parse is parse_bool else {}
+            switch = {"nargs": "?", "const": "true"} if field.parse in (parse_bool, parse_amp) else {}
             group.add_argument(*field.all_flags, dest=field.name, default=None, metavar=field.env, **switch,
                                help=_help(field))
     return parser
@@ -545,4 +558,6 @@ def config_hash(cfg: Config) -> str:
     relevant = {name: value for name, value in cfg.to_dict().items() if FIELD_BY_NAME[name].hashed(cfg.task, value)}
     if cfg.train_patch:  # patches replace whole-image batches: BATCH_SHAPE shapes nothing
         relevant.pop("batch_shape", None)
+    if relevant.get("use_amp") == "auto":  # the machine decides the precision, not the run: a run resumes on
+        relevant["use_amp"] = False  # either kind of CPU, and runs from before 'auto' (false) resume under it
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -114,6 +114,7 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
 
     from dataset import build_cache, check_mask_labels, collect_sources, labelstudio_class_map
     from training.distributed import barrier, ddp_device, is_main, world_size
+    from training.loop import describe_amp
 
     work = Path(cfg.work_dir)
     check_work_dir_task(cfg)
@@ -132,7 +133,7 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = ddp_device(pick_device(cfg.device))
-    LOG.info("device: %s, torch threads: %d%s%s", device, torch.get_num_threads(), ", AMP on" if cfg.use_amp else "",
+    LOG.info("device: %s, torch threads: %d, %s%s", device, torch.get_num_threads(), describe_amp(cfg, device),
              f", DDP over {world_size()} processes ({dist.get_backend()})" if dist.is_initialized() else "")
     cropper = make_cropper(cfg, device)
     entries = None

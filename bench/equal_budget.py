@@ -59,8 +59,11 @@ def pipeline(args, flags: list[str], seed: int, work: Path) -> dict:
          "--output", str(work / "pred"), "--gt", str(masks_of(args.val))], work.with_suffix(".score.log"))
     scores = json.loads((work / "pred" / "metrics.json").read_text())
     epochs = [r for r in json.loads((work / "logs" / "metrics.json").read_text()) if r.get("kind") == "epoch"]
+    log = (work / "logs" / "training.log").read_text()
     return {"dice": scores["mean_dice"], "pixel_dice": scores["pixel_dice"], "epochs": len(epochs),
-            "wall_s": round(wall, 1), "val_curve": [round(r["val_dice"], 4) for r in epochs]}
+            "wall_s": round(wall, 1), "val_curve": [round(r["val_dice"], 4) for r in epochs],
+            "plan": next((line.split(" ", 2)[-1] for line in log.splitlines() if "budget " in line and "→" in line), None),
+            "precision": next((line.split(", ")[-1] for line in log.splitlines() if "AMP " in line), None)}
 
 
 def plain(args, seed: int, work: Path) -> dict:
@@ -92,6 +95,8 @@ def main() -> None:
     parser.add_argument("--recipe", type=shlex.split, default=[], help="train.py flags added to the horse recipe "
                         "(e.g. \"--folds 2\")")
     parser.add_argument("--quiet", type=float, default=1.0, help="start each run below this 1-minute load average")
+    parser.add_argument("--work", type=Path, default=None, help="keep every run's folder and logs here (default: a "
+                        "temporary folder, removed at the end)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     variants = dict(v.split("=", 1) for v in args.variant) or {"pipeline": ""}
@@ -99,7 +104,8 @@ def main() -> None:
 
     start_info = machine_info()
     runs: dict[str, list[dict]] = {side: [] for side in sides}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.work or Path(scratch)
         for seed in args.seeds:  # seed by seed, every side in turn: a slow hour hits all of them
             for side in sides:
                 wait_quiet(args.quiet)

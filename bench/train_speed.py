@@ -58,9 +58,11 @@ def etl(sources: list, size: int, repeats: int, tmp: Path) -> dict:
     return {"first": summary(first), "second": summary(second), "images": len(sources)}
 
 
-VARIANTS = {"square": {"batch_shape": "square"}, "rect": {"batch_shape": "rect"},
-            "rect+channels_last": {"batch_shape": "rect", "channels_last": "true"},
-            "rect+bf16": {"batch_shape": "rect", "use_amp": "true"}}
+VARIANTS = {"square": {"batch_shape": "square", "use_amp": "false"},
+            "rect": {"batch_shape": "rect", "use_amp": "false"},
+            "rect+channels_last": {"batch_shape": "rect", "channels_last": "true", "use_amp": "false"},
+            "rect+bf16": {"batch_shape": "rect", "use_amp": "true"},
+            "rect+bf16+channels_last": {"batch_shape": "rect", "use_amp": "true", "channels_last": "true"}}
 
 
 class Stepper:

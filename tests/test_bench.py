@@ -385,3 +385,5 @@ def test_equal_budget(run_script, tmp_path):
         assert 0.0 <= one["dice"] <= 1.0 and one["epochs"] >= 1 and one["wall_s"] > 0
         assert one["before"]["matmul_gflops"] > 0 and one["after"]["matmul_gflops"] > 0
     assert result["summary"]["rect"]["mean_dice"] == result["runs"]["rect"][0]["dice"]
+    assert result["runs"]["rect"][0]["plan"].startswith("budget 30 s → ")  # the plan's log line, kept
+    assert result["runs"]["rect"][0]["precision"].startswith("AMP ")

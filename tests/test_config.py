@@ -124,3 +124,14 @@ def test_every_field_declares_whether_it_trains():
     assert {"work_dir", "workers", "device", "export", "resume", "max_image_pixels", "gate_recall"} <= not_training
     assert {f.name for f in FIELDS if f.only_task == "classify"} == {
         "task", "gate_input_size", "gate_recall", "gate_pos_weight", "gate_pool"}
+
+
+def test_use_amp_takes_auto_or_a_boolean_and_auto_hashes_as_the_old_false():
+    """USE_AMP=auto lets the machine pick the precision: a run resumes in either, as runs from before 'auto'."""
+    assert load_config([], environ={}).use_amp == "auto"
+    assert load_config(["--use-amp"], environ={}).use_amp is True  # a bare switch, as before
+    assert load_config([], environ={"USE_AMP": "off"}).use_amp is False
+    with pytest.raises(UserError, match="not a valid AMP setting"):
+        load_config(["--use-amp", "maybe"], environ={})
+    auto, false, true = (config_hash(load_config(["--use-amp", v], environ={})) for v in ("auto", "false", "true"))
+    assert auto == false != true

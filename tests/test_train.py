@@ -290,6 +290,33 @@ def test_amp_bf16_on_cpu_trains(tmp_path):
     assert np.isfinite(records[-1]["train_loss"]) and 0 <= summary["mean_dice"] <= 1
 
 
+@pytest.mark.parametrize("setting, native, device, dtype, words", [
+    ("auto", True, "cpu", torch.bfloat16, "AMP bf16 (USE_AMP=auto: this CPU has native bf16)"),
+    ("auto", False, "cpu", None, "AMP off (fp32) (USE_AMP=auto: this CPU has no native bf16, which would be emulated)"),
+    ("auto", False, "cuda", torch.float16, "AMP fp16 (USE_AMP=auto: CUDA)"),
+    ("true", False, "cpu", torch.bfloat16, "AMP bf16 (USE_AMP=true)"),
+    ("false", True, "cpu", None, "AMP off (fp32) (USE_AMP=false)"),
+    ("false", True, "cuda", None, "AMP off (fp32) (USE_AMP=false)"),
+])
+def test_use_amp_auto_is_on_where_the_hardware_has_the_type(monkeypatch, setting, native, device, dtype, words):
+    from training import loop
+
+    monkeypatch.setattr(loop, "native_bf16", lambda: native)
+    cfg = load_config(["--use-amp", setting], environ={})
+    assert loop.amp_dtype(cfg, torch.device(device)) == dtype
+    assert loop.describe_amp(cfg, torch.device(device)) == words
+
+
+def test_native_bf16_reads_torchs_cpu_probe(monkeypatch):
+    from training import loop
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert loop.native_bf16() is True
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert loop.native_bf16() is False
+
+
 def test_channels_last_trains_nhwc_and_exports(tmp_path, monkeypatch):
     """CHANNELS_LAST: the weights and every training batch are NHWC; the checkpoint still exports."""
     from training import loop
