@@ -114,7 +114,7 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
 
     from dataset import build_cache, check_mask_labels, collect_sources, labelstudio_class_map
     from training.distributed import barrier, ddp_device, is_main, world_size
-    from training.loop import describe_amp
+    from training.precision import describe_amp
 
     work = Path(cfg.work_dir)
     check_work_dir_task(cfg)

@@ -10,7 +10,8 @@ is scored as `inference.py --gt` scores it: per-image Dice and IoU at each image
         --out bench/results/plain_unet_horse.json
 
 --time-budget 20m plans the epochs as train.py does (training/budget.py: a few timed steps whose weights are
-put back, then OneCycleLR over the planned steps, time kept for the val scoring; --epochs caps them) and stops
+put back, then OneCycleLR over the planned steps, time kept for the val scoring; --epochs caps them; after 2
+epochs the epochs are corrected once to what they took, the schedule rebuilt over them) and stops
 at an epoch boundary when the next epoch would not fit, so both sides of an equal-budget comparison stop by
 the clock. The JSON records the epochs reached and the wall time from the start of the script.
 
@@ -26,6 +27,7 @@ import platform
 import random
 import sys
 import time
+import warnings
 from pathlib import Path
 
 STARTED = time.monotonic()  # --time-budget counts from here, the imports below included, as in train.py
@@ -37,7 +39,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.budget import (  # noqa: E402
-    PROBE_STEPS, Budget, epoch_estimate, format_duration, parse_duration, plan_epochs, score_estimate,
+    PROBE_STEPS, REPLAN_AFTER, Budget, epoch_estimate, format_duration, parse_duration, plan_epochs, replan,
+    score_estimate,
 )
 from utils import dice_iou, list_images, normalize, read_image, read_mask  # noqa: E402
 
@@ -127,8 +130,8 @@ def main() -> None:
         train_end = budget.fold_end(1)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=epochs * steps)
 
-    start, times, stopped = time.perf_counter(), [], ""
-    for epoch in range(epochs):
+    start, times, stopped, epoch = time.perf_counter(), [], "", 0
+    while epoch < epochs:
         if budget and epoch and not budget.next_epoch_fits(train_end, epoch_estimate(budget.plan.epoch_s, times)):
             stopped = f"stopped by the clock after {epoch} of {epochs} epochs: the next one would not fit"
             print(stopped, flush=True)
@@ -142,6 +145,19 @@ def main() -> None:
         times.append(time.perf_counter() - epoch_start)
         print(f"epoch {epoch + 1}/{epochs} loss {total / len(x_train):.4f} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
+        epoch += 1
+        if budget and epoch == REPLAN_AFTER:  # as train.py: the epochs corrected once to what they took
+            corrected = replan(epochs, epoch, epoch_estimate(budget.plan.epoch_s, times), train_end - budget.clock(),
+                               args.epochs)
+            if corrected != epochs:
+                print(f"epochs take {format_duration(epoch_estimate(budget.plan.epoch_s, times))}: {corrected} "
+                      f"epochs instead of {epochs}", flush=True)
+                epochs = corrected
+                scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=epochs * steps)
+                with warnings.catch_warnings():  # to the current step of the new curve
+                    warnings.simplefilter("ignore")
+                    for _ in range(epoch * steps):
+                        scheduler.step()
     train_s = time.perf_counter() - start
 
     model.eval()

@@ -18,7 +18,7 @@ import train
 from config import config_hash, load_config
 from conftest import ROOT, tiny_argv, write_blobs
 from training import loop
-from training.budget import Budget, epoch_estimate, format_duration, parse_duration, plan_epochs
+from training.budget import Budget, epoch_estimate, format_duration, parse_duration, plan_epochs, replan
 
 # ----------------------------------------------------------------------------- parsing
 
@@ -137,6 +137,17 @@ def test_the_next_epoch_is_estimated_from_the_plan_then_from_measured_epochs():
     assert epoch_estimate(25.0, [30.0, 20.0]) == 25.0  # a fast one: the mean
 
 
+@pytest.mark.parametrize("planned, done, epoch_s, left, cap, epochs", [
+    (26, 2, 8.3, 240.0, 1000, 28),  # the probe overestimated: 240 / (8.3 x 1.1) = 26.3 more fit
+    (26, 2, 12.0, 240.0, 1000, 20),  # the host slowed: fewer epochs, so the schedule still ends annealed
+    (26, 2, 8.3, 240.0, 20, 20),  # EPOCHS caps it
+    (26, 2, 8.3, 0.0, 1000, 3),  # nothing left: one more epoch (the clock decides whether it runs)
+    (2, 2, 8.3, 240.0, 1000, 2),  # finished: unchanged
+])
+def test_replan_corrects_the_epochs_to_their_measured_time(planned, done, epoch_s, left, cap, epochs):
+    assert replan(planned, done, epoch_s, left, cap) == epochs
+
+
 # ----------------------------------------------------------------------------- tiny real runs
 
 
@@ -225,3 +236,33 @@ def test_a_killed_budgeted_run_resumes_with_its_plan(tmp_path, caplog, monkeypat
         plan_of_fold = ckpt["state"]["plan"]
         assert plan_of_fold["epochs"] == epochs and plan_of_fold["total_steps"] == epochs * 3
         assert ckpt["scheduler"]["total_steps"] == ckpt["scheduler"]["last_epoch"] == epochs * 3
+
+
+def test_a_plan_the_probe_misjudged_is_corrected_after_two_epochs_and_resumes_corrected(tmp_path, caplog, monkeypatch):
+    """The probe reports 50 s steps (the plan: 3 epochs of a 10-minute budget); two real epochs take a second or two,
+    so the fold's plan grows to EPOCHS=5, the OneCycle schedule rebuilt over exactly 5 epochs' steps; a rerun from
+    the epoch-3 checkpoint keeps the corrected plan and corrects nothing again."""
+    data = write_blobs(tmp_path / "data", 12)
+    work, models = tmp_path / "work", tmp_path / "work" / "models"
+    cfg = load_config(tiny_argv(data, work, time_budget="10m", epochs=5, batch_size=2, export="false", fold_ids=0,
+                                save_checkpoints="true", scheduler="onecycle", patience=100), environ={})
+    probe = loop.probe_fold
+    monkeypatch.setattr(loop, "probe_fold", lambda run, *a, **k: {**probe(run, *a, **k), "step_s": 50.0})
+    with caplog.at_level(logging.INFO, logger="seg"):
+        train.run(cfg)
+    assert "budget 10 min → 3 epochs of" in caplog.text
+    assert re.search(r"fold 0: budget: epochs take [\d.]+ s, not the planned \d+ s: 5 epochs instead of 3",
+                     caplog.text)
+    assert [r["epoch"] for r in records(work)] == [0, 1, 2, 3, 4]
+    ckpt = torch.load(models / "fold0_last.pt", weights_only=True)
+    assert ckpt["state"]["plan"]["epochs"] == 5 and ckpt["state"]["plan"]["total_steps"] == 15
+    assert ckpt["scheduler"]["total_steps"] == ckpt["scheduler"]["last_epoch"] == 15  # every step of the new curve
+    assert records(work)[-1]["lr"] < 1e-3 * 0.01  # OneCycle annealed at the corrected end
+
+    (models / "fold0_last.pt").write_bytes((models / "fold0_epoch3.pt").read_bytes())
+    monkeypatch.setattr(loop, "replan_fold", lambda *a, **k: pytest.fail("corrected twice"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="seg"):
+        train.run(cfg)
+    assert "fold 0: resuming after epoch 3" in caplog.text and "fold 0 epoch 5/5" in caplog.text
+    assert torch.load(models / "fold0_last.pt", weights_only=True)["scheduler"]["last_epoch"] == 15

@@ -299,22 +299,22 @@ def test_amp_bf16_on_cpu_trains(tmp_path):
     ("false", True, "cuda", None, "AMP off (fp32) (USE_AMP=false)"),
 ])
 def test_use_amp_auto_is_on_where_the_hardware_has_the_type(monkeypatch, setting, native, device, dtype, words):
-    from training import loop
+    from training import precision
 
-    monkeypatch.setattr(loop, "native_bf16", lambda: native)
+    monkeypatch.setattr(precision, "native_bf16", lambda: native)
     cfg = load_config(["--use-amp", setting], environ={})
-    assert loop.amp_dtype(cfg, torch.device(device)) == dtype
-    assert loop.describe_amp(cfg, torch.device(device)) == words
+    assert precision.amp_dtype(cfg, torch.device(device)) == dtype
+    assert precision.describe_amp(cfg, torch.device(device)) == words
 
 
 def test_native_bf16_reads_torchs_cpu_probe(monkeypatch):
-    from training import loop
+    from training.precision import native_bf16
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert loop.native_bf16() is True
+    assert native_bf16() is True
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert loop.native_bf16() is False
+    assert native_bf16() is False
 
 
 def test_channels_last_trains_nhwc_and_exports(tmp_path, monkeypatch):

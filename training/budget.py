@@ -9,6 +9,7 @@ all count. The pieces, each a plain function of numbers (the clock is passed in,
 - plan_epochs: from the measured cost of one optimizer step, one validation pass and one checkpoint write,
   what is left of the budget less the reserve for out-of-fold scoring and the export, shared equally by the
   folds to train -> epochs per fold (at most EPOCHS, at least 1) and the schedule's total steps.
+- replan: after REPLAN_AFTER whole epochs, the fold's epochs corrected to their measured time (once per fold).
 - Budget: the run's clock; the end of each fold's share of what is left, and whether the next epoch fits in it.
 
 train.py measures the steps in training/loop.py (probe_fold); bench/plain_unet.py uses the same plan_epochs
@@ -25,6 +26,9 @@ from typing import Callable
 
 PROBE_STEPS = 5  # timed optimizer steps, after one untimed warm-up step
 MARGIN = 0.10  # each epoch is planned 10 % longer than measured
+# Epochs a fold times in this process before its plan is corrected, once: the probe's few steps misjudge a whole
+# epoch (loader, allocator and host warm up) by 10-20 %, and whole epochs give the true cost.
+REPLAN_AFTER = 2
 # Out-of-fold scoring of a fold (the val pass again, then every val image at its own size, one at a time, and the
 # test list): SCORE_FACTOR x the measured validation pass per val image scored, plus SCORE_BASE_S for loading the
 # model and reading originals. After the first fold, its measured time x SCORED_MARGIN replaces the estimate.
@@ -160,6 +164,17 @@ def plan_epochs(budget_s: float, elapsed_s: float, step_s: float, steps_per_epoc
     return Plan(budget_s=float(budget_s), epochs=max(1, min(max_epochs, fit)), steps_per_epoch=steps_per_epoch,
                 epoch_s=epoch_s, step_s=step_s, val_s=val_s, overhead_s=overhead_s, folds=folds, elapsed_s=elapsed_s,
                 score_s=score_s, export_s=export_s, fit=fit, max_epochs=max_epochs)
+
+
+def replan(planned: int, done: int, epoch_s: float, seconds_left: float, max_epochs: int,
+           margin: float = MARGIN) -> int:
+    """A fold's epochs in all, corrected after `done` epochs that took about `epoch_s` each, with `seconds_left` of
+    its share: done + the epochs that fit in the rest (+margin), at most max_epochs and at least done + 1 (the clock
+    stops an epoch that does not fit). `planned` is returned when it is already finished."""
+    if done >= planned:
+        return planned
+    fit = math.floor(max(0.0, seconds_left) / (epoch_s * (1 + margin)) + 1e-9) if epoch_s > 0 else max_epochs
+    return max(done + 1, min(max_epochs, done + fit))
 
 
 def score_estimate(val_s: float, val_images: int, scored_images: int) -> float:

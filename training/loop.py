@@ -9,12 +9,12 @@ out-of-fold scoring) comes from the task object (training/tasks.py) that every f
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
 import json
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -31,10 +31,12 @@ from dataset import (
 )
 from model import load_checkpoint, read_checkpoint, save_checkpoint
 from training.budget import (
-    INT8_CALIBRATION, PROBE_STEPS, Budget, Plan, epoch_estimate, export_estimate, plan_epochs, score_estimate,
+    INT8_CALIBRATION, PROBE_STEPS, REPLAN_AFTER, Budget, Plan, epoch_estimate, export_estimate, format_duration,
+    plan_epochs, replan, score_estimate,
 )
 from training.distributed import barrier, broadcast, is_main, rank, shard, sync_buffers, wrap_ddp
 from training.metrics import MetricsLog, OOFStats, Tracker
+from training.precision import amp_dtype, autocast, memory_format
 from training.splits import Split
 from utils import LOG, UserError, atomic_write_json, write_png
 
@@ -123,44 +125,6 @@ def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int, total_steps: in
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         optimizer, T_0=max(1, cfg.restart_epochs * steps_per_epoch), eta_min=cfg.lr * 0.01)
-
-
-def memory_format(cfg: Config, images: torch.Tensor) -> torch.Tensor:
-    """CHANNELS_LAST: the batch in channels-last (NHWC) memory, as the model's weights are."""
-    return images.contiguous(memory_format=torch.channels_last) if cfg.channels_last else images
-
-
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX tiles): where bf16 autocast is a speed-up
-    (2.2x images/s on an AVX-512 BF16 host, BENCHMARKS.md); elsewhere oneDNN emulates it."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's probes of cpuid
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
-    """USE_AMP resolved: fp16 on CUDA, bf16 on CPU, or None (fp32). 'auto' is on for CUDA and for a CPU with native
-    bf16, off for other CPUs."""
-    on = cfg.use_amp if cfg.use_amp != "auto" else device.type == "cuda" or (device.type == "cpu" and native_bf16())
-    if not on:
-        return None
-    return torch.float16 if device.type == "cuda" else torch.bfloat16
-
-
-def describe_amp(cfg: Config, device: torch.device) -> str:
-    """The log's word on precision: 'AMP bf16 (auto: this CPU has native bf16)'."""
-    dtype = amp_dtype(cfg, device)
-    name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "off (fp32)")
-    if cfg.use_amp != "auto":
-        return f"AMP {name} (USE_AMP={str(cfg.use_amp).lower()})"
-    why = ("CUDA" if device.type == "cuda" else "this CPU has native bf16" if dtype else
-           "this CPU has no native bf16, which would be emulated")
-    return f"AMP {name} (USE_AMP=auto: {why})"
-
-
-def autocast(cfg: Config, device: torch.device):
-    """fp16 on CUDA, bf16 on CPU, or nothing (amp_dtype)."""
-    dtype = amp_dtype(cfg, device)
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 @torch.inference_mode()
@@ -429,7 +393,8 @@ def train_fold(task: Task, fold: int, entries, split: Split, device, metrics: Me
             set_plan(run, {"budget_s": budget.seconds, "epochs": budget.plan.epochs, "steps_per_epoch": steps,
                            "total_steps": budget.plan.epochs * steps})
         fold_end = budget.fold_end()
-    for epoch in range(run.state["epoch"] + 1, run.epochs):
+    epoch = run.state["epoch"] + 1
+    while epoch < run.epochs:  # a TIME_BUDGET fold's epochs may be corrected on the way (replan_fold)
         if budget is not None and run.state["epoch"] >= 0 and out_of_time(run, budget, fold_end, measured):
             break
         start = time.perf_counter()
@@ -437,6 +402,9 @@ def train_fold(task: Task, fold: int, entries, split: Split, device, metrics: Me
         measured.append(time.perf_counter() - start)
         if stop:
             break
+        if budget is not None and len(measured) == REPLAN_AFTER and not run.state.get("replanned"):
+            replan_fold(run, budget, fold_end, measured)
+        epoch += 1
     if is_main() and not run.best_path.is_file():  # every epoch fell inside the cooldown: keep the last weights
         save_checkpoint(run.best_path, {**run.payload(), "epoch": run.state["epoch"]})
     barrier()  # every rank reads the best checkpoint next
@@ -537,6 +505,27 @@ def budget_plan(run: FoldRun, budget: Budget) -> Plan:
     if not plan.fits:
         LOG.warning("%s", plan.shortfall())
     return plan
+
+
+def replan_fold(run: FoldRun, budget: Budget, fold_end: float, measured: list[float]) -> None:
+    """Once per fold, after REPLAN_AFTER epochs timed in this process: its epochs corrected to what they took (rank 0
+    decides), the schedule rebuilt over the new total and brought to the current step."""
+    run.state["replanned"] = True
+    if run.state["finished"]:
+        return
+    epoch_s = epoch_estimate(budget.plan.epoch_s, measured)
+    done, planned = run.state["epoch"] + 1, run.epochs
+    epochs = broadcast(replan(planned, done, epoch_s, fold_end - budget.clock(), run.cfg.epochs))
+    if epochs == planned:
+        return
+    plan = run.state["plan"]
+    set_plan(run, {**plan, "epochs": epochs, "total_steps": epochs * plan["steps_per_epoch"]})
+    with warnings.catch_warnings():  # steps without an optimizer step: only to reach the same point of the new curve
+        warnings.simplefilter("ignore")
+        for _ in range(run.state["step"]):
+            run.scheduler.step()
+    LOG.info("fold %d: budget: epochs take %s, not the planned %s: %d epochs instead of %d, the schedule "
+             "rebuilt over them", run.fold, format_duration(epoch_s), format_duration(budget.plan.epoch_s), epochs, planned)
 
 
 def out_of_time(run: FoldRun, budget: Budget, fold_end: float, measured: list[float]) -> bool:

@@ -19,8 +19,9 @@ from dataset import CacheEntry
 from model import load_checkpoint
 from runtime.metadata import MULTICLASS_RULE, preprocess_metadata
 from training.distributed import gather, is_main, shard
-from training.loop import Task, autocast, evaluate_checkpoint
+from training.loop import Task, evaluate_checkpoint
 from training.metrics import OOFStats
+from training.precision import autocast
 
 
 @torch.inference_mode()
