@@ -150,8 +150,8 @@ def main() -> None:
             corrected = replan(epochs, epoch, epoch_estimate(budget.plan.epoch_s, times), train_end - budget.clock(),
                                args.epochs)
             if corrected != epochs:
-                print(f"epochs take {format_duration(epoch_estimate(budget.plan.epoch_s, times))}: {corrected} "
-                      f"epochs instead of {epochs}", flush=True)
+                print(f"epochs take {format_duration(epoch_estimate(budget.plan.epoch_s, times))}, planned "
+                      f"{format_duration(budget.plan.epoch_s)}: {corrected} epochs instead of {epochs}", flush=True)
                 epochs = corrected
                 scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=epochs * steps)
                 with warnings.catch_warnings():  # to the current step of the new curve
