@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import HORSE, ROOT, host_gflops, load_average, machine_info, median, write_result  # noqa: E402
 
-RECIPE = ["--name", "horse", "--model", "Unet", "--encoder", "resnet18", "--encoder-weights", "none",
+RECIPE = ["--name", "model", "--model", "Unet", "--encoder", "resnet18", "--encoder-weights", "none",
           "--batch-size", "8", "--epochs", "1000", "--scheduler", "onecycle", "--lr", "1e-3",
           "--folds", "10", "--fold-ids", "0", "--patience", "1000", "--int8", "off"]
 
@@ -55,9 +56,12 @@ def pipeline(args, flags: list[str], seed: int, work: Path) -> dict:
            "WORK_DIR": str(work)}
     wall = run([sys.executable, "train.py", *RECIPE, "--input-size", str(args.size), *args.recipe, "--time-budget",
                 args.budget, "--seed", str(seed), *flags], work.with_suffix(".train.log"), env)
-    run([sys.executable, "inference.py", "--model", str(work / "horse.onnx"), "--source", str(args.val),
+    run([sys.executable, "inference.py", "--model", str(work / "model.onnx"), "--source", str(args.val),
          "--output", str(work / "pred"), "--gt", str(masks_of(args.val))], work.with_suffix(".score.log"))
     scores = json.loads((work / "pred" / "metrics.json").read_text())
+    if scores["mean_dice"] is None:  # no image was scored: say why rather than report nothing as a result
+        raise RuntimeError(f"inference.py scored no image; see {work.with_suffix('.score.log')}:\n"
+                           f"{work.with_suffix('.score.log').read_text()[-1500:]}")
     epochs = [r for r in json.loads((work / "logs" / "metrics.json").read_text()) if r.get("kind") == "epoch"]
     log = (work / "logs" / "training.log").read_text()
     return {"dice": scores["mean_dice"], "pixel_dice": scores["pixel_dice"], "epochs": len(epochs),
@@ -81,6 +85,29 @@ def masks_of(images: Path) -> Path:
     return Path(str(images).replace("/images", "/masks", 1))
 
 
+def natural_key(path: Path) -> tuple:
+    """'2.png' before '10.png': numeric stems by number, then the rest by name."""
+    return (0, int(path.stem), "") if path.stem.isdigit() else (1, 0, path.name)
+
+
+def hold_out(images: Path, count: int, into: Path) -> tuple[Path, Path]:
+    """A split for a folder with no val set (ISBI): its last `count` images in natural order (a contiguous block of
+    a stack) are the val set, the rest the train set; copies in into/{images,masks}/{train,val} (inference.py does
+    not follow symlinks out of its input folder). Returns the two image folders."""
+    masks = {p.stem: p for p in masks_of(images).iterdir() if p.is_file()}
+    photos = sorted((p for p in images.iterdir() if p.is_file() and p.stem in masks), key=natural_key)
+    if not 0 < count < len(photos):
+        raise SystemExit(f"--holdout {count}: {images} has {len(photos)} images with masks; hold out 1 to "
+                         f"{len(photos) - 1}")
+    for split, part in (("train", photos[:-count]), ("val", photos[-count:])):
+        for kind, paths in (("images", part), ("masks", [masks[p.stem] for p in part])):
+            folder = into / kind / split
+            folder.mkdir(parents=True, exist_ok=True)
+            for path in paths:
+                shutil.copyfile(path, folder / path.name)
+    return into / "images" / "train", into / "images" / "val"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", default="5m", help="TIME_BUDGET of every run (90s, 5m, 15m)")
@@ -95,6 +122,8 @@ def main() -> None:
     parser.add_argument("--recipe", type=shlex.split, default=[], help="train.py flags added to the horse recipe "
                         "(e.g. \"--folds 2\")")
     parser.add_argument("--quiet", type=float, default=1.0, help="start each run below this 1-minute load average")
+    parser.add_argument("--holdout", type=int, default=0, help="no val folder: the last N images of --train (natural "
+                        "order) are the val set, the rest the train set (ISBI: --holdout 6)")
     parser.add_argument("--work", type=Path, default=None, help="keep every run's folder and logs here (default: a "
                         "temporary folder, removed at the end)")
     parser.add_argument("--out", type=Path, default=None)
@@ -102,10 +131,15 @@ def main() -> None:
     variants = dict(v.split("=", 1) for v in args.variant) or {"pipeline": ""}
     sides = [*variants, *([] if args.no_plain else ["plain"])]
 
+    data = {"train": str(args.train), "val": str(args.val)}
     start_info = machine_info()
     runs: dict[str, list[dict]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.work or Path(scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
+        if args.holdout:
+            data = {"train": str(args.train), "val": f"the last {args.holdout} of train", "holdout": args.holdout}
+            args.train, args.val = hold_out(args.train, args.holdout, tmp / "split")
         for seed in args.seeds:  # seed by seed, every side in turn: a slow hour hits all of them
             for side in sides:
                 wait_quiet(args.quiet)
@@ -125,7 +159,7 @@ def main() -> None:
               f" | {' / '.join(str(r['epochs']) for r in runs[side])} | {row['median_wall_s']:.0f} s |")
     write_result("equal_budget", {"command": "python bench/equal_budget.py " + " ".join(sys.argv[1:]),
                                   "budget": args.budget, "seeds": args.seeds, "variants": variants,
-                                  "train": str(args.train), "val": str(args.val), "summary": summary, "runs": runs},
+                                  **data, "summary": summary, "runs": runs},
                  args.out, start_info)
 
 

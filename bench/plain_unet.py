@@ -10,8 +10,8 @@ is scored as `inference.py --gt` scores it: per-image Dice and IoU at each image
         --out bench/results/plain_unet_horse.json
 
 --time-budget 20m plans the epochs as train.py does (training/budget.py: a few timed steps whose weights are
-put back, then OneCycleLR over the planned steps, time kept for the val scoring; --epochs caps them; after 2
-epochs the epochs are corrected once to what they took, the schedule rebuilt over them) and stops
+put back, then OneCycleLR over the planned steps, time kept for the val scoring; --epochs caps them; after a
+tenth of them (at least 2) they are corrected once to what they took, the schedule rebuilt over them) and stops
 at an epoch boundary when the next epoch would not fit, so both sides of an equal-budget comparison stop by
 the clock. The JSON records the epochs reached and the wall time from the start of the script.
 
@@ -39,7 +39,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.budget import (  # noqa: E402
-    PROBE_STEPS, REPLAN_AFTER, Budget, epoch_estimate, format_duration, parse_duration, plan_epochs, replan,
+    PROBE_STEPS, Budget, epoch_estimate, format_duration, parse_duration, plan_epochs, replan, replan_epoch,
     score_estimate,
 )
 from utils import dice_iou, list_images, normalize, read_image, read_mask  # noqa: E402
@@ -67,6 +67,15 @@ def train_step(model, optimizer, loss_fn, x: np.ndarray, y: np.ndarray) -> float
     loss.backward()
     optimizer.step()
     return loss.item()
+
+
+def build(arch: str, encoder: str, lr: float):
+    """The model from scratch, 0.5 Dice + 0.5 BCE, AdamW: (model, loss_fn, optimizer)."""
+    model = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=1)
+    dice = smp.losses.DiceLoss("binary")
+    bce = torch.nn.BCEWithLogitsLoss()
+    loss_fn = lambda logits, y: 0.5 * dice(logits, y) + 0.5 * bce(logits, y)  # noqa: E731
+    return model, loss_fn, torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
 
 
 def time_steps(model, optimizer, loss_fn, x_train, y_train, x_val, batch_size: int) -> tuple[float, float]:
@@ -110,11 +119,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     x_train, y_train, _ = load(args.train, args.size)
     x_val, _, val_masks = load(args.val, args.size)
-    model = smp.create_model(args.arch, encoder_name=args.encoder, encoder_weights=None, classes=1)
-    dice = smp.losses.DiceLoss("binary")
-    bce = torch.nn.BCEWithLogitsLoss()
-    loss_fn = lambda logits, y: 0.5 * dice(logits, y) + 0.5 * bce(logits, y)  # noqa: E731
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    model, loss_fn, optimizer = build(args.arch, args.encoder, args.lr)
     steps = (len(x_train) + args.batch_size - 1) // args.batch_size
     epochs, budget, train_end = args.epochs, None, 0.0
     if args.time_budget:
@@ -146,7 +151,7 @@ def main() -> None:
         print(f"epoch {epoch + 1}/{epochs} loss {total / len(x_train):.4f} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
         epoch += 1
-        if budget and epoch == REPLAN_AFTER:  # as train.py: the epochs corrected once to what they took
+        if budget and epoch == replan_epoch(epochs):  # as train.py: the epochs corrected once to what they took
             corrected = replan(epochs, epoch, epoch_estimate(budget.plan.epoch_s, times), train_end - budget.clock(),
                                args.epochs)
             if corrected != epochs:

@@ -3,14 +3,18 @@ stage, first vs second run.
 
     python bench/train_speed.py                      # horse train set (250 images), 5 blocks of 6 steps after 2 warm-up
     python bench/train_speed.py --variants square,rect --steps 12 --blocks 7
+    python bench/train_speed.py --variants square,square+compile --repeats 1             # torch.compile, one shape
     python bench/train_speed.py --limit 16 --size 64 --batch-size 4 --steps 1 --blocks 1 --repeats 1 --out smoke.json
 
 Training: the trainer's own pieces (train.prepare, training.loop.setup_fold and train_step) with the README recipe's
 settings (Unet/resnet18, random init, 192 px, batch 8, AdamW + OneCycle, 2 DataLoader workers), one fold run per
 variant (--variants: square = BATCH_SHAPE=square, rect = BATCH_SHAPE=rect, and rect with +channels_last
-(CHANNELS_LAST) or +bf16 (USE_AMP: bf16 autocast on the CPU)); --warmup steps untimed, then --blocks rounds, each timing --steps steps of every variant in
-turn with their data loading; images/s = batch x steps / block time, median over the blocks. Same images, same
-seed; no convergence, no validation (Dice at equal epochs is measured by full runs: docs/results.md).
+(CHANNELS_LAST) or +bf16 (USE_AMP=true: bf16 autocast on the CPU; the others pin USE_AMP=false), plain =
+bench/plain_unet.py's own step (squashed squares held in memory, fp32), and, only when asked for,
+square+compile = torch.compile(dynamic=False) of the square variant, compiled in its first warm-up step);
+--warmup steps untimed, then --blocks rounds, each timing --steps steps of every variant in turn with their data
+loading; images/s = batch x steps / block time, median over the blocks. Same images, same seed; no convergence,
+no validation (Dice at equal epochs and at equal budgets is measured by full runs: bench/equal_budget.py).
 ETL: dataset.build_cache on the train folder into a fresh folder (first run: decode, resize and
 write every sample), then again on the same folder (second run: hashes checked, files reused);
 --repeats fresh folders, medians. The smart-crop (YOLO person crop) stage has its own script,
@@ -25,6 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 # The repository first, whatever PYTHONPATH says: `training` is the package there, not this script.
@@ -62,7 +67,11 @@ VARIANTS = {"square": {"batch_shape": "square", "use_amp": "false"},
             "rect": {"batch_shape": "rect", "use_amp": "false"},
             "rect+channels_last": {"batch_shape": "rect", "channels_last": "true", "use_amp": "false"},
             "rect+bf16": {"batch_shape": "rect", "use_amp": "true"},
-            "rect+bf16+channels_last": {"batch_shape": "rect", "use_amp": "true", "channels_last": "true"}}
+            "rect+bf16+channels_last": {"batch_shape": "rect", "use_amp": "true", "channels_last": "true"},
+            "square+compile": {"batch_shape": "square", "use_amp": "false", "compile": "static"},
+            "plain": {}}  # bench/plain_unet.py's own step (PlainStepper)
+# compile: torch.compile(dynamic=False) of the model, one graph per batch shape (square batches: one), compiled
+# during the warm-up steps. With dynamic shapes, inductor on the CPU fails on rect's second shape (torch 2.14.1).
 
 
 class Stepper:
@@ -76,7 +85,9 @@ class Stepper:
         from training.splits import make_folds
         from training.tasks import make_task
 
-        settings = {**RECIPE, **VARIANTS[name], "input_size": str(args.size), "batch_size": str(args.batch_size),
+        variant = dict(VARIANTS[name])
+        compile_mode = variant.pop("compile", None)
+        settings = {**RECIPE, **variant, "input_size": str(args.size), "batch_size": str(args.batch_size),
                     "raw_img_dir": str(images), "raw_mask_dir": str(masks), "work_dir": str(tmp / "work")}
         self.cfg = load_config([a for k, v in settings.items() for a in ("--" + k.replace("_", "-"), v)], environ={})
         entries, _, device = train.prepare(self.cfg)
@@ -85,6 +96,8 @@ class Stepper:
         self.run = setup_fold(make_task(self.cfg), 0, entries, self.split, device, MetricsLog(tmp / f"{name}.json"),
                               Tracker("none", tmp, {}))
         self.run.model.train()
+        if compile_mode:
+            self.run.net = torch.compile(self.run.model, dynamic=False)
         self.batches = iter(self.run.train_loader)
 
     def next_batch(self):
@@ -102,23 +115,43 @@ class Stepper:
             train_step(self.run, images_, masks_)
 
 
+class PlainStepper:
+    """bench/plain_unet.py's training step: every image squashed to a size x size square and held in memory, its
+    random flips, fp32, random batches."""
+
+    def __init__(self, args, images: Path):
+        import plain_unet
+
+        self.x, self.y, _ = plain_unet.load(images, args.size)
+        torch.manual_seed(42)
+        self.model, self.loss_fn, self.optimizer = plain_unet.build("Unet", "resnet18", 1e-3)
+        self.model.train()
+        self.batch_size, self.pick, self.step = args.batch_size, np.random.default_rng(42), plain_unet.train_step
+
+    def steps(self, count: int) -> None:
+        for _ in range(count):
+            batch = self.pick.choice(len(self.x), self.batch_size, replace=False)
+            self.step(self.model, self.optimizer, self.loss_fn, self.x[batch], self.y[batch])
+
+
 def training(args, images: Path, masks: Path, tmp: Path) -> dict:
-    steppers = {name: Stepper(name, args, images, masks, tmp) for name in args.variants}
+    steppers = {name: PlainStepper(args, images) if name == "plain" else Stepper(name, args, images, masks, tmp)
+                for name in args.variants}
     warmup = {name: [time_once(lambda: s.steps(1)) for _ in range(args.warmup)] for name, s in steppers.items()}
     blocks = {name: [] for name in steppers}
     for _ in range(args.blocks):  # the variants alternate block by block
         for name, stepper in steppers.items():
             blocks[name].append(time_once(lambda: stepper.steps(args.steps)))
-    first = next(iter(steppers.values()))
-    rows = {name: {"blocks": summary(blocks[name]), "images_per_s": first.cfg.batch_size * args.steps /
+    first = next((s for s in steppers.values() if isinstance(s, Stepper)), None)  # a train.py variant
+    rows = {name: {"blocks": summary(blocks[name]), "images_per_s": args.batch_size * args.steps /
                    median(blocks[name]), "first_step_s": warmup[name][0] if warmup[name] else None}
             for name in steppers}
     base = rows[args.variants[0]]["images_per_s"]
     for row in rows.values():
         row["vs_first"] = row["images_per_s"] / base
-    return {"variants": rows, "steps_per_block": args.steps, "batch_size": first.cfg.batch_size,
-            "images_per_s": base, "torch_threads": torch.get_num_threads(), "workers": first.cfg.workers,
-            "train_images": len(first.split[0])}
+    return {"variants": rows, "steps_per_block": args.steps, "batch_size": args.batch_size,
+            "images_per_s": base, "torch_threads": torch.get_num_threads(),
+            "workers": first.cfg.workers if first else None, "train_images": len(first.split[0]) if first else None}
 
 
 def main() -> None:
@@ -130,8 +163,9 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5, help="ETL: fresh cache folders")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N train images (0: all 250)")
-    parser.add_argument("--variants", type=lambda v: v.split(","), default=["square", "rect", "rect+channels_last",
-                                                                              "rect+bf16"],
+    parser.add_argument("--variants", type=lambda v: v.split(","),
+                        default=["square", "rect", "rect+channels_last", "rect+bf16", "rect+bf16+channels_last",
+                                 "plain"],
                         help=f"comma list of {', '.join(VARIANTS)}; ratios are against the first")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()

@@ -269,7 +269,7 @@ def test_training(run_script):
                         "--steps", "1", "--blocks", "1", "--repeats", "1")
     assert result["training"]["images_per_s"] > 0 and result["training"]["batch_size"] == 2
     variants = result["training"]["variants"]
-    assert list(variants) == ["square", "rect", "rect+channels_last", "rect+bf16"]
+    assert list(variants) == ["square", "rect", "rect+channels_last", "rect+bf16", "rect+bf16+channels_last", "plain"]
     assert all(positive(v["blocks"]) and v["images_per_s"] > 0 for v in variants.values())
     assert variants["square"]["vs_first"] == 1.0
     assert result["etl"]["images"] == 10 and positive(result["etl"]["first"]) and positive(result["etl"]["second"])
@@ -387,3 +387,19 @@ def test_equal_budget(run_script, tmp_path):
     assert result["summary"]["rect"]["mean_dice"] == result["runs"]["rect"][0]["dice"]
     assert result["runs"]["rect"][0]["plan"].startswith("budget 30 s → ")  # the plan's log line, kept
     assert result["runs"]["rect"][0]["precision"].startswith("AMP ")
+
+
+def test_equal_budget_holds_out_the_last_images_in_natural_order(tmp_path):
+    """--holdout N (ISBI has no val set): the last N of a stack by number, '10' after '9', with their masks."""
+    sys.path.insert(0, str(BENCH))
+    import equal_budget
+
+    for kind in ("images", "masks"):
+        (tmp_path / "data" / kind).mkdir(parents=True)
+        for i in range(12):
+            (tmp_path / "data" / kind / f"{i}.png").write_bytes(f"{kind} {i}".encode())
+    train, val = equal_budget.hold_out(tmp_path / "data" / "images", 3, tmp_path / "split")
+    assert sorted(p.name for p in val.iterdir()) == ["10.png", "11.png", "9.png"]
+    assert len(list(train.iterdir())) == 9 and (tmp_path / "split" / "masks" / "val" / "10.png").read_text() == "masks 10"
+    with pytest.raises(SystemExit, match="hold out 1 to 11"):
+        equal_budget.hold_out(tmp_path / "data" / "images", 12, tmp_path / "again")

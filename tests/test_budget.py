@@ -18,7 +18,9 @@ import train
 from config import config_hash, load_config
 from conftest import ROOT, tiny_argv, write_blobs
 from training import loop
-from training.budget import Budget, epoch_estimate, format_duration, parse_duration, plan_epochs, replan
+from training.budget import (
+    Budget, epoch_estimate, format_duration, parse_duration, plan_epochs, replan, replan_epoch,
+)
 
 # ----------------------------------------------------------------------------- parsing
 
@@ -135,6 +137,11 @@ def test_the_next_epoch_is_estimated_from_the_plan_then_from_measured_epochs():
     assert epoch_estimate(25.0, []) == 25.0
     assert epoch_estimate(25.0, [20.0, 22.0, 30.0]) == 30.0  # slowing down: the last one
     assert epoch_estimate(25.0, [30.0, 20.0]) == 25.0  # a fast one: the mean
+
+
+@pytest.mark.parametrize("planned, after", [(1, 2), (3, 2), (20, 2), (26, 3), (81, 9), (1000, 100)])
+def test_the_plan_is_corrected_after_a_tenth_of_it_and_at_least_two_epochs(planned, after):
+    assert replan_epoch(planned) == after
 
 
 @pytest.mark.parametrize("planned, done, epoch_s, left, cap, epochs", [

@@ -9,7 +9,7 @@ all count. The pieces, each a plain function of numbers (the clock is passed in,
 - plan_epochs: from the measured cost of one optimizer step, one validation pass and one checkpoint write,
   what is left of the budget less the reserve for out-of-fold scoring and the export, shared equally by the
   folds to train -> epochs per fold (at most EPOCHS, at least 1) and the schedule's total steps.
-- replan: after REPLAN_AFTER whole epochs, the fold's epochs corrected to their measured time (once per fold).
+- replan: after a tenth of the plan (replan_epoch), the fold's epochs corrected to their measured time, once.
 - Budget: the run's clock; the end of each fold's share of what is left, and whether the next epoch fits in it.
 
 train.py measures the steps in training/loop.py (probe_fold); bench/plain_unet.py uses the same plan_epochs
@@ -26,9 +26,11 @@ from typing import Callable
 
 PROBE_STEPS = 5  # timed optimizer steps, after one untimed warm-up step
 MARGIN = 0.10  # each epoch is planned 10 % longer than measured
-# Epochs a fold times in this process before its plan is corrected, once: the probe's few steps misjudge a whole
-# epoch (loader, allocator and host warm up) by 10-20 %, and whole epochs give the true cost.
+# A fold's plan is corrected once, after a tenth of its planned epochs (at least 2) timed in this process: the
+# probe's few steps misjudge a whole epoch by 10-20 %, and the first epochs run slow while the loader workers,
+# the allocator and the caches warm up (horse: 9.5 and 8.6 s, then 7.5 s).
 REPLAN_AFTER = 2
+REPLAN_SHARE = 0.1
 # Out-of-fold scoring of a fold (the val pass again, then every val image at its own size, one at a time, and the
 # test list): SCORE_FACTOR x the measured validation pass per val image scored, plus SCORE_BASE_S for loading the
 # model and reading originals. After the first fold, its measured time x SCORED_MARGIN replaces the estimate.
@@ -164,6 +166,11 @@ def plan_epochs(budget_s: float, elapsed_s: float, step_s: float, steps_per_epoc
     return Plan(budget_s=float(budget_s), epochs=max(1, min(max_epochs, fit)), steps_per_epoch=steps_per_epoch,
                 epoch_s=epoch_s, step_s=step_s, val_s=val_s, overhead_s=overhead_s, folds=folds, elapsed_s=elapsed_s,
                 score_s=score_s, export_s=export_s, fit=fit, max_epochs=max_epochs)
+
+
+def replan_epoch(planned: int) -> int:
+    """After how many epochs a fold planned for `planned` corrects its plan."""
+    return max(REPLAN_AFTER, math.ceil(planned * REPLAN_SHARE - 1e-9))
 
 
 def replan(planned: int, done: int, epoch_s: float, seconds_left: float, max_epochs: int,

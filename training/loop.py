@@ -31,8 +31,8 @@ from dataset import (
 )
 from model import load_checkpoint, read_checkpoint, save_checkpoint
 from training.budget import (
-    INT8_CALIBRATION, PROBE_STEPS, REPLAN_AFTER, Budget, Plan, epoch_estimate, export_estimate, format_duration,
-    plan_epochs, replan, score_estimate,
+    INT8_CALIBRATION, PROBE_STEPS, Budget, Plan, epoch_estimate, export_estimate, format_duration, plan_epochs,
+    replan, replan_epoch, score_estimate,
 )
 from training.distributed import barrier, broadcast, is_main, rank, shard, sync_buffers, wrap_ddp
 from training.metrics import MetricsLog, OOFStats, Tracker
@@ -402,7 +402,7 @@ def train_fold(task: Task, fold: int, entries, split: Split, device, metrics: Me
         measured.append(time.perf_counter() - start)
         if stop:
             break
-        if budget is not None and len(measured) == REPLAN_AFTER and not run.state.get("replanned"):
+        if budget is not None and len(measured) == replan_epoch(run.epochs) and not run.state.get("replanned"):
             replan_fold(run, budget, fold_end, measured)
         epoch += 1
     if is_main() and not run.best_path.is_file():  # every epoch fell inside the cooldown: keep the last weights
@@ -508,8 +508,8 @@ def budget_plan(run: FoldRun, budget: Budget) -> Plan:
 
 
 def replan_fold(run: FoldRun, budget: Budget, fold_end: float, measured: list[float]) -> None:
-    """Once per fold, after REPLAN_AFTER epochs timed in this process: its epochs corrected to what they took (rank 0
-    decides), the schedule rebuilt over the new total and brought to the current step."""
+    """Once per fold, after a tenth of its planned epochs (at least 2) timed in this process: its epochs corrected to
+    what they took (rank 0 decides), the schedule rebuilt over the new total and brought to the current step."""
     run.state["replanned"] = True
     if run.state["finished"]:
         return
