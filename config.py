@@ -354,7 +354,7 @@ class Config:
     patience: int
     cooldown: int
     eval_step: int
-    use_amp: bool | str  # True, False or 'auto' (training/loop.amp_dtype resolves it)
+    use_amp: bool | str  # True, False or 'auto' (training/precision.amp_dtype resolves it)
     load_model: str | None
     save_checkpoints: bool
     resume: bool

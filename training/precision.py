@@ -31,7 +31,7 @@ def amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
 
 
 def describe_amp(cfg: Config, device: torch.device) -> str:
-    """The log's word on precision: 'AMP bf16 (auto: this CPU has native bf16)'."""
+    """The log's word on precision: 'AMP bf16 (USE_AMP=auto: this CPU has native bf16)'."""
     dtype = amp_dtype(cfg, device)
     name = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "off (fp32)")
     if cfg.use_amp != "auto":
