@@ -27,7 +27,6 @@ import platform
 import random
 import sys
 import time
-import warnings
 from pathlib import Path
 
 STARTED = time.monotonic()  # --time-budget counts from here, the imports below included, as in train.py
@@ -40,7 +39,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.budget import (  # noqa: E402
     PROBE_STEPS, Budget, epoch_estimate, format_duration, parse_duration, plan_epochs, replan, replan_epoch,
-    score_estimate,
+    replay, score_estimate,
 )
 from utils import dice_iou, list_images, normalize, read_image, read_mask  # noqa: E402
 
@@ -152,17 +151,14 @@ def main() -> None:
               f"({time.perf_counter() - start:.0f} s)", flush=True)
         epoch += 1
         if budget and epoch == replan_epoch(epochs):  # as train.py: the epochs corrected once to what they took
-            corrected = replan(epochs, epoch, epoch_estimate(budget.plan.epoch_s, times), train_end - budget.clock(),
-                               args.epochs)
+            epoch_s = epoch_estimate(budget.plan.epoch_s, times)
+            corrected = replan(epochs, epoch, epoch_s, train_end - budget.clock(), args.epochs)
             if corrected != epochs:
-                print(f"epochs take {format_duration(epoch_estimate(budget.plan.epoch_s, times))}, planned "
-                      f"{format_duration(budget.plan.epoch_s)}: {corrected} epochs instead of {epochs}", flush=True)
+                print(f"epochs take {format_duration(epoch_s)}, planned {format_duration(budget.plan.epoch_s)}: "
+                      f"{corrected} epochs instead of {epochs}", flush=True)
                 epochs = corrected
-                scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=epochs * steps)
-                with warnings.catch_warnings():  # to the current step of the new curve
-                    warnings.simplefilter("ignore")
-                    for _ in range(epoch * steps):
-                        scheduler.step()
+                scheduler = replay(torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=epochs * steps),
+                                   epoch * steps)
     train_s = time.perf_counter() - start
 
     model.eval()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import re
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -182,6 +183,16 @@ def replan(planned: int, done: int, epoch_s: float, seconds_left: float, max_epo
         return planned
     fit = math.floor(max(0.0, seconds_left) / (epoch_s * (1 + margin)) + 1e-9) if epoch_s > 0 else max_epochs
     return max(done + 1, min(max_epochs, done + fit))
+
+
+def replay(scheduler, steps: int):
+    """A schedule rebuilt for a corrected plan, brought to the point `steps` optimizer steps into its new curve (its
+    own steps only: no optimizer step, so torch's order warning is silenced). Returns it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(steps):
+            scheduler.step()
+    return scheduler
 
 
 def score_estimate(val_s: float, val_images: int, scored_images: int) -> float:

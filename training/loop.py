@@ -14,7 +14,6 @@ import itertools
 import json
 import random
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -32,7 +31,7 @@ from dataset import (
 from model import load_checkpoint, read_checkpoint, save_checkpoint
 from training.budget import (
     INT8_CALIBRATION, PROBE_STEPS, Budget, Plan, epoch_estimate, export_estimate, format_duration, plan_epochs,
-    replan, replan_epoch, score_estimate,
+    replan, replan_epoch, replay, score_estimate,
 )
 from training.distributed import barrier, broadcast, is_main, rank, shard, sync_buffers, wrap_ddp
 from training.metrics import MetricsLog, OOFStats, Tracker
@@ -520,10 +519,7 @@ def replan_fold(run: FoldRun, budget: Budget, fold_end: float, measured: list[fl
         return
     plan = run.state["plan"]
     set_plan(run, {**plan, "epochs": epochs, "total_steps": epochs * plan["steps_per_epoch"]})
-    with warnings.catch_warnings():  # steps without an optimizer step: only to reach the same point of the new curve
-        warnings.simplefilter("ignore")
-        for _ in range(run.state["step"]):
-            run.scheduler.step()
+    replay(run.scheduler, run.state["step"])
     change = epoch_s / budget.plan.epoch_s - 1
     LOG.info("fold %d: budget: epochs take %s, %.0f %% %s than the planned %s: %d epochs instead of %d, the schedule "
              "rebuilt over them", run.fold, format_duration(epoch_s), abs(change) * 100, "more" if change > 0 else "less",
