@@ -522,8 +522,8 @@ def replan_fold(run: FoldRun, budget: Budget, fold_end: float, measured: list[fl
     replay(run.scheduler, run.state["step"])
     change = epoch_s / budget.plan.epoch_s - 1
     LOG.info("fold %d: budget: epochs take %s, %.0f %% %s than the planned %s: %d epochs instead of %d, the schedule "
-             "rebuilt over them", run.fold, format_duration(epoch_s), abs(change) * 100, "more" if change > 0 else "less",
-             format_duration(budget.plan.epoch_s), epochs, planned)
+             "rebuilt over them", run.fold, format_duration(epoch_s), abs(change) * 100,
+             "more" if change > 0 else "less", format_duration(budget.plan.epoch_s), epochs, planned)
 
 
 def out_of_time(run: FoldRun, budget: Budget, fold_end: float, measured: list[float]) -> bool:
