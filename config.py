@@ -152,6 +152,17 @@ def fraction(text: str) -> float:
 fraction.__name__ = "fraction"
 
 
+def ema_decay(text: str) -> float:
+    """EMA: 0 or off (no average), or a decay in (0, 1) such as 0.999."""
+    value = text.strip().lower()
+    if value in ("", "0", "off", "none", "false"):
+        return 0.0
+    return fraction(value)
+
+
+ema_decay.__name__ = "EMA decay"
+
+
 UNSET = object()  # Field.legacy_default of a setting every run already had
 
 
@@ -259,6 +270,9 @@ FIELDS: tuple[Field, ...] = (
     Field("bce_weight", non_negative(float), 0.5, "weight of the BCE term in ComboLoss"),
     Field("patience", positive(int), 10, "early stopping: epochs without val Dice improvement"),
     Field("cooldown", non_negative(int), 0, "epochs before 'best' is tracked"),
+    Field("ema", ema_decay, 0.0, "exponential moving average of the weights: its decay per optimizer step (e.g. "
+          "0.999; warmed up as min(EMA, (1+n)/(10+n))), or 0 = off. The average is evaluated, kept and exported",
+          legacy_default=0.0),
     Field("eval_step", non_negative(int), 0, "also evaluate every N optimizer steps; 0 = once per epoch", trains=False),
     Field("use_amp", parse_amp, "auto", "mixed precision: true = fp16 + GradScaler on CUDA, bf16 autocast on CPU; "
           "auto = on CUDA and on a CPU with native bf16 (AVX-512 BF16 or AMX), fp32 elsewhere; false = fp32"),
@@ -296,7 +310,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("model", ("arch", "encoder", "encoder_weights", "classes", "class_names", "classes_file", "class_weights",
                "input_size", "train_patch", "patches_per_image", "batch_shape", "augment")),
     ("optimisation", ("batch_size", "epochs", "time_budget", "lr", "weight_decay", "adam_eps", "scheduler",
-                      "restart_epochs", "grad_clip", "dice_weight", "bce_weight", "patience", "cooldown", "eval_step",
+                      "restart_epochs", "grad_clip", "dice_weight", "bce_weight", "patience", "cooldown", "ema", "eval_step",
                       "use_amp", "load_model")),
     ("cross-validation", ("folds", "fold_ids", "seed")),
     ("smart crop", ("crop", "crop_model", "crop_conf", "crop_roi_factor", "crop_min_size", "crop_pad_value")),
@@ -353,6 +367,7 @@ class Config:
     bce_weight: float
     patience: int
     cooldown: int
+    ema: float
     eval_step: int
     use_amp: bool | str  # True, False or 'auto' (training/precision.amp_dtype resolves it)
     load_model: str | None

@@ -177,13 +177,14 @@ def test_the_schedule_spans_exactly_the_planned_steps(tmp_path, scheduler, lengt
         assert records(work)[-1]["lr"] == pytest.approx(1e-3 * 0.01)
 
 
-@pytest.mark.parametrize("batch_shape", ["square", "rect"])
-def test_the_probe_trains_nothing(tmp_path, batch_shape):
+@pytest.mark.parametrize("batch_shape, ema", [("square", 0), ("rect", 0), ("rect", 0.9)])
+def test_the_probe_trains_nothing(tmp_path, batch_shape, ema):
     """A budgeted run whose plan is 2 epochs (EPOCHS caps it) logs the very numbers of an unbudgeted 2-epoch run:
-    the probe's steps left no trace in the weights, the optimizer, the data order (rect: the shape batches) or the
-    augmentation."""
+    the probe's steps left no trace in the weights, the optimizer, the data order (rect: the shape batches), the
+    augmentation or the EMA average (what val scores under EMA)."""
     data = write_blobs(tmp_path / "data", 12, size=(40, 100))
-    same = dict(epochs=2, batch_size=2, fold_ids=0, export="false", scheduler="onecycle", batch_shape=batch_shape)
+    same = dict(epochs=2, batch_size=2, fold_ids=0, export="false", scheduler="onecycle", batch_shape=batch_shape,
+                ema=ema)
     train.run(load_config(tiny_argv(data, tmp_path / "plain", **same), environ={}))
     train.run(load_config(tiny_argv(data, tmp_path / "budget", time_budget="10m", **same), environ={}))
     keys = ("train_loss", "val_loss", "val_dice", "lr", "step")

@@ -33,6 +33,7 @@ from training.budget import (
     INT8_CALIBRATION, PROBE_STEPS, Budget, Plan, epoch_estimate, export_estimate, format_duration, plan_epochs,
     replan, replan_epoch, replay, score_estimate,
 )
+from training.ema import WeightEma
 from training.distributed import barrier, broadcast, is_main, rank, shard, sync_buffers, wrap_ddp
 from training.metrics import MetricsLog, OOFStats, Tracker
 from training.precision import amp_dtype, autocast, memory_format
@@ -188,6 +189,7 @@ class FoldRun:
     last_path: Path
     state: dict = field(default_factory=new_state)
     net: torch.nn.Module | None = None  # what train_step runs: the DDP wrapper under torchrun, else model
+    ema: WeightEma | None = None  # EMA: the average of the weights, evaluated and kept as the best checkpoint
 
     @property
     def cfg(self) -> Config:
@@ -198,8 +200,13 @@ class FoldRun:
         """EPOCHS, or the epochs of the fold's TIME_BUDGET plan (state["plan"], saved in fold<K>_last.pt)."""
         return self.state["plan"]["epochs"] if self.state.get("plan") else self.cfg.epochs
 
+    @property
+    def scored(self) -> torch.nn.Module:
+        """The weights an epoch evaluates and the best checkpoint keeps: the EMA average when EMA is on."""
+        return self.model if self.ema is None else self.ema.module
+
     def payload(self) -> dict:
-        return {"model": self.model.state_dict(), "model_args": self.task.model_args(),
+        return {"model": self.scored.state_dict(), "model_args": self.task.model_args(),
                 "config": {**self.cfg.to_dict(), "class_names": self.cfg.names()},
                 "config_hash": config_hash(self.cfg), "fold": self.fold}
 
@@ -226,6 +233,7 @@ def setup_fold(task: Task, fold: int, entries, split: Split, device, metrics: Me
         optimizer, None if budgeted else make_scheduler(cfg, optimizer, len(train_loader)),
         torch.amp.GradScaler(device.type, enabled=amp_dtype(cfg, device) == torch.float16), device, metrics, tracker,
         models_dir / f"fold{fold}_best.pt", models_dir / f"fold{fold}_last.pt", net=net,
+        ema=WeightEma(model, cfg.ema) if cfg.ema else None,
     )
 
 
@@ -258,6 +266,8 @@ def restore(run: FoldRun) -> None:
         run.optimizer.load_state_dict(ckpt["optimizer"])
         run.scheduler.load_state_dict(ckpt["scheduler"])
         run.scaler.load_state_dict(ckpt.get("scaler", {}))
+        if run.ema is not None:
+            run.ema.load_state_dict(ckpt["ema"])
         run.state = read_state(ckpt["state"])
         if not run.state["finished"]:
             LOG.info("fold %d: resuming after epoch %d (best %s %.4f)", run.fold, run.state["epoch"] + 1,
@@ -292,6 +302,8 @@ def train_step(run: FoldRun, images: torch.Tensor, masks: torch.Tensor) -> tuple
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update(run.model)
     return loss.item(), logits.detach()
 
 
@@ -311,7 +323,7 @@ def train_one_epoch(run: FoldRun, epoch: int) -> dict:
         run.state["step"] += 1
         bar.set_postfix(loss=f"{sums.loss / sums.seen:.4f}", lr=f"{run.optimizer.param_groups[0]['lr']:.2e}")
         if run.cfg.eval_step and run.state["step"] % run.cfg.eval_step == 0:
-            val_stats = evaluate(run.model, run.val_loader, run.loss_fn, run.task, run.device)
+            val_stats = evaluate(run.scored, run.val_loader, run.loss_fn, run.task, run.device)
             record_evaluation(run, epoch, {"loss": loss}, val_stats, kind="step")
             run.model.train()
     return sums.result()
@@ -339,7 +351,7 @@ def record_evaluation(run: FoldRun, epoch: int, train_stats: dict, val_stats: di
 
 def end_epoch(run: FoldRun, epoch: int, train_stats: dict, start: float) -> bool:
     """Evaluate, checkpoint and log one epoch; returns True when early stopping triggers."""
-    val_stats = evaluate(run.model, run.val_loader, run.loss_fn, run.task, run.device)
+    val_stats = evaluate(run.scored, run.val_loader, run.loss_fn, run.task, run.device)
     improved = record_evaluation(run, epoch, train_stats, val_stats, time.perf_counter() - start)
     cfg, task = run.cfg, run.task
     stop = epoch >= cfg.cooldown and epoch - max(run.state["best_epoch"], cfg.cooldown) >= cfg.patience
@@ -355,8 +367,10 @@ def end_epoch(run: FoldRun, epoch: int, train_stats: dict, start: float) -> bool
 
 
 def last_payload(run: FoldRun) -> dict:
-    """What fold<K>_last.pt holds: the weights and everything a resume needs."""
-    return {**run.payload(), "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+    """What fold<K>_last.pt holds: the weights (the raw ones, and their average under EMA) and everything a resume
+    needs."""
+    ema = {} if run.ema is None else {"model": run.model.state_dict(), "ema": run.ema.state_dict()}
+    return {**run.payload(), **ema, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict(), "state": dict(run.state)}
 
 
@@ -365,7 +379,7 @@ def save_last_and_preview(run: FoldRun, epoch: int) -> None:
     save_checkpoint(run.last_path, last)
     if run.cfg.save_checkpoints:
         save_checkpoint(run.last_path.with_name(f"fold{run.fold}_epoch{epoch + 1}.pt"), last)
-    grid = run.task.preview_grid(run.model, run.val_loader.dataset, run.device)
+    grid = run.task.preview_grid(run.scored, run.val_loader.dataset, run.device)
     if grid is None:  # the gate: no mask to show
         return
     write_png(Path(run.cfg.work_dir) / "logs" / f"val_preview_fold{run.fold}.png", grid)
@@ -440,7 +454,8 @@ def probe_fold(run: FoldRun, steps: int = PROBE_STEPS) -> dict:
             generator=torch.Generator().manual_seed(run.cfg.seed + rank()), **common)
     saved = {"model": copy.deepcopy(run.model.state_dict()), "optimizer": copy.deepcopy(run.optimizer.state_dict()),
              "scaler": run.scaler, "scheduler": run.scheduler, "torch": torch.get_rng_state(),
-             "numpy": np.random.get_state(), "random": random.getstate()}
+             "numpy": np.random.get_state(), "random": random.getstate(),
+             "ema": None if run.ema is None else copy.deepcopy(run.ema.state_dict())}
     run.scheduler = NoSchedule()
     run.scaler = torch.amp.GradScaler(run.device.type, enabled=saved["scaler"].is_enabled())
     run.model.train()
@@ -463,6 +478,8 @@ def probe_fold(run: FoldRun, steps: int = PROBE_STEPS) -> dict:
     run.model.load_state_dict(saved["model"])
     run.optimizer.load_state_dict(saved["optimizer"])
     run.scaler, run.scheduler = saved["scaler"], saved["scheduler"]
+    if run.ema is not None:
+        run.ema.load_state_dict(saved["ema"])
     torch.set_rng_state(saved["torch"])
     np.random.set_state(saved["numpy"])
     random.setstate(saved["random"])
