@@ -290,7 +290,8 @@ FIELDS: tuple[Field, ...] = (
     Field("pin_memory", parse_bool, True, "pin DataLoader memory (CUDA only)", trains=False),
     Field("device", str, "auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"), trains=False),
     Field("threads", non_negative(int), 0, "torch CPU threads; 0 = torch's default", trains=False),
-    Field("channels_last", parse_bool, False, "train in channels-last memory format (NHWC convolutions)",
+    Field("channels_last", parse_bool, True, "train in channels-last memory format (NHWC convolutions; every "
+          "architecture gives the same outputs in it); false = the default NCHW layout",
           trains=False),
     Field("min_area", non_negative(int), 64, "min region area (px) for the adaptive threshold at inference",
           trains=False),

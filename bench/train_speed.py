@@ -9,7 +9,8 @@ stage, first vs second run.
 Training: the trainer's own pieces (train.prepare, training.loop.setup_fold and train_step) with the README recipe's
 settings (Unet/resnet18, random init, 192 px, batch 8, AdamW + OneCycle, 2 DataLoader workers), one fold run per
 variant (--variants: square = BATCH_SHAPE=square, rect = BATCH_SHAPE=rect, and rect with +channels_last
-(CHANNELS_LAST) or +bf16 (USE_AMP=true: bf16 autocast on the CPU; the others pin USE_AMP=false), plain =
+(CHANNELS_LAST) or +bf16 (USE_AMP=true: bf16 autocast on the CPU; the others pin USE_AMP=false and
+CHANNELS_LAST=false), plain =
 bench/plain_unet.py's own step (squashed squares held in memory, fp32), and, only when asked for,
 square+compile = torch.compile(dynamic=False) of the square variant, compiled in its first warm-up step);
 --warmup steps untimed, then --blocks rounds, each timing --steps steps of every variant in turn with their data
@@ -63,12 +64,13 @@ def etl(sources: list, size: int, repeats: int, tmp: Path) -> dict:
     return {"first": summary(first), "second": summary(second), "images": len(sources)}
 
 
-VARIANTS = {"square": {"batch_shape": "square", "use_amp": "false"},
-            "rect": {"batch_shape": "rect", "use_amp": "false"},
+VARIANTS = {"square": {"batch_shape": "square", "use_amp": "false", "channels_last": "false"},
+            "rect": {"batch_shape": "rect", "use_amp": "false", "channels_last": "false"},
             "rect+channels_last": {"batch_shape": "rect", "channels_last": "true", "use_amp": "false"},
-            "rect+bf16": {"batch_shape": "rect", "use_amp": "true"},
+            "rect+bf16": {"batch_shape": "rect", "use_amp": "true", "channels_last": "false"},
             "rect+bf16+channels_last": {"batch_shape": "rect", "use_amp": "true", "channels_last": "true"},
-            "square+compile": {"batch_shape": "square", "use_amp": "false", "compile": "static"},
+            "square+compile": {"batch_shape": "square", "use_amp": "false", "channels_last": "false",
+                               "compile": "static"},
             "plain": {}}  # bench/plain_unet.py's own step (PlainStepper)
 # compile: torch.compile(dynamic=False) of the model, one graph per batch shape (square batches: one), compiled
 # during the warm-up steps. With dynamic shapes, inductor on the CPU fails on rect's second shape (torch 2.14.1).

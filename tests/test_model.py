@@ -1,3 +1,4 @@
+import copy
 import json
 from pathlib import Path
 
@@ -150,8 +151,11 @@ def test_every_architecture_has_a_case():
 
 @pytest.mark.parametrize("arch, encoder, size", ARCH_CASES)
 def test_every_architecture_trains_a_step(arch, encoder, size):
+    """One step in the default layout, then the same step in channels-last (CHANNELS_LAST, the default): the same
+    logits and gradients, so no architecture breaks on, or silently changes under, NHWC weights and batches."""
     torch.manual_seed(0)
     model = build_model(arch, encoder, None, classes=2).train()
+    ref, twin = copy.deepcopy(model).eval(), copy.deepcopy(model).to(memory_format=torch.channels_last).eval()
     x = torch.randn(2, 3, size, size + 32)
     logits = model(x)
     assert logits.shape == (2, 2, size, size + 32)
@@ -160,6 +164,19 @@ def test_every_architecture_trains_a_step(arch, encoder, size):
     # PSPNet uses only 3 encoder stages and DPT skips the ViT's own head: not every tensor gets a grad
     assert sum(g is not None for g in grads) > 0.6 * len(grads)
     assert all(torch.isfinite(g).all() for g in grads if g is not None)
+    nchw, nhwc = ref(x), twin(x.contiguous(memory_format=torch.channels_last))  # eval: no dropout draws
+    assert torch.allclose(nhwc, nchw, atol=1e-4, rtol=1e-3)
+    nchw.mean().backward()
+    nhwc.mean().backward()
+    pairs = [(mine.grad, theirs.grad) for mine, theirs in zip(ref.parameters(), twin.parameters())]
+    assert all((mine is None) == (theirs is None) for mine, theirs in pairs)
+    pairs = [(mine.flatten(), theirs.flatten()) for mine, theirs in pairs if mine is not None]
+    # fp32 sums in another order: deep random-init layers differ by up to ~3 % per tensor (Unet++ layer4), the whole
+    # gradient by ~0.2 %; a layout bug (a wrong permute or view) would point the gradients elsewhere
+    whole = [torch.cat(side) for side in zip(*pairs)]
+    assert (whole[1] - whole[0]).norm() <= 1e-2 * whole[0].norm()
+    assert all(torch.nn.functional.cosine_similarity(mine, theirs, dim=0) > 0.99 for mine, theirs in pairs
+               if mine.norm() > 1e-6 * whole[0].norm())  # not the biases a BatchNorm after them zeroes (~1e-9)
 
 
 def test_hrnet_needs_an_hrnet_encoder():
