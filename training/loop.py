@@ -9,6 +9,7 @@ out-of-fold scoring) comes from the task object (training/tasks.py) that every f
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -33,8 +34,8 @@ from training.budget import (
     INT8_CALIBRATION, PROBE_STEPS, Budget, Plan, epoch_estimate, export_estimate, format_duration, plan_epochs,
     replan, replan_epoch, replay, score_estimate,
 )
-from training.ema import WeightEma
 from training.distributed import barrier, broadcast, is_main, rank, shard, sync_buffers, wrap_ddp
+from training.ema import WeightEma
 from training.metrics import MetricsLog, OOFStats, Tracker
 from training.precision import amp_dtype, autocast, memory_format
 from training.splits import Split
@@ -128,15 +129,16 @@ def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int, total_steps: in
 
 
 @torch.inference_mode()
-def evaluate(model, loader, loss_fn, task: Task, device, oof: OOFStats | None = None) -> dict:
-    """Metrics over the loader's samples; under DDP over every rank's shard, summed (all ranks call it)."""
+def evaluate(model, loader, loss_fn, task: Task, device, oof: OOFStats | None = None, amp: bool = True) -> dict:
+    """Metrics over the loader's samples; under DDP over every rank's shard, summed (all ranks call it). amp=False:
+    in fp32 whatever USE_AMP says (the out-of-fold scores, which must be the exported fp32 model's)."""
     cfg = task.cfg
     model.eval()
     sync_buffers(model)
     sums, local_oof = task.new_sums(), OOFStats(cfg.classes)
     for images, masks in loader:
         images, masks = memory_format(cfg, images.to(device)), masks.to(device)
-        with autocast(cfg, device):
+        with autocast(cfg, device) if amp else contextlib.nullcontext():
             logits = model(images)
         logits = logits.float()
         sums.add_batch(loss_fn(logits, masks).item(), logits, masks, cfg.classes)
@@ -151,7 +153,7 @@ def evaluate_checkpoint(task: Task, path: Path, entries, indices, device, oof: O
     model = task.build_model().to(device)
     load_checkpoint(model, path)
     loader = make_loader(task, entries, indices, False, device)
-    return evaluate(model, loader, task.build_loss().to(device), task, device, oof)
+    return evaluate(model, loader, task.build_loss().to(device), task, device, oof, amp=False)
 
 
 # ----------------------------------------------------------------------------- one fold

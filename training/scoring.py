@@ -21,7 +21,6 @@ from runtime.metadata import MULTICLASS_RULE, preprocess_metadata
 from training.distributed import gather, is_main, shard
 from training.loop import Task, evaluate_checkpoint
 from training.metrics import OOFStats
-from training.precision import autocast
 
 
 @torch.inference_mode()
@@ -43,8 +42,7 @@ def score_original_resolution(task: Task, path: Path, sources: list, device, oof
         mask = source.load_mask(cfg.classes, cfg.max_image_pixels)
         view = crop_square(image, box, cfg.input_size, cfg.crop_pad_value) if box else image
         chw, valid_hw = preprocess(view, meta)  # (3, H', W')
-        with autocast(cfg, device):
-            logits = model(torch.from_numpy(chw)[None].to(device)).float()[0]
+        logits = model(torch.from_numpy(chw)[None].to(device)).float()[0]  # fp32, as the exported model runs
         probs = torch.sigmoid(logits) if cfg.classes == 1 else torch.softmax(logits, 0)
         probs = restore_size(probs.cpu().numpy(), valid_hw, view.shape[:2])  # (C, h, w)
         if box:
