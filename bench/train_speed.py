@@ -4,15 +4,17 @@ stage, first vs second run.
     python bench/train_speed.py                      # horse train set (250 images), 5 blocks of 6 steps after 2 warm-up
     python bench/train_speed.py --variants square,rect --steps 12 --blocks 7
     python bench/train_speed.py --variants square,square+compile --repeats 1             # torch.compile, one shape
+    python bench/train_speed.py --variants rect+bf16+channels_last,loader,loader+workers0 --repeats 1  # loader vs model
     python bench/train_speed.py --limit 16 --size 64 --batch-size 4 --steps 1 --blocks 1 --repeats 1 --out smoke.json
 
 Training: the trainer's own pieces (train.prepare, training.loop.setup_fold and train_step) with the README recipe's
 settings (Unet/resnet18, random init, 192 px, batch 8, AdamW + OneCycle, 2 DataLoader workers), one fold run per
 variant (--variants: square = BATCH_SHAPE=square, rect = BATCH_SHAPE=rect, and rect with +channels_last
 (CHANNELS_LAST) or +bf16 (USE_AMP=true: bf16 autocast on the CPU; the others pin USE_AMP=false and
-CHANNELS_LAST=false), plain =
-bench/plain_unet.py's own step (squashed squares held in memory, fp32), and, only when asked for,
-square+compile = torch.compile(dynamic=False) of the square variant, compiled in its first warm-up step);
+CHANNELS_LAST=false), plain = bench/plain_unet.py's own step (squashed squares held in memory, fp32), and, only
+when asked for, loader / loader+workers0 = the rect DataLoader alone with 2 / 0 workers (read, augment, collate:
+the rate it can feed a faster device), and square+compile = torch.compile(dynamic=False) of the square variant,
+compiled in its first warm-up step);
 --warmup steps untimed, then --blocks rounds, each timing --steps steps of every variant in turn with their data
 loading; images/s = batch x steps / block time, median over the blocks. Same images, same seed; no convergence,
 no validation (Dice at equal epochs and at equal budgets is measured by full runs: bench/equal_budget.py).
@@ -71,7 +73,9 @@ VARIANTS = {"square": {"batch_shape": "square", "use_amp": "false", "channels_la
             "rect+bf16+channels_last": {"batch_shape": "rect", "use_amp": "true", "channels_last": "true"},
             "square+compile": {"batch_shape": "square", "use_amp": "false", "channels_last": "false",
                                "compile": "static"},
-            "plain": {}}  # bench/plain_unet.py's own step (PlainStepper)
+            "plain": {},  # bench/plain_unet.py's own step (PlainStepper)
+            "loader": {"batch_shape": "rect", "load_only": True},  # the rect DataLoader alone (2 workers), no model
+            "loader+workers0": {"batch_shape": "rect", "workers": "0", "load_only": True}}  # in the main process
 # compile: torch.compile(dynamic=False) of the model, one graph per batch shape (square batches: one), compiled
 # during the warm-up steps. With dynamic shapes, inductor on the CPU fails on rect's second shape (torch 2.14.1).
 
@@ -89,6 +93,7 @@ class Stepper:
 
         variant = dict(VARIANTS[name])
         compile_mode = variant.pop("compile", None)
+        self.load_only = variant.pop("load_only", False)  # time the batches only: what the loader can feed
         settings = {**RECIPE, **variant, "input_size": str(args.size), "batch_size": str(args.batch_size),
                     "raw_img_dir": str(images), "raw_mask_dir": str(masks), "work_dir": str(tmp / "work")}
         self.cfg = load_config([a for k, v in settings.items() for a in ("--" + k.replace("_", "-"), v)], environ={})
@@ -114,7 +119,8 @@ class Stepper:
 
         for _ in range(count):
             images_, masks_ = self.next_batch()
-            train_step(self.run, images_, masks_)
+            if not self.load_only:
+                train_step(self.run, images_, masks_)
 
 
 class PlainStepper:

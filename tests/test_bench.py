@@ -277,6 +277,16 @@ def test_training(run_script):
 
 
 @needs_horse
+def test_training_loader_alone(run_script):
+    """loader / loader+workers0: the DataLoader's batches timed without a model step, beside a training variant."""
+    result = run_script("train_speed", "--limit", "10", "--size", "64", "--batch-size", "2", "--warmup", "1",
+                        "--steps", "2", "--blocks", "1", "--repeats", "1", "--variants", "rect,loader,loader+workers0")
+    variants = result["training"]["variants"]
+    assert list(variants) == ["rect", "loader", "loader+workers0"]
+    assert all(positive(v["blocks"]) and v["images_per_s"] > 0 for v in variants.values())
+
+
+@needs_horse
 def test_footprint(run_script):
     result = run_script("footprint", "--no-venv", "--arch", "Unet", "--encoder", "resnet18", "--size", "64", "--rss-size", "64", "--rss-images", "2", "4",
                         "--repeats", "1", "--rss-repeats", "1")
