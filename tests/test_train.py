@@ -381,13 +381,14 @@ def test_torchrun_two_cpu_processes_write_one_run_with_all_reduced_metrics(tmp_p
     val_keys = json.loads((work / "folds.json").read_text())["0"]
     assert json.loads((work / "cv_summary.json").read_text())["oof_images"] == len(val_keys) == 6
 
-    # one process, the same checkpoint, the whole val fold: what the two ranks' sums must add up to
+    # one process, the same checkpoint, the whole val fold, in the epoch's precision (USE_AMP): what the two ranks'
+    # sums must add up to
     cfg = load_config(tiny_argv(data, work, fold_ids="0", export="false"), environ={})
     entries = build_cache(collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, None), work, cfg.input_size,
                           write=False)
     val_idx = [i for i, e in enumerate(entries) if e.key in set(val_keys)]
     single = evaluate_checkpoint(make_task(cfg), work / "models" / "fold0_last.pt", entries, val_idx,
-                                 torch.device("cpu"))
+                                 torch.device("cpu"), amp=True)
     assert record["val_dice"] == pytest.approx(single["dice"], abs=1e-6)
     assert record["val_iou"] == pytest.approx(single["iou"], abs=1e-6)
 
@@ -415,7 +416,7 @@ def test_torchrun_trains_the_gate_with_all_reduced_scores_and_one_oof_report(tmp
                           write=False)
     val_idx = [i for i, e in enumerate(entries) if e.key in set(val_keys)]
     single = evaluate_checkpoint(make_task(cfg), work / "models" / "fold0_last.pt", entries, val_idx,
-                                 torch.device("cpu"))
+                                 torch.device("cpu"), amp=True)  # as the epoch's validation ran
     assert record["val_accuracy"] == pytest.approx(single["accuracy"], abs=1e-6)
     if single.get("auc") is not None:
         assert record["val_auc"] == pytest.approx(single["auc"], abs=1e-6)

@@ -149,11 +149,13 @@ def evaluate(model, loader, loss_fn, task: Task, device, oof: OOFStats | None = 
     return sums.reduce().result()
 
 
-def evaluate_checkpoint(task: Task, path: Path, entries, indices, device, oof: OOFStats | None = None) -> dict:
+def evaluate_checkpoint(task: Task, path: Path, entries, indices, device, oof: OOFStats | None = None,
+                        amp: bool = False) -> dict:
+    """A saved model's metrics; in fp32 by default (the out-of-fold scores), amp=True as an epoch's validation."""
     model = task.build_model().to(device)
     load_checkpoint(model, path)
     loader = make_loader(task, entries, indices, False, device)
-    return evaluate(model, loader, task.build_loss().to(device), task, device, oof, amp=False)
+    return evaluate(model, loader, task.build_loss().to(device), task, device, oof, amp=amp)
 
 
 # ----------------------------------------------------------------------------- one fold
