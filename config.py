@@ -42,6 +42,7 @@ TTA_MODES = ("none", "hflip", "flips")  # flip test-time augmentation (export.py
 # <name>.int8.onnx beside the export: auto = when held-back images can measure it (export.py --int8, INT8)
 INT8_MODES = ("auto", "on", "off")
 AUGMENTS = ("full", "flip", "none")  # AUGMENT: the training augmentation (dataset.augmentations)
+CACHE_MODES = ("auto", "ram", "disk")  # CACHE: where training reads the cached images (training/ramcache.py)
 BATCH_SHAPES = ("square", "rect")  # BATCH_SHAPE: how whole-image training batches are shaped (dataset.AspectBatchSampler)
 
 
@@ -288,6 +289,9 @@ FIELDS: tuple[Field, ...] = (
     # Runtime of the trainer: none of these changes what is trained
     Field("workers", non_negative(int), 2, "DataLoader worker processes", trains=False),
     Field("pin_memory", parse_bool, True, "pin DataLoader memory (CUDA only)", trains=False),
+    Field("cache", str, "auto", "where training reads the cached images: ram = decoded once into memory the "
+          "DataLoader workers share, disk = each sample decoded from its PNG, auto = ram when that takes at most "
+          "half of the available memory", choices=CACHE_MODES, trains=False),
     Field("device", str, "auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"), trains=False),
     Field("threads", non_negative(int), 0, "torch CPU threads; 0 = torch's default", trains=False),
     Field("channels_last", parse_bool, True, "train in channels-last memory format (NHWC convolutions; every "
@@ -316,7 +320,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cross-validation", ("folds", "fold_ids", "seed")),
     ("smart crop", ("crop", "crop_model", "crop_conf", "crop_roi_factor", "crop_min_size", "crop_pad_value")),
     ("gate (TASK=classify)", ("task", "gate_input_size", "gate_recall", "gate_pos_weight", "gate_pool")),
-    ("run", ("work_dir", "name", "save_checkpoints", "resume", "tracker", "workers", "pin_memory", "device",
+    ("run", ("work_dir", "name", "save_checkpoints", "resume", "tracker", "workers", "pin_memory", "cache", "device",
              "threads", "channels_last", "min_area", "export", "int8")),
 )
 
@@ -380,6 +384,7 @@ class Config:
     seed: int
     workers: int
     pin_memory: bool
+    cache: str
     device: str
     threads: int
     channels_last: bool

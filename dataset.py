@@ -1,9 +1,10 @@
 """Data in: image/mask folders or a Label Studio export -> a disk cache -> a torch Dataset.
 
 Sources are read once, resized (long side = INPUT_SIZE, masks nearest-neighbour) and written
-to WORK_DIR/images and WORK_DIR/masks with a manifest. Training reads from the cache, one
-sample at a time, so RAM stays flat however large the set. A re-run reuses every entry whose
-source content and settings are unchanged; writes are atomic, so a killed run resumes.
+to WORK_DIR/images and WORK_DIR/masks with a manifest. A re-run reuses every entry whose source content and
+settings are unchanged; writes are atomic, so a killed run resumes. Training reads from the cache one sample at
+a time, so RAM stays flat however large the set; with CACHE=ram (training/ramcache.py) the decoded cache is held
+in memory instead, shared with the DataLoader workers.
 
 The cached images keep their aspect ratio (no padding on disk). With BATCH_SHAPE=square SegDataset pads each one
 to an INPUT_SIZE square; with BATCH_SHAPE=rect, AspectBatchSampler batches images of one shape together and
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -80,6 +81,8 @@ class CacheEntry:
     source: str
     class_pixels: tuple[int, ...] = ()  # pixel count per class id in the cached mask
     crop_box: tuple[int, int, int, int] | None = None  # smart crop: the square cut from the source image
+    # CACHE=ram (training/ramcache.py): the decoded RGB image and mask, read-only views of one shared buffer
+    pixels: tuple[np.ndarray, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
 
 # ----------------------------------------------------------------------------- sources
@@ -414,10 +417,14 @@ class SegDataset(Dataset):
     def __len__(self) -> int:
         return len(self.entries)
 
+    def read(self, entry: CacheEntry) -> tuple[np.ndarray, np.ndarray]:
+        """The cached RGB image and mask: from memory (CACHE=ram) or decoded from the PNGs."""
+        if entry.pixels is not None:
+            return entry.pixels
+        return read_image(entry.image, self.max_pixels), cv2.imread(str(entry.mask), cv2.IMREAD_GRAYSCALE)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        entry = self.entries[index]
-        image = read_image(entry.image, self.max_pixels)
-        mask = cv2.imread(str(entry.mask), cv2.IMREAD_GRAYSCALE)
+        image, mask = self.read(self.entries[index])
         out = self.transform(image=image, mask=mask)
         image_t = torch.from_numpy(normalize(out["image"], self.mean, self.std))
         if self.num_classes == 1:
@@ -487,8 +494,7 @@ class PatchDataset(SegDataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         entry = self.entries[index % len(self.entries)]
-        image = read_image(entry.image, self.max_pixels)
-        mask = cv2.imread(str(entry.mask), cv2.IMREAD_GRAYSCALE)
+        image, mask = self.read(entry)
         forced = self.rng.random() < self.foreground_fraction
         origin = crop_origin(mask, self.patch_hw, self.rng, self.foreground_classes(entry) if forced else None)
         image, mask = cut_patch(image, mask, origin, self.patch_hw, mean_fill(self.mean))

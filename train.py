@@ -107,12 +107,14 @@ def make_cropper(cfg: Config, device: torch.device):
 
 
 def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
-    """Logging, seeds, the device and the disk cache: (cache entries, {key: source}, device)."""
+    """Logging, seeds, the device and the cache (on disk, and in RAM under CACHE=ram or auto): (cache entries,
+    {key: source}, device)."""
     import torch
     import torch.distributed as dist
     from tqdm import tqdm
 
     from dataset import build_cache, check_mask_labels, collect_sources, labelstudio_class_map
+    from training import ramcache
     from training.distributed import barrier, ddp_device, is_main, world_size
     from training.precision import describe_amp
 
@@ -145,6 +147,8 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
         entries = build_cache(sources, work, cfg.input_size, cfg.classes, cropper=cropper, write=False,
                               max_pixels=cfg.max_image_pixels)
     check_mask_labels(entries, cfg.names(), cfg.classes, segment=cfg.task == "segment")
+    entries = ramcache.apply(entries, cfg.cache, cfg.workers, cfg.max_image_pixels, progress=lambda it: tqdm(
+        it, total=len(entries), desc="cache to RAM", leave=False, dynamic_ncols=True, disable=None))
     return entries, {s.key: s for s in sources}, device
 
 

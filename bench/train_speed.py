@@ -5,6 +5,7 @@ stage, first vs second run.
     python bench/train_speed.py --variants square,rect --steps 12 --blocks 7
     python bench/train_speed.py --variants square,square+compile --repeats 1             # torch.compile, one shape
     python bench/train_speed.py --variants rect+bf16+channels_last,loader,loader+workers0 --repeats 1  # loader vs model
+    python bench/train_speed.py --variants loader,loader+ram,loader+workers0,loader+ram+workers0 --steps 60 --repeats 1
     python bench/train_speed.py --limit 16 --size 64 --batch-size 4 --steps 1 --blocks 1 --repeats 1 --out smoke.json
 
 Training: the trainer's own pieces (train.prepare, training.loop.setup_fold and train_step) with the README recipe's
@@ -13,7 +14,7 @@ variant (--variants: square = BATCH_SHAPE=square, rect = BATCH_SHAPE=rect, and r
 (CHANNELS_LAST) or +bf16 (USE_AMP=true: bf16 autocast on the CPU; the others pin USE_AMP=false and
 CHANNELS_LAST=false), plain = bench/plain_unet.py's own step (squashed squares held in memory, fp32), and, only
 when asked for, loader / loader+workers0 = the rect DataLoader alone with 2 / 0 workers (read, augment, collate:
-the rate it can feed a faster device), and square+compile = torch.compile(dynamic=False) of the square variant,
+the rate it can feed a faster device), the same with +ram = CACHE=ram (every other variant reads with CACHE=disk), and square+compile = torch.compile(dynamic=False) of the square variant,
 compiled in its first warm-up step);
 --warmup steps untimed, then --blocks rounds, each timing --steps steps of every variant in turn with their data
 loading; images/s = batch x steps / block time, median over the blocks. Same images, same seed; no convergence,
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import HORSE, machine_info, median, print_table, summary, time_once, write_result  # noqa: E402
 
 RECIPE = {"name": "horse", "arch": "Unet", "encoder": "resnet18", "encoder_weights": "none", "batch_size": "8",
-          "scheduler": "onecycle", "lr": "1e-3", "epochs": "30", "workers": "2"}
+          "scheduler": "onecycle", "lr": "1e-3", "epochs": "30", "workers": "2", "cache": "disk"}
 
 
 def source_subset(args, tmp: Path) -> tuple[Path, Path]:
@@ -75,7 +76,9 @@ VARIANTS = {"square": {"batch_shape": "square", "use_amp": "false", "channels_la
                                "compile": "static"},
             "plain": {},  # bench/plain_unet.py's own step (PlainStepper)
             "loader": {"batch_shape": "rect", "load_only": True},  # the rect DataLoader alone (2 workers), no model
-            "loader+workers0": {"batch_shape": "rect", "workers": "0", "load_only": True}}  # in the main process
+            "loader+workers0": {"batch_shape": "rect", "workers": "0", "load_only": True},  # in the main process
+            "loader+ram": {"batch_shape": "rect", "cache": "ram", "load_only": True},  # CACHE=ram, 2 workers
+            "loader+ram+workers0": {"batch_shape": "rect", "cache": "ram", "workers": "0", "load_only": True}}
 # compile: torch.compile(dynamic=False) of the model, one graph per batch shape (square batches: one), compiled
 # during the warm-up steps. With dynamic shapes, inductor on the CPU fails on rect's second shape (torch 2.14.1).
 

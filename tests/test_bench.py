@@ -278,11 +278,13 @@ def test_training(run_script):
 
 @needs_horse
 def test_training_loader_alone(run_script):
-    """loader / loader+workers0: the DataLoader's batches timed without a model step, beside a training variant."""
+    """loader / loader+workers0 and their CACHE=ram twins: the DataLoader's batches timed without a model step,
+    beside a training variant."""
+    names = ["rect", "loader", "loader+workers0", "loader+ram", "loader+ram+workers0"]
     result = run_script("train_speed", "--limit", "10", "--size", "64", "--batch-size", "2", "--warmup", "1",
-                        "--steps", "2", "--blocks", "1", "--repeats", "1", "--variants", "rect,loader,loader+workers0")
+                        "--steps", "2", "--blocks", "1", "--repeats", "1", "--variants", ",".join(names))
     variants = result["training"]["variants"]
-    assert list(variants) == ["rect", "loader", "loader+workers0"]
+    assert list(variants) == names
     assert all(positive(v["blocks"]) and v["images_per_s"] > 0 for v in variants.values())
 
 
