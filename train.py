@@ -191,13 +191,16 @@ def run(cfg: Config, started: float | None = None) -> dict:
         return summary
     atomic_write_json(work / "cv_summary.json", summary)
     task.log_summary(summary)
+    exported = time.monotonic()
     if cfg.export:
         from export import export_onnx
 
         summary["onnx"] = str(export_onnx(work, folds=sorted(best_paths), **task.export_args(summary)))
     if budget is not None:
-        LOG.info("budget %s: the run took %s (%.0f s), training, out-of-fold scoring and export included",
-                 format_duration(budget.seconds), format_duration(budget.elapsed()), budget.elapsed())
+        export = (f", the export {format_duration(time.monotonic() - exported)} of "
+                  f"{format_duration(budget.plan.export_s)} reserved" if cfg.export and budget.plan else "")
+        LOG.info("budget %s: the run took %s (%.0f s), training, out-of-fold scoring and export included%s",
+                 format_duration(budget.seconds), format_duration(budget.elapsed()), budget.elapsed(), export)
     return summary
 
 

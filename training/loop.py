@@ -584,5 +584,8 @@ def cross_validate(task: Task, entries, sources: dict, splits: list[Split], fold
         if test_idx:
             test_scores[fold] = evaluate_checkpoint(task, best_paths[fold], entries, test_idx, device)
         if budget is not None:
-            budget.record_scoring(time.perf_counter() - start)
+            reserved, took = budget.score_s(), time.perf_counter() - start
+            budget.record_scoring(took)
+            LOG.info("fold %d: budget: out-of-fold scoring took %s (%s reserved)", fold, format_duration(took),
+                     format_duration(reserved))
     return out_of_fold.summarize(fold_scores, test_scores), best_paths
