@@ -275,6 +275,8 @@ FIELDS: tuple[Field, ...] = (
           "0.999; warmed up as min(EMA, (1+n)/(10+n))), or 0 = off. The average is evaluated, kept and exported",
           legacy_default=0.0),
     Field("eval_step", non_negative(int), 0, "also evaluate every N optimizer steps; 0 = once per epoch", trains=False),
+    Field("eval_every", positive(int), 1, "evaluate (and write the last checkpoint and the preview) every N epochs; a "
+          "fold's last epoch, and the one the time budget stops it after, are always evaluated", legacy_default=1),
     Field("use_amp", parse_amp, "auto", "mixed precision: true = fp16 + GradScaler on CUDA, bf16 autocast on CPU; "
           "auto = on CUDA and on a CPU with native bf16 (AVX-512 BF16 or AMX), fp32 elsewhere; false = fp32"),
     Field("load_model", parse_optional_path, None, "checkpoint to fine-tune from (strict load)"),
@@ -316,7 +318,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
                "input_size", "train_patch", "patches_per_image", "batch_shape", "augment")),
     ("optimisation", ("batch_size", "epochs", "time_budget", "lr", "weight_decay", "adam_eps", "scheduler",
                       "restart_epochs", "grad_clip", "dice_weight", "bce_weight", "patience", "cooldown", "ema",
-                      "eval_step", "use_amp", "load_model")),
+                      "eval_step", "eval_every", "use_amp", "load_model")),
     ("cross-validation", ("folds", "fold_ids", "seed")),
     ("smart crop", ("crop", "crop_model", "crop_conf", "crop_roi_factor", "crop_min_size", "crop_pad_value")),
     ("gate (TASK=classify)", ("task", "gate_input_size", "gate_recall", "gate_pos_weight", "gate_pool")),
@@ -374,6 +376,7 @@ class Config:
     cooldown: int
     ema: float
     eval_step: int
+    eval_every: int
     use_amp: bool | str  # True, False or 'auto' (training/precision.amp_dtype resolves it)
     load_model: str | None
     save_checkpoints: bool

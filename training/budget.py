@@ -22,7 +22,7 @@ import math
 import re
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass
 from typing import Callable
 
 PROBE_STEPS = 5  # timed optimizer steps, after one untimed warm-up step
@@ -99,7 +99,7 @@ class Plan:
     budget_s: float
     epochs: int  # per fold
     steps_per_epoch: int  # of the fold that was measured (each fold's schedule uses its own loader's length)
-    epoch_s: float  # one epoch as measured: steps x step_s + val_s + overhead_s
+    epoch_s: float  # one epoch as measured: steps x step_s + (val_s + overhead_s) / eval_every
     step_s: float  # one optimizer step, its batch's loading included
     val_s: float  # one validation pass
     overhead_s: float  # the checkpoint and preview written after each epoch
@@ -109,6 +109,7 @@ class Plan:
     export_s: float  # reserved for the export (0 with EXPORT=false)
     fit: int  # epochs per fold the budget has room for (before EPOCHS caps it and before the floor of 1)
     max_epochs: int  # EPOCHS, the cap
+    eval_every: int = 1  # EVAL_EVERY: validation and the checkpoint cost once every this many epochs
 
     @property
     def total_steps(self) -> int:
@@ -135,9 +136,11 @@ class Plan:
         """The plan's log line: the headline, then how it was reached."""
         shared = f" per fold, {self.folds} folds share it" if self.folds > 1 else ""
         steps = plural(self.steps_per_epoch, "step")
-        text = (f"{self.headline()}{shared} ({steps} of {self.step_s:.2f} s + validation {self.val_s:.1f} s + "
-                f"checkpoint {self.overhead_s:.1f} s, +{MARGIN:.0%} margin; {format_duration(self.elapsed_s)} already "
-                f"spent; reserved {format_duration(self.reserve_s)} for out-of-fold scoring "
+        evaluation = f"validation {self.val_s:.1f} s + checkpoint {self.overhead_s:.1f} s"
+        if self.eval_every > 1:
+            evaluation = f"({evaluation}) every {self.eval_every} epochs"
+        text = (f"{self.headline()}{shared} ({steps} of {self.step_s:.2f} s + {evaluation}, +{MARGIN:.0%} margin; "
+                f"{format_duration(self.elapsed_s)} already spent; reserved {format_duration(self.reserve_s)} for out-of-fold scoring "
                 f"({format_duration(self.score_s)} per fold) and the export ({format_duration(self.export_s)}))")
         if self.capped:
             text += f"; EPOCHS={self.max_epochs} caps it (the budget has room for {self.fit})"
@@ -156,20 +159,22 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict) -> Plan:
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        fields = cls.__dataclass_fields__
+        return cls(**{name: data[name] for name in fields if name in data or fields[name].default is MISSING})
 
 
 def plan_epochs(budget_s: float, elapsed_s: float, step_s: float, steps_per_epoch: int, val_s: float,
                 overhead_s: float, folds: int, score_s: float, export_s: float, max_epochs: int,
-                margin: float = MARGIN) -> Plan:
+                margin: float = MARGIN, eval_every: int = 1) -> Plan:
     """Epochs per fold: (budget - elapsed - folds x score_s - export_s) / folds / (epoch time x (1 + margin)),
-    rounded down, at most max_epochs and at least 1 (Plan.fits says whether that 1 fits)."""
-    epoch_s = steps_per_epoch * step_s + val_s + overhead_s
+    rounded down, at most max_epochs and at least 1 (Plan.fits says whether that 1 fits). An epoch's time counts
+    the validation pass and the checkpoint once every `eval_every` epochs."""
+    epoch_s = steps_per_epoch * step_s + (val_s + overhead_s) / eval_every
     per_fold = (budget_s - elapsed_s - folds * score_s - export_s) / max(1, folds)
     fit = max(0, math.floor(per_fold / (epoch_s * (1 + margin)) + 1e-9)) if epoch_s > 0 else max_epochs + 1
     return Plan(budget_s=float(budget_s), epochs=max(1, min(max_epochs, fit)), steps_per_epoch=steps_per_epoch,
                 epoch_s=epoch_s, step_s=step_s, val_s=val_s, overhead_s=overhead_s, folds=folds, elapsed_s=elapsed_s,
-                score_s=score_s, export_s=export_s, fit=fit, max_epochs=max_epochs)
+                score_s=score_s, export_s=export_s, fit=fit, max_epochs=max_epochs, eval_every=eval_every)
 
 
 def replan_epoch(planned: int) -> int:

@@ -194,6 +194,7 @@ class FoldRun:
     state: dict = field(default_factory=new_state)
     net: torch.nn.Module | None = None  # what train_step runs: the DDP wrapper under torchrun, else model
     ema: WeightEma | None = None  # EMA: the average of the weights, evaluated and kept as the best checkpoint
+    pending: tuple | None = None  # EVAL_EVERY: the last epoch trained but not yet evaluated (end_epoch's arguments)
 
     @property
     def cfg(self) -> Config:
@@ -354,7 +355,19 @@ def record_evaluation(run: FoldRun, epoch: int, train_stats: dict, val_stats: di
 
 
 def end_epoch(run: FoldRun, epoch: int, train_stats: dict, start: float) -> bool:
+    """Every EVAL_EVERY epochs and at the fold's last, evaluate_epoch; other epochs are logged and left pending,
+    for out_of_time to evaluate should the clock stop the fold after them. True when early stopping triggers."""
+    if epoch == run.epochs - 1 or (epoch + 1) % run.cfg.eval_every == 0:
+        return evaluate_epoch(run, epoch, train_stats, start)
+    run.state["epoch"], run.pending = epoch, (epoch, train_stats, start)
+    LOG.info("fold %d epoch %d/%d  train %s | lr %.2e", run.fold, epoch + 1, run.epochs,
+             run.task.describe_stats(train_stats), run.optimizer.param_groups[0]["lr"])
+    return False
+
+
+def evaluate_epoch(run: FoldRun, epoch: int, train_stats: dict, start: float) -> bool:
     """Evaluate, checkpoint and log one epoch; returns True when early stopping triggers."""
+    run.pending = None
     val_stats = evaluate(run.scored, run.val_loader, run.loss_fn, run.task, run.device)
     improved = record_evaluation(run, epoch, train_stats, val_stats, time.perf_counter() - start)
     cfg, task = run.cfg, run.task
@@ -517,7 +530,8 @@ def budget_plan(run: FoldRun, budget: Budget) -> Plan:
     int8_images = INT8_CALIBRATION + budget.test_images if int8 else 0
     export_s = export_estimate(len(budget.fold_ids), timings["image_s"], int8_images) if cfg.export else 0.0
     plan = plan_epochs(budget.seconds, budget.elapsed(), timings["step_s"], len(run.train_loader), val_s,
-                       timings["overhead_s"], budget.folds_left, score_s, export_s, cfg.epochs)
+                       timings["overhead_s"], budget.folds_left, score_s, export_s, cfg.epochs,
+                       eval_every=cfg.eval_every)
     plan = Plan.from_dict(broadcast(plan.to_dict()))  # rank 0's measurements decide
     if is_main():
         atomic_write_json(path, {**plan.to_dict(), **key})
@@ -554,6 +568,8 @@ def out_of_time(run: FoldRun, budget: Budget, fold_end: float, measured: list[fl
     stop = broadcast(not budget.next_epoch_fits(fold_end, epoch_s))
     if stop:
         LOG.info("%s", budget.stop_message(run.fold, run.state["epoch"] + 1, run.epochs, fold_end, epoch_s))
+        if run.pending is not None:  # EVAL_EVERY: the weights the fold ends with are evaluated, and may be the best
+            evaluate_epoch(run, *run.pending)
         run.state.update(finished=True, stopped="time budget")
         if is_main():
             save_checkpoint(run.last_path, last_payload(run))
