@@ -62,10 +62,11 @@ def pipeline(args, flags: list[str], seed: int, work: Path) -> dict:
     if scores["mean_dice"] is None:  # no image was scored: say why rather than report nothing as a result
         raise RuntimeError(f"inference.py scored no image; see {work.with_suffix('.score.log')}:\n"
                            f"{work.with_suffix('.score.log').read_text()[-1500:]}")
-    epochs = [r for r in json.loads((work / "logs" / "metrics.json").read_text()) if r.get("kind") == "epoch"]
+    evaluated = [r for r in json.loads((work / "logs" / "metrics.json").read_text()) if r.get("kind") == "epoch"]
     log = (work / "logs" / "training.log").read_text()
-    return {"dice": scores["mean_dice"], "pixel_dice": scores["pixel_dice"], "epochs": len(epochs),
-            "wall_s": round(wall, 1), "val_curve": [round(r["val_dice"], 4) for r in epochs],
+    # the epochs trained: a fold's last epoch is always evaluated, also under EVAL_EVERY
+    return {"dice": scores["mean_dice"], "pixel_dice": scores["pixel_dice"], "epochs": evaluated[-1]["epoch"] + 1,
+            "wall_s": round(wall, 1), "val_curve": [round(r["val_dice"], 4) for r in evaluated],
             "plan": next((line.split(" ", 2)[-1] for line in log.splitlines() if "budget " in line and "→" in line), None),
             "precision": next((line.split(", ")[-1] for line in log.splitlines() if "AMP " in line), None)}
 
