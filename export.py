@@ -68,7 +68,7 @@ from exporting.triton import write_triton_repo
 from exporting.variants import guard_outputs, sibling_path, variant_path, warn_stale_siblings
 from model import GATE_ARCH
 from runtime.foreign import parse_class_names, parse_floats
-from runtime.metadata import DEFAULT_METADATA, STRIDE
+from runtime.metadata import DEFAULT_METADATA, STRIDE, untrained_flips
 from runtime.metadata import read_metadata  # noqa: F401  (export.read_metadata: reads what export_onnx wrote)
 from utils import LOG, UserError, atomic_write_bytes, run_cli, setup_logging
 
@@ -145,6 +145,8 @@ def export_segmenter(models: list[nn.Module], ckpt: dict, folds: list[int], outp
     write, then the fp16/int8 copies (int8_data: quantize.int8_plan, checked by the caller beforehand)."""
     kind = "logits" if logits else "probs"
     metadata = build_metadata(ckpt, folds, threshold, min_area, tta, kind, detector_path(output).name)
+    if warning := untrained_flips(metadata, tta):
+        LOG.warning("%s", warning)
     precisions = [name for name, on in (("fp16", fp16), ("int8", int8_data is not None)) if on]
     guard_outputs(output, metadata, precisions, force)  # before anything is written
     if metadata["crop_mode"] == "person":  # first: a missing detector fails before the long export

@@ -40,7 +40,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from exporting.e2e_ops import INPUT, MIN_OPSET, Builder, resize_image
-from runtime.metadata import METADATA_KEY, decode_metadata, encode_metadata
+from runtime.metadata import METADATA_KEY, decode_metadata, encode_metadata, untrained_flips
 from utils import LOG, UserError, atomic_write_bytes, run_cli, setup_logging
 
 TTA_VIEWS = {"none": [()], "hflip": [(), (3,)], "flips": [(), (3,), (2,), (2, 3)]}  # NCHW axes flipped per view
@@ -206,6 +206,8 @@ def build_e2e(plain: onnx.ModelProto, tta: str = "none", threshold=None, batch: 
         raise UserError(f"--tta {tta!r} is not valid; use one of: {', '.join(TTA_VIEWS)}")
     if tta != "none" and str(meta.get("tta") or "none") != "none":
         LOG.warning("model already applies '%s' TTA inside its graph; adding '%s' on top as asked", meta["tta"], tta)
+    if warning := untrained_flips(meta, tta):
+        LOG.warning("%s", warning)
     rule, views = resolve_rule(meta, threshold), TTA_VIEWS[tta]
     inner = onnx.compose.add_prefix(plain, "model/")
     b = Builder()

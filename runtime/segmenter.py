@@ -27,7 +27,7 @@ from runtime.crop import load_crop_stage
 from runtime.e2e import is_end_to_end, load_e2e_metadata, predict_e2e
 from runtime.foreign import load_segmenter_metadata  # noqa: F401 - also imported from here
 from runtime.gate import Gate, clean_prediction
-from runtime.metadata import decode_metadata
+from runtime.metadata import decode_metadata, untrained_flips
 from runtime.postprocess import PostOptions, otsu_level, postprocess
 from runtime.precision import choose_precision
 from runtime.session import CPU, DEFAULT_SPINNING, create_session, select_providers
@@ -189,6 +189,8 @@ class Segmenter:
             raise UserError(f"--tta {tta!r} is not valid; use one of: {', '.join(TTA_FLIPS)}")
         if tta != "none" and baked != "none":
             LOG.warning("model already applies '%s' TTA inside the graph; applying '%s' on top as asked", baked, tta)
+        if warning := untrained_flips(self.meta, tta):
+            LOG.warning("%s", warning)
         return tta
 
     def _post_options(self, post: dict) -> PostOptions:

@@ -86,7 +86,8 @@ def _flip_mean(model, x, flips, activate):
 
 
 @pytest.mark.parametrize("tta, logits", [("hflip", False), ("flips", True)])
-def test_tta_and_logits_are_baked_into_the_graph(trained_run, tmp_path, tta, logits):
+def test_tta_and_logits_are_baked_into_the_graph(trained_run, tmp_path, tta, logits, caplog):
+    caplog.set_level("INFO", logger="seg")
     out = export.export_onnx(trained_run, folds=[0], output=tmp_path / "m.onnx", tta=tta, logits=logits, check=False)
     x = torch.from_numpy(np.random.default_rng(1).standard_normal((2, 3, 64, 96)).astype(np.float32))
     activate = (lambda t: t) if logits else torch.sigmoid
@@ -96,7 +97,8 @@ def test_tta_and_logits_are_baked_into_the_graph(trained_run, tmp_path, tta, log
     # the views matter: without the flips the result differs (so TTA is really in the graph)
     assert np.abs(got - _flip_mean(_fold_model(trained_run), x, [()], activate)).max() > 1e-5
     meta = _meta(out)
-    assert meta["tta"] == tta and meta["output"] == ("logits" if logits else "probs")
+    assert meta["tta"] == tta and meta["output"] == ("logits" if logits else "probs") and meta["train_flips"] == "h"
+    assert ("--tta flips adds vertical flips that this model never saw" in caplog.text) == (tta == "flips")
     assert _session(out).get_outputs()[0].name == meta["output"]
 
 

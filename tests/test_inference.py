@@ -560,6 +560,15 @@ def test_tta_baked_into_the_model_is_not_repeated_unless_asked(tmp_path, records
         inference.Segmenter(path, device="cpu", tta="rotate")
 
 
+def test_tta_with_a_flip_training_never_made_warns(tmp_path, records):
+    path = build_model(tmp_path / "upright.onnx", {**TEST_META, "train_flips": "h"})
+    assert inference.Segmenter(path, device="cpu", tta="hflip").tta == "hflip"
+    assert not any("never saw" in r.getMessage() for r in records.records)
+    assert inference.Segmenter(path, device="cpu", tta="flips").tta == "flips"  # a warning, not a refusal
+    assert any("--tta flips adds vertical flips that this model never saw" in r.getMessage()
+               for r in records.records if r.levelno == logging.WARNING)
+
+
 # ----------------------------------------------------------------------------- any segmentation ONNX
 
 

@@ -75,3 +75,26 @@ def test_read_metadata_from_a_file_and_a_file_without_it(tmp_path):
     helper.set_model_props(model, {METADATA_KEY: json.dumps({"num_classes": 4})})
     save(model, str(tmp_path / "ours.onnx"))
     assert read_metadata(tmp_path / "ours.onnx")["num_classes"] == 4
+
+
+@pytest.mark.parametrize("augment, flips", [("full", "h"), ("flip", "h"), ("none", "none")])
+def test_train_flips_records_the_augmentations_flips(augment, flips):
+    meta = build_metadata({**CKPT, "config": {**CKPT["config"], "augment": augment}}, [0], None, None)
+    check_metadata(meta)
+    assert meta["train_flips"] == flips
+    assert build_metadata(CKPT, [0], None, None)["train_flips"] == "h"  # a run from before AUGMENT: full
+    assert "train_flips" not in build_metadata({**CKPT, "config": {}}, [0], None, None)  # trained elsewhere
+
+
+@pytest.mark.parametrize("trained, tta, unseen", [
+    ("h", "flips", "vertical"), ("h", "hflip", None), ("h", "none", None), ("h", None, None),
+    ("none", "hflip", "horizontal"), ("none", "flips", "horizontal and vertical"), ("hv", "flips", None),
+    (None, "flips", None),  # unknown: no warning
+])
+def test_tta_that_adds_an_untrained_flip_is_named(trained, tta, unseen):
+    warning = contract.untrained_flips({} if trained is None else {"train_flips": trained}, tta)
+    if unseen is None:
+        assert warning is None
+    else:
+        assert f"--tta {tta} adds {unseen} flips that this model never saw in training" in warning
+        assert f"use --tta {'hflip' if trained == 'h' else 'none'}" in warning
