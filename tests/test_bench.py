@@ -288,6 +288,16 @@ def test_training_loader_alone(run_script):
     assert all(positive(v["blocks"]) and v["images_per_s"] > 0 for v in variants.values())
 
 
+def test_ramcache_memory(run_script):
+    """Each mode's main process and workers, with their shared and private memory from /proc."""
+    result = run_script("ramcache_memory", "--images", "12", "--size", "64", "--epochs", "1")
+    runs = result["runs"]
+    assert set(runs) == {"disk", "ram"} and runs["disk"]["buffer_mib"] == 0 < runs["ram"]["buffer_mib"]
+    for run in runs.values():
+        assert len(run["workers"]) == 2
+        assert all(m["Rss"] > 0 and m["Shared_Dirty"] >= 0 for m in [run["main"], *run["workers"]])
+
+
 @needs_horse
 def test_footprint(run_script):
     result = run_script("footprint", "--no-venv", "--arch", "Unet", "--encoder", "resnet18", "--size", "64", "--rss-size", "64", "--rss-images", "2", "4",
