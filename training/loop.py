@@ -1,7 +1,7 @@
-"""The one fold loop, the same for every task: loaders, the optimizer step, evaluation, early stopping,
-checkpoints and resume, then cross-validation over the folds. Under TIME_BUDGET (training/budget.py) the
-first fold to train is timed by a probe, the epochs and the schedule are planned from it, and each
-fold stops by the clock at an epoch boundary.
+"""The one fold loop, the same for every task: the optimizer step, evaluation, early stopping, checkpoints and
+resume, then cross-validation over the folds (their DataLoaders: training/loaders.py). Under TIME_BUDGET
+(training/budget.py) the first fold to train is timed by a probe, the epochs and the schedule are planned from it,
+and each fold stops by the clock at an epoch boundary.
 
 What differs between the segmenter and the gate (model, loss, metrics, what early stopping watches,
 out-of-fold scoring) comes from the task object (training/tasks.py) that every function here is given.
@@ -21,21 +21,19 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from config import Config, config_hash
-from dataset import (
-    AspectBatchSampler, CacheEntry, PatchDataset, SegDataset, get_transform, pad_collate, png_hw, seed_worker,
-)
+from dataset import AspectBatchSampler, CacheEntry
 from model import load_checkpoint, read_checkpoint, save_checkpoint
 from training.budget import (
     INT8_CALIBRATION, PROBE_STEPS, Budget, Plan, epoch_estimate, export_estimate, format_duration, plan_epochs,
     replan, replan_epoch, replay, score_estimate,
 )
-from training.distributed import barrier, broadcast, is_main, rank, shard, sync_buffers, wrap_ddp
+from training.distributed import barrier, broadcast, is_main, rank, sync_buffers, wrap_ddp
 from training.ema import WeightEma
+from training.loaders import make_loader
 from training.metrics import MetricsLog, OOFStats, Tracker
 from training.precision import amp_dtype, autocast, memory_format
 from training.splits import Split
@@ -69,49 +67,6 @@ class Task(Protocol):
     def patch_hw(self) -> tuple[int, int] | None: ...
     def preview_grid(self, model, dataset, device): ...  # RGB uint8 rows, or None
     def new_out_of_fold(self, sources: dict) -> OutOfFold: ...
-
-
-def batch_shape(task: Task) -> str | None:
-    """BATCH_SHAPE where it applies: 'square' (whole images padded to an INPUT_SIZE square) or 'rect' (batched by
-    shape, AspectBatchSampler); None with TRAIN_PATCH and for the gate. Outside 'square', batches are padded to a
-    multiple of 32 by pad_collate, as the runtime pads."""
-    return task.cfg.batch_shape if task.pads_to_square and not task.cfg.train_patch else None
-
-
-def make_dataset(task: Task, entries: list[CacheEntry], train: bool) -> SegDataset:
-    """Whole images padded to an INPUT_SIZE square (BATCH_SHAPE=square); with TRAIN_PATCH, random HxW crops for
-    training; otherwise (rect, TRAIN_PATCH evaluation) whole images padded to /32. The gate keeps whole images as
-    cached. Augmentation and crops are seeded per rank."""
-    cfg = task.cfg
-    patch = task.patch_hw()
-    transform = get_transform(train, cfg.input_size, seed=cfg.seed + rank(),
-                              patch=patch is not None or batch_shape(task) == "rect", square=task.pads_to_square,
-                              augment=cfg.augment)
-    if patch and train:
-        return PatchDataset(entries, transform, cfg.classes, patch, cfg.patches_per_image, seed=cfg.seed + rank(),
-                            max_pixels=cfg.max_image_pixels)
-    return SegDataset(entries, transform, cfg.classes, max_pixels=cfg.max_image_pixels)
-
-
-def make_loader(task: Task, entries: list[CacheEntry], indices: list[int], train: bool, device) -> DataLoader:
-    """Under DDP: training through a DistributedSampler (set_epoch each epoch), evaluation on this
-    rank's unpadded shard. TRAIN_PATCH evaluation and the gate batch whole images of different sizes
-    (pad_collate)."""
-    cfg = task.cfg
-    dataset = make_dataset(task, [entries[i] for i in (indices if train else shard(indices))], train)
-    common = dict(collate_fn=None if batch_shape(task) == "square" else pad_collate, num_workers=cfg.workers,
-                  pin_memory=cfg.pin_memory and device.type == "cuda", persistent_workers=cfg.workers > 0,
-                  worker_init_fn=seed_worker)
-    if train and batch_shape(task) == "rect":
-        world = dist.get_world_size() if dist.is_initialized() else 1
-        batches = AspectBatchSampler([png_hw(e.image) for e in dataset.entries], cfg.batch_size, seed=cfg.seed,
-                                     drop_last=len(dataset) > cfg.batch_size * world, rank=rank(), world=world)
-        return DataLoader(dataset, batch_sampler=batches, **common)
-    sampler = DistributedSampler(dataset, shuffle=True, seed=cfg.seed) if train and dist.is_initialized() else None
-    return DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=train and sampler is None, sampler=sampler,
-        generator=torch.Generator().manual_seed(cfg.seed) if train else None,
-        drop_last=train and len(sampler or dataset) > cfg.batch_size, **common)
 
 
 def make_scheduler(cfg: Config, optimizer, steps_per_epoch: int, total_steps: int | None = None):
