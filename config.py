@@ -43,7 +43,7 @@ TTA_MODES = ("none", "hflip", "flips")  # flip test-time augmentation (export.py
 INT8_MODES = ("auto", "on", "off")
 AUGMENTS = ("full", "flip", "none")  # AUGMENT: the training augmentation (dataset.augmentations)
 CACHE_MODES = ("auto", "ram", "disk")  # CACHE: where training reads the cached images (training/ramcache.py)
-BATCH_SHAPES = ("square", "rect")  # BATCH_SHAPE: how whole-image training batches are shaped (dataset.AspectBatchSampler)
+BATCH_SHAPES = ("square", "rect")  # BATCH_SHAPE: how whole-image batches are shaped (dataset.AspectBatchSampler)
 
 
 def parse_bool(text: str) -> bool:

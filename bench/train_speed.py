@@ -14,8 +14,9 @@ variant (--variants: square = BATCH_SHAPE=square, rect = BATCH_SHAPE=rect, and r
 (CHANNELS_LAST) or +bf16 (USE_AMP=true: bf16 autocast on the CPU; the others pin USE_AMP=false and
 CHANNELS_LAST=false), plain = bench/plain_unet.py's own step (squashed squares held in memory, fp32), and, only
 when asked for, loader / loader+workers0 = the rect DataLoader alone with 2 / 0 workers (read, augment, collate:
-the rate it can feed a faster device), the same with +ram = CACHE=ram (every other variant reads with CACHE=disk), and square+compile = torch.compile(dynamic=False) of the square variant,
-compiled in its first warm-up step);
+the rate it can feed a faster device), the same with +ram = CACHE=ram (every other variant reads with
+CACHE=disk), and square+compile = torch.compile(dynamic=False) of the square variant, compiled in its first warm-up
+step);
 --warmup steps untimed, then --blocks rounds, each timing --steps steps of every variant in turn with their data
 loading; images/s = batch x steps / block time, median over the blocks. Same images, same seed; no convergence,
 no validation (Dice at equal epochs and at equal budgets is measured by full runs: bench/equal_budget.py).

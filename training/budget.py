@@ -140,8 +140,8 @@ class Plan:
         if self.eval_every > 1:
             evaluation = f"({evaluation}) every {self.eval_every} epochs"
         text = (f"{self.headline()}{shared} ({steps} of {self.step_s:.2f} s + {evaluation}, +{MARGIN:.0%} margin; "
-                f"{format_duration(self.elapsed_s)} already spent; reserved {format_duration(self.reserve_s)} for out-of-fold scoring "
-                f"({format_duration(self.score_s)} per fold) and the export ({format_duration(self.export_s)}))")
+                f"{format_duration(self.elapsed_s)} already spent; reserved {format_duration(self.reserve_s)} for "
+                f"out-of-fold scoring ({format_duration(self.score_s)} per fold) and the export ({format_duration(self.export_s)}))")
         if self.capped:
             text += f"; EPOCHS={self.max_epochs} caps it (the budget has room for {self.fit})"
         return text

@@ -87,7 +87,8 @@ def load(entries: list[CacheEntry], max_pixels: int | None = None,
          progress: Callable[[Iterable], Iterable] = lambda it: it,
          shapes: list[tuple[int, int]] | None = None) -> list[CacheEntry]:
     """The entries, each with `pixels`: read-only (H, W, 3) RGB and (H, W) mask views of one uint8 buffer, decoded
-    by a thread pool (`shapes`: the PNGs' (H, W), read from their headers if not given). A cached image or mask whose size differs from its PNG header's stops with the file's name."""
+    by a thread pool (`shapes`: the PNGs' (H, W), read from their headers if not given). A cached image or mask
+    whose size differs from its PNG header's stops with the file's name."""
     shapes = shapes or [png_hw(e.image) for e in entries]
     starts = np.concatenate([[0], np.cumsum([h * w * 4 for h, w in shapes], dtype=np.int64)])
     buffer = np.empty(int(starts[-1]), np.uint8)
