@@ -10,8 +10,9 @@ Each side is a subprocess started from a quiet machine (it waits for a 1-minute 
   then `inference.py --gt` on the val photos at their original size;
 - `plain`: `bench/plain_unet.py --time-budget` (the same model, squashed to a square, every train photo, the
   last epoch), scored the same way.
-Both report mean per-image Dice at original size (threshold: the pipeline's exported one, the plain script's 0.5),
-epochs reached and the wall time from process start, with the host's matmul rate before and after each run.
+Both report the mean per-image Dice and the pixel-pooled Dice at original size (threshold: inference.py's default,
+the plain script's 0.5), epochs reached and the wall time from process start, with the host's matmul rate before and
+after each run.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def plain(args, seed: int, work: Path) -> dict:
                 "--size", str(args.size), "--epochs", "1000", "--time-budget", args.budget, "--seed", str(seed),
                 "--out", str(out)], work.with_suffix(".train.log"))
     result = json.loads(out.read_text())
-    return {"dice": result["val_dice"], "epochs": result["epochs_reached"], "wall_s": round(wall, 1)}
+    return {"dice": result["val_dice"], "pixel_dice": result["val_pixel_dice"], "epochs": result["epochs_reached"],
+            "wall_s": round(wall, 1)}
 
 
 def masks_of(images: Path) -> Path:
@@ -153,10 +155,13 @@ def main() -> None:
                 runs[side].append(result)
                 print(f"{side} seed {seed}: Dice {result['dice']:.4f}, {result['epochs']} epochs, "
                       f"{result['wall_s']:.0f} s", flush=True)
-    summary = {side: {"mean_dice": sum(r["dice"] for r in rs) / len(rs), "median_epochs": median([r["epochs"] for r in rs]),
+    summary = {side: {"mean_dice": sum(r["dice"] for r in rs) / len(rs),
+                      "mean_pixel_dice": sum(r["pixel_dice"] for r in rs) / len(rs),
+                      "median_epochs": median([r["epochs"] for r in rs]),
                       "median_wall_s": median([r["wall_s"] for r in rs])} for side, rs in runs.items()}
     for side, row in summary.items():
         print(f"| {side} | {row['mean_dice']:.4f} | " + " / ".join(f"{r['dice']:.4f}" for r in runs[side]) +
+              f" | {row['mean_pixel_dice']:.4f}" +
               f" | {' / '.join(str(r['epochs']) for r in runs[side])} | {row['median_wall_s']:.0f} s |")
     write_result("equal_budget", {"command": "python bench/equal_budget.py " + " ".join(sys.argv[1:]),
                                   "budget": args.budget, "seeds": args.seeds, "variants": variants,

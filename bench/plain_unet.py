@@ -162,16 +162,19 @@ def main() -> None:
     train_s = time.perf_counter() - start
 
     model.eval()
-    scores = []
+    scores, pooled = [], np.zeros(2, np.int64)  # pooled: [intersection, predicted + true] over every val pixel
     with torch.inference_mode():
         for image, truth in zip(x_val, val_masks):
             prob = torch.sigmoid(model(torch.from_numpy(image[None])))[0, 0].numpy()
             prob = cv2.resize(prob, (truth.shape[1], truth.shape[0]), interpolation=cv2.INTER_LINEAR)
             scores.append(dice_iou(prob > 0.5, truth))
+            pred = prob > 0.5
+            pooled += (np.logical_and(pred, truth > 0).sum(), pred.sum() + (truth > 0).sum())
     result = {
         "recipe": vars(args) | {"train": str(args.train), "val": str(args.val), "out": str(args.out)},
         "train_images": len(x_train), "val_images": len(x_val), "train_seconds": round(train_s, 1),
         "val_dice": float(np.mean([s[0] for s in scores])), "val_iou": float(np.mean([s[1] for s in scores])),
+        "val_pixel_dice": float(2 * pooled[0] / pooled[1]) if pooled[1] else 1.0,
         "scored_at": "original resolution, per-image mean, threshold 0.5",
         "epochs_planned": epochs, "epochs_reached": len(times), "stopped_early": stopped,
         "time_budget_seconds": args.time_budget, "wall_seconds": round(time.monotonic() - STARTED, 1),

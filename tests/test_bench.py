@@ -309,12 +309,12 @@ def test_footprint(run_script):
     assert all(40 < p < 4000 for p in peaks)  # the child's own peak, not the benchmark process's
 
 
-def plain_unet_splits(tmp_path: Path) -> list[str]:
-    """--train and --val of 6 blob images each (images/<split> pairs with masks/<split>)."""
+def plain_unet_splits(tmp_path: Path, val_images: int = 6) -> list[str]:
+    """--train of 6 blob images and --val of `val_images` (images/<split> pairs with masks/<split>)."""
     from conftest import write_blobs
 
-    for split, seed in (("train", 0), ("val", 1)):
-        data = write_blobs(tmp_path / f"blobs_{split}", 6, size=(40, 56), seed=seed)
+    for split, seed, count in (("train", 0, 6), ("val", 1, val_images)):
+        data = write_blobs(tmp_path / f"blobs_{split}", count, size=(40, 56), seed=seed)
         for kind in ("images", "masks"):
             (tmp_path / kind).mkdir(exist_ok=True)
             (data / kind).rename(tmp_path / kind / split)
@@ -328,6 +328,15 @@ def test_plain_unet_baseline(run_script, tmp_path):
     assert 0.0 <= result["val_iou"] <= result["val_dice"] <= 1.0
     assert result["train_seconds"] > 0 and result["recipe"]["epochs"] == 1
     assert result["epochs_reached"] == result["epochs_planned"] == 1 and result["time_budget_seconds"] == 0
+    assert 0.0 <= result["val_pixel_dice"] <= 1.0
+
+
+def test_plain_unet_pixel_dice_pools_the_val_pixels(run_script, tmp_path):
+    """With one val image, the pixel-pooled Dice is that image's Dice: the pooling adds up the right counts."""
+    result = run_script("plain_unet", *plain_unet_splits(tmp_path, val_images=1), "--size", "32", "--epochs", "2",
+                        "--batch-size", "3")
+    assert result["val_images"] == 1
+    assert result["val_pixel_dice"] == pytest.approx(result["val_dice"], abs=1e-9)
 
 
 def test_plain_unet_stops_by_the_clock(run_script, tmp_path):
@@ -407,6 +416,9 @@ def test_equal_budget(run_script, tmp_path):
         assert 0.0 <= one["dice"] <= 1.0 and one["epochs"] >= 1 and one["wall_s"] > 0
         assert one["before"]["matmul_gflops"] > 0 and one["after"]["matmul_gflops"] > 0
     assert result["summary"]["rect"]["mean_dice"] == result["runs"]["rect"][0]["dice"]
+    for side in ("rect", "plain"):  # both sides report the pixel-pooled Dice too
+        assert result["summary"][side]["mean_pixel_dice"] == result["runs"][side][0]["pixel_dice"]
+        assert 0.0 <= result["runs"][side][0]["pixel_dice"] <= 1.0
     assert result["runs"]["rect"][0]["plan"].startswith("budget 30 s → ")  # the plan's log line, kept
     assert result["runs"]["rect"][0]["precision"].startswith("AMP ")
 
