@@ -167,9 +167,9 @@ def main() -> None:
         for image, truth in zip(x_val, val_masks):
             prob = torch.sigmoid(model(torch.from_numpy(image[None])))[0, 0].numpy()
             prob = cv2.resize(prob, (truth.shape[1], truth.shape[0]), interpolation=cv2.INTER_LINEAR)
-            scores.append(dice_iou(prob > 0.5, truth))
-            pred = prob > 0.5
-            pooled += (np.logical_and(pred, truth > 0).sum(), pred.sum() + (truth > 0).sum())
+            pred, true = prob > 0.5, truth > 0
+            scores.append(dice_iou(pred, true))
+            pooled += (np.logical_and(pred, true).sum(), pred.sum() + true.sum())
     result = {
         "recipe": vars(args) | {"train": str(args.train), "val": str(args.val), "out": str(args.out)},
         "train_images": len(x_train), "val_images": len(x_val), "train_seconds": round(train_s, 1),
