@@ -41,7 +41,7 @@ from training.budget import (  # noqa: E402
     PROBE_STEPS, Budget, epoch_estimate, format_duration, parse_duration, plan_epochs, replan, replan_epoch,
     replay, score_estimate,
 )
-from utils import dice_iou, list_images, normalize, read_image, read_mask  # noqa: E402
+from utils import dice_iou, dice_iou_from_counts, list_images, normalize, read_image, read_mask  # noqa: E402
 
 
 def load(folder: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
@@ -162,20 +162,20 @@ def main() -> None:
     train_s = time.perf_counter() - start
 
     model.eval()
-    scores, pooled = [], np.zeros(2, np.int64)  # pooled: [intersection, predicted + true] over every val pixel
+    scores, pooled = [], np.zeros(3, np.int64)  # pooled: [intersection, predicted, true] over every val pixel
     with torch.inference_mode():
         for image, truth in zip(x_val, val_masks):
             prob = torch.sigmoid(model(torch.from_numpy(image[None])))[0, 0].numpy()
             prob = cv2.resize(prob, (truth.shape[1], truth.shape[0]), interpolation=cv2.INTER_LINEAR)
             pred, true = prob > 0.5, truth > 0
             scores.append(dice_iou(pred, true))
-            pooled += (np.logical_and(pred, true).sum(), pred.sum() + true.sum())
+            pooled += (np.logical_and(pred, true).sum(), pred.sum(), true.sum())
     result = {
         "recipe": vars(args) | {"train": str(args.train), "val": str(args.val), "out": str(args.out)},
         "train_images": len(x_train), "val_images": len(x_val), "train_seconds": round(train_s, 1),
         "val_dice": float(np.mean([s[0] for s in scores])), "val_iou": float(np.mean([s[1] for s in scores])),
-        "val_pixel_dice": float(2 * pooled[0] / pooled[1]) if pooled[1] else 1.0,
-        "scored_at": "original resolution, per-image mean, threshold 0.5",
+        "val_pixel_dice": float(dice_iou_from_counts(pooled)[0]),
+        "scored_at": "original resolution, per-image mean (val_pixel_dice: pooled over all pixels), threshold 0.5",
         "epochs_planned": epochs, "epochs_reached": len(times), "stopped_early": stopped,
         "time_budget_seconds": args.time_budget, "wall_seconds": round(time.monotonic() - STARTED, 1),
         "machine": {"cpu_threads": torch.get_num_threads(), "python": platform.python_version()},
