@@ -15,6 +15,10 @@ $(STAMP): requirements-train.txt requirements-infer.txt requirements-app.txt req
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-train.txt -r requirements-app.txt -r requirements-dist.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-test.txt
+	@# ultralytics pulls in opencv-python, whose cv2 would shadow the pinned headless one: keep one OpenCV, the pinned
+	$(PY) -m pip uninstall --quiet --yes opencv-python
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --force-reinstall \
+		"$$(grep '^opencv-python-headless==' requirements-infer.txt)"
 	touch $(STAMP)
 
 $(NODE_STAMP): examples/package.json examples/package-lock.json

@@ -3,7 +3,7 @@
 Every setting is declared once in `FIELDS` (name, type, default, env var, flags, help, and whether
 it changes what is trained). From that table come the dataclass, the env-var reader, the argparse
 flags and `config_hash`, so a new setting is one line. Values are type-checked: a bad value names
-the variable, the value and what is allowed. No torch here: the runtime side may import this module.
+the variable, the value and what is allowed. No torch here, so `--help` answers at once; the runtime never imports this module (it is training's).
 
     EPOCHS=20 python train.py --encoder resnet18 --lr 1e-3
     python train.py --help            # every setting, its env var and its default
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from runtime.metadata import CROP_MODES, DEFAULT_INPUT_SIZE, TTA_MODES  # noqa: F401  (TTA_MODES: export's)
 from training.budget import parse_duration
 from utils import MAX_IMAGE_PIXELS, UserError, atomic_write_json
 
@@ -37,8 +38,6 @@ TASKS = ("segment", "classify")  # classify: the clean/defect gate in front of t
 # peak that an average over a whole strip dilutes), or either alone.
 GATE_POOLS = ("avgmax", "avg", "max")
 TRACKERS = ("none", "tensorboard", "wandb")
-CROP_MODES = ("off", "person")  # smart crop (runtime/crop.py); also the metadata's crop_mode values
-TTA_MODES = ("none", "hflip", "flips")  # flip test-time augmentation (export.py --tta, inference.py --tta)
 # <name>.int8.onnx beside the export: auto = when held-back images can measure it (export.py --int8, INT8)
 INT8_MODES = ("auto", "on", "off")
 AUGMENTS = ("full", "flip", "none")  # AUGMENT: the training augmentation (dataset.augmentations)
@@ -238,7 +237,7 @@ FIELDS: tuple[Field, ...] = (
     Field("class_names", str, "", "comma list of class names (multi-class: one per class, background first)"),
     Field("classes_file", parse_optional_path, None, "text file with one class name per line (instead of CLASS_NAMES)"),
     Field("class_weights", str, "", "multi-class CE weights: empty, 'auto' (from pixel counts) or a comma list"),
-    Field("input_size", positive(int), 512, "long side the images are resized to (multiple of 32)",
+    Field("input_size", positive(int), DEFAULT_INPUT_SIZE, "long side the images are resized to (multiple of 32)",
           flags=("--patch-size",)),
     # Patch training (README "Steel-like defects"): random HxW crops for training, whole images for validation
     Field("train_patch", parse_patch, "", "train on random HxW crops (e.g. 256x320, multiples of 32) of the "

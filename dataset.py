@@ -1,4 +1,4 @@
-"""Data in: image/mask folders or a Label Studio export -> a disk cache -> a torch Dataset.
+"""Data in: the labelled sources (training/sources/) -> a disk cache -> a torch Dataset.
 
 Sources are read once, resized (long side = INPUT_SIZE, masks nearest-neighbour) and written
 to WORK_DIR/images and WORK_DIR/masks with a manifest. A re-run reuses every entry whose source content and
@@ -15,7 +15,6 @@ to a multiple of 32 only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,47 +28,15 @@ from torch.utils.data import Dataset, Sampler
 
 from config import AUGMENTS
 from runtime.crop import crop_square
-from runtime.rle import class_mask, read_rows
+from runtime.metadata import STRIDE
+from training.sources import Source
 from utils import (
-    IMAGENET_MEAN, IMAGENET_STD, LOG, UserError, atomic_write_json, file_sha1, index_masks, list_images, normalize,
-    read_image, read_mask, resize_long_side, write_png,
+    IMAGENET_MEAN, IMAGENET_STD, LOG, UserError, atomic_write_json, normalize, read_image, resize_long_side, write_png,
 )
 
 CACHE_VERSION = 4  # 3: EXIF orientation applied when decoding; 4: crop box, status and smart-crop settings
 MANIFEST_NAME = "cache_manifest.json"
-STRIDE = 32  # the models' output stride: whole images are padded to a multiple of it, as at runtime
 FOREGROUND_FRACTION = 1 / 3  # TRAIN_PATCH: share of crops centred on a foreground pixel (nnU-Net's 0.33)
-
-
-@dataclass(frozen=True)
-class Source:
-    """One labelled sample before caching. The mask comes from a file or from memory."""
-    key: str
-    image_path: Path
-    mask_path: Path | None = None
-    mask: np.ndarray | None = None
-    rle: tuple[tuple[int, str], ...] | None = None  # RAW_RLE_CSV: (ClassId, EncodedPixels) pairs, decoded on load
-
-    def load_mask(self, num_classes: int, max_pixels: int | None = None,
-                  shape: tuple[int, int] | None = None) -> np.ndarray:
-        """(H, W) uint8 class ids; `shape` (the image's H, W) is needed for an RLE source."""
-        if self.mask is not None:
-            return self.mask
-        if self.rle is not None:
-            mask = class_mask(dict(self.rle), shape, f"RAW_RLE_CSV {self.image_path.name}")
-            return (mask > 0).astype(np.uint8) if num_classes == 1 else mask
-        return read_mask(self.mask_path, num_classes, max_pixels)
-
-    def content_hash(self) -> str:
-        digest = hashlib.sha1(file_sha1(self.image_path).encode())
-        if self.rle is not None:
-            digest.update(json.dumps(self.rle).encode())
-        elif self.mask is not None:
-            digest.update(np.ascontiguousarray(self.mask).tobytes())
-            digest.update(str(self.mask.shape).encode())
-        else:
-            digest.update(file_sha1(self.mask_path).encode())
-        return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -83,124 +50,6 @@ class CacheEntry:
     crop_box: tuple[int, int, int, int] | None = None  # smart crop: the square cut from the source image
     # CACHE=ram (training/ramcache.py): the decoded RGB image and mask, read-only views of one shared buffer
     pixels: tuple[np.ndarray, np.ndarray] | None = field(default=None, compare=False, repr=False)
-
-
-# ----------------------------------------------------------------------------- sources
-
-
-def pair_by_stem(image_dir: str | Path, mask_dir: str | Path) -> list[Source]:
-    """Pair images and masks by file stem (a mask may also be named <stem>_mask). Every image without a mask is
-    reported at once; masks without an image are left out with a warning."""
-    image_dir, mask_dir = Path(image_dir), Path(mask_dir)
-    if not mask_dir.is_dir():
-        raise UserError(f"RAW_MASK_DIR not found: {mask_dir} (check the path)")
-    images = list_images(image_dir)
-    if not images:
-        raise UserError(f"no images (jpg/png/tif/bmp) in RAW_IMG_DIR={image_dir}")
-    masks = index_masks(mask_dir)
-    seen: dict[str, Path] = {}
-    for image in images:
-        if image.stem in seen:
-            raise UserError(f"two images share the stem {image.stem!r}: {seen[image.stem]} and {image}; rename one")
-        seen[image.stem] = image
-    missing = [image.name for image in images if image.stem not in masks]
-    orphans = sorted(masks[stem].name for stem in set(masks) - set(seen))
-    if missing:
-        extra = f"; {len(orphans)} masks match no image (e.g. {', '.join(orphans[:3])})" if orphans else ""
-        raise UserError(f"{len(missing)} of {len(images)} images have no mask in {mask_dir} (e.g. "
-                        f"{', '.join(missing[:3])}){extra}; a mask is named <stem>.png (or .jpg/.tif/.bmp) or "
-                        "<stem>_mask.png: add the masks, rename them or remove those images")
-    if orphans:
-        LOG.warning("%d masks in %s match no image and are not used (e.g. %s)", len(orphans), mask_dir,
-                    ", ".join(orphans[:3]))
-    warn_jpeg_masks([masks[image.stem] for image in images])
-    return [Source(image.stem, image, mask_path=masks[image.stem]) for image in images]
-
-
-def warn_jpeg_masks(mask_paths: list[Path]) -> None:
-    """JPEG blurs mask values near every edge: say so once per run."""
-    jpegs = [p.name for p in mask_paths if p.suffix.lower() in (".jpg", ".jpeg")]
-    if jpegs:
-        LOG.warning("%d of %d masks are JPEG (e.g. %s): lossy compression changes values near edges; binary masks "
-                    "are read by their own scale (0/1 or 0/255, see docs/training.md) but class ids of multi-class "
-                    "masks may come out wrong. Save masks as PNG", len(jpegs), len(mask_paths), ", ".join(jpegs[:3]))
-
-
-def labelstudio_class_map(class_names: list[str], num_classes: int) -> dict[str, int] | None:
-    """Label -> class id for a Label Studio export: name i is id i. None for a binary run (every label -> 1)."""
-    return None if num_classes == 1 else {name: i for i, name in enumerate(class_names)}
-
-
-def check_export_labels(json_path: str | Path, class_map: dict[str, int]) -> None:
-    """Every label of the export must be a configured class name; one line lists them all."""
-    from labelstudio import export_labels
-
-    found = export_labels(json_path)
-    unknown = sorted(set(found) - set(class_map))
-    if unknown:
-        raise UserError(f"Label Studio export {json_path} uses the labels {sorted(found)} but CLASS_NAMES/CLASSES_FILE "
-                        f"configure {list(class_map)}: {unknown} not among them; name every label there "
-                        "(class i = name i, background first) or fix the annotations")
-
-
-def labelstudio_sources(json_path: str | Path, image_dir: str | Path, class_map: dict | None = None,
-                        max_pixels: int | None = None) -> list[Source]:
-    from labelstudio import load_labelstudio  # only needed for Label Studio input
-
-    if class_map is not None:
-        check_export_labels(json_path, class_map)
-    items = load_labelstudio(json_path, image_dir, class_map, max_pixels)
-    if not items:
-        raise UserError(f"no annotated tasks in {json_path}")
-    return [Source(Path(it.image_path).stem, Path(it.image_path), mask=it.mask) for it in items]
-
-
-def check_rle_classes(rows: dict[str, dict[int, str]], csv_path, num_classes: int) -> None:
-    ids = sorted({c for classes in rows.values() for c in classes})
-    if num_classes > 1 and ids and ids[-1] >= num_classes:
-        raise UserError(f"RAW_RLE_CSV {csv_path} has ClassId {ids[-1]} but CLASSES={num_classes} allows ids "
-                        f"1..{num_classes - 1}; set --classes {ids[-1] + 1} (background is class 0)")
-    if num_classes == 1 and ids:
-        LOG.info("RAW_RLE_CSV %s: ClassIds %s all train as the one foreground class (CLASSES=1); "
-                 "--classes %d keeps them apart", csv_path, ids, ids[-1] + 1)
-
-
-def rle_sources(csv_path: str | Path, image_dir: str | Path, num_classes: int) -> list[Source]:
-    """Every image of `image_dir` with its rows of a Severstal-style CSV (runtime/rle.py); an image without rows
-    is clean. A row naming an image that is not there is an error."""
-    rows = read_rows(csv_path)
-    check_rle_classes(rows, csv_path, num_classes)
-    images = {p.name: p for p in list_images(image_dir)}
-    unknown = sorted(set(rows) - set(images))
-    if unknown:
-        raise UserError(f"RAW_RLE_CSV {csv_path} names {len(unknown)} images not in RAW_IMG_DIR={image_dir} "
-                        f"(e.g. {', '.join(unknown[:3])}); ImageId must be the image's file name")
-    if not images:
-        raise UserError(f"no images (jpg/png/tif/bmp) in RAW_IMG_DIR={image_dir}")
-    return [Source(path.stem, path, rle=tuple(sorted(rows.get(name, {}).items()))) for name, path in images.items()]
-
-
-def collect_sources(raw_img_dir: str | None, raw_mask_dir: str | None, raw_json_path: str | None,
-                    max_pixels: int | None = None, class_map: dict[str, int] | None = None,
-                    raw_rle_csv: str | None = None, num_classes: int = 1) -> list[Source]:
-    """The labelled sources; `max_pixels` (MAX_IMAGE_PIXELS) bounds the Label Studio images read for their size.
-    `class_map` (labelstudio_class_map) maps Label Studio labels to class ids; None: every label is class 1."""
-    if not raw_img_dir:
-        raise UserError("RAW_IMG_DIR is not set: point it (or --raw-img-dir) at the training images")
-    if not Path(raw_img_dir).is_dir():
-        raise UserError(f"RAW_IMG_DIR not found: {raw_img_dir} (check the path)")
-    given = [n for n, v in (("RAW_MASK_DIR", raw_mask_dir), ("RAW_JSON_PATH", raw_json_path),
-                            ("RAW_RLE_CSV", raw_rle_csv)) if v]
-    if len(given) > 1:
-        raise UserError(f"{' and '.join(given)} are set together: give one source of masks")
-    if raw_rle_csv:
-        return rle_sources(raw_rle_csv, raw_img_dir, num_classes)
-    if raw_json_path:
-        return labelstudio_sources(raw_json_path, raw_img_dir, class_map, max_pixels=max_pixels)
-    if not raw_mask_dir:
-        raise UserError("set RAW_MASK_DIR (mask folder), RAW_JSON_PATH (Label Studio export) or RAW_RLE_CSV "
-                        "(Severstal-style RLE CSV)")
-    return pair_by_stem(raw_img_dir, raw_mask_dir)
 
 
 def check_mask_labels(entries: list, class_names: list[str], num_classes: int, segment: bool = True) -> list[str]:
@@ -299,7 +148,7 @@ def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int
                 write: bool = True, max_pixels: int | None = None) -> list[CacheEntry]:
     """Bring WORK_DIR/images, WORK_DIR/masks and the manifest up to date with `sources`.
 
-    With a `cropper` (smartcrop.SmartCropper, or anything with .settings, .detector_hash and
+    With a `cropper` (training.smartcrop.SmartCropper, or anything with .settings, .detector_hash and
     .crop(image)), each source is cut to the square around its person first. A record is reused
     when the source content, the settings and (cropping) the detector file are unchanged; errors
     are recorded per file and left out of the returned entries.

@@ -7,13 +7,13 @@ Run book:
     make demo-steel                # the multi-class steel job: .venv/bin/python demo.py --steel
     .venv/bin/python demo.py --steel --size 1600 --train-patch 256x320   # native 1600x256 strips (slow on a CPU)
 
-The data are synthetic "device patches on skin" (demo_data.py), deterministic for a seed. Training
+The data are synthetic "device patches on skin" (demos/skin.py), deterministic for a seed. Training
 runs every fold briefly with a light encoder on the CPU, the folds are exported as one ONNX graph,
 and `inference.py` (torch-free) segments a held-out generated folder. The last line printed is
 `held-out dice: 0.xxx`: the mean per-image Dice against the held-out masks.
 
 --steel: grey steel strips (800x128 by default, half the line's 1600x256) with 4 defect classes, most
-of them clean (steel_data.py),
+of them clean (demos/steel.py),
 patch-trained (TRAIN_PATCH crops, whole-strip validation, CLASS_WEIGHTS=auto) on one fold, exported,
 and scored on a held-out generated set by inference.py --gt: per-class Dice lines, then
 `held-out dice: 0.xxx` (the mean over (image, class) pairs, a class absent from both counting 1).
@@ -71,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def generate(work: Path, args) -> tuple[Path, Path]:
-    from demo_data import generate_dataset
+    from demos.skin import generate_dataset
 
     train_dir, heldout_dir = work / "data" / "train", work / "data" / "heldout"
     for folder, count, seed in ((train_dir, args.count, 0), (heldout_dir, args.heldout, 1)):
@@ -107,7 +107,7 @@ def strip_height(width: int) -> int:
 
 
 def generate_steel_sets(work: Path, args) -> tuple[Path, Path]:
-    from steel_data import generate_steel
+    from demos.steel import generate_steel
 
     train_dir, heldout_dir = work / "data" / "train", work / "data" / "heldout"
     for folder, count, seed in ((train_dir, args.count, 0), (heldout_dir, args.heldout, 1)):

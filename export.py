@@ -53,7 +53,7 @@ from typing import Mapping
 import onnx
 import torch.nn as nn
 
-from config import ARCHITECTURES, INT8_MODES, TTA_MODES
+from config import ARCHITECTURES, INT8_MODES
 from exporting.checkpoints import (
     checkpoint_name, find_checkpoints, load_fold_models, load_plain_checkpoint, read_recommended_threshold,
     read_summary,
@@ -68,7 +68,7 @@ from exporting.triton import write_triton_repo
 from exporting.variants import guard_outputs, sibling_path, variant_path, warn_stale_siblings
 from model import GATE_ARCH
 from runtime.foreign import parse_class_names, parse_floats
-from runtime.metadata import DEFAULT_METADATA, STRIDE, untrained_flips
+from runtime.metadata import DEFAULT_METADATA, STRIDE, TTA_MODES, untrained_flips
 from runtime.metadata import read_metadata  # noqa: F401  (export.read_metadata: reads what export_onnx wrote)
 from utils import LOG, UserError, atomic_write_bytes, run_cli, setup_logging
 
@@ -150,7 +150,7 @@ def export_segmenter(models: list[nn.Module], ckpt: dict, folds: list[int], outp
     precisions = [name for name, on in (("fp16", fp16), ("int8", int8_data is not None)) if on]
     guard_outputs(output, metadata, precisions, force)  # before anything is written
     if metadata["crop_mode"] == "person":  # first: a missing detector fails before the long export
-        from smartcrop import export_detector
+        from training.smartcrop import export_detector
 
         export_detector(ckpt["config"]["crop_model"], detector_path(output))
     ensemble = ExportEnsemble(models, metadata["num_classes"], tta, kind).eval()

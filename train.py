@@ -101,7 +101,7 @@ def make_cropper(cfg: Config, device: torch.device):
     if cfg.crop != "person":
         return None
     from runtime.crop import CropSettings
-    from smartcrop import SmartCropper
+    from training.smartcrop import SmartCropper
 
     return SmartCropper(cfg.crop_model, CropSettings.from_config(cfg), device=str(device))
 
@@ -113,7 +113,9 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     import torch.distributed as dist
     from tqdm import tqdm
 
-    from dataset import build_cache, check_mask_labels, collect_sources, labelstudio_class_map
+    from dataset import build_cache, check_mask_labels
+    from training.sources import collect_sources
+    from training.sources.labelstudio import labelstudio_class_map
     from training import ramcache
     from training.distributed import barrier, ddp_device, is_main, world_size
     from training.precision import describe_amp

@@ -1,8 +1,9 @@
 """Torch-free helpers shared by the training and the runtime side.
 
 Everything that both sides must agree on lives here, so training and serving cannot drift
-apart: image I/O, the resize/pad/normalise rule, the metadata contract of the exported ONNX
-file, metrics and atomic writes. Only numpy, OpenCV and the standard library are imported.
+apart: image I/O, the resize/pad/normalise rule, metrics and atomic writes (the metadata contract
+of the exported ONNX file is runtime/metadata.py). Only numpy, OpenCV and the standard library are
+imported, and no module of the training side: the runtime copies this file as it is.
 """
 
 from __future__ import annotations

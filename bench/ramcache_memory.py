@@ -41,7 +41,8 @@ def child(mode: str, args) -> dict:
     """One mode, in this (fresh) process."""
     import torch
 
-    from dataset import SegDataset, build_cache, get_transform, pad_collate, pair_by_stem
+    from dataset import SegDataset, build_cache, get_transform, pad_collate
+    from training.sources.folders import pair_by_stem
     from training import ramcache
 
     data = Path(args.tmp) / "data"

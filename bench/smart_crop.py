@@ -28,7 +28,7 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runtime.crop import PersonDetector, select_person  # noqa: E402
-from smartcrop import export_detector, random_detector  # noqa: E402  (sets ultralytics' offline switches first)
+from training.smartcrop import export_detector, random_detector  # noqa: E402  (sets ultralytics' offline switches first)
 from utils import atomic_write_json, list_images, read_image  # noqa: E402
 
 

@@ -8,7 +8,7 @@
 set -euo pipefail
 out=${1:-runs/steel_bench}
 py=${PYTHON:-python}
-"$py" steel_data.py --out "$out/data" --count 800 --clean-fraction 0.5 --seed 5 --width 800 --height 128 --ext jpg
+"$py" -m demos.steel --out "$out/data" --count 800 --clean-fraction 0.5 --seed 5 --width 800 --height 128 --ext jpg
 common=(--raw-img-dir "$out/data/images" --raw-mask-dir "$out/data/masks" --classes 5
         --classes-file "$out/data/classes.txt" --encoder resnet18 --encoder-weights none --input-size 800
         --folds 4 --fold-ids 0 --scheduler onecycle --patience 20)

@@ -185,7 +185,7 @@ def main() -> None:
     if unknown:
         parser.error(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
 
-    from dataset import pair_by_stem
+    from training.sources.folders import pair_by_stem
 
     start_info = machine_info()
     with tempfile.TemporaryDirectory() as tmp_name:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from config import TTA_MODES
+from runtime.metadata import TTA_MODES
 from utils import UserError
 
 TTA_FLIPS = {"none": [()], "hflip": [(), (3,)], "flips": [(), (3,), (2,), (2, 3)]}  # NCHW dims per TTA_MODES mode

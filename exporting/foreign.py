@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.foreign import check_io, foreign_metadata, preprocessor_settings
-from runtime.metadata import decode_metadata
+from runtime.metadata import DEFAULT_INPUT_SIZE, decode_metadata
 from utils import LOG, UserError, atomic_write_bytes
 
 def _dims(value_info) -> list:
@@ -102,7 +102,7 @@ def export_huggingface(source: str, output: str | Path, input_size: int | None =
     labels = getattr(model.config, "id2label", None) or {}
     names = [str(labels[k]) for k in sorted(labels, key=int)] if labels else None
     settings = {**preprocessor_settings(source), **({"input_size": input_size} if input_size else {})}
-    side = int(settings.get("input_size") or 512)
+    side = int(settings.get("input_size") or DEFAULT_INPUT_SIZE)
     proto = onnx.load_from_string(to_onnx_bytes(Logits(model).eval(), side, opset, "logits"))
     dims_in, dims_out = check_layout(proto)
     meta = foreign_metadata(dims_in, [None, len(names) if names else dims_out[1], None, None], names,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from runtime.metadata import DEFAULT_INPUT_SIZE
 from runtime.precision import MAX_DICE_LOSS, PRECISIONS
 from runtime.segmenter import TTA_FLIPS
 from runtime.session import DEFAULT_SPINNING, PROVIDER_CHOICES
@@ -124,7 +125,7 @@ def add_foreign_args(add) -> None:
     add("--std", default=None, help="RGB std, e.g. 0.229,0.224,0.225 (same sources as --mean)")
     add("--input-size", type=int, default=None,
         help="long side images are resized to, 0 = as is (default: the metadata, a fixed input size, "
-             "preprocessor_config.json, else 512)")
+             f"preprocessor_config.json, else {DEFAULT_INPUT_SIZE})")
     add("--background", action=argparse.BooleanOptionalAction, default=None,
         help="--no-background: class 0 is a class like any other (ADE20k's wall): argmax over all classes, nothing "
              "is 'empty', class 0 is drawn, counted and scored (default: the metadata; a foreign model whose "

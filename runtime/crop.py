@@ -2,7 +2,7 @@
 
 Both sides run the same steps, so a model is served on exactly the crops it was trained on:
 
-1. Find people with a YOLO11-seg model: ultralytics at training time (smartcrop.py), this module's
+1. Find people with a YOLO11-seg model: ultralytics at training time (training/smartcrop.py), this module's
    numpy decoder of the exported ONNX file at inference time. Both give one binary mask per person
    at the image's own size.
 2. `select_person`: the person with the LARGEST MASK AREA (pixels); ties go to the higher
@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from config import CROP_MODES  # noqa: F401  (re-exported: the crop modes are a setting)
+from runtime.metadata import DEFAULT_INPUT_SIZE
 from utils import LOG, UserError
 
 PERSON_CLASS = 0  # COCO class id of "person" in the YOLO models
@@ -49,7 +49,7 @@ class CropSettings:
     roi_factor: float = 2.5
     min_size: int = 256
     pad_value: int = 114
-    input_size: int = 512
+    input_size: int = DEFAULT_INPUT_SIZE
 
     @property
     def enabled(self) -> bool:

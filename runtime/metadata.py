@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from config import CROP_MODES, TTA_MODES
 from utils import IMAGENET_MEAN, IMAGENET_STD, LOG, UserError, is_int, is_number
 
 METADATA_KEY = "segmentation"  # the ONNX metadata_props key holding the JSON document
 METADATA_VERSION = 1
 STRIDE = 32  # every smp encoder downsamples 32x: inputs are padded to a multiple of it
+DEFAULT_INPUT_SIZE = 512  # the long side images are resized to (INPUT_SIZE's default; a model without the key)
+CROP_MODES = ("off", "person")  # smart crop (runtime/crop.py): the metadata's crop_mode values and CROP's choices
+TTA_MODES = ("none", "hflip", "flips")  # flip test-time augmentation (export.py --tta, inference.py --tta)
 SEGMENT, GATE = "segment", "gate"
 BOTH = (SEGMENT, GATE)
 
@@ -92,7 +94,7 @@ KEYS: tuple[Key, ...] = (
     Key("class_names", ["foreground"], "one name per output channel (CLASS_NAMES / CLASSES_FILE)",
         "export.py", "runtime: legend, CSV columns, metrics.json",
         check=lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v), must="a list of strings"),
-    Key("input_size", 512, "long side an image is resized to (0: no resize)", "export.py (INPUT_SIZE)",
+    Key("input_size", DEFAULT_INPUT_SIZE, "long side an image is resized to (0: no resize)", "export.py (INPUT_SIZE)",
         "runtime preprocess; training's out-of-fold scoring",
         check=lambda v: is_int(v) and 0 <= v <= 16384, must="an integer from 0 (no resize) to 16384"),
     Key("resize", "long_side", "'long_side' (keep aspect, long side = input_size) or 'none'", "export.py",

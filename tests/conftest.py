@@ -12,6 +12,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED_DATA = ROOT.parent / "shared" / "data"
+# What the runtime (inference.py, utils.py, app.py, runtime/) may never import: the heavy training packages and every
+# module of the training side (tests/test_inference.py, tests/test_runtime_standalone.py).
+TRAINING_SIDE = ("torch", "torchvision", "onnx", "ultralytics", "segmentation_models_pytorch", "albumentations",
+                 "timm", "sklearn", "tqdm", "config", "dataset", "model", "train", "export", "training", "exporting",
+                 "demos", "demo")
 
 # int8 off: quantizing and measuring costs seconds per export; tests about int8 turn it on (tests/test_precision.py)
 TINY = {"arch": "Unet", "encoder": "resnet18", "encoder_weights": "none", "input_size": "64",
@@ -98,7 +103,7 @@ def tiny_disk(tmp_path):
 @pytest.fixture(scope="session")
 def yolo_files(tmp_path_factory) -> tuple[Path, Path]:
     """(det.pt, det.onnx): YOLO11n-seg built from its yaml (random weights, no download) and its ONNX export."""
-    from smartcrop import export_detector, random_detector
+    from training.smartcrop import export_detector, random_detector
 
     folder = tmp_path_factory.mktemp("yolo")
     random_detector(folder / "det.pt")

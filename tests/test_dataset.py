@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from dataset import (
-    AspectBatchSampler, PatchDataset, SegDataset, build_cache, collect_sources, crop_origin, cut_patch, get_transform,
-    pad_collate, pair_by_stem, png_hw,
+    AspectBatchSampler, PatchDataset, SegDataset, build_cache, crop_origin, cut_patch, get_transform, pad_collate, png_hw,
 )
+from training.sources import collect_sources
+from training.sources.folders import pair_by_stem
 from utils import UserError, read_mask
 
 
@@ -152,7 +153,7 @@ def test_label_studio_export_feeds_the_cache(tmp_path):
 @pytest.fixture
 def strips(tmp_path):
     """Generated steel strips at 256x64 with class ids 0..4, cached at their native size."""
-    from steel_data import generate_steel
+    from demos.steel import generate_steel
 
     generate_steel(tmp_path / "data", count=8, clean_fraction=0.25, seed=0, width=256, height=64)
     sources = pair_by_stem(tmp_path / "data" / "images", tmp_path / "data" / "masks")

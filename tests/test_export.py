@@ -8,10 +8,9 @@ import pytest
 import torch
 
 import export
-from config import TTA_MODES
 from exporting import checkpoints, checks, ensembles, quantize, tracing, triton
 from model import build_model_from_checkpoint
-from runtime.metadata import METADATA_KEY, read_metadata
+from runtime.metadata import METADATA_KEY, TTA_MODES, read_metadata
 from utils import UserError, file_sha1
 
 
@@ -103,7 +102,7 @@ def test_tta_and_logits_are_baked_into_the_graph(trained_run, tmp_path, tta, log
 
 
 def test_flip_table_covers_exactly_the_tta_modes():
-    assert tuple(ensembles.TTA_FLIPS) == TTA_MODES  # config.TTA_MODES names the modes; the table only adds dims
+    assert tuple(ensembles.TTA_FLIPS) == TTA_MODES  # runtime.metadata.TTA_MODES names the modes; the table only adds dims
     assert export.parse_args(["--work-dir", "w", "--tta", "flips"]).tta == "flips"
     with pytest.raises(UserError, match="tta='vflip': choose one of none, hflip, flips"):
         ensembles.ExportEnsemble([], 1, tta="vflip")

@@ -15,7 +15,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import classify
+from training import classify
 import inference
 import train
 from config import config_hash, load_config

@@ -21,6 +21,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import inference  # noqa: E402
+from conftest import TRAINING_SIDE  # noqa: E402
 from runtime.postprocess import PALETTE, postprocess  # noqa: E402
 from runtime.report import CSV_COLUMNS  # noqa: E402
 from runtime.segmenter import TTA_FLIPS, Result  # noqa: E402
@@ -129,17 +130,17 @@ def image_folder(tmp_path) -> tuple[Path, Path]:
 # ----------------------------------------------------------------------------- import rule
 
 
-RUNTIME_MODULES = ["inference", "utils"] + sorted(
+RUNTIME_MODULES = ["inference", "utils", "app"] + sorted(
     f"runtime.{path.stem}" for path in (ROOT / "runtime").glob("*.py") if path.stem != "__init__")
 
 
 @pytest.mark.parametrize("module", RUNTIME_MODULES)
 def test_runtime_imports_with_heavy_packages_blocked(module):
-    """The runtime (inference.py, utils.py and every runtime/*.py, new ones included) never imports torch & co."""
+    """The runtime (inference.py, utils.py and every runtime/*.py, new ones included) never imports torch & co., nor
+    any module of the training side (config, dataset, training/, exporting/, ...)."""
     blocker = (
         "import importlib, sys\n"
-        "BLOCKED = {'torch', 'torchvision', 'onnx', 'ultralytics', 'segmentation_models_pytorch',"
-        " 'albumentations', 'tqdm'}\n"
+        f"BLOCKED = {set(TRAINING_SIDE)!r}\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name.split('.')[0] in BLOCKED:\n"

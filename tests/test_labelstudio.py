@@ -1,4 +1,4 @@
-"""Tests for labelstudio.py: real exports from ../shared/data plus tiny synthetic ones."""
+"""Tests for training/sources/labelstudio.py: real exports from ../shared/data plus tiny synthetic ones."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from labelstudio import (
+from training.sources.labelstudio import (
     decode_brush_rle,
     load_labelstudio,
     original_name,

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import pytest
 
-from labelstudio import load_labelstudio
+from training.sources.labelstudio import load_labelstudio
 from runtime.labelstudio import LabelStudioWriter, label_config
 
 pytestmark = pytest.mark.slow

@@ -33,7 +33,7 @@ def test_runtime_reproduces_the_trainers_original_resolution_dice(trained_run, t
     import export
     import inference
     from config import Config
-    from dataset import pair_by_stem
+    from training.sources.folders import pair_by_stem
     from training.metrics import OOFStats
     from training.scoring import score_original_resolution
     from training.tasks import SegmentTask
@@ -67,7 +67,7 @@ def test_multiclass_patch_run_train_oof_equals_runtime_gt_per_class(tmp_path):
     import train
     from config import load_config
     from conftest import tiny_argv
-    from steel_data import generate_steel
+    from demos.steel import generate_steel
 
     data = tmp_path / "data"
     generate_steel(data, count=10, clean_fraction=0.3, seed=1, width=256, height=64)

@@ -14,7 +14,8 @@ import torch
 import train
 from config import config_hash, load_config
 from conftest import tiny_argv, write_blobs
-from dataset import PatchDataset, SegDataset, build_cache, get_transform, pair_by_stem
+from dataset import PatchDataset, SegDataset, build_cache, get_transform
+from training.sources.folders import pair_by_stem
 from training import ramcache
 from training.loaders import make_loader
 from training.tasks import make_task

@@ -19,7 +19,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import inference
-from dataset import Source, build_cache
+from dataset import build_cache
+from training.sources import Source
 from hostile import (
     GOOD, bomb_png, encode, exif_jpeg, hostile_files, rect, write_hostile_folder, write_hostile_zip, write_mixed_folder,
 )
@@ -328,7 +329,8 @@ def test_training_pixel_limit_is_a_setting(tmp_path, monkeypatch, how):
 KILL_SCRIPT = """
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
-from dataset import build_cache, pair_by_stem
+from dataset import build_cache
+from training.sources.folders import pair_by_stem
 calls, real_replace = 0, os.replace
 def replace(src, dst):  # every atomic write ends in os.replace: die, SIGKILL, right before call number KILL_AT
     global calls
@@ -345,7 +347,8 @@ def test_kill_9_during_the_cache_stage_resumes_without_reading_a_half_written_en
     """SIGKILL between an entry's image and mask writes, after the manifest checkpoint at 200 entries:
     the rerun reuses exactly the checkpointed entries, rewrites the rest, and ends byte-identical to a clean build."""
     from conftest import write_blobs
-    from dataset import build_cache, pair_by_stem
+    from dataset import build_cache
+    from training.sources.folders import pair_by_stem
 
     data = write_blobs(tmp_path / "data", 300, size=(40, 48))
     work, clean = tmp_path / "work", tmp_path / "clean"

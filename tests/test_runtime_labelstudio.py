@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from labelstudio import load_labelstudio
+from training.sources.labelstudio import load_labelstudio
 from runtime.labelstudio import (
     LabelConfig, check_labels, decode_brush_rle, decode_rle_values, encode_brush, encode_rle_values, label_config,
     parse_label_config, prediction_task,

@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:
 
 import inference  # noqa: E402
 from conftest import build_gate_onnx  # noqa: E402
-from labelstudio import load_labelstudio  # noqa: E402
+from training.sources.labelstudio import load_labelstudio  # noqa: E402
 from runtime import rle  # noqa: E402
 from runtime.writers import WriterOptions, model_version  # noqa: E402
 from test_inference import save_graph  # noqa: E402

@@ -1,4 +1,4 @@
-"""smartcrop.py and the crop-aware cache: missing weights, cache invalidation, the real ultralytics path,
+"""training/smartcrop.py and the crop-aware cache: missing weights, cache invalidation, the real ultralytics path,
 bad inputs, and train -> export -> inference end to end."""
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from conftest import ROOT, tiny_argv, write_blobs
 from hostile import encode, exif_jpeg, rect
 
 from config import load_config
-from dataset import MANIFEST_NAME, Source, build_cache, pair_by_stem
+from dataset import MANIFEST_NAME, build_cache
+from training.sources import Source
+from training.sources.folders import pair_by_stem
 from runtime.crop import CropSettings, crop_from_masks, crop_square
 from utils import UserError, read_mask
 
@@ -67,7 +69,7 @@ def test_missing_weights_cli_is_one_line_and_exit_2(tmp_path):
 def test_smartcropper_never_hands_a_missing_name_to_ultralytics(tmp_path, monkeypatch):
     import ultralytics
 
-    import smartcrop
+    from training import smartcrop
 
     monkeypatch.setattr(ultralytics, "YOLO", lambda *a, **k: pytest.fail("YOLO() called: it would download"))
     with pytest.raises(UserError, match="yolo11n-seg.pt"):
@@ -76,7 +78,7 @@ def test_smartcropper_never_hands_a_missing_name_to_ultralytics(tmp_path, monkey
 
 def test_importing_smartcrop_leaves_the_environment_alone():
     """The offline switches are set when ultralytics is imported for a detector, not at import of smartcrop."""
-    code = "import os, smartcrop; print(sorted(k for k in os.environ if k.startswith('YOLO_')))"
+    code = "import os, training.smartcrop; print(sorted(k for k in os.environ if k.startswith('YOLO_')))"
     env = {"PATH": "", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -154,7 +156,7 @@ def test_bad_files_stay_errors_but_detector_failures_are_retried(tmp_path, caplo
 
 
 def test_bad_inputs_give_a_crop_or_an_error_row_and_the_run_goes_on(tmp_path, yolo_files):
-    from smartcrop import SmartCropper
+    from training.smartcrop import SmartCropper
 
     files = {"grey.png": encode(rect(40, 60)[..., 0]), "rgba.png": encode(np.dstack([rect(40, 60), np.full((40, 60), 255, np.uint8)])),
              "exif6.jpg": exif_jpeg(rect(40, 60), 6), "tiny.png": encode(np.full((1, 1, 3), 200, np.uint8)),

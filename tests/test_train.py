@@ -10,7 +10,8 @@ import torch
 
 import train
 from config import load_config
-from dataset import CacheEntry, build_cache, collect_sources
+from dataset import CacheEntry, build_cache
+from training.sources import collect_sources
 from training.loaders import make_loader
 from training.loop import evaluate_checkpoint
 from training.metrics import THRESHOLD_GRID, Tracker, per_image_scores
@@ -399,7 +400,7 @@ def test_torchrun_two_cpu_processes_write_one_run_with_all_reduced_metrics(tmp_p
 def test_torchrun_trains_the_gate_with_all_reduced_scores_and_one_oof_report(tmp_path):
     """TASK=classify under DDP: rank 0 alone logs and writes; the val AUC and accuracy gather every rank's
     (probability, label) pairs, so they equal one process scoring the whole val fold."""
-    import classify
+    from training import classify
 
     data, work = write_blobs(tmp_path / "data", 12), tmp_path / "work"
     done = _torchrun(data, work, task="classify", gate_input_size=64, export="false")
@@ -444,7 +445,7 @@ def test_torchrun_resume_keeps_the_finished_fold(tmp_path):
 
 def write_strips(folder: Path, count: int = 12) -> Path:
     """Generated steel strips at 256x64 (class ids 0..4) plus classes.txt."""
-    from steel_data import generate_steel
+    from demos.steel import generate_steel
 
     generate_steel(folder, count=count, clean_fraction=0.25, seed=0, width=256, height=64)
     return folder

@@ -249,7 +249,7 @@ def test_auto_class_weights_call_an_absent_class_absent(caplog):
 
 
 def test_missing_masks_are_reported_at_once_with_the_mask_naming_rule(tmp_path):
-    from dataset import pair_by_stem
+    from training.sources.folders import pair_by_stem
 
     data, _ = write_jpeg_01_masks(tmp_path / "data")
     for i in (1, 3, 4, 5):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import classify
+from training import classify
 from config import Config
 from dataset import CacheEntry
 from model import load_checkpoint

@@ -1,7 +1,7 @@
 """The two things train.py can train, as task objects the one fold loop (training/loop.py) calls.
 
     SegmentTask   TASK=segment: the segmenter; Dice+BCE/CE loss, per-image Dice/IoU, early stopping on val Dice
-    ClassifyTask  TASK=classify: the clean/defect gate (classify.py); an encoder + pooling head, BCE on image
+    ClassifyTask  TASK=classify: the clean/defect gate (training/classify.py); an encoder + pooling head, BCE on image
                   labels, loss/accuracy/AUC, early stopping on val AUC
 
 Both take the masks the loaders yield; the gate's loss and metrics reduce them to image labels
@@ -17,7 +17,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-import classify
+from training import classify
 from config import Config
 from model import GATE_ARCH, GateLoss, build_loss, build_model, model_args
 from training.metrics import ScoreSum

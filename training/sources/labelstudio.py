@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from runtime.labelstudio import decode_brush_rle  # noqa: F401  (the codec lives with its encoder)
+from training.sources import Source
 from utils import IMAGE_EXTS, LOG, UserError, list_images, read_image
 
 # Label Studio prefixes every uploaded file with 8 hex characters and a dash.
@@ -297,3 +298,28 @@ def load_labelstudio(
         json_path.name, len(tasks), len(items), skipped,
     )
     return items
+
+
+def labelstudio_class_map(class_names: list[str], num_classes: int) -> dict[str, int] | None:
+    """Label -> class id for a Label Studio export: name i is id i. None for a binary run (every label -> 1)."""
+    return None if num_classes == 1 else {name: i for i, name in enumerate(class_names)}
+
+
+def check_export_labels(json_path: str | Path, class_map: dict[str, int]) -> None:
+    """Every label of the export must be a configured class name; one line lists them all."""
+    found = export_labels(json_path)
+    unknown = sorted(set(found) - set(class_map))
+    if unknown:
+        raise UserError(f"Label Studio export {json_path} uses the labels {sorted(found)} but CLASS_NAMES/CLASSES_FILE "
+                        f"configure {list(class_map)}: {unknown} not among them; name every label there "
+                        "(class i = name i, background first) or fix the annotations")
+
+
+def labelstudio_sources(json_path: str | Path, image_dir: str | Path, class_map: dict | None = None,
+                        max_pixels: int | None = None) -> list[Source]:
+    if class_map is not None:
+        check_export_labels(json_path, class_map)
+    items = load_labelstudio(json_path, image_dir, class_map, max_pixels)
+    if not items:
+        raise UserError(f"no annotated tasks in {json_path}")
+    return [Source(Path(it.image_path).stem, Path(it.image_path), mask=it.mask) for it in items]

@@ -18,7 +18,7 @@ byte-identical files; image i does not depend on how many images come before it.
 
 Run book::
 
-    python steel_data.py --out data/steel --count 120 --clean-fraction 0.6 --seed 0
+    python -m demos.steel --out data/steel --count 120 --clean-fraction 0.6 --seed 0
     python train.py --raw-img-dir data/steel/images --raw-mask-dir data/steel/masks \
         --classes 5 --classes-file data/steel/classes.txt --class-weights auto \
         --input-size 1600 --train-patch 256x320 ...
@@ -34,7 +34,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from demo_data import image_rng, is_empty, white_noise
+from demos.skin import image_rng, is_empty, white_noise
 from utils import LOG, UserError, atomic_write_bytes, run_cli, setup_logging, write_png
 
 CLASS_NAMES = ("background", "pits", "scratch", "scale", "blotch")

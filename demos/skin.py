@@ -7,7 +7,7 @@ both kinds. Masks are exactly the patch pixels (0/255). The same seed gives byte
 
 Run book::
 
-    python demo_data.py --out demo_work/raw --count 300 --size 256 --seed 0
+    python -m demos.skin --out demo_work/raw --count 300 --size 256 --seed 0
     RAW_IMG_DIR=demo_work/raw/images RAW_MASK_DIR=demo_work/raw/masks python train.py ...
 """
 

@@ -1,4 +1,4 @@
-"""Tests for steel_data.py: determinism, sizes, class ids, class frequencies and the clean fraction."""
+"""Tests for demos/steel.py: determinism, sizes, class ids, class frequencies and the clean fraction."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-import steel_data
-from steel_data import CLASS_NAMES, generate_steel, render_steel
+from demos import steel as steel_data
+from demos.steel import CLASS_NAMES, generate_steel, render_steel
 from utils import UserError, read_image, read_mask
 
 

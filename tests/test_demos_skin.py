@@ -1,4 +1,4 @@
-"""Tests for demo_data.py: determinism, mask format and the intended statistics."""
+"""Tests for demos/skin.py: determinism, mask format and the intended statistics."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-import demo_data
-from demo_data import generate_dataset, render_sample
+from demos import skin as demo_data
+from demos.skin import generate_dataset, render_sample
 from utils import UserError
 
 
