@@ -283,6 +283,8 @@ FIELDS: tuple[Field, ...] = (
     Field("resume", parse_bool, True, "continue unfinished folds from models/fold<K>_last.pt; false = start over",
           trains=False),
     Field("tracker", str, "none", "optional experiment tracker", choices=TRACKERS, trains=False),
+    Field("log_every", non_negative(float), 30.0, "seconds between progress lines in the log when stderr is not a "
+          "terminal (a bar is drawn on one); 0 = a line every step", trains=False),
     # Cross-validation
     Field("folds", positive(int), 5, "number of cross-validation folds"),
     Field("fold_ids", str, "all", "folds to train: 'all' or a comma list such as 0,2", trains=False),
@@ -321,7 +323,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cross-validation", ("folds", "fold_ids", "seed")),
     ("smart crop", ("crop", "crop_model", "crop_conf", "crop_roi_factor", "crop_min_size", "crop_pad_value")),
     ("gate (TASK=classify)", ("task", "gate_input_size", "gate_recall", "gate_pos_weight", "gate_pool")),
-    ("run", ("work_dir", "name", "save_checkpoints", "resume", "tracker", "workers", "pin_memory", "cache", "device",
+    ("run", ("work_dir", "name", "save_checkpoints", "resume", "tracker", "log_every", "workers", "pin_memory", "cache", "device",
              "threads", "channels_last", "min_area", "export", "int8")),
 )
 
@@ -381,6 +383,7 @@ class Config:
     save_checkpoints: bool
     resume: bool
     tracker: str
+    log_every: float
     folds: int
     fold_ids: str
     seed: int
@@ -571,8 +574,17 @@ def parse_class_weights(text: str, classes: int) -> list[float] | str | None:
     return weights
 
 
-def describe_config(cfg: Config) -> str:
-    return json.dumps(cfg.to_dict(), indent=2)
+def describe_config(cfg: Config, saved: str | os.PathLike | None = None) -> str:
+    """One line for the log: what is trained, and every setting that differs from its default (by env var name).
+    All settings, defaults included, are in `saved` (WORK_DIR/config.json)."""
+    model = (f"gate {cfg.encoder} at {cfg.gate_input_size or cfg.input_size // 2} px" if cfg.task == "classify"
+             else f"{cfg.arch}/{cfg.encoder} at {cfg.input_size} px")
+    length = f"time budget {cfg.time_budget}" if cfg.time_budget else f"{cfg.epochs} epochs"
+    changed = [f"{f.env}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for f in FIELDS
+               if (v := getattr(cfg, f.name)) != f.default]
+    where = f"; every setting: {saved}" if saved else ""
+    return (f"config: {model}, {cfg.folds} folds, {length}, batch {cfg.batch_size}, lr {cfg.lr:g}"
+            f"{where}; set: {', '.join(changed) or 'nothing (all defaults)'}")
 
 
 def config_hash(cfg: Config) -> str:

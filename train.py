@@ -111,14 +111,14 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     {key: source}, device)."""
     import torch
     import torch.distributed as dist
-    from tqdm import tqdm
 
     from dataset import build_cache, check_mask_labels
-    from training.sources import collect_sources
-    from training.sources.labelstudio import labelstudio_class_map
     from training import ramcache
     from training.distributed import barrier, ddp_device, is_main, world_size
     from training.precision import describe_amp
+    from training.progress import progress
+    from training.sources import collect_sources
+    from training.sources.labelstudio import labelstudio_class_map
 
     work = Path(cfg.work_dir)
     check_work_dir_task(cfg)
@@ -131,8 +131,7 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
                               class_map=labelstudio_class_map(cfg.names(), cfg.classes), raw_rle_csv=cfg.raw_rle_csv,
                               num_classes=cfg.classes)
     if is_main():
-        LOG.info("config:\n%s", describe_config(cfg))
-        cfg.save()
+        LOG.info("%s", describe_config(cfg, cfg.save()))
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -142,15 +141,15 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     cropper = make_cropper(cfg, device)
     entries = None
     if is_main():  # rank 0 builds the cache while the others wait, then they read its manifest
-        entries = build_cache(sources, work, cfg.input_size, cfg.classes, cropper=cropper, progress=lambda it: tqdm(
-            it, desc="cache", leave=False, dynamic_ncols=True, disable=None), max_pixels=cfg.max_image_pixels)
+        entries = build_cache(sources, work, cfg.input_size, cfg.classes, cropper=cropper, max_pixels=cfg.max_image_pixels,
+                              progress=lambda it: progress(it, "cache", every_s=cfg.log_every, unit="image"))
     barrier()
     if entries is None:
         entries = build_cache(sources, work, cfg.input_size, cfg.classes, cropper=cropper, write=False,
                               max_pixels=cfg.max_image_pixels)
     check_mask_labels(entries, cfg.names(), cfg.classes, segment=cfg.task == "segment")
-    entries = ramcache.apply(entries, cfg.cache, cfg.workers, cfg.max_image_pixels, progress=lambda it: tqdm(
-        it, total=len(entries), desc="cache to RAM", leave=False, dynamic_ncols=True, disable=None))
+    entries = ramcache.apply(entries, cfg.cache, cfg.workers, cfg.max_image_pixels, progress=lambda it: progress(
+        it, "cache to RAM", total=len(entries), every_s=cfg.log_every, unit="image"))
     return entries, {s.key: s for s in sources}, device
 
 

@@ -13,8 +13,11 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -53,16 +56,52 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
         LOG.addHandler(file_handler)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C: `finally` blocks run, DataLoader workers
+    and writer threads are joined, temp files are removed, and nothing is left half-written or orphaned."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def interrupts_deferred():
+    """Hold Ctrl-C and SIGTERM until the block ends, then raise them: a step that must finish as a whole (an image's
+    mask and its summary.csv row) is never cut in half. Outside the main thread (where signals are not delivered)
+    it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in (signal.SIGINT,
+                                                                                           signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        if caught:
+            if caught[0] == signal.SIGTERM and old[signal.SIGTERM] is _terminate:
+                raise Terminated()
+            if caught[0] == signal.SIGINT and callable(old[signal.SIGINT]):
+                raise KeyboardInterrupt()
+
+
 def run_cli(main_fn) -> None:
-    """Run an entry point; a UserError becomes one clear line on stderr and exit code 2."""
+    """Run an entry point; a UserError becomes one clear line on stderr and exit code 2. Ctrl-C (SIGINT) and SIGTERM
+    stop it cleanly: exit 130 and 143, as a shell reports them."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         main_fn()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        sys.exit(143 if terminated else 130)
 
 
 # ----------------------------------------------------------------------------- files

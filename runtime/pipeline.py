@@ -25,7 +25,7 @@ import numpy as np
 from runtime.postprocess import class_palette, colorize, draw_legend, make_overlay, parse_color
 from runtime.report import CsvLog, csv_columns, error_row, fill_row, find_gt, new_row, score, write_metrics
 from runtime.sources import ZIP_MAX_BYTES, ZIP_MAX_ENTRIES, ZIP_MAX_RATIO, Item, extract_zip, pack_outputs
-from utils import LOG, MAX_IMAGE_PIXELS, UserError, read_image, write_png
+from utils import LOG, MAX_IMAGE_PIXELS, UserError, interrupts_deferred, read_image, write_png
 
 LOCK_NAME = ".lock"
 GATED_OVERLAYS = ("png", "fast", "skip")
@@ -239,12 +239,14 @@ def run_items(segmenter, items: list[Item], output: Path, options: RunOptions, g
         pending: deque = deque()
 
         def emit():
-            future, item, outcome = pending.popleft()
+            future, item, outcome = pending[0]
             row, count, timing = future.result()
-            if writers is not None and row["status"] != "error":
-                writers.add(item, outcome)
-            log.write(row)
-            rows.append(row)
+            with interrupts_deferred():  # a stop lands before or after an image's row, never between mask and row
+                pending.popleft()
+                if writers is not None and row["status"] != "error":
+                    writers.add(item, outcome)
+                log.write(row)
+                rows.append(row)
             if count is not None:
                 counts.append(count)
             if timing:
@@ -253,15 +255,20 @@ def run_items(segmenter, items: list[Item], output: Path, options: RunOptions, g
                 progress(len(rows), len(items))
 
         loaded = prefetch(readers, partial(load_item, max_pixels=options.max_pixels), items, ahead=2 * options.batch_size + 2)
-        while batch := list(islice(loaded, options.batch_size)):
-            start = time.perf_counter()
-            outcomes = predict_loaded(segmenter, batch)
-            share = (time.perf_counter() - start) * 1e3 / len(batch)
-            for (item, image, _), outcome in zip(batch, outcomes):
-                pending.append((pool.submit(finish_item, item, image, outcome, share, output, options, gt_index),
-                                item, outcome))
-            while pending and (len(pending) > 2 * options.batch_size or pending[0][0].done()):
+        try:
+            while batch := list(islice(loaded, options.batch_size)):
+                start = time.perf_counter()
+                outcomes = predict_loaded(segmenter, batch)
+                share = (time.perf_counter() - start) * 1e3 / len(batch)
+                for (item, image, _), outcome in zip(batch, outcomes):
+                    pending.append((pool.submit(finish_item, item, image, outcome, share, output, options, gt_index),
+                                    item, outcome))
+                while pending and (len(pending) > 2 * options.batch_size or pending[0][0].done()):
+                    emit()
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the images already being written get their summary.csv rows
+            while pending:
                 emit()
+            raise
         while pending:
             emit()
     result = summarize(rows, timings, output)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from config import FIELDS, SMP_ARCHITECTURES, Config, config_hash, load_config
+from config import FIELDS, SMP_ARCHITECTURES, Config, config_hash, describe_config, load_config
 from utils import UserError
 
 
@@ -135,3 +135,14 @@ def test_use_amp_takes_auto_or_a_boolean_and_auto_hashes_as_the_old_false():
         load_config(["--use-amp", "maybe"], environ={})
     auto, false, true = (config_hash(load_config(["--use-amp", v], environ={})) for v in ("auto", "false", "true"))
     assert auto == false != true
+
+
+def test_the_log_gets_one_line_and_config_json_every_setting(tmp_path):
+    cfg = load_config(["--epochs", "7", "--lr", "0.01", "--work-dir", str(tmp_path)], environ={"ENCODER": "resnet18"})
+    line = describe_config(cfg, cfg.save())
+    assert "\n" not in line
+    assert line.startswith("config: UnetPlusPlus/resnet18 at 512 px, 5 folds, 7 epochs, batch ")
+    assert f"every setting: {tmp_path / 'config.json'}" in line
+    assert line.endswith(f"set: WORK_DIR={tmp_path}, ENCODER=resnet18, EPOCHS=7, LR=0.01")
+    assert json.loads((tmp_path / "config.json").read_text()) == cfg.to_dict()
+    assert set(cfg.to_dict()) == {f.name for f in FIELDS}

@@ -22,7 +22,6 @@ from typing import Protocol
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
-from tqdm import tqdm
 
 from config import Config, config_hash
 from dataset import AspectBatchSampler, CacheEntry
@@ -36,6 +35,7 @@ from training.ema import WeightEma
 from training.loaders import make_loader
 from training.metrics import MetricsLog, OOFStats, Tracker
 from training.precision import amp_dtype, autocast, memory_format
+from training.progress import progress
 from training.splits import Split
 from utils import LOG, UserError, atomic_write_json, write_png
 
@@ -274,8 +274,7 @@ def train_one_epoch(run: FoldRun, epoch: int) -> dict:
             sampler.set_epoch(epoch)  # a different shuffle every epoch (the same on every rank), also on resume
     sums = run.task.new_sums()
     desc = f"fold {run.fold} epoch {epoch + 1}/{run.epochs}"
-    bar = tqdm(run.train_loader, desc=desc, leave=False, dynamic_ncols=True,
-               disable=None if is_main() else True)  # None: off without a TTY
+    bar = progress(run.train_loader, desc, every_s=run.cfg.log_every, enabled=is_main(), unit="step")
     for images, masks in bar:
         images, masks = images.to(run.device, non_blocking=True), masks.to(run.device, non_blocking=True)
         loss, logits = train_step(run, images, masks)
