@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from runtime.rle import class_mask
-from utils import IGNORE_INDEX, UserError, file_sha1, read_image, read_mask
+from utils import IGNORE_INDEX, LOG, UserError, file_sha1, read_image, read_mask
 
 if TYPE_CHECKING:
     from config import Config
@@ -112,6 +112,29 @@ def check_unique_keys(sources: list[Source]) -> None:
         if other is not source:
             raise UserError(f"two samples share the key {source.key!r} ({other.image_path} and {source.image_path}): "
                             "one would replace the other; rename one of the files or drop the duplicate annotation")
+
+
+def name_classes(names: dict[int, str], used: set[int], num_classes: int, class_names: list[str] | None,
+                 what: str, kind: str = "categories") -> dict[int, int]:
+    """{category: class id} of a format's named categories (COCO's, YOLO's names), `names` in their order: every
+    one -> 1 with CLASSES=1; by name with `class_names` (one that `used` holds but no name matches stops, listing
+    them all); else the i-th -> i + 1, and CLASSES must be their number + 1. `what` names the file in messages."""
+    if num_classes == 1:
+        if len(names) > 1:
+            LOG.info("%s: %s %s all train as the one foreground class (CLASSES=1); --classes %d and --class-names "
+                     "keep them apart", what, kind, list(names.values()), len(names) + 1)
+        return dict.fromkeys(names, 1)
+    if class_names:
+        unknown = sorted({names[c] for c in used} - set(class_names))
+        if unknown:
+            raise UserError(f"{what} uses the {kind} {sorted({names[c] for c in used})} but CLASS_NAMES/CLASSES_FILE "
+                            f"configure {class_names}: {unknown} not among them; name every one there (class i = "
+                            "name i, background first) or fix the annotations")
+        return {c: class_names.index(n) for c, n in names.items() if n in class_names}
+    if len(names) + 1 != num_classes:
+        raise UserError(f"{what} has {len(names)} {kind} ({', '.join(names.values())}) but CLASSES={num_classes}; set "
+                        f"--classes {len(names) + 1} (background is class 0), or --class-names to map them by name")
+    return {c: i + 1 for i, c in enumerate(names)}
 
 
 SOURCE_SETTINGS = (("RAW_MASK_DIR", "raw_mask_dir"), ("RAW_JSON_PATH", "raw_json_path"),

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.sources import Source, unique_keys
+from training.sources import Source, name_classes, unique_keys
 from utils import LOG, UserError, list_images
 
 CROWD = -1  # the class of an iscrowd region: void, or its category's class without IGNORE_INDEX
@@ -89,25 +89,8 @@ class CocoMask:
 def category_classes(categories: list[dict], used: set[int], num_classes: int, class_names: list[str] | None,
                      json_path) -> dict[int, int]:
     """{category id: class id}: by name with `class_names`, else in id order (see the module docstring)."""
-    ordered = sorted(categories, key=lambda c: c["id"])
-    names = {c["id"]: str(c.get("name", c["id"])) for c in ordered}
-    if num_classes == 1:
-        if len(ordered) > 1:
-            LOG.info("COCO %s: categories %s all train as the one foreground class (CLASSES=1); --classes %d and "
-                     "--class-names keep them apart", json_path, list(names.values()), len(ordered) + 1)
-        return dict.fromkeys(names, 1)
-    if class_names:
-        unknown = sorted({names[c] for c in used} - set(class_names))
-        if unknown:
-            raise UserError(f"COCO {json_path} uses the categories {sorted({names[c] for c in used})} but "
-                            f"CLASS_NAMES/CLASSES_FILE configure {class_names}: {unknown} not among them; name every "
-                            "category there (class i = name i, background first) or fix the annotations")
-        return {c: class_names.index(n) for c, n in names.items() if n in class_names}
-    if len(ordered) + 1 != num_classes:
-        raise UserError(f"COCO {json_path} has {len(ordered)} categories ({', '.join(names.values())}) but "
-                        f"CLASSES={num_classes}; set --classes {len(ordered) + 1} (background is class 0), or "
-                        "--class-names to map categories by name")
-    return {c["id"]: i + 1 for i, c in enumerate(ordered)}
+    names = {c["id"]: str(c.get("name", c["id"])) for c in sorted(categories, key=lambda c: c["id"])}
+    return name_classes(names, used, num_classes, class_names, f"COCO {json_path}")
 
 
 def _read_json(json_path: Path) -> dict:

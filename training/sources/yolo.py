@@ -33,7 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from training.sources import Source, unique_keys
+from training.sources import Source, name_classes, unique_keys
 from utils import IMAGE_EXTS, LOG, UserError, list_images
 
 SPLITS = ("train", "val")  # pooled; "test" stays out
@@ -147,19 +147,7 @@ def yolo_classes(names: list[str], num_classes: int, class_names: list[str] | No
     if bad:
         raise UserError(f"YOLO labels of {yaml_path} use class {bad[0]} but names has {len(names)} entries "
                         f"({names}); add the name or fix the labels")
-    if num_classes == 1:
-        return {k: 1 for k in range(len(names))}
-    if class_names:
-        unknown = sorted({names[c] for c in used} - set(class_names))
-        if unknown:
-            raise UserError(f"YOLO labels of {yaml_path} use the classes {sorted({names[c] for c in used})} but "
-                            f"CLASS_NAMES/CLASSES_FILE configure {class_names}: {unknown} not among them; name every "
-                            "class there (class i = name i, background first)")
-        return {k: class_names.index(n) for k, n in enumerate(names) if n in class_names}
-    if len(names) + 1 != num_classes:
-        raise UserError(f"YOLO {yaml_path} names {len(names)} classes ({', '.join(names)}) but CLASSES={num_classes}; "
-                        f"set --classes {len(names) + 1} (background is class 0), or --class-names to map by name")
-    return {k: k + 1 for k in range(len(names))}
+    return name_classes(dict(enumerate(names)), used, num_classes, class_names, f"YOLO {yaml_path}", "classes")
 
 
 def yolo_sources(yaml_path: str | Path, num_classes: int, class_names: list[str] | None = None,
