@@ -191,12 +191,11 @@ def inspect_mask(path: str | Path, num_classes: int = 1, max_pixels: int | None 
             raise UserError(f"mask {path} is a colour image of {major} colours: colour-coded classes are not read; "
                             "write class ids (grey, or a palette PNG whose index is the class)")
         pixels, kind = pixels.max(axis=2), "lossy" if kind == "colour-lossy" else "colour"  # one colour on black
-    levels = int(np.count_nonzero(np.bincount(pixels.ravel(), minlength=256)))
-    if levels > PHOTO_LEVELS and flatness(pixels) < PHOTO_FLATNESS:
-        raise _photo(path, levels, flatness(pixels), "grey levels")
+    values = np.flatnonzero(np.bincount(pixels.ravel(), minlength=256)).tolist()
+    if len(values) > PHOTO_LEVELS and flatness(pixels) < PHOTO_FLATNESS:
+        raise _photo(path, len(values), flatness(pixels), "grey levels")
     if kind == "lossy":
         return _lossy_ids(path, pixels, num_classes, ignore_index)
-    values = np.flatnonzero(np.bincount(pixels.ravel(), minlength=256)).tolist()
     try:
         scheme = classify_values(values, num_classes, ignore_index)
     except ValueError as exc:

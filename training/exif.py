@@ -46,6 +46,8 @@ def _exif_blob(data: bytes) -> bytes | None:
         pos = 2
         while pos + 4 <= len(data) and data[pos] == 0xFF and data[pos + 1] not in (0xDA, 0xD9):
             length = int.from_bytes(data[pos + 2:pos + 4], "big")
+            if length < 2:  # not a marker segment: no EXIF to be found reliably
+                return None
             if data[pos + 1] == 0xE1 and data[pos + 4:pos + 10] == b"Exif\0\0":
                 return data[pos + 10:pos + 2 + length]
             pos += 2 + length
