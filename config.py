@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from runtime.metadata import CROP_MODES, DEFAULT_INPUT_SIZE, TTA_MODES  # noqa: F401  (TTA_MODES: export's)
 from training.budget import parse_duration
-from utils import MAX_IMAGE_PIXELS, UserError, atomic_write_json
+from utils import IGNORE_INDEX, MAX_IMAGE_PIXELS, UserError, atomic_write_json
 
 # The smp architectures (segmentation_models_pytorch 0.6); test_config checks this list against
 # smp's registry so the two cannot drift. Plus our own HRNet backbone with a light head.
@@ -132,6 +132,16 @@ def parse_patch(text: str) -> str:
 parse_patch.__name__ = "HxW patch size"
 
 
+def ignore_value(text: str) -> int | None:
+    """IGNORE_INDEX: the void label, 0-255, or none (no pixel is void)."""
+    if text.strip().lower() in ("", "none", "off"):
+        return None
+    return byte_value(text)
+
+
+ignore_value.__name__ = "void label (0-255 or none)"
+
+
 def byte_value(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 255:
@@ -201,6 +211,15 @@ FIELDS: tuple[Field, ...] = (
     Field("raw_json_path", parse_optional_path, None, "Label Studio JSON export (instead of RAW_MASK_DIR)"),
     Field("raw_rle_csv", parse_optional_path, None, "Kaggle/Severstal RLE CSV (ImageId,ClassId,EncodedPixels) of the "
           "masks of RAW_IMG_DIR's images (instead of RAW_MASK_DIR); an image without rows is clean", legacy_default=None),
+    Field("raw_coco_json", parse_optional_path, None, "COCO JSON (polygons, RLE) of RAW_IMG_DIR's images (instead of "
+          "RAW_MASK_DIR); categories map to classes by CLASS_NAMES, else in id order", legacy_default=None),
+    Field("raw_yolo_yaml", parse_optional_path, None, "Ultralytics YOLO-seg data.yaml (its train and val images with "
+          "their polygon labels, pooled for CV; instead of RAW_IMG_DIR and RAW_MASK_DIR)", legacy_default=None),
+    Field("ignore_index", ignore_value, IGNORE_INDEX, "the void label: mask pixels of this value are left out of the "
+          "loss, the metrics, the threshold and the class weights (VOC's 255 border; COCO crowd regions); none = no "
+          "void", legacy_default=IGNORE_INDEX),
+    Field("check_data", parse_bool, False, "check the data only: write WORK_DIR/data_report.json, print the table "
+          "and exit without training (the check also runs before every training)", trains=False),
     Field("search_files", parse_bool, False,
           "use the split lists training_dataset.txt / validation_dataset.txt / test_dataset.txt"),
     Field("split_dir", parse_optional_path, None, "folder of the split lists (default: RAW_IMG_DIR, then its parent)"),
@@ -313,8 +332,8 @@ FIELD_BY_NAME = {f.name: f for f in FIELDS}
 
 # The sections of `--help`, in order; test_train_inputs checks that every field is in exactly one.
 HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("data", ("raw_img_dir", "raw_mask_dir", "raw_json_path", "raw_rle_csv", "search_files", "split_dir", "groups",
-              "max_image_pixels")),
+    ("data", ("raw_img_dir", "raw_mask_dir", "raw_json_path", "raw_rle_csv", "raw_coco_json", "raw_yolo_yaml",
+              "ignore_index", "check_data", "search_files", "split_dir", "groups", "max_image_pixels")),
     ("model", ("arch", "encoder", "encoder_weights", "classes", "class_names", "classes_file", "class_weights",
                "input_size", "train_patch", "patches_per_image", "batch_shape", "augment")),
     ("optimisation", ("batch_size", "epochs", "time_budget", "lr", "weight_decay", "adam_eps", "scheduler",
@@ -334,6 +353,10 @@ class Config:
     raw_mask_dir: str | None
     raw_json_path: str | None
     raw_rle_csv: str | None
+    raw_coco_json: str | None
+    raw_yolo_yaml: str | None
+    ignore_index: int | None
+    check_data: bool
     search_files: bool
     split_dir: str | None
     groups: str | None
@@ -417,8 +440,9 @@ class Config:
         """Class names: CLASS_NAMES, else CLASSES_FILE, else defaults."""
         if self.class_names.strip():
             return [n.strip() for n in self.class_names.split(",")]
-        if self.classes_file:
-            return [line.strip() for line in Path(self.classes_file).read_text().splitlines() if line.strip()]
+        if self.classes_file:  # utf-8-sig: a BOM (Notepad) is no part of the first name
+            lines = Path(self.classes_file).read_text(encoding="utf-8-sig").splitlines()
+            return [line.strip() for line in lines if line.strip()]
         return ["foreground"] if self.classes == 1 else ["background"] + [f"class_{i}" for i in range(1, self.classes)]
 
     def save(self, path: str | os.PathLike | None = None) -> Path:
@@ -533,10 +557,28 @@ def validate(cfg: Config) -> None:
         check_crop_model(cfg.crop_model)
     if cfg.task == "classify":
         validate_gate(cfg)
+    validate_data(cfg)
+    parse_class_weights(cfg.class_weights, cfg.classes)
+
+
+def validate_data(cfg: Config) -> None:
+    """WORK_DIR, the class names and the void label against CLASSES."""
+    if Path(cfg.work_dir).exists() and not Path(cfg.work_dir).is_dir():
+        raise UserError(f"WORK_DIR={cfg.work_dir!r} is a file, not a folder: give a folder for the run (it is "
+                        "created if missing)")
     names = cfg.names()
     if cfg.classes > 1 and len(names) != cfg.classes:
         raise UserError(f"CLASS_NAMES/CLASSES_FILE give {len(names)} names ({', '.join(names)}) but CLASSES={cfg.classes}")
-    parse_class_weights(cfg.class_weights, cfg.classes)
+    if cfg.classes == 1 and len(names) > 2:
+        raise UserError(f"CLASS_NAMES/CLASSES_FILE give {len(names)} names ({', '.join(names)}) but CLASSES=1 (binary): "
+                        f"set --classes {len(names)} for class-id masks")
+    repeated = sorted({n for n in names if names.count(n) > 1 or not n})
+    if repeated:
+        raise UserError(f"CLASS_NAMES/CLASSES_FILE repeat or leave blank {repeated} ({', '.join(names)}): give every "
+                        "class its own name")
+    if cfg.ignore_index is not None and cfg.ignore_index < max(cfg.classes, 2):
+        raise UserError(f"IGNORE_INDEX={cfg.ignore_index} is a class id with CLASSES={cfg.classes}; the void label "
+                        f"must be above the class ids (the default 255, or none)")
 
 
 def validate_gate(cfg: Config) -> None:

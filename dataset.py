@@ -31,10 +31,13 @@ from runtime.crop import crop_square
 from runtime.metadata import STRIDE
 from training.sources import Source
 from utils import (
-    IMAGENET_MEAN, IMAGENET_STD, LOG, UserError, atomic_write_json, normalize, read_image, resize_long_side, write_png,
+    IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, LOG, UserError, atomic_write_json, normalize, read_image,
+    resize_long_side, write_png,
 )
 
-CACHE_VERSION = 4  # 3: EXIF orientation applied when decoding; 4: crop box, status and smart-crop settings
+# 3: EXIF orientation applied when decoding; 4: crop box, status and smart-crop settings; 5: the sample contract
+# (void = IGNORE_INDEX kept in the mask PNG, class_pixels without void, palette PNGs by index, keys unique)
+CACHE_VERSION = 5
 MANIFEST_NAME = "cache_manifest.json"
 FOREGROUND_FRACTION = 1 / 3  # TRAIN_PATCH: share of crops centred on a foreground pixel (nnU-Net's 0.33)
 
@@ -75,8 +78,9 @@ def check_mask_labels(entries: list, class_names: list[str], num_classes: int, s
 # ----------------------------------------------------------------------------- disk cache
 
 
-def _settings(input_size: int, num_classes: int, cropper=None) -> dict:
-    settings = {"cache_version": CACHE_VERSION, "input_size": input_size, "num_classes": num_classes}
+def _settings(input_size: int, num_classes: int, cropper=None, ignore_index: int | None = IGNORE_INDEX) -> dict:
+    settings = {"cache_version": CACHE_VERSION, "input_size": input_size, "num_classes": num_classes,
+                "ignore_index": ignore_index}
     if cropper is not None:  # a new detector file or crop setting invalidates every crop
         settings.update(crop=cropper.settings.to_dict(), detector_hash=cropper.detector_hash)
     return settings
@@ -92,37 +96,41 @@ def _load_manifest(path: Path) -> dict:
         return {}
 
 
-def _load_pair(source: Source, num_classes: int, max_pixels: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _load_pair(source: Source, num_classes: int, max_pixels: int | None, ignore_index: int | None = IGNORE_INDEX
+               ) -> tuple[np.ndarray, np.ndarray]:
     image = read_image(source.image_path, max_pixels)
-    mask = source.load_mask(num_classes, max_pixels, image.shape[:2])
+    mask = source.load_mask(num_classes, max_pixels, image.shape[:2], ignore_index)
     if mask.shape[:2] != image.shape[:2]:
         raise UserError(f"mask size {mask.shape[1]}x{mask.shape[0]} differs from image "
                         f"{image.shape[1]}x{image.shape[0]} for {source.image_path}")
     return image, mask
 
 
-def _class_pixels(mask: np.ndarray, num_classes: int) -> list[int]:
-    return np.bincount(mask.ravel(), minlength=max(num_classes, 2)).tolist()
+def _pixel_counts(mask: np.ndarray, num_classes: int, ignore_index: int | None) -> dict:
+    """class_pixels (the pixels of each class id, void left out) and void_pixels of a cached mask."""
+    counts = np.bincount(mask.ravel(), minlength=256)
+    return {"class_pixels": counts[:max(num_classes, 2)].tolist(),
+            "void_pixels": int(counts[ignore_index]) if ignore_index is not None else 0}
 
 
 def _write_entry(source: Source, image_out: Path, mask_out: Path, input_size: int, num_classes: int,
-                 max_pixels: int | None) -> dict:
+                 max_pixels: int | None, ignore_index: int | None = IGNORE_INDEX) -> dict:
     """Resize one source into the cache. Returns the record fields it decided."""
-    image, mask = _load_pair(source, num_classes, max_pixels)
+    image, mask = _load_pair(source, num_classes, max_pixels, ignore_index)
     mask = resize_long_side(mask, input_size, nearest=True)
     write_png(image_out, resize_long_side(image, input_size))
     write_png(mask_out, mask, rgb=False)
-    return {"status": "ok", "crop_box": None, "class_pixels": _class_pixels(mask, num_classes)}
+    return {"status": "ok", "crop_box": None, **_pixel_counts(mask, num_classes, ignore_index)}
 
 
 def _write_crop_entry(source: Source, image_out: Path, mask_out: Path, num_classes: int, cropper,
-                      max_pixels: int | None) -> dict:
+                      max_pixels: int | None, ignore_index: int | None = IGNORE_INDEX) -> dict:
     """Smart-crop one source into the cache: the detector's box cuts both the image and its mask.
 
     A source that cannot be read or cropped becomes an `error` record with the reason; the run goes on.
     """
     try:
-        image, mask = _load_pair(source, num_classes, max_pixels)
+        image, mask = _load_pair(source, num_classes, max_pixels, ignore_index)
         crop = cropper.crop(image)
     except Exception as exc:  # noqa: BLE001 - a bad file is a manifest row, not a crash
         LOG.warning("crop: %s skipped: %s", source.image_path, exc)
@@ -132,7 +140,7 @@ def _write_crop_entry(source: Source, image_out: Path, mask_out: Path, num_class
     mask = crop_square(mask, crop.box, cropper.settings.input_size, 0, nearest=True)
     write_png(image_out, crop.image)
     write_png(mask_out, mask, rgb=False)
-    return {"status": crop.status, "crop_box": list(crop.box), "class_pixels": _class_pixels(mask, num_classes)}
+    return {"status": crop.status, "crop_box": list(crop.box), **_pixel_counts(mask, num_classes, ignore_index)}
 
 
 def _is_valid(record: dict | None, digest: str, settings: dict, image_out: Path, mask_out: Path) -> bool:
@@ -145,7 +153,8 @@ def _is_valid(record: dict | None, digest: str, settings: dict, image_out: Path,
 
 def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int, num_classes: int = 1,
                 progress: Callable[[Iterable], Iterable] | None = None, cropper=None,
-                write: bool = True, max_pixels: int | None = None) -> list[CacheEntry]:
+                write: bool = True, max_pixels: int | None = None, ignore_index: int | None = IGNORE_INDEX
+                ) -> list[CacheEntry]:
     """Bring WORK_DIR/images, WORK_DIR/masks and the manifest up to date with `sources`.
 
     With a `cropper` (training.smartcrop.SmartCropper, or anything with .settings, .detector_hash and
@@ -155,12 +164,13 @@ def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int
 
     write=False (DDP ranks other than 0, after rank 0 built it): only read the manifest, without hashing the
     sources again; a missing entry is an error. Sources claiming more than `max_pixels` (MAX_IMAGE_PIXELS)
-    are refused from their header.
+    are refused from their header. Masks are cached as class ids with void pixels = `ignore_index`
+    (IGNORE_INDEX); class_pixels counts the classes only.
     """
     work_dir = Path(work_dir)
     manifest_path = work_dir / MANIFEST_NAME
     old = _load_manifest(manifest_path)
-    settings = _settings(input_size, num_classes, cropper)
+    settings = _settings(input_size, num_classes, cropper, ignore_index)
     entries, records, counts = [], {}, dict.fromkeys(("cached", "computed", "fallback", "error"), 0)
     sources = list(sources)
     bar = progress(sources) if progress else sources
@@ -176,10 +186,11 @@ def build_cache(sources: Iterable[Source], work_dir: str | Path, input_size: int
             raise UserError(f"cache entry {source.key} in {work_dir} is missing after rank 0 built it; "
                             "under torchrun on several nodes WORK_DIR must be on a filesystem every node shares")
         else:
-            fields = (_write_crop_entry(source, image_out, mask_out, num_classes, cropper, max_pixels) if cropper
-                      else _write_entry(source, image_out, mask_out, input_size, num_classes, max_pixels))
+            fields = (_write_crop_entry(source, image_out, mask_out, num_classes, cropper, max_pixels, ignore_index)
+                      if cropper else
+                      _write_entry(source, image_out, mask_out, input_size, num_classes, max_pixels, ignore_index))
             counts["computed"] += 1
-            record = {"source": str(source.image_path), "mask_source": str(source.mask_path or ("<rle csv>" if source.rle is not None else "<labelstudio>")),
+            record = {"source": str(source.image_path), "mask_source": source.describe(),
                       "hash": digest, "settings": settings, **fields,
                       "empty": sum(fields["class_pixels"][1:]) == 0}
         records[source.key] = record

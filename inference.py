@@ -79,7 +79,7 @@ from pathlib import Path
 
 from runtime.arguments import (
     add_foreign_args, add_model_args, add_output_args, add_post_args, add_ray_args, add_source_args, add_untrusted_args,
-    add_video_args, add_writer_args, add_zip_args,
+    add_video_args, add_writer_args, add_zip_args, parse_ignore_index,
 )
 from runtime.foreign import parse_class_names, parse_floats
 from runtime.pipeline import RunOptions, check_output_folder, output_lock, run_items, run_zip, with_model_classes
@@ -114,7 +114,8 @@ def run(segmenter, source, output, options: RunOptions | None = None, progress=N
     options = dataclasses.replace(options or RunOptions(), **overrides)
     output = Path(output)
     kind = detect_source(source)
-    gt_index = load_gt_index(options.gt_dir)
+    gt_index = load_gt_index(options.gt_dir, int(segmenter.meta.get("num_classes", 1)), options.ignore_index,
+                             options.max_pixels)
     with output_lock(output):  # one run per output folder: a second one is refused, not interleaved
         if kind in ("video", "stream", "webcam"):
             if writers is not None:
@@ -249,7 +250,8 @@ def run_ray(args: argparse.Namespace, options: RunOptions, progress=None, enviro
         import inference  # by module name, so actors unpickle it even when this file runs as __main__
 
         return run_items_ray(partial(inference.build_segmenter, actor_args), items, output, options,
-                             load_gt_index(options.gt_dir), progress, ray_options, environ)
+                             load_gt_index(options.gt_dir, int(probe.meta.get("num_classes", 1)), options.ignore_index,
+                                           options.max_pixels), progress, ray_options, environ)
 
 
 def print_summary(result: dict, with_gt: bool) -> None:
@@ -292,7 +294,8 @@ def resolve_max_pixels(flag: int | None, environ) -> int:
 def run_options(args: argparse.Namespace) -> RunOptions:
     """The run's output and source settings, checked (before any model is loaded)."""
     return RunOptions(
-        alpha=args.alpha, color=args.color, gt_dir=args.gt, save_probs=args.save_probs, batch_size=args.batch_size,
+        alpha=args.alpha, color=args.color, gt_dir=args.gt, ignore_index=parse_ignore_index(args.ignore_index),
+        save_probs=args.save_probs, batch_size=args.batch_size,
         io_threads=args.io_threads, zip_max_mb=args.zip_max_mb, zip_max_ratio=args.zip_max_ratio,
         zip_max_entries=args.zip_max_entries, video_max_side=args.video_max_side, vid_stride=args.vid_stride,
         max_frames=args.max_frames, view_img=args.view_img,

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from config import ARCHITECTURES, GATE_POOLS
-from utils import DISK_FULL, LOG, UserError, disk_full_error
+from utils import DISK_FULL, IGNORE_INDEX, LOG, UserError, disk_full_error
 
 
 # The clean/defect gate (TASK=classify): an encoder and a pooling head, one logit per image.
@@ -169,38 +169,55 @@ def load_encoder_weights(model: nn.Module, path: str) -> None:
 class ComboLoss(nn.Module):
     """dice_weight * Dice + bce_weight * BCEWithLogits, for binary segmentation.
 
-    logits, target: (B, 1, H, W); target holds {0, 1} as float.
+    logits, target: (B, 1, H, W); target holds {0, 1} as float, and `ignore_index` (void) where the pixel is left out
+    of both terms.
     """
 
-    def __init__(self, dice_weight: float = 0.5, bce_weight: float = 0.5):
+    def __init__(self, dice_weight: float = 0.5, bce_weight: float = 0.5, ignore_index: int | None = None):
         super().__init__()
         self.dice_weight = dice_weight
         self.bce_weight = bce_weight
-        self.dice = smp.losses.DiceLoss(mode="binary", from_logits=True)
+        self.ignore_index = ignore_index
+        self.dice = smp.losses.DiceLoss(mode="binary", from_logits=True, ignore_index=ignore_index)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        bce = F.binary_cross_entropy_with_logits(logits, target)
+        if self.ignore_index is None:
+            bce = F.binary_cross_entropy_with_logits(logits, target)
+        else:
+            valid = (target != self.ignore_index).to(logits.dtype)
+            bce = F.binary_cross_entropy_with_logits(logits, target * valid, reduction="none")
+            bce = (bce * valid).sum() / valid.sum().clamp_min(1)
         return self.dice_weight * self.dice(logits, target) + self.bce_weight * bce
 
 
 class MultiClassComboLoss(nn.Module):
-    """dice_weight * Dice + ce_weight * CrossEntropy. logits (B, C, H, W), target (B, H, W) long."""
+    """dice_weight * Dice + ce_weight * CrossEntropy. logits (B, C, H, W), target (B, H, W) long; pixels of
+    `ignore_index` (void) are left out of both terms."""
 
-    def __init__(self, dice_weight: float = 0.5, ce_weight: float = 0.5, class_weights: torch.Tensor | None = None):
+    def __init__(self, dice_weight: float = 0.5, ce_weight: float = 0.5, class_weights: torch.Tensor | None = None,
+                 ignore_index: int | None = None):
         super().__init__()
         self.dice_weight = dice_weight
         self.ce_weight = ce_weight
-        self.dice = smp.losses.DiceLoss(mode="multiclass", from_logits=True)
+        self.ignore_index = ignore_index
+        self.dice = smp.losses.DiceLoss(mode="multiclass", from_logits=True, ignore_index=ignore_index)
         self.register_buffer("class_weights", class_weights)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(logits, target, weight=self.class_weights)
+        if self.ignore_index is not None and not (target != self.ignore_index).any():
+            ce = logits.sum() * 0.0  # every pixel void: cross-entropy's mean would be 0 / 0
+        else:
+            ce = F.cross_entropy(logits, target, weight=self.class_weights,
+                                 ignore_index=-100 if self.ignore_index is None else self.ignore_index)
         return self.dice_weight * self.dice(logits, target) + self.ce_weight * ce
 
 
-def image_labels(masks: torch.Tensor) -> torch.Tensor:
-    """(B, 1) float: 1 where the image's mask has any pixel > 0. masks (B, 1, H, W) or (B, H, W) class ids."""
-    return (masks.flatten(1).amax(1, keepdim=True) > 0).float()
+def image_labels(masks: torch.Tensor, ignore_index: int | None = IGNORE_INDEX) -> torch.Tensor:
+    """(B, 1) float: 1 where the image's mask has a class pixel (> 0, void left out). masks (B, 1, H, W) or (B, H, W)."""
+    labelled = masks > 0
+    if ignore_index is not None:
+        labelled &= masks != ignore_index
+    return labelled.flatten(1).any(1, keepdim=True).float()
 
 
 class GateLoss(nn.Module):
@@ -209,22 +226,24 @@ class GateLoss(nn.Module):
     Takes the masks the segmentation loader yields, so both tasks share the training loop.
     """
 
-    def __init__(self, pos_weight: float | None = None):
+    def __init__(self, pos_weight: float | None = None, ignore_index: int | None = IGNORE_INDEX):
         super().__init__()
+        self.ignore_index = ignore_index
         self.register_buffer("pos_weight", None if pos_weight is None else torch.tensor([float(pos_weight)]))
 
     def forward(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(logits, image_labels(masks).to(logits.dtype),
+        return F.binary_cross_entropy_with_logits(logits, image_labels(masks, self.ignore_index).to(logits.dtype),
                                                   pos_weight=self.pos_weight)
 
 
 def build_loss(classes: int, dice_weight: float = 0.5, bce_weight: float = 0.5,
-               class_weights: list[float] | None = None) -> nn.Module:
-    """Binary: ComboLoss (Dice + BCE). Multi-class: Dice + cross-entropy, optionally class-weighted."""
+               class_weights: list[float] | None = None, ignore_index: int | None = None) -> nn.Module:
+    """Binary: ComboLoss (Dice + BCE). Multi-class: Dice + cross-entropy, optionally class-weighted. Pixels of
+    `ignore_index` (IGNORE_INDEX, void) are left out."""
     if classes == 1:
-        return ComboLoss(dice_weight, bce_weight)
+        return ComboLoss(dice_weight, bce_weight, ignore_index)
     weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
-    return MultiClassComboLoss(dice_weight, bce_weight, weights)
+    return MultiClassComboLoss(dice_weight, bce_weight, weights, ignore_index)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -13,6 +13,8 @@ Run book:
     python train.py --raw-img-dir data/images --raw-mask-dir data/masks --time-budget 20m --epochs 1000
     # fixed split lists (training_dataset.txt, validation_dataset.txt, test_dataset.txt) instead of CV
     python train.py --raw-img-dir data/images --raw-mask-dir data/masks --search-files true
+    # check the data only (WORK_DIR/data_report.json and a table; it also runs before every training)
+    python train.py --raw-img-dir data/images --raw-mask-dir data/masks --check-data
     # multi-class: class ids in the masks, named classes, weights from pixel counts
     python train.py ... --classes 3 --class-names background,scratch,dent --class-weights auto
     # smart crop: a square around the largest person (YOLO11-seg weights are a local file)
@@ -114,11 +116,11 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
 
     from dataset import build_cache, check_mask_labels
     from training import ramcache
+    from training.datacheck import check_data
     from training.distributed import barrier, ddp_device, is_main, world_size
     from training.precision import describe_amp
     from training.progress import progress
-    from training.sources import collect_sources
-    from training.sources.labelstudio import labelstudio_class_map
+    from training.sources import sources_from_config
 
     work = Path(cfg.work_dir)
     check_work_dir_task(cfg)
@@ -127,9 +129,9 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     else:
         setup_logging(level=logging.ERROR)
     # the sources first: a wrong path or label stops the run before the config dump, not after it
-    sources = collect_sources(cfg.raw_img_dir, cfg.raw_mask_dir, cfg.raw_json_path, cfg.max_image_pixels,
-                              class_map=labelstudio_class_map(cfg.names(), cfg.classes), raw_rle_csv=cfg.raw_rle_csv,
-                              num_classes=cfg.classes)
+    sources = sources_from_config(cfg)
+    if is_main():
+        check_data(cfg, sources)
     if is_main():
         LOG.info("%s", describe_config(cfg, cfg.save()))
     seed_everything(cfg.seed)
@@ -142,11 +144,12 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
     entries = None
     if is_main():  # rank 0 builds the cache while the others wait, then they read its manifest
         entries = build_cache(sources, work, cfg.input_size, cfg.classes, cropper=cropper, max_pixels=cfg.max_image_pixels,
+                              ignore_index=cfg.ignore_index,
                               progress=lambda it: progress(it, "cache", every_s=cfg.log_every, unit="image"))
     barrier()
     if entries is None:
         entries = build_cache(sources, work, cfg.input_size, cfg.classes, cropper=cropper, write=False,
-                              max_pixels=cfg.max_image_pixels)
+                              max_pixels=cfg.max_image_pixels, ignore_index=cfg.ignore_index)
     check_mask_labels(entries, cfg.names(), cfg.classes, segment=cfg.task == "segment")
     entries = ramcache.apply(entries, cfg.cache, cfg.workers, cfg.max_image_pixels, progress=lambda it: progress(
         it, "cache to RAM", total=len(entries), every_s=cfg.log_every, unit="image"))
@@ -207,6 +210,11 @@ def run(cfg: Config, started: float | None = None) -> dict:
 
 def main() -> None:
     cfg = load_config()  # before torch: --help and argument errors answer at once
+    if cfg.check_data:  # the data check alone: no torch, no training
+        from training.datacheck import check_only
+
+        check_only(cfg)
+        return
     from training.distributed import distributed
 
     with distributed(cfg):

@@ -25,7 +25,13 @@ import numpy as np
 
 LOG = logging.getLogger("seg")
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+# Files beside the images that are not images, never named as skipped (list_skipped)
+NOT_IMAGES = (".txt", ".json", ".csv", ".yaml", ".yml", ".xml", ".md", ".log", ".zip")
+
+# The void label (IGNORE_INDEX): pixels of this value in a mask are left out of the loss, every metric, the
+# threshold search and the class weights, as mmseg's and torchvision's VOC 255
+IGNORE_INDEX = 255
 
 # ImageNet statistics: every smp/timm encoder was pretrained with them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -114,6 +120,12 @@ def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]
         raise UserError(f"image folder not found: {folder} (check the path)")
     pattern = "**/*" if recursive else "*"
     return sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+def list_skipped(folder: str | os.PathLike) -> list[Path]:
+    """Files under `folder` that list_images leaves out and that are not plainly text (e.g. .gif, .heic)."""
+    return sorted(p for p in Path(folder).glob("**/*") if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() not in IMAGE_EXTS + NOT_IMAGES)
 
 
 def mask_stem(path: Path) -> str:
@@ -238,6 +250,21 @@ def header_size(data: bytes) -> tuple[int, int] | None:
         return int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
     if kind == "TIFF":
         return _tiff_size(data)
+    if kind == "WebP" and data[8:12] == b"WEBP":
+        return _webp_size(data)
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a WebP's first chunk: VP8X (canvas), VP8L (lossless) or VP8 (lossy)."""
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if chunk == b"VP8L" and len(data) >= 25:
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if chunk == b"VP8 " and len(data) >= 30:
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
     return None
 
 
@@ -258,10 +285,16 @@ def _refusal(data: bytes, max_pixels: int) -> str | None:
     return None
 
 
-def _decode(path: Path, flags: int, max_pixels: int | None = None) -> np.ndarray:
+def read_file(path: Path) -> bytes:
+    """A file's bytes through Python's own open: non-ASCII paths work on every OS (cv2.imread's do not)."""
     if not path.is_file():
         raise UserError(f"file not found: {path}")
-    raw = path.read_bytes()  # Python's own open: non-ASCII paths work on every OS (cv2.imread's do not)
+    return path.read_bytes()
+
+
+def _decode(path: Path, flags: int, max_pixels: int | None = None, raw: bytes | None = None) -> np.ndarray:
+    """Decode `path` (or `raw`, its bytes, read already) after the header checks of _refusal."""
+    raw = read_file(path) if raw is None else raw
     reason = _refusal(raw, MAX_IMAGE_PIXELS if max_pixels is None else int(max_pixels))
     image = None if reason else cv2.imdecode(np.frombuffer(raw, np.uint8), flags)
     if image is None:
@@ -308,21 +341,15 @@ def binary_threshold(mask: np.ndarray) -> float:
     return (int(np.argmax(counts[1:])) + 1) / 2
 
 
-def read_mask(path: str | os.PathLike, num_classes: int = 1, max_pixels: int | None = None) -> np.ndarray:
-    """Read a mask as uint8 (H, W). Binary: 0/255 or 0/1 -> {0, 1}. Multi-class: class ids.
+def read_mask(path: str | os.PathLike, num_classes: int = 1, max_pixels: int | None = None,
+              ignore_index: int | None = IGNORE_INDEX) -> np.ndarray:
+    """Read a mask as uint8 (H, W) class ids, EXIF orientation applied: binary 0/255 or 0/1 -> {0, 1}, multi-class
+    ids as they are, palette PNGs by their index; void pixels are `ignore_index`. A mask that cannot be read
+    unambiguously (a photo, ids above num_classes - 1, ...) is a UserError: runtime/masks.py has the rules.
     `max_pixels` as in read_image."""
-    mask = _decode(Path(path), MASK_FLAGS, max_pixels)  # EXIF orientation applied, as in read_image
-    if mask.ndim == 3:
-        # Colour-saved masks: any channel set counts (alpha ignored).
-        mask = mask[..., :3].max(axis=2)
-    if num_classes == 1:
-        return (mask > binary_threshold(mask)).astype(np.uint8)
-    if mask.max() >= num_classes:
-        raise UserError(
-            f"mask {path} has class id {int(mask.max())} but num_classes={num_classes}; "
-            "fix the mask or raise --classes"
-        )
-    return mask.astype(np.uint8)
+    from runtime.masks import read_class_ids  # the rules import this module
+
+    return read_class_ids(Path(path), num_classes, max_pixels, ignore_index)
 
 
 # Uncompressed, unfiltered PNG: several times less CPU than the default, about 3x the bytes on photos.
@@ -435,10 +462,13 @@ def restore_size(probs: np.ndarray, valid_hw: tuple[int, int], orig_hw: tuple[in
 # ----------------------------------------------------------------------------- metrics
 
 
-def dice_iou(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
-    """Dice and IoU of two binary masks. Both empty counts as a perfect match (1.0, 1.0)."""
+def dice_iou(pred: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None) -> tuple[float, float]:
+    """Dice and IoU of two binary masks, over the `valid` pixels only (void left out) when given. Both empty
+    counts as a perfect match (1.0, 1.0)."""
     pred = pred.astype(bool)
     target = target.astype(bool)
+    if valid is not None:
+        pred, target = pred & valid, target & valid
     inter = np.logical_and(pred, target).sum(dtype=np.int64)
     total = pred.sum(dtype=np.int64) + target.sum(dtype=np.int64)
     if total == 0:
@@ -447,8 +477,12 @@ def dice_iou(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     return float(2 * inter / total), float(inter / union)
 
 
-def class_counts(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
-    """(K, 3) int64 [intersection, predicted, true] pixels of each foreground class 1..C-1 of two class-id masks."""
+def class_counts(pred: np.ndarray, target: np.ndarray, num_classes: int, valid: np.ndarray | None = None
+                 ) -> np.ndarray:
+    """(K, 3) int64 [intersection, predicted, true] pixels of each foreground class 1..C-1 of two class-id masks,
+    over the `valid` pixels only (void left out) when given."""
+    if valid is not None:
+        pred, target = pred[valid], target[valid]
     pred_n = np.bincount(pred.ravel(), minlength=num_classes)[1:num_classes]
     true_n = np.bincount(target.ravel(), minlength=num_classes)[1:num_classes]
     inter = np.bincount(pred[pred == target].ravel(), minlength=num_classes)[1:num_classes]

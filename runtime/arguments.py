@@ -13,7 +13,17 @@ from runtime.segmenter import TTA_FLIPS
 from runtime.session import DEFAULT_SPINNING, PROVIDER_CHOICES
 from runtime.sources import ZIP_MAX_BYTES, ZIP_MAX_ENTRIES, ZIP_MAX_RATIO
 from runtime.writers import LABEL_STUDIO_PREFIX
-from utils import MAX_IMAGE_PIXELS
+from utils import IGNORE_INDEX, MAX_IMAGE_PIXELS, UserError
+
+
+def parse_ignore_index(text: str | None) -> int | None:
+    """--ignore-index: a void label 0-255, or none."""
+    text = str(IGNORE_INDEX if text is None else text).strip().lower()
+    if text in ("", "none", "off"):
+        return None
+    if not text.isdigit() or int(text) > 255:
+        raise UserError(f"--ignore-index {text!r} is not valid; give the void label 0-255 (default 255), or none")
+    return int(text)
 
 
 def add_source_args(add) -> None:
@@ -72,6 +82,8 @@ def add_output_args(add) -> None:
     add("--color", default="red", help="overlay colour of binary masks: a name, #rrggbb or R,G,B")
     add("--save-probs", action="store_true", help="also write OUT/probs/<name>.npy (float16, C x H x W)")
     add("--gt", default=None, help="folder of ground-truth masks, paired by name: dice/iou columns + metrics.json")
+    add("--ignore-index", default="255", help="the void label of --gt masks (VOC's 255 border): those pixels are "
+        "left out of dice/iou; none = no void")
     add("--gated-overlay", default="fast", choices=("fast", "png", "skip"),
         help="with --gate, the overlay of an image judged clean (the image itself): fast = uncompressed PNG (about "
              "6x less CPU than png, about 3x the bytes), png = compressed as every other overlay, skip = none")

@@ -20,6 +20,7 @@ config (`--labelstudio-config config.xml`) or let the model's class names imply 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from urllib.parse import quote
 from dataclasses import dataclass, field
 
 import cv2
@@ -276,7 +277,9 @@ class LabelStudioWriter:
         self.tasks: list[dict] = []
 
     def add(self, relative_name: str, mask: np.ndarray, probs: np.ndarray | None = None) -> None:
-        ref = self.image_prefix + relative_name.replace("\\", "/")
+        # URL-encoded as Label Studio writes its own references (urllib's quote): `a+b.jpg`, `c&d.jpg` and
+        # `e#f.jpg` would otherwise be read back as `a b.jpg`, `c` and `e`
+        ref = self.image_prefix + quote(relative_name.replace("\\", "/"), safe="/")
         self.tasks.append(prediction_task(ref, mask, self.labels, self.config, self.model_version,
                                           mask_score(mask, probs), self.polygons))
 

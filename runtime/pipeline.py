@@ -25,7 +25,7 @@ import numpy as np
 from runtime.postprocess import class_palette, colorize, draw_legend, make_overlay, parse_color
 from runtime.report import CsvLog, csv_columns, error_row, fill_row, find_gt, new_row, score, write_metrics
 from runtime.sources import ZIP_MAX_BYTES, ZIP_MAX_ENTRIES, ZIP_MAX_RATIO, Item, extract_zip, pack_outputs
-from utils import LOG, MAX_IMAGE_PIXELS, UserError, interrupts_deferred, read_image, write_png
+from utils import IGNORE_INDEX, LOG, MAX_IMAGE_PIXELS, UserError, interrupts_deferred, read_image, write_png
 
 LOCK_NAME = ".lock"
 GATED_OVERLAYS = ("png", "fast", "skip")
@@ -37,6 +37,7 @@ class RunOptions:
     alpha: float = 0.5  # overlay opacity
     color: tuple = (255, 0, 0)  # overlay colour of binary masks (RGB)
     gt_dir: str | None = None  # ground-truth folder: adds dice/iou and metrics.json
+    ignore_index: int | None = IGNORE_INDEX  # the void label of the ground truth: left out of dice/iou
     save_probs: bool = False  # OUT/probs/<name>.npy, float16 (C, H, W)
     batch_size: int = 1  # images per session.run (folders, lists, ZIPs)
     io_threads: int = 2  # background threads decoding and, separately, writing
@@ -307,7 +308,7 @@ def finish_item(item: Item, image, outcome, model_ms: float, output: Path, optio
             np.save(target, probs.astype(np.float16))
         fill_row(row, mask, outcome.info)
         count = score(row, mask, find_gt(gt_index, item.name), probs.shape[0], options.class_names,
-                      options.background)
+                      options.background, options.ignore_index)
     except Exception as exc:  # noqa: BLE001 - a failed write is a row, not a crash
         LOG.warning("%s: %s", item.name, exc)
         row.update(status="error", error=str(exc))

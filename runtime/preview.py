@@ -14,7 +14,7 @@ import numpy as np
 
 from runtime.postprocess import class_palette, colorize, make_overlay
 from runtime.report import fill_row, new_row
-from utils import UserError, class_dice_iou, dice_iou, read_mask, resize_long_side
+from utils import IGNORE_INDEX, UserError, class_counts, dice_iou, dice_iou_from_counts, read_mask, resize_long_side
 
 # Browsers cannot play the engine's MPEG-4 Part 2 (mp4v) or AVI output, so the page shows a VP8 WebM copy.
 PREVIEW_FORMAT = ("VP80", ".webm", "video/webm")
@@ -55,17 +55,19 @@ def compare_gt(mask: np.ndarray, gt_path: Path, num_classes: int, original_hw: t
 
     Binary: the foreground. Multi-class: the mean over the classes (class 0 too without `background`), a
     class absent from both counting 1 (runtime.metadata.MULTICLASS_RULE, as inference.py --gt scores it)."""
-    gt = read_mask(gt_path, num_classes)
+    gt = read_mask(gt_path, num_classes)  # void (IGNORE_INDEX) left out of the scores
     if gt.shape != tuple(original_hw):
         raise UserError(f"the ground-truth mask is {gt.shape[1]}x{gt.shape[0]} but the image is "
                         f"{original_hw[1]}x{original_hw[0]}; upload the mask that belongs to this image")
     if gt.shape != mask.shape:  # the image was downscaled to the max long side
         gt = cv2.resize(gt, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_NEAREST)
+    valid = gt != IGNORE_INDEX
     if num_classes > 1:
-        shift = 0 if background else 1  # class ids one up: class_dice_iou scores 1.., here every class
-        dice, iou = (float(v.mean()) for v in class_dice_iou(mask + shift, gt + shift, num_classes + shift))
+        shift = 0 if background else 1  # class ids one up: class_counts scores 1.., here every class
+        counts = class_counts(mask + shift, gt + shift, num_classes + shift, valid)
+        dice, iou = (float(v.mean()) for v in dice_iou_from_counts(counts))
     else:
-        dice, iou = dice_iou(mask > 0, gt > 0)
+        dice, iou = dice_iou(mask > 0, gt == 1, valid)
     return gt, dice, iou
 
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from runtime.metadata import MULTICLASS_RULE
 from utils import (
-    UserError, atomic_write_json, class_counts, dice_iou, dice_iou_from_counts, list_images,
+    IGNORE_INDEX, UserError, atomic_write_json, class_counts, dice_iou, dice_iou_from_counts, list_images,
     mask_stem, read_mask,
 )
 
@@ -92,17 +92,28 @@ def error_row(name: str, reason: str, columns=CSV_COLUMNS) -> dict:
 # ----------------------------------------------------------------------------- ground truth
 
 
-def load_gt_index(gt_dir) -> dict[str, Path]:
-    """Ground-truth masks by relative path without suffix and by bare stem (first one wins)."""
+def load_gt_index(gt_dir, num_classes: int | None = None, ignore_index: int | None = IGNORE_INDEX,
+                  max_pixels: int | None = None) -> dict[str, Path]:
+    """Ground-truth masks by relative path without suffix and by bare stem (first one wins). With the model's
+    `num_classes`, every mask is first read by the rules training reads masks by (runtime/masks.py): photos,
+    class ids the model does not have and contradicting encodings stop the run with one line."""
     if gt_dir is None:
         return {}
     gt_dir = Path(gt_dir)
     if not gt_dir.is_dir():
         raise UserError(f"ground-truth folder not found: {gt_dir} (check --gt)")
     index: dict[str, Path] = {}
-    for path in list_images(gt_dir):
+    paths = list_images(gt_dir)
+    for path in paths:
         index.setdefault(path.relative_to(gt_dir).with_name(mask_stem(path)).as_posix(), path)
         index.setdefault(mask_stem(path), path)
+    if num_classes is not None and paths:
+        from runtime.masks import check_mask_files
+
+        try:
+            check_mask_files(paths, num_classes, ignore_index, max_pixels, what="--gt masks")
+        except UserError as exc:
+            raise UserError(f"--gt {gt_dir}: {exc}") from None
     return index
 
 
@@ -113,9 +124,10 @@ def find_gt(gt_index: dict[str, Path], name: str) -> Path | None:
 
 
 def score(row: dict, mask: np.ndarray, gt_path: Path | None, num_classes: int,
-          class_names=(), background: bool = True) -> tuple[int, ...] | None:
+          class_names=(), background: bool = True, ignore_index: int | None = IGNORE_INDEX) -> tuple[int, ...] | None:
     """Add Dice/IoU to `row`; returns (intersection, predicted, true) pixels for pooling, one triple per
-    foreground class (flat), so metrics.json can pool and average them.
+    foreground class (flat), so metrics.json can pool and average them. Ground-truth pixels of `ignore_index`
+    (void) are left out.
 
     Binary: the foreground. Multi-class: by runtime.metadata.MULTICLASS_RULE, dice/iou the class mean and a
     dice_<class> column per class (without `background`, class 0 is scored too). A bad ground-truth mask is noted in the error column; the
@@ -124,7 +136,7 @@ def score(row: dict, mask: np.ndarray, gt_path: Path | None, num_classes: int,
     if gt_path is None:
         return None
     try:
-        gt = read_mask(gt_path, num_classes)
+        gt = read_mask(gt_path, num_classes, ignore_index=ignore_index)
     except UserError as exc:
         row["error"] = f"ground truth: {exc}"
         return None
@@ -132,15 +144,17 @@ def score(row: dict, mask: np.ndarray, gt_path: Path | None, num_classes: int,
         gt_size, image_size = f"{gt.shape[1]}x{gt.shape[0]}", f"{mask.shape[1]}x{mask.shape[0]}"
         row["error"] = f"ground truth {gt_path.name} is {gt_size} but the image is {image_size}"
         return None
+    valid = gt != ignore_index if ignore_index is not None else None
     if num_classes > 1:
         shift = 0 if background else 1  # no background: ids one up, so class_counts' classes 1.. are all of them
-        counts = class_counts(mask + shift, gt + shift, num_classes + shift)  # (K, 3)
+        counts = class_counts(mask + shift, gt + shift, num_classes + shift, valid)  # (K, 3)
         dice, iou = dice_iou_from_counts(counts)
         names = scored_names(class_names, background) or [str(c) for c in range(1 - shift, num_classes)]
         row.update(dice=round(float(dice.mean()), 4), iou=round(float(iou.mean()), 4),
                    **{f"dice_{name}": round(float(d), 4) for name, d in zip(names, dice)})
         return tuple(int(v) for v in counts.ravel())
-    pred, true = mask > 0, gt > 0
+    valid = np.ones(gt.shape, bool) if valid is None else valid
+    pred, true = (mask > 0) & valid, gt == 1
     dice, iou = dice_iou(pred, true)
     row.update(dice=round(dice, 4), iou=round(iou, 4))
     return int(np.logical_and(pred, true).sum()), int(pred.sum()), int(true.sum())

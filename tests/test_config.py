@@ -146,3 +146,28 @@ def test_the_log_gets_one_line_and_config_json_every_setting(tmp_path):
     assert line.endswith(f"set: WORK_DIR={tmp_path}, ENCODER=resnet18, EPOCHS=7, LR=0.01")
     assert json.loads((tmp_path / "config.json").read_text()) == cfg.to_dict()
     assert set(cfg.to_dict()) == {f.name for f in FIELDS}
+
+
+def test_a_classes_file_with_a_bom_names_its_classes_without_it(tmp_path):
+    (tmp_path / "classes.txt").write_bytes("background\nrider\nhorse\n".encode("utf-8-sig"))
+    cfg = load_config(["--classes", "3", "--classes-file", str(tmp_path / "classes.txt")], environ={})
+    assert cfg.names() == ["background", "rider", "horse"]
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--classes", "3", "--class-names", "background,horse,horse"], r"repeat or leave blank \['horse'\]"),
+    (["--classes", "3", "--class-names", "background,,horse"], r"repeat or leave blank \[''\]"),
+    (["--class-names", "background,rider,horse"], r"3 names .* but CLASSES=1 \(binary\): set --classes 3"),
+    (["--classes", "3", "--ignore-index", "2"], r"IGNORE_INDEX=2 is a class id with CLASSES=3"),
+    (["--work-dir", "README.md"], r"WORK_DIR='README.md' is a file, not a folder"),
+])
+def test_class_names_void_label_and_work_dir_are_checked_in_one_line(argv, words, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    with pytest.raises(UserError, match=words):
+        load_config(argv, environ={})
+
+
+def test_ignore_index_takes_none_and_its_default_keeps_old_runs_hash():
+    assert load_config(["--ignore-index", "none"], environ={}).ignore_index is None
+    assert config_hash(load_config([], environ={})) == config_hash(load_config(["--ignore-index", "255"], environ={}))
+    assert config_hash(load_config([], environ={})) != config_hash(load_config(["--ignore-index", "none"], environ={}))

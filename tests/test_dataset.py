@@ -311,3 +311,18 @@ def test_augment_setting_chooses_the_training_augmentation():
 
     assert load_config([], environ={}).augment == "full"
     assert load_config(["--augment", "flip"], environ={"AUGMENT": "none"}).augment == "flip"
+
+
+def test_cache_keeps_void_in_the_mask_and_out_of_the_class_counts(tmp_path):
+    from training.sources import Source
+
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((8, 8, 3), 90, np.uint8))
+    mask = np.zeros((8, 8), np.uint8)
+    mask[0], mask[4:6, 4:6] = 255, 1
+    void_only = np.where(mask == 255, 255, 0).astype(np.uint8)
+    sources = [Source("a", tmp_path / "a.png", mask=mask), Source("b", tmp_path / "a.png", mask=void_only)]
+    a, b = build_cache(sources, tmp_path / "work", 8)
+    assert np.array_equal(cv2.imread(str(a.mask), cv2.IMREAD_GRAYSCALE), mask)
+    assert a.class_pixels == (52, 4) and not a.empty and b.empty  # void is no foreground
+    manifest = json.loads((tmp_path / "work" / "cache_manifest.json").read_text())["entries"]
+    assert manifest["a"]["void_pixels"] == 8 and manifest["a"]["settings"]["ignore_index"] == 255

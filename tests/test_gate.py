@@ -153,6 +153,8 @@ def test_gate_loss_labels_images_by_any_foreground_pixel():
     multi[2, 5, 5] = 2
     assert image_labels(binary)[:, 0].tolist() == [0.0, 1.0, 0.0]
     assert image_labels(multi)[:, 0].tolist() == [0.0, 0.0, 1.0]
+    multi[0, 0, 0] = 255  # void alone is no defect
+    assert image_labels(multi)[:, 0].tolist() == [0.0, 0.0, 1.0]
     loss = GateLoss()
     good, bad = torch.tensor([[-4.0], [4.0], [-4.0]]), torch.tensor([[4.0], [-4.0], [4.0]])
     assert loss(good, binary) < 0.05 < loss(bad, binary)

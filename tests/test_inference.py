@@ -400,6 +400,17 @@ def test_cli_end_to_end_with_gt(models, image_folder, tmp_path):
     assert len(read_rows(out / "summary.csv")) == 4
 
 
+def test_cli_gt_pointing_at_the_photos_stops_before_inference(models, tmp_path):
+    src = tmp_path / "photos"
+    for i in range(2):  # photo-like: noise, many levels, few equal neighbours
+        write_png(src / f"p{i}.png", np.random.default_rng(i).integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    done = run_script("--model", str(models["meta"]), "--source", str(src), "--output", str(tmp_path / "out"),
+                      "--gt", str(src))
+    error = done.stderr.strip().splitlines()[-1]  # after the model's own log lines: one line, then the exit
+    assert done.returncode == 2 and error.startswith("error: --gt ") and "looks like a photo" in error, done.stderr
+    assert not (tmp_path / "out" / "summary.csv").exists()
+
+
 @pytest.mark.parametrize("value", ["1.5", "high"])
 def test_cli_bad_threshold_exits_2(tmp_path, value):
     done = run_script("--model", "m.onnx", "--source", str(tmp_path), "--output", str(tmp_path / "o"),

@@ -343,3 +343,45 @@ def test_malformed_polygon_names_the_task(tmp_path):
             "annotations": [{"result": [polygon_result([["x", 0], [50, 0], [50, 50]], "x", 30, 20)]}]}
     with pytest.raises(UserError, match=r"task 77, polygonlabels result .* malformed"):
         load_labelstudio(write_export(tmp_path, [task]), image_dir)
+
+
+# ----------------------------------------------------------------------------- names, duplicates, predictions
+
+
+def test_two_tasks_on_one_image_are_refused(tmp_path):
+    image_dir = make_images(tmp_path, ["a.png"])
+    tasks = [{"id": i, "data": {"image": "/data/upload/1/0a1b2c3d-a.png"}, "annotations": [{"result": []}]}
+             for i in (4, 5)]
+    with pytest.raises(UserError, match=r"tasks 4 and 5 both annotate .*a\.png: one would replace the other"):
+        load_labelstudio(write_export(tmp_path, tasks), image_dir)
+
+
+@pytest.mark.parametrize("reference, name", [
+    ("/data/local-files/?d=data/a+b.jpg", "a+b.jpg"),  # written without URL-encoding: read as written
+    ("/data/local-files/?d=data/c&d.jpg", "c&d.jpg"),
+    ("/data/local-files/?d=data/e#f.jpg", "e#f.jpg"),
+    ("/data/local-files/?d=data/a%2Bb.jpg", "a+b.jpg"),  # encoded, as Label Studio writes it
+])
+def test_references_not_url_encoded_still_find_their_file(tmp_path, reference, name):
+    image_dir = make_images(tmp_path, [name])
+    items = load_labelstudio(write_export(tmp_path, [{"id": 1, "data": {"image": reference},
+                                                      "annotations": [{"result": []}]}]), image_dir)
+    assert items[0].image_path.name == name
+
+
+def test_a_reference_naming_two_files_two_ways_is_refused(tmp_path):
+    image_dir = make_images(tmp_path, ["a b.jpg", "a+b.jpg"])
+    task = {"id": 6, "data": {"image": "/data/local-files/?d=data/a+b.jpg"}, "annotations": [{"result": []}]}
+    with pytest.raises(UserError, match=r"task 6: .*names 'a b\.jpg' \(URL-decoded.*'a\+b\.jpg' \(as written\)"):
+        load_labelstudio(write_export(tmp_path, [task]), image_dir)
+
+
+def test_a_file_of_predictions_only_says_predictions_are_not_trained_on(tmp_path):
+    from training.sources.labelstudio import labelstudio_sources
+
+    image_dir = make_images(tmp_path, ["a.png"])
+    task = {"id": 1, "data": {"image": "a.png"}, "predictions": [{"result": [
+        polygon_result([[0, 0], [50, 0], [50, 50]], "x", 30, 20)]}]}
+    with pytest.raises(UserError, match=r"no annotated tasks .*1 tasks with regions hold model predictions only, "
+                                         r"which are never trained on"):
+        labelstudio_sources(write_export(tmp_path, [task]), image_dir)

@@ -247,3 +247,20 @@ def test_a_real_full_disk_keeps_the_previous_checkpoint_and_artifacts(tiny_disk)
         utils.atomic_write_json(tiny_disk / "metrics.json", {"epoch": 2, "pad": "x" * 700_000})
     assert json.loads((tiny_disk / "metrics.json").read_text()) == {"epoch": 1}
     assert sorted(p.name for p in tiny_disk.iterdir()) == ["fold0_last.pt", "metrics.json"]
+
+
+@pytest.mark.parametrize("classes", [1, 3])
+def test_void_pixels_are_left_out_of_the_loss(classes):
+    """IGNORE_INDEX: whatever the model says on void pixels, the loss is the same; without void it would not be."""
+    torch.manual_seed(0)
+    target = torch.randint(0, classes + (classes == 1), (2, 32, 32))
+    target[:, :8] = 255  # void rows
+    logits = torch.randn(2, classes, 32, 32)
+    other = logits.clone()
+    other[:, :, :8] = torch.randn(2, classes, 8, 32) * 10  # changed on void pixels only
+    target = target[:, None].float() if classes == 1 else target
+    loss = build_loss(classes, ignore_index=255)
+    assert torch.allclose(loss(logits, target), loss(other, target))
+    valid_only = build_loss(classes)(logits[..., 8:, :], target[..., 8:, :])
+    assert torch.allclose(loss(logits, target), valid_only, atol=1e-5)  # as if the void rows were not there
+    assert loss(torch.zeros_like(logits), torch.full_like(target, 255)).item() == 0.0  # all void: no NaN

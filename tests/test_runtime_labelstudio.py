@@ -130,3 +130,19 @@ def test_writer_uses_the_projects_config_and_scores_each_prediction(tmp_path):
     assert tasks[0]["predictions"][0]["score"] == pytest.approx(0.8) and tasks[1]["predictions"][0]["result"] == []
     with pytest.raises(UserError, match="is a folder"):
         LabelStudioWriter(tmp_path, ["foreground"])
+
+
+def test_writer_url_encodes_references_as_label_studio_does(tmp_path):
+    from urllib.parse import quote
+
+    from runtime.labelstudio import LabelStudioWriter
+
+    writer = LabelStudioWriter(tmp_path / "tasks.json", ["foreground"])
+    names = ["sub/a+b c.jpg", "c&d.jpg", "e#f.jpg", "h%20.jpg"]
+    for name in names:
+        writer.add(name, np.zeros((4, 4), np.uint8))
+    writer.close()
+    refs = [t["data"]["image"] for t in json.loads((tmp_path / "tasks.json").read_text())]
+    # Label Studio's local-files storage: f"/data/local-files/?d={quote(relative_path)}"
+    assert refs == [f"/data/local-files/?d={quote(n)}" for n in names]
+    assert refs[0] == "/data/local-files/?d=sub/a%2Bb%20c.jpg"

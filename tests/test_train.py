@@ -174,7 +174,7 @@ def test_auto_class_weights_stay_within_ten_times_the_background_on_defect_data(
 def test_class_id_above_classes_is_named(tmp_path):
     data = write_multiclass(tmp_path / "data", count=4)
     cfg = load_config(tiny_argv(data, tmp_path / "work", classes=2), environ={})
-    with pytest.raises(UserError, match=r"m00\.png has class id 2 but num_classes=2"):
+    with pytest.raises(UserError, match=r"m00\.png has class id 2 but CLASSES=2 allows 0..1"):
         train.run(cfg)
 
 
@@ -541,3 +541,20 @@ def test_rect_run_trains_exports_and_records_its_batch_shape(tmp_path):
     assert load_config([], environ={"BATCH_SHAPE": "square"}).batch_shape == "square"
     with pytest.raises(UserError, match="--batch-shape=.squash. is not allowed; choose one of: square, rect"):
         load_config(["--batch-shape", "squash"], environ={})
+
+
+def test_void_pixels_count_neither_as_predicted_nor_as_true():
+    target = torch.zeros(1, 1, 8, 8)
+    target[0, 0, 2:4, 2:4] = 1
+    target[0, 0, 6:] = 255  # void: predicted foreground there costs nothing
+    logits = torch.full((1, 1, 8, 8), -5.0)
+    logits[0, 0, 2:4, 2:4] = 5
+    logits[0, 0, 6:] = 5
+    assert per_image_scores(logits, target, 1)[0, :, 0].tolist() == [1.0, 1.0]
+    assert per_image_scores(logits, target, 1, ignore_index=None)[0, 0, 0] < 0.5
+    multi_target = torch.zeros(1, 8, 8, dtype=torch.long)
+    multi_target[0, 2:4, 2:4], multi_target[0, 6:] = 2, 255
+    multi = torch.zeros(1, 3, 8, 8)
+    multi[0, 2, 2:4, 2:4] = 5
+    multi[0, 1, 6:] = 5  # class 1 predicted on void pixels only
+    assert per_image_scores(multi, multi_target, 3)[0, 0].tolist() == [1.0, 1.0]

@@ -126,6 +126,15 @@ def test_rle_csv_prepares_into_class_id_masks(tmp_path):
     assert not small["c"].any() and not small["d"].any()  # an empty row and no row: clean
 
 
+def test_rle_csv_trains_and_scores_out_of_fold(tmp_path):
+    """Scoring out of fold once read RLE masks without the image's shape: every RLE run crashed after its fold."""
+    images, csv = write_rle_data(tmp_path / "data", RLE_ROWS)
+    cfg = load_config(_argv(tmp_path / "work", raw_img_dir=images, raw_rle_csv=csv, classes=3, input_size=32,
+                            export="false"), environ={})
+    summary = train.run(cfg)
+    assert summary["oof_images"] == 4 and 0 <= summary["oof_dice"] <= 1
+
+
 def test_rle_csv_binary_run_maps_every_class_to_one(tmp_path, caplog):
     images, csv = write_rle_data(tmp_path / "data", RLE_ROWS)
     cfg = load_config(_argv(tmp_path / "work", raw_img_dir=images, raw_rle_csv=csv, input_size=32), environ={})

@@ -21,7 +21,7 @@ from sklearn.metrics import roc_auc_score
 
 from model import image_labels
 from training.distributed import gather
-from utils import LOG, UserError, atomic_write_bytes
+from utils import IGNORE_INDEX, LOG, UserError, atomic_write_bytes
 
 
 def roc_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
@@ -38,11 +38,12 @@ class GateSum:
     The same interface as training.metrics.ScoreSum (`add_batch`, `reduce`, `result`), so the loop is shared.
     """
 
-    def __init__(self):
+    def __init__(self, ignore_index: int | None = IGNORE_INDEX):
         self.loss, self.seen, self.probs, self.labels = 0.0, 0, [], []
+        self.ignore_index = ignore_index
 
     def add_batch(self, loss: float, logits: torch.Tensor, masks: torch.Tensor, num_classes: int = 1) -> None:
-        labels = image_labels(masks)[:, 0]  # (B,)
+        labels = image_labels(masks, self.ignore_index)[:, 0]  # (B,)
         self.probs.append(torch.sigmoid(logits.float()[:, 0]).cpu().numpy())
         self.labels.append(labels.cpu().numpy().astype(bool))
         self.loss += loss * len(labels)

@@ -90,7 +90,7 @@ def evaluate(model, loader, loss_fn, task: Task, device, oof: OOFStats | None = 
     cfg = task.cfg
     model.eval()
     sync_buffers(model)
-    sums, local_oof = task.new_sums(), OOFStats(cfg.classes)
+    sums, local_oof = task.new_sums(), OOFStats(cfg.classes, ignore_index=cfg.ignore_index)
     for images, masks in loader:
         images, masks = memory_format(cfg, images.to(device)), masks.to(device)
         with autocast(cfg, device) if amp else contextlib.nullcontext():

@@ -11,27 +11,31 @@ import numpy as np
 import torch
 
 from training.distributed import all_reduce_sum
-from utils import UserError, atomic_write_json
+from utils import IGNORE_INDEX, UserError, atomic_write_json
 
 # Thresholds searched on the out-of-fold predictions for the recommended threshold.
 THRESHOLD_GRID = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
 
 
 def per_image_scores(logits: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     threshold: float = 0.5, from_probs: bool = False) -> torch.Tensor:
+                     threshold: float = 0.5, from_probs: bool = False,
+                     ignore_index: int | None = IGNORE_INDEX) -> torch.Tensor:
     """(B, 2, K) per-image [dice, iou] for each of the K foreground classes; both empty counts as 1.
 
     Binary: logits/target (B, 1, H, W), K = 1. Multi-class: logits (B, C, H, W), target (B, H, W)
     class ids, K = C - 1 (class 0 is background). from_probs: `logits` already holds probabilities.
+    Target pixels of `ignore_index` (void) count neither as predicted nor as true.
     """
+    flat = target.flatten(1)[:, None]  # (B, 1, N)
+    valid = (flat != ignore_index).float() if ignore_index is not None else torch.ones_like(flat, dtype=torch.float)
     if num_classes == 1:
         probs = logits.float() if from_probs else torch.sigmoid(logits.float())
-        pred = (probs > threshold).flatten(1).float()[:, None]  # (B, 1, N)
-        true = target.flatten(1).float()[:, None]
+        pred = (probs > threshold).flatten(1).float()[:, None] * valid  # (B, 1, N)
+        true = (flat == 1).float()
     else:
         classes = torch.arange(1, num_classes, device=logits.device)[None, :, None]
-        pred = (logits.argmax(1).flatten(1)[:, None] == classes).float()  # (B, C-1, N)
-        true = (target.flatten(1)[:, None] == classes).float()
+        pred = (logits.argmax(1).flatten(1)[:, None] == classes).float() * valid  # (B, C-1, N)
+        true = (flat == classes).float()
     inter = (pred * true).sum(-1)
     total = pred.sum(-1) + true.sum(-1)
     union = total - inter
@@ -43,8 +47,8 @@ def per_image_scores(logits: torch.Tensor, target: torch.Tensor, num_classes: in
 class ScoreSum:
     """Running sums of loss and per-image scores; `result()` gives means and per-class Dice."""
 
-    def __init__(self, class_names: list[str]):
-        self.class_names = class_names
+    def __init__(self, class_names: list[str], ignore_index: int | None = IGNORE_INDEX):
+        self.class_names, self.ignore_index = class_names, ignore_index
         self.loss, self.scores, self.seen = 0.0, torch.zeros(2, max(len(class_names) - 1, 1), dtype=torch.float64), 0
 
     def add(self, loss: float, scores: torch.Tensor) -> None:  # scores (B, 2, K)
@@ -53,7 +57,7 @@ class ScoreSum:
         self.seen += scores.shape[0]
 
     def add_batch(self, loss: float, logits: torch.Tensor, masks: torch.Tensor, num_classes: int) -> None:
-        self.add(loss, per_image_scores(logits, masks, num_classes))
+        self.add(loss, per_image_scores(logits, masks, num_classes, ignore_index=self.ignore_index))
 
     def reduce(self) -> "ScoreSum":
         """Sum over DDP ranks: per-image score sums and image counts, never means of means."""
@@ -84,6 +88,7 @@ class OOFStats:
     dice_sum: np.ndarray | None = None
     iou_sum: np.ndarray | None = None
     count: int = 0
+    ignore_index: int | None = IGNORE_INDEX  # void target pixels: left out of every threshold's scores
 
     def __post_init__(self):
         shape = (len(THRESHOLD_GRID), max(self.classes - 1, 1))
@@ -94,7 +99,7 @@ class OOFStats:
         assert num_classes == self.classes, (num_classes, self.classes)
         grid = [0.5] if num_classes > 1 else THRESHOLD_GRID
         for i, thr in enumerate(grid):
-            scores = per_image_scores(logits, target, num_classes, thr, from_probs)
+            scores = per_image_scores(logits, target, num_classes, thr, from_probs, self.ignore_index)
             scores = scores.double().sum(0).cpu().numpy()  # (2, K)
             rows = slice(None) if num_classes > 1 else i
             self.dice_sum[rows] += scores[0]
@@ -106,7 +111,8 @@ class OOFStats:
         flat = all_reduce_sum(torch.from_numpy(np.concatenate([self.dice_sum.ravel(), self.iou_sum.ravel(),
                                                                [self.count]])))
         half = self.dice_sum.size
-        return OOFStats(self.classes, flat[:half].numpy(), flat[half:2 * half].numpy(), int(flat[-1]))
+        return OOFStats(self.classes, flat[:half].numpy(), flat[half:2 * half].numpy(), int(flat[-1]),
+                        self.ignore_index)
 
     def merge(self, other: "OOFStats") -> None:
         self.dice_sum, self.iou_sum = self.dice_sum + other.dice_sum, self.iou_sum + other.iou_sum

@@ -36,10 +36,10 @@ def score_original_resolution(task: Task, path: Path, sources: list, device, oof
     model = task.build_model().to(device).eval()
     load_checkpoint(model, path)
     meta = preprocess_metadata(cfg.input_size)
-    local = OOFStats(cfg.classes)
+    local = OOFStats(cfg.classes, ignore_index=cfg.ignore_index)
     for source, box in shard(list(zip(sources, boxes or [None] * len(sources)))):
         image = read_image(source.image_path, cfg.max_image_pixels)
-        mask = source.load_mask(cfg.classes, cfg.max_image_pixels)
+        mask = source.load_mask(cfg.classes, cfg.max_image_pixels, image.shape[:2], cfg.ignore_index)
         view = crop_square(image, box, cfg.input_size, cfg.crop_pad_value) if box else image
         chw, valid_hw = preprocess(view, meta)  # (3, H', W')
         logits = model(torch.from_numpy(chw)[None].to(device)).float()[0]  # fp32, as the exported model runs
@@ -85,14 +85,15 @@ class SegmentOutOfFold:
 
     def __init__(self, task: Task, sources: dict):
         self.task, self.sources = task, sources
-        self.cached, self.original = OOFStats(task.cfg.classes), OOFStats(task.cfg.classes)
+        classes, ignore = task.cfg.classes, task.cfg.ignore_index
+        self.cached, self.original = OOFStats(classes, ignore_index=ignore), OOFStats(classes, ignore_index=ignore)
 
     def score_fold(self, fold: int, path: Path, entries: list[CacheEntry], val_idx: list[int], device) -> dict:
         """The fold's val scores at the cached resolution; multi-class adds "oof", its images at their own size."""
         cfg = self.task.cfg
         scores = evaluate_checkpoint(self.task, path, entries, val_idx, device, self.cached)
         val = [entries[i] for i in val_idx]
-        fold_oof = OOFStats(cfg.classes)
+        fold_oof = OOFStats(cfg.classes, ignore_index=cfg.ignore_index)
         score_original_resolution(self.task, path, [self.sources[e.key] for e in val], device, fold_oof,
                                   [e.crop_box for e in val])
         self.original.merge(fold_oof)

@@ -17,9 +17,10 @@ Split = tuple[list[int], list[int]]  # (train indices, val indices) into the cac
 SPLIT_FILES = {"train": "training_dataset.txt", "val": "validation_dataset.txt", "test": "test_dataset.txt"}
 
 
-def read_split_lists(split_dir: str | None, raw_img_dir: str) -> dict[str, list[str]]:
-    """Stems named by the split lists (--search-files); a missing list is an empty split."""
-    candidates = [Path(split_dir)] if split_dir else [Path(raw_img_dir), Path(raw_img_dir).parent]
+def read_split_lists(split_dir: str | None, raw_img_dir: str | None) -> dict[str, list[str]]:
+    """Names in the split lists (--search-files): image stems, file names or keys; a missing list is an empty split."""
+    candidates = [Path(split_dir)] if split_dir else [Path(raw_img_dir), Path(raw_img_dir).parent] if raw_img_dir \
+        else [Path(".")]
     folder = next((d for d in candidates if (d / SPLIT_FILES["train"]).is_file()), None)
     if folder is None:
         raise UserError(f"--search-files: no {SPLIT_FILES['train']} in {' or '.join(map(str, candidates))}; "
@@ -28,18 +29,37 @@ def read_split_lists(split_dir: str | None, raw_img_dir: str) -> dict[str, list[
     for split, name in SPLIT_FILES.items():
         path = folder / name
         lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
-        splits[split] = [Path(line.strip()).stem for line in lines if line.strip() and not line.startswith("#")]
+        splits[split] = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     LOG.info("split lists in %s: %s", folder, {k: len(v) for k, v in splits.items()})
     return splits
 
 
+def key_index(entries: list[CacheEntry]) -> dict[str, int]:
+    """Entry index by key, and by the key's stem where that is unique (keys are stems, or relative paths where
+    stems collide: training/sources.unique_keys)."""
+    index: dict[str, int] = {}
+    stems: dict[str, list[int]] = {}
+    for i, entry in enumerate(entries):
+        stems.setdefault(Path(entry.key).stem, []).append(i)
+    index.update({stem: hits[0] for stem, hits in stems.items() if len(hits) == 1})
+    index.update({entry.key: i for i, entry in enumerate(entries)})
+    return index
+
+
+def find_entry(index: dict[str, int], name: str) -> int | None:
+    """The entry a list names: its key, its file name or its stem."""
+    name = name.replace("\\", "/")
+    return index.get(name, index.get(Path(name).stem))
+
+
 def split_indices(entries: list[CacheEntry], names: list[str], list_name: str) -> list[int]:
-    index = {e.key: i for i, e in enumerate(entries)}
-    unknown = [n for n in names if n not in index]
+    index = key_index(entries)
+    found = [find_entry(index, n) for n in names]
+    unknown = [n for n, i in zip(names, found) if i is None]
     if unknown:
         raise UserError(f"{list_name} names {len(unknown)} image(s) not in the dataset, e.g. {unknown[:3]}; "
                         "fix the list or the image folder")
-    return [index[n] for n in names]
+    return found
 
 
 def read_groups(path: str, entries: list[CacheEntry]) -> list[str]:
@@ -51,11 +71,13 @@ def read_groups(path: str, entries: list[CacheEntry]) -> list[str]:
             continue
         if len(parts) < 2:
             raise UserError(f"GROUPS={path} line {line_no}: expected '<image stem>,<group>', got {line!r}")
-        groups[Path(parts[0]).stem] = parts[1]
-    missing = sum(e.key not in groups for e in entries)
+        groups[parts[0]] = parts[1]
+    index = key_index(entries)
+    by_entry = {find_entry(index, name): group for name, group in groups.items()}
+    missing = sum(i not in by_entry for i in range(len(entries)))
     if missing:
         LOG.info("GROUPS: %d image(s) not listed; each forms its own group", missing)
-    return [groups.get(e.key, f"__{e.key}") for e in entries]
+    return [by_entry.get(i, f"__{e.key}") for i, e in enumerate(entries)]
 
 
 def make_folds(entries: list[CacheEntry], folds: int, seed: int, groups: list[str] | None = None) -> list[Split]:

@@ -43,10 +43,10 @@ class SegmentTask:
         """The training loss; without entries (scoring a checkpoint) no class weighting."""
         cfg = self.cfg
         weights = resolve_class_weights(cfg, entries, train_idx) if entries is not None else None
-        return build_loss(cfg.classes, cfg.dice_weight, cfg.bce_weight, weights)
+        return build_loss(cfg.classes, cfg.dice_weight, cfg.bce_weight, weights, cfg.ignore_index)
 
     def new_sums(self) -> ScoreSum:
-        return ScoreSum(self.cfg.names())
+        return ScoreSum(self.cfg.names(), self.cfg.ignore_index)
 
     def monitor_score(self, stats: dict) -> float:
         return stats["dice"]
@@ -61,7 +61,7 @@ class SegmentTask:
         return self.cfg.patch_hw()
 
     def preview_grid(self, model, dataset, device) -> np.ndarray:
-        return preview_grid(model, dataset, self.cfg.classes, device)
+        return preview_grid(model, dataset, self.cfg.classes, device, ignore_index=self.cfg.ignore_index)
 
     def check_data(self, entries: list) -> None:
         """Any labelled images can train a segmenter."""
@@ -99,10 +99,11 @@ class ClassifyTask:
     def build_loss(self, entries: list | None = None, train_idx: list[int] | None = None) -> torch.nn.Module:
         """The training loss; without entries (scoring a checkpoint) no positive weighting."""
         labels = [not entries[i].empty for i in train_idx] if entries is not None else []
-        return GateLoss(classify.resolve_pos_weight(self.cfg.gate_pos_weight, labels) if labels else None)
+        return GateLoss(classify.resolve_pos_weight(self.cfg.gate_pos_weight, labels) if labels else None,
+                        self.cfg.ignore_index)
 
     def new_sums(self) -> classify.GateSum:
-        return classify.GateSum()
+        return classify.GateSum(self.cfg.ignore_index)
 
     def monitor_score(self, stats: dict) -> float:
         return classify.monitor(stats)
@@ -143,7 +144,8 @@ def make_task(cfg: Config) -> SegmentTask | ClassifyTask:
 
 
 @torch.inference_mode()
-def preview_grid(model, dataset, num_classes: int, device, count: int = 4) -> np.ndarray:
+def preview_grid(model, dataset, num_classes: int, device, count: int = 4, ignore_index: int | None = None
+                 ) -> np.ndarray:
     """Rows of [image | ground truth | prediction] for the first val images, RGB uint8. Class ids get
     the runtime's palette colours; wide images (TRAIN_PATCH strips) stack the three vertically."""
     from runtime.postprocess import colorize
@@ -158,7 +160,9 @@ def preview_grid(model, dataset, num_classes: int, device, count: int = 4) -> np
         rgb = image.permute(1, 2, 0).numpy() * np.array(dataset.std) + np.array(dataset.mean)
         def as_rgb(m: torch.Tensor) -> np.ndarray:
             ids = m.cpu().numpy().astype(np.uint8)
-            return colorize(ids) if num_classes > 1 else np.repeat(ids[..., None] * 255, 3, 2)
+            rgb = colorize(ids) if num_classes > 1 else np.repeat((ids == 1)[..., None] * np.uint8(255), 3, 2)
+            rgb[ids == ignore_index] = 128  # void: grey
+            return rgb
         panels = [(rgb.clip(0, 1) * 255).astype(np.uint8), as_rgb(truth), as_rgb(pred)]
         rows.append(np.concatenate(panels, 0 if rgb.shape[1] > 2 * rgb.shape[0] else 1))
     width = max(row.shape[1] for row in rows)  # whole val images may differ in size under TRAIN_PATCH

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from runtime.labelstudio import decode_brush_rle  # noqa: F401  (the codec lives with its encoder)
-from training.sources import Source
+from training.sources import Source, unique_keys
 from utils import IMAGE_EXTS, LOG, UserError, list_images, read_image
 
 # Label Studio prefixes every uploaded file with 8 hex characters and a dash.
@@ -70,25 +70,34 @@ def polygon_to_mask(points_pct, height: int, width: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- names
 
 
-def original_name(upload_path: str) -> str:
-    """The original file name behind a Label Studio image reference.
-
-    Handles ``/data/upload/<project>/<8 hex>-<name>``, ``/data/local-files/?d=dir/name``,
-    URLs (``https://``, ``s3://``) and plain POSIX or Windows paths; names are URL-decoded.
-    """
-    ref = upload_path.strip()
+def reference_paths(reference: str) -> tuple[str, str]:
+    """(decoded, literal) POSIX paths of an image reference. Decoded is what Label Studio serves: the `?d=` query
+    value of ``/data/local-files/?d=dir/name`` (URL-decoded, as Label Studio writes it with urllib's quote), the
+    URL-decoded path of uploads and URLs (``https://``, ``s3://``), or a plain POSIX or Windows path. Literal is the
+    same reference not decoded: how a file written without URL-encoding (``a+b.jpg``, ``c&d.jpg``) named it."""
+    ref = reference.strip()
     if _WINDOWS_DRIVE.match(ref):  # urlparse would read "C:" as a URL scheme
-        path = unquote(ref)
+        decoded, literal = unquote(ref), ref
     else:
         parsed = urlparse(ref)
         local = parse_qs(parsed.query).get("d")
         # /data/local-files/?d=dir/name keeps the file in the query (parse_qs already decodes it).
-        path = local[0] if local else unquote(parsed.path)
-    path = path.replace("\\", "/").rstrip("/")
+        decoded = local[0] if local else unquote(parsed.path)
+        literal = ref.split("?d=", 1)[1] if "?d=" in ref else ref.split("://", 1)[-1]
+        if "://" in ref and "?d=" not in ref:
+            literal = literal.split("/", 1)[-1]  # the host is no folder
+    return tuple(path.replace("\\", "/").rstrip("/") for path in (decoded, literal))
+
+
+def _base_name(path: str) -> str:
     name = path.rsplit("/", 1)[-1]
-    if _UPLOAD_DIR.search(path):
-        name = _UPLOAD_PREFIX.sub("", name, count=1)
-    return name
+    return _UPLOAD_PREFIX.sub("", name, count=1) if _UPLOAD_DIR.search(path) else name
+
+
+def original_name(upload_path: str) -> str:
+    """The original file name behind a Label Studio image reference (see reference_paths); names are URL-decoded
+    and uploads (``/data/upload/<project>/<8 hex>-<name>``) lose their prefix."""
+    return _base_name(reference_paths(upload_path)[0])
 
 
 # ----------------------------------------------------------------------------- export parsing
@@ -158,20 +167,40 @@ def _index_images(image_dir: Path) -> dict[str, list[Path]]:
     return index
 
 
-def _find_image(index: dict[str, list[Path]], name: str, task_id, image_dir: Path) -> Path:
-    matches = index.get(name) or index.get(name.lower())
-    if not matches:
+def _candidates(index: dict[str, list[Path]], path: str, image_dir: Path) -> list[Path]:
+    """The files a reference path names: by base name, narrowed by its folders where the name is not unique."""
+    name = _base_name(path)
+    matches = index.get(name) or index.get(name.lower()) or []
+    if len(matches) > 1:  # s1/x.jpg and s2/x.jpg: the reference's folders tell them apart
+        narrowed = [m for m in matches if ("/" + path).endswith("/" + m.relative_to(image_dir).as_posix())]
+        matches = narrowed or matches
+    return matches
+
+
+def _find_image(index: dict[str, list[Path]], reference: str, task_id, image_dir: Path) -> Path:
+    decoded, literal = reference_paths(reference)
+    found = _candidates(index, decoded, image_dir)
+    if literal != decoded:
+        raw = _candidates(index, literal, image_dir)
+        if raw and found and raw != found:
+            raise UserError(
+                f"task {task_id}: image reference {reference!r} names {found[0].name!r} (URL-decoded, as Label Studio "
+                f"reads it) and {raw[0].name!r} (as written), and both are in {image_dir}; export the tasks with "
+                "URL-encoded references (inference.py --labelstudio writes them so) or rename one file"
+            )
+        found = found or raw
+    if not found:
         raise UserError(
-            f"task {task_id}: image '{name}' not found in {image_dir} (searched recursively by file name); "
-            "put the annotated images there or point the image folder at them"
+            f"task {task_id}: image '{_base_name(decoded)}' not found in {image_dir} (searched recursively by file "
+            "name); put the annotated images there or point the image folder at them"
         )
-    if len(matches) > 1:
-        listed = ", ".join(str(p) for p in matches[:3])
+    if len(found) > 1:
+        listed = ", ".join(str(p) for p in found[:3])
         raise UserError(
-            f"task {task_id}: image name '{name}' is ambiguous in {image_dir} ({listed}); "
+            f"task {task_id}: image name '{found[0].name}' is ambiguous in {image_dir} ({listed}); "
             "keep one file per name"
         )
-    return matches[0]
+    return found[0]
 
 
 # ----------------------------------------------------------------------------- rasterising
@@ -282,6 +311,7 @@ def load_labelstudio(
     tasks = _read_tasks(json_path)
     index = _index_images(image_dir)
     items: list[LabelStudioItem] = []
+    seen: dict[Path, object] = {}
     skipped = 0
     for task in tasks:
         annotation = _latest_annotation(task, predictions)
@@ -289,7 +319,11 @@ def load_labelstudio(
             skipped += 1
             continue
         task_id = task.get("id")
-        image_path = _find_image(index, original_name(_image_reference(task)), task_id, image_dir)
+        image_path = _find_image(index, _image_reference(task), task_id, image_dir)
+        if image_path in seen:
+            raise UserError(f"tasks {seen[image_path]} and {task_id} both annotate {image_path}: one would replace "
+                            "the other; delete the duplicate task in Label Studio and export again")
+        seen[image_path] = task_id
         image_hw = read_image(image_path, max_pixels).shape[:2]
         mask = rasterize_annotation(annotation, image_hw, class_map, task_id, image_path)
         items.append(LabelStudioItem(image_path=image_path, mask=mask, task_id=task_id))
@@ -321,5 +355,11 @@ def labelstudio_sources(json_path: str | Path, image_dir: str | Path, class_map:
         check_export_labels(json_path, class_map)
     items = load_labelstudio(json_path, image_dir, class_map, max_pixels)
     if not items:
-        raise UserError(f"no annotated tasks in {json_path}")
-    return [Source(Path(it.image_path).stem, Path(it.image_path), mask=it.mask) for it in items]
+        tasks = _read_tasks(Path(json_path))
+        predicted = sum(bool(t.get("predictions")) for t in tasks)
+        why = (f": its {predicted} tasks with regions hold model predictions only, which are never trained on; review "
+               "them in Label Studio (submit each as an annotation) and export again" if predicted else
+               " (every task unannotated or cancelled); annotate them in Label Studio and export again")
+        raise UserError(f"no annotated tasks in {json_path}{why}")
+    paths = [Path(it.image_path) for it in items]
+    return [Source(key, path, mask=it.mask) for key, path, it in zip(unique_keys(paths, Path(image_dir)), paths, items)]

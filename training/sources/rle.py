@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from runtime.rle import read_rows
-from training.sources import Source
-from utils import LOG, UserError, list_images
+from training.sources import Source, unique_keys
+from utils import IMAGE_EXTS, LOG, UserError, list_images
 
 
 def check_rle_classes(rows: dict[str, dict[int, str]], csv_path, num_classes: int) -> None:
@@ -21,14 +21,23 @@ def check_rle_classes(rows: dict[str, dict[int, str]], csv_path, num_classes: in
 
 def rle_sources(csv_path: str | Path, image_dir: str | Path, num_classes: int) -> list[Source]:
     """Every image of `image_dir` with its rows of a Severstal-style CSV (runtime/rle.py); an image without rows
-    is clean. A row naming an image that is not there is an error."""
+    is clean. A row naming an image that is not there, or a name two files under `image_dir` share, is an error."""
     rows = read_rows(csv_path)
     check_rle_classes(rows, csv_path, num_classes)
-    images = {p.name: p for p in list_images(image_dir)}
-    unknown = sorted(set(rows) - set(images))
+    paths = list_images(image_dir)
+    if not paths:
+        raise UserError(f"no images ({'/'.join(e[1:] for e in IMAGE_EXTS)}) in RAW_IMG_DIR={image_dir}")
+    by_name: dict[str, list[Path]] = {}
+    for path in paths:
+        by_name.setdefault(path.name, []).append(path)
+    unknown = sorted(set(rows) - set(by_name))
     if unknown:
         raise UserError(f"RAW_RLE_CSV {csv_path} names {len(unknown)} images not in RAW_IMG_DIR={image_dir} "
                         f"(e.g. {', '.join(unknown[:3])}); ImageId must be the image's file name")
-    if not images:
-        raise UserError(f"no images (jpg/png/tif/bmp) in RAW_IMG_DIR={image_dir}")
-    return [Source(path.stem, path, rle=tuple(sorted(rows.get(name, {}).items()))) for name, path in images.items()]
+    shared = sorted(name for name in rows if len(by_name[name]) > 1)
+    if shared:
+        files = ", ".join(str(p) for p in by_name[shared[0]][:3])
+        raise UserError(f"RAW_RLE_CSV {csv_path} names {shared[0]!r}, which {len(by_name[shared[0]])} files under "
+                        f"RAW_IMG_DIR share ({files}): ImageId cannot tell them apart; keep one file per name")
+    keys = unique_keys(paths, Path(image_dir))
+    return [Source(key, path, rle=tuple(sorted(rows.get(path.name, {}).items()))) for key, path in zip(keys, paths)]
