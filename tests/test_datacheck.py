@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from config import load_config
-from training.datacheck import REPORT_NAME, check_data
+from training.datacheck import REPORT_NAME, check_data, thickness
 from training.sources import sources_from_config
 from utils import UserError
 
@@ -140,3 +140,29 @@ def test_mask_edges_tell_the_frame_on_real_horse_photos():
             decided["shown"] += on_shown == "shown"
             decided["stored"] += on_stored == "stored"
     assert min(decided.values()) >= 33  # of 36 each: the rest undecided, which stops the run (never misreads)
+
+
+@pytest.mark.parametrize("width", [3, 8, 20])
+def test_thickness_is_the_width_of_a_strip(width):
+    region = np.zeros((200, 300), np.uint8)
+    region[50:50 + width, 20:280] = 1
+    assert thickness(region) == pytest.approx(width, rel=0.1)
+
+
+def test_the_report_describes_object_sizes_and_widths_per_class(tmp_path):
+    """Thin lines on the background: the foreground's width is the lines', the background's is the gaps'."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(4):
+        mask = np.zeros((120, 160), np.uint8)
+        for x in range(10, 150, 20):
+            mask[:, x:x + 4] = 255  # 4 px lines, 16 px gaps
+        cv2.imwrite(str(tmp_path / "images" / f"a{i}.png"), photo(i, 120, 160))
+        cv2.imwrite(str(tmp_path / "masks" / f"a{i}.png"), mask)
+    cfg = load_config(["--raw-img-dir", str(tmp_path / "images"), "--raw-mask-dir", str(tmp_path / "masks"),
+                       "--work-dir", str(tmp_path / "work")], environ={})
+    objects = check_data(cfg, sources_from_config(cfg), log_table=False)["objects"]
+    assert objects["foreground"]["count"] == 4 * 7
+    assert objects["foreground"]["area_fraction"]["median"] == pytest.approx(4 * 120 / (120 * 160))
+    assert objects["foreground"]["thickness_px"]["median"] == pytest.approx(4, rel=0.1)
+    assert 10 < objects["background"]["thickness_px"]["median"] < 20

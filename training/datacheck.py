@@ -53,6 +53,7 @@ class Tally:
         self.empty: list[str] = []
         self.objects: dict[int, list[tuple[int, str]]] = {}
         self.hashes: dict[str, list[str]] = {}
+        self.shapes: dict[int, list[tuple[np.ndarray, float]]] = {}  # per mask: object areas / image, thickness
 
     def add(self, source: Source, ids: np.ndarray, encoding: str, shown_wh: tuple[int, int], digest: str,
             orientation: int) -> None:
@@ -64,12 +65,18 @@ class Tally:
         present = [c for c in range(1, max(self.classes, 2)) if counts[c]]
         if not present:
             self.empty.append(source.key)
-        for c in present:  # the smallest connected regions of each class, 8-connected
-            _, _, stats, _ = cv2.connectedComponentsWithStats((ids == c).astype(np.uint8), connectivity=8)
-            found = self.objects.setdefault(c, [])
-            found += [(int(a), source.key) for a in sorted(stats[1:, cv2.CC_STAT_AREA])[:SMALLEST]]
-            found.sort()
-            del found[SMALLEST:]
+        # every class's regions (the background's too: the gaps between objects, such as membranes between cells,
+        # can be the thin structure), 8-connected; the smallest of each foreground class are listed
+        for c in ([0] if counts[0] else []) + present:
+            region = (ids == c).astype(np.uint8)
+            _, _, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
+            areas = stats[1:, cv2.CC_STAT_AREA]
+            self.shapes.setdefault(c, []).append((areas / ids.size, thickness(region)))
+            if c:
+                found = self.objects.setdefault(c, [])
+                found += [(int(a), source.key) for a in sorted(areas)[:SMALLEST]]
+                found.sort()
+                del found[SMALLEST:]
         self.hashes.setdefault(digest, []).append(source.key)
 
     def report(self, origin: str, seconds: float) -> dict:
@@ -91,8 +98,27 @@ class Tally:
             "empty_masks": {"count": len(self.empty), "examples": self.empty[:5]},
             "smallest_objects": {names[c]: [{"pixels": a, "key": k} for a, k in objs]
                                  for c, objs in sorted(self.objects.items())},
+            "objects": {names[c]: object_stats(found) for c, found in sorted(self.shapes.items())},
             "duplicate_images": {"groups": len(duplicates), "examples": duplicates[:5]},
         }
+
+
+def thickness(region: np.ndarray) -> float:
+    """The typical width in pixels of a class's regions in one mask: 2 x area / boundary pixels (a strip w pixels
+    wide gives w, a disc of radius r gives about r). What a resize must keep above a few pixels."""
+    boundary = int(np.count_nonzero(region & ~cv2.erode(region, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                                                          borderValue=0)))
+    return 2.0 * int(np.count_nonzero(region)) / max(boundary, 1)
+
+
+def object_stats(found: list[tuple[np.ndarray, float]]) -> dict:
+    """Per class: how many regions, their area as a fraction of their image (10th percentile, median) and the
+    width of the class's regions per mask (10th percentile, median), for the recipe's plan (training/recipe.py)."""
+    areas = np.concatenate([a for a, _ in found]) if found else np.zeros(0)
+    widths = np.array([t for _, t in found])
+    pct = lambda v, q: round(float(np.percentile(v, q)), 6) if v.size else None  # noqa: E731
+    return {"count": int(areas.size), "area_fraction": {"p10": pct(areas, 10), "median": pct(areas, 50)},
+            "thickness_px": {"p10": pct(widths, 10), "median": pct(widths, 50)}}
 
 
 def _spread(values: np.ndarray) -> dict:
