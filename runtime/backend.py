@@ -10,7 +10,7 @@
   OpenVINO's int8 kernels are built on; elsewhere (another OS, an older CPU) ask for it with --backend openvino;
 - OpenVINO is installed (requirements-openvino.txt); without it auto is onnxruntime, as before the extra existed;
 - the file is not an end-to-end graph, whose resize OpenVINO computes wrong (refused even when asked for).
-The timings behind the rule: bench/openvino.py (docs/inference.md#backends). One log line says which and why.
+The timings behind the rule: bench/backends.py (docs/inference.md#backends). One log line says which and why.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def resolve_backend(requested: str, model_path: Path, precision: str, providers:
     if is_e2e_file(model_path):
         return "onnxruntime", f"{model_path.name} is an end-to-end graph and {E2E_PROBLEM}"
     return "openvino", f"int8 on a CPU with {', '.join(found)}, where OpenVINO runs int8 faster than onnxruntime " \
-                       "(bench/openvino.py); --backend onnxruntime to force onnxruntime"
+                       "(bench/backends.py); --backend onnxruntime to force onnxruntime"
 
 
 def choose_backend(requested: str, model_path: Path, precision: str, providers: list[str]) -> tuple[str, str]:

@@ -5,7 +5,7 @@
     probs = session.run(None, {"image": batch})[0]        # as onnxruntime: a list of outputs, in order
 
 OpenVINO is an optional extra (requirements-openvino.txt); runtime/backend.py decides when it runs.
-What this adapter does, each measured by bench/openvino.py:
+What this adapter does, each measured by bench/backends.py:
 - float layers run in float32 (INFERENCE_PRECISION_HINT f32): OpenVINO's own default on CPUs with bfloat16
   (AVX512_BF16, AMX) computes them in bfloat16, faster but no longer the file's float32 answer;
 - one dynamic-shape compile at load (any image size at once); a shape that keeps coming back
@@ -29,7 +29,7 @@ from utils import UserError
 
 MISSING = ("--backend openvino needs OpenVINO, which is not installed: pip install -r requirements-openvino.txt "
            "(or use --backend auto)")
-STATIC_AFTER = 4  # runs of one input shape after which it gets a static compile of its own
+STATIC_AFTER = 4  # runs of one input shape after which it gets a static compile of its own (0: never)
 MAX_STATIC = 4  # static compiles kept per mode (a folder of photos of many sizes stays on the dynamic one)
 ONNX_TYPES = {"f32": "float", "f16": "float16", "f64": "double", "u8": "uint8", "i8": "int8", "i32": "int32",
               "i64": "int64", "boolean": "bool"}
@@ -159,12 +159,12 @@ class OpenVinoSession:
     # -- compiles
 
     def compiled_for(self, mode: str, shape: tuple) -> Compiled:
-        """The static compile of `shape` once it has come STATIC_AFTER times (up to MAX_STATIC), else the dynamic one."""
+        """The static compile of `shape` once it came STATIC_AFTER times (up to MAX_STATIC), else the dynamic one."""
         with self.lock:
             self.seen[mode, shape] += 1
             static = sum(1 for key in self.compiled if key[0] == mode and key[1] is not None)
             wanted = shape if self.dynamic and ((mode, shape) in self.compiled or (
-                self.seen[mode, shape] >= STATIC_AFTER and static < MAX_STATIC)) else None
+                0 < STATIC_AFTER <= self.seen[mode, shape] and static < MAX_STATIC)) else None
         return self.compile(mode, wanted)
 
     def compile(self, mode: str, shape: tuple | None) -> Compiled:

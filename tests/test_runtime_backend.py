@@ -64,7 +64,8 @@ def test_auto_takes_openvino_only_for_int8_on_int8_dot_product_cpus(installed, t
 def test_auto_without_openvino_is_onnxruntime_and_says_so(no_openvino, tmp_path):
     chosen, reason = backend.resolve_backend("auto", tmp_path / "m.int8.onnx", "int8", [CPU])
     assert chosen == "onnxruntime"
-    assert reason == "OpenVINO is not installed (requirements-openvino.txt; it runs int8 faster on this avx512_vnni CPU)"
+    assert reason == ("OpenVINO is not installed (requirements-openvino.txt; it runs int8 faster on this avx512_vnni "
+                      "CPU)")
 
 
 def test_explicit_backends(installed, tmp_path):
