@@ -81,8 +81,10 @@ def resolve_backend(requested: str, model_path: Path, precision: str, providers:
         return "openvino", "as asked (--backend openvino)"
     if providers and providers[0] != CPU:
         return "onnxruntime", f"{providers[0]} is onnxruntime's (OpenVINO runs on the CPU)"
+    if precision == "fp32":
+        return "onnxruntime", "fp32 runs on onnxruntime, the faster float32 engine"
     if precision != "int8":
-        return "onnxruntime", f"{precision} runs on onnxruntime, the faster float32 engine"
+        return "onnxruntime", f"{precision} runs on onnxruntime (auto takes OpenVINO for int8 only)"
     found = sorted(set(INT8_DOT_FLAGS) & (cpu_flags() if flags is None else flags))
     if not found:
         return "onnxruntime", f"this CPU lists no int8 dot products ({', '.join(INT8_DOT_FLAGS)})"

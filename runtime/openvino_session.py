@@ -17,6 +17,7 @@ Inference requests are pooled per compile, so one session serves several threads
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -97,14 +98,18 @@ class Compiled:
         """(B, ...) -> each image on its own request, up to `streams` at once; the outputs stacked back."""
         parts: list[list[np.ndarray]] = []
         for start in range(0, len(x), self.streams):
-            requests = [self.take() for _ in range(min(self.streams, len(x) - start))]
+            requests, started = [self.take() for _ in range(min(self.streams, len(x) - start))], []
             try:
                 for i, request in enumerate(requests):
                     request.start_async({name: x[start + i:start + i + 1]})
+                    started.append(request)
                 for request in requests:
                     request.wait()
                     parts.append([request.get_output_tensor(k).data.copy() for k in range(len(self.compiled.outputs))])
             finally:
+                for request in started:  # never pool a request that is still running
+                    with contextlib.suppress(Exception):
+                        request.wait()
                 self.give(requests)
         return [np.concatenate([p[k] for p in parts]) for k in range(len(self.compiled.outputs))]
 
