@@ -17,7 +17,8 @@ round by round after a warm-up (--repeats rounds, medians):
 - openvino_int8_static:        the same, compiled for this one input shape (what a shape seen STATIC_AFTER times gets)
 - openvino_bf16 (--bf16):      OpenVINO's own default precision on a CPU with bfloat16 (not what the engine runs)
 - with --batch N (default 2):  per image, N images per call: onnxruntime int8, OpenVINO int8 on one LATENCY compile,
-                               and OpenVINO int8 as the engine runs a batch (one image per THROUGHPUT stream)
+                               and OpenVINO int8 as the engine runs a batch (one image per THROUGHPUT stream; with
+                               --threads 1 the engine keeps to the LATENCY compile, so the last two rows coincide)
 
 Each row: median ms, the model's GOP/s (FLOPs from torch.utils.flop_counter, 2 per multiply-add) and its share
 of a limit: fp32 rows of this CPU's float32 matmul rate (2048^3 torch.mm, measured in the run), int8 rows of its
