@@ -25,6 +25,7 @@ import numpy as np
 import streamlit as st
 
 from inference import Segmenter, run
+from runtime.backend import BACKENDS
 from runtime.pipeline import RunOptions
 from runtime.foreign import parse_class_names
 from runtime.postprocess import colorize, draw_legend
@@ -61,6 +62,7 @@ class Settings:
     gate_threshold: float | None = None  # None: the gate's own (out-of-fold) threshold
     class_names: str = ""  # comma-separated, one per output channel; empty: the model's (or the files beside it)
     background: bool | None = None  # False: class 0 is a class like any other (--no-background); None: the model's
+    backend: str = "auto"  # the model's engine: auto, onnxruntime, openvino (inference.py --backend)
 
     def post(self) -> dict:
         """The Segmenter's post-processing options (PostOptions fields)."""
@@ -77,7 +79,8 @@ def read_env(environ) -> dict:
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=4)
 def load_segmenter(model_path: str, stamp: tuple, device: str, threads: int, tta: str, gate_path: str | None = None,
-                   gate_stamp: tuple = (), class_names: str = "", background: bool | None = None) -> Segmenter:
+                   gate_stamp: tuple = (), class_names: str = "", background: bool | None = None,
+                   backend: str = "auto") -> Segmenter:
     """One ONNX Runtime session per model file (and its mtime/size stamp), device, threads, TTA and description
     (class names, background: inference.py's --class-names / --no-background), plus the gate's session when a
     gate file is given.
@@ -86,7 +89,8 @@ def load_segmenter(model_path: str, stamp: tuple, device: str, threads: int, tta
     `with_gate_threshold` copy the segmenter around the same sessions, so a slider never reloads a model.
     """
     description = {"class_names": parse_class_names(class_names or None), "background": background}
-    return Segmenter(model_path, device=device, threads=threads, tta=tta, gate=gate_path, description=description)
+    return Segmenter(model_path, device=device, threads=threads, tta=tta, gate=gate_path, description=description,
+                     backend=backend)
 
 
 @st.cache_resource
@@ -110,7 +114,7 @@ def open_segmenter(settings: Settings) -> Segmenter:
         gate_stamp = (gate.stat().st_mtime_ns, gate.stat().st_size)
     segmenter = load_segmenter(str(path), (stat.st_mtime_ns, stat.st_size), settings.device, settings.threads,
                                settings.tta, str(gate) if gate else None, gate_stamp, settings.class_names,
-                               settings.background)
+                               settings.background, settings.backend)
     if gate is not None and settings.gate_threshold is not None:
         segmenter = segmenter.with_gate_threshold(settings.gate_threshold)
     return segmenter.with_options(**settings.post())
@@ -161,6 +165,9 @@ def sidebar(defaults: dict) -> Settings:
     model_path = st.sidebar.text_input("Model (.onnx path)", value=defaults["model_path"], key="model_path")
     device = st.sidebar.selectbox("Device", PROVIDER_CHOICES, key="device",
                                   help="auto tries TensorRT > CUDA > CPU; a GPU that cannot run falls back to CPU")
+    backend = st.sidebar.selectbox("Backend", BACKENDS, key="backend",
+                                   help="auto: OpenVINO for int8 models on a CPU with VNNI/AMX when it is installed "
+                                   "(requirements-openvino.txt), else onnxruntime")
     threads = int(st.sidebar.number_input("CPU threads (0 = automatic)", 0, 64, 0, key="threads"))
     tta = st.sidebar.selectbox("Flip TTA", tuple(TTA_FLIPS), key="tta")
     gate_path = st.sidebar.text_input("Gate (.onnx path, optional)", value=defaults.get("gate_path", ""),
@@ -194,7 +201,7 @@ def sidebar(defaults: dict) -> Settings:
     stride = int(st.sidebar.number_input("Video: infer every Nth frame", 1, 100, 1, key="vid_stride"))
     return Settings(model_path.strip(), device, threads, tta, threshold, close, open_, fill, alpha, image_max,
                     video_max, stride, gate_path.strip(), gate_threshold, class_names.strip(),
-                    False if no_background else None)
+                    False if no_background else None, backend)
 
 
 def show_metadata(segmenter: Segmenter) -> None:
@@ -209,6 +216,7 @@ def show_metadata(segmenter: Segmenter) -> None:
             f"- **threshold** (CV): {meta.get('threshold', 'n/a')}\n"
             f"- **folds**: {meta.get('folds', 'n/a')}\n"
             f"- **running on**: {segmenter.providers[0]}\n"
+            f"- **backend**: {segmenter.backend} ({segmenter.backend_reason})\n"
             f"- **precision**: {segmenter.precision} ({segmenter.precision_reason})"
         )
         st.json(meta, expanded=False)

@@ -32,6 +32,8 @@ Run book (only onnxruntime(-gpu), opencv-python-headless and numpy are needed):
     # on the CPU, --precision auto (the default) runs model.int8.onnx when export.py measured it beside model.onnx
     # and it loses at most 0.01 Dice (runtime/precision.py; one log line says which runs and why)
     python inference.py --model model.onnx --source images/ --output preds/ --precision fp32   # force float32
+    # --backend auto (the default) runs that int8 file on OpenVINO where it is installed and the CPU has VNNI/AMX
+    python inference.py --model model.onnx --source images/ --output preds/ --backend openvino --batch-size 2
 
     # a clean/defect gate (train.py --task classify -> gate.onnx) in front: images it judges clean are not
     # segmented (empty mask, status gated_clean); summary.csv gets gate_prob. --gate-threshold overrides its own
@@ -215,7 +217,7 @@ def build_segmenter(args: argparse.Namespace):
         raise UserError("--model is required (the .onnx from export.py), or use --method otsu for the baseline")
     return Segmenter(args.model, device=args.device, threads=args.threads, tta=args.tta, detector=args.detector,
                      gate=args.gate, gate_threshold=args.gate_threshold, description=model_description(args),
-                     spinning=args.ort_spinning == "on", precision=args.precision, **post)
+                     spinning=args.ort_spinning == "on", precision=args.precision, backend=args.backend, **post)
 
 
 def warn_binary_only(args: argparse.Namespace, meta: dict) -> None:

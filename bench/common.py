@@ -93,6 +93,69 @@ def cpu_flags() -> list[str]:
     return [flag for flag in SIMD_FLAGS if flag in present]
 
 
+# int8 operations (2 per multiply-add) one core can issue per cycle, by the best int8 instruction /proc/cpuinfo lists:
+# an upper bound (the peak of the instruction, every cycle, every core). (flag, ops/cycle, what it assumes)
+INT8_OPS_PER_CYCLE = (
+    ("amx_int8", 2048, "AMX: one TDPBUSD tile multiply, 1024 int8 multiply-adds per cycle"),
+    ("avx512_vnni", 256, "AVX-512 VNNI: 2 VPDPBUSD zmm per cycle (two 512-bit FMA ports), 64 multiply-adds each"),
+    ("avx_vnni", 128, "AVX-VNNI: 2 VPDPBUSD ymm per cycle, 32 multiply-adds each"),
+    ("avx2", 43, "AVX2: VPMADDUBSW + VPMADDWD + VPADDD for 32 multiply-adds, 3 instructions on 2 ports"),
+)
+# AMD family 0x19 with AVX-512 (Zen 4) runs a 512-bit instruction as two 256-bit halves: one VPDPBUSD zmm per cycle.
+HALF_RATE_AVX512 = {("AuthenticAMD", "25")}
+
+
+def cpuinfo_blocks(text: str) -> list[dict]:
+    """/proc/cpuinfo's text as one {field: value} dict per logical CPU."""
+    return [{k.strip(): v.strip() for k, v in (line.split(":", 1) for line in block.splitlines() if ":" in line)}
+            for block in text.strip().split("\n\n") if block.strip()]
+
+
+def physical_cores(cpus: list[dict]) -> int:
+    """Distinct (physical id, core id) pairs: SMT siblings share one core's vector units. Else the CPU count."""
+    pairs = {(cpu.get("physical id"), cpu.get("core id")) for cpu in cpus}
+    return len(pairs) if cpus and (None, None) not in pairs else len(cpus) or (os.cpu_count() or 1)
+
+
+def cpu_ghz(text: str) -> tuple[float, str]:
+    """(GHz, where from): lscpu's 'CPU max MHz' (the boost clock) when it says, else /proc/cpuinfo's 'cpu MHz' (in a
+    VM: the nominal clock; the host may run faster, which the limit then understates)."""
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        lscpu = ""
+    for line in lscpu.splitlines():
+        if line.startswith("CPU max MHz:"):
+            return round(float(line.split(":", 1)[1]) / 1e3, 3), "lscpu CPU max MHz"
+    mhz = [float(line.split(":", 1)[1]) for line in text.splitlines() if line.startswith("cpu MHz")]
+    return (round(max(mhz) / 1e3, 3), "/proc/cpuinfo cpu MHz") if mhz else (0.0, "unknown")
+
+
+def int8_limit(text: str | None = None, ops_per_cycle: float | None = None, ghz: float | None = None) -> dict:
+    """This CPU's physical int8 limit: cores x GHz x int8 ops per core per cycle (INT8_OPS_PER_CYCLE), in GOP/s.
+
+    `text`: /proc/cpuinfo's contents (default: read it); `ops_per_cycle` and `ghz` override the table and the clock."""
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            text = ""
+    cpus = cpuinfo_blocks(text)
+    first = cpus[0] if cpus else {}
+    flags = set(first.get("flags", "").split())
+    isa, per_cycle, assumes = next(((f, n, why) for f, n, why in INT8_OPS_PER_CYCLE if f in flags), (None, 0, "none"))
+    if isa == "avx512_vnni" and (first.get("vendor_id"), first.get("cpu family")) in HALF_RATE_AVX512:
+        per_cycle, assumes = 128, assumes.replace("2 VPDPBUSD zmm per cycle (two 512-bit FMA ports)",
+                                                  "1 VPDPBUSD zmm per cycle (AMD Zen 4: two 256-bit halves)")
+    if ops_per_cycle is not None:
+        per_cycle, assumes = ops_per_cycle, "given (--int8-ops-per-cycle)"
+    clock, source = (ghz, "given (--ghz)") if ghz else cpu_ghz(text)
+    cores = physical_cores(cpus)
+    return {"cores": cores, "ghz": clock, "ghz_source": source, "isa": isa, "int8_ops_per_cycle": per_cycle,
+            "assumes": assumes, "int8_gops": round(cores * clock * per_cycle, 1),
+            "formula": "cores x GHz x int8 ops per core per cycle (2 per multiply-add)"}
+
+
 def load_average() -> list[float]:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -141,7 +204,7 @@ def machine_info() -> dict:
     except (ValueError, OSError, AttributeError):
         pass
     versions = {}
-    for name in ("onnxruntime", "numpy", "cv2", "torch", "segmentation_models_pytorch"):
+    for name in ("onnxruntime", "openvino", "numpy", "cv2", "torch", "segmentation_models_pytorch"):
         module = sys.modules.get(name)
         if module is not None:
             versions[name] = getattr(module, "__version__", "?")

@@ -5,6 +5,8 @@
     python bench/end_to_end.py --cli                 # plus both scripts as cold command lines
     python bench/end_to_end.py --images DIR --arch UnetPlusPlus --encoder resnet34 --size 512   # any folder
     python bench/end_to_end.py --limit 4 --size 64 --repeats 1 --out smoke.json               # smoke
+    python bench/end_to_end.py --data isbi --limit 15 --precisions int8 --backends onnxruntime openvino auto \
+        --batch-size 2 --out bench/results/end_to_end_isbi_backends.json   # OpenVINO (requirements-openvino.txt)
 
 --data picks a folder and the model served on it: horse (photos of about 300x200, Unet/resnet18 @192)
 or isbi (512x512 slices, UnetPlusPlus/resnet34 @512: the input needs no resizing, so the engine is
@@ -18,16 +20,21 @@ side: read (greyscale -> RGB), resize the long side to --size (none when it alre
 model, sigmoid, threshold 0.5, closing 5 px, overlay, write mask and overlay PNGs and a CSV row.
 Measured, alternating round by round after a warm-up (--repeats rounds, medians):
 
-- engine:      inference.run() in-process on the fp32 model (session already open), batch 1, --threads threads
+- engine:      inference.run() in-process on the fp32 model (session already open), --batch-size images per
+               model run (default 1), --threads threads, on onnxruntime (--backend onnxruntime)
 - engine int8: the same on the int8 copy (its masks differ slightly from fp32's; accuracy: bench/quantization.py)
+- engine_openvino[_int8], engine_auto[_int8]: the same with --backend openvino / auto, for each of --backends
+               past onnxruntime (the JSON records which backend auto ran and why)
 - eager:       eager_baseline.run_folder() in-process (model already loaded), torch threads = --threads
-- model:       only session.run over the same preprocessed inputs, one by one: the pure model time (fp32, int8)
+- model:       only session.run over the same preprocessed inputs, one by one: the pure model time (fp32, int8;
+               model_openvino[_int8] and model_auto[_int8] on those engines' own sessions)
 - CLIs:        with --cli, `python inference.py ...` and `python bench/eager_baseline.py ...` as
                subprocesses (imports, session/model load included; fp32)
 - stubbed:     inference.run() with session.run answered from a cache of real outputs: all the
                engine's work except the model (decode, resize, post-processing, overlay, PNG writes)
 Overhead = engine time / pure model time of the same precision (1.00: decode, post-processing and
-writing are hidden). Targets: engine >= 2x eager with fp32 and >= 3x with int8, overhead <= 1.10.
+writing are hidden). Targets: engine >= 2x eager with fp32 and >= 3x with int8, overhead <= 1.10; int8 on another
+backend: >= 1.3x the onnxruntime int8 engine and >= 5x eager.
 """
 
 from __future__ import annotations
@@ -49,6 +56,8 @@ DATA = {  # --data: the folder and the model served on it
     "isbi": {"images": ISBI / "images", "arch": "UnetPlusPlus", "encoder": "resnet34", "size": 512},
 }
 SUFFIX = {"fp32": "", "int8": "_int8"}  # run names: engine, engine_int8, model, model_int8
+BACKEND_SUFFIX = {"onnxruntime": "", "openvino": "_openvino", "auto": "_auto"}  # engine_openvino_int8, ...
+TARGET_BACKEND = {"vs_onnxruntime": 1.3, "vs_eager": 5.0}  # int8 on another backend / the onnxruntime int8 engine
 
 
 def prepare_inputs(segmenter, paths: list[Path]) -> list:
@@ -97,7 +106,8 @@ def contenders(args, tmp: Path, models: dict[str, Path], weights: Path, paths: l
         return tmp / f"{name}_{next(rounds)}"
 
     def engine_fn(segmenter, name):
-        return lambda: inference.run(segmenter, str(args.images), fresh(name), batch_size=1, io_threads=2)
+        return lambda: inference.run(segmenter, str(args.images), fresh(name), batch_size=args.batch_size,
+                                     io_threads=2)
 
     def model_fn(session, tensors):
         def pure_model():
@@ -107,12 +117,18 @@ def contenders(args, tmp: Path, models: dict[str, Path], weights: Path, paths: l
 
     fns, sessions, tensors = {}, {}, {}
     for precision, path in models.items():
-        segmenter = inference.Segmenter(path, device="cpu", threads=args.threads, threshold=0.5, close=5,
-                                        precision="fp32" if precision == "fp32" else "auto")  # the file as given
-        sessions[precision] = ort_session(path, args.threads)
-        tensors[precision] = prepare_inputs(segmenter, paths)
-        fns["engine" + SUFFIX[precision]] = engine_fn(segmenter, "engine" + SUFFIX[precision])
-        fns["model" + SUFFIX[precision]] = model_fn(sessions[precision], tensors[precision])
+        for backend in args.backends:
+            segmenter = inference.Segmenter(path, device="cpu", threads=args.threads, threshold=0.5, close=5,
+                                            precision="fp32" if precision == "fp32" else "auto",  # the file as given
+                                            backend=backend)
+            name = BACKEND_SUFFIX[backend] + SUFFIX[precision]
+            if backend == "onnxruntime":
+                sessions[precision] = ort_session(path, args.threads)
+                tensors[precision] = prepare_inputs(segmenter, paths)
+            args.ran[name] = [segmenter.backend, segmenter.backend_reason]
+            fns["engine" + name] = engine_fn(segmenter, "engine" + name)
+            fns["model" + name] = model_fn(sessions[precision] if backend == "onnxruntime" else segmenter.session,
+                                           tensors[precision])  # onnxruntime comes first: its inputs serve all
     model = eager_baseline.load_model(weights)
     fns["eager"] = lambda: eager_baseline.run_folder(model, paths, fresh("eager"), args.size, 0.5, 5, 0.5)
     first = next(iter(models))  # the stubbed engine: any precision's real outputs, filled outside the timed runs
@@ -125,7 +141,8 @@ def contenders(args, tmp: Path, models: dict[str, Path], weights: Path, paths: l
         common = ["--threads", str(args.threads)]
         fns["cli_inference"] = lambda: run_python(
             ["inference.py", "--model", str(onnx_path), "--source", str(args.images), "--output",
-             str(fresh("cli_engine")), "--device", "cpu", "--threshold", "0.5", "--close", "5", *common])
+             str(fresh("cli_engine")), "--device", "cpu", "--threshold", "0.5", "--close", "5", "--backend",
+             "onnxruntime", "--batch-size", str(args.batch_size), *common])
         fns["cli_eager"] = lambda: run_python(
             ["bench/eager_baseline.py", "--weights", str(weights), "--source", str(args.images), "--output",
              str(fresh("cli_eager")), "--size", str(args.size), *common])
@@ -146,6 +163,9 @@ def parse_args():
                         help="engine precisions to time (default: both)")
     parser.add_argument("--calib-images", type=int, default=8,
                         help="int8 calibration images, spread over the folder (default 8)")
+    parser.add_argument("--backends", nargs="+", choices=list(BACKEND_SUFFIX), default=["onnxruntime"],
+                        help="engine backends to time (onnxruntime always; openvino needs requirements-openvino.txt)")
+    parser.add_argument("--batch-size", type=int, default=1, help="the engine's --batch-size (default 1)")
     add_run_args(parser)
     parser.add_argument("--cli", action="store_true", help="add the two subprocess rows (cold start included)")
     args = parser.parse_args()
@@ -153,6 +173,8 @@ def parse_args():
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.precisions = [p for p in ("fp32", "int8") if p in args.precisions]
+    args.backends = [b for b in BACKEND_SUFFIX if b in args.backends or b == "onnxruntime"]
+    args.ran = {}  # {run name suffix: [the backend that ran, why]}, filled by contenders()
     return args
 
 
@@ -187,6 +209,11 @@ def report(args, folder: str, paths: list[Path], times: dict[str, list[float]], 
               "stubbed": "inference.run with the model stubbed (all but the model)",
               "cli_inference": "`python inference.py` fp32 (CLI, cold)",
               "cli_eager": "`python bench/eager_baseline.py` (CLI, cold)"}
+    for name, (ran, _) in args.ran.items():
+        if name not in SUFFIX.values():  # another backend's rows (onnxruntime's are "" and "_int8")
+            precision = "int8" if name.endswith("_int8") else "fp32"
+            labels[f"engine{name}"] = f"inference.run {precision} --backend {name.split('_')[1]} (ran {ran})"
+            labels[f"model{name}"] = f"pure model {precision} on {ran} (session.run only)"
     order = [k for k in labels if k in med]
     print_table(["what", f"median s ({n} images)", "images/s", "speed-up vs eager"],
                 [[labels[k], f"{med[k]:.2f}", f"{n / med[k]:.1f}", f"{med['eager'] / med[k]:.2f}"] for k in order])
@@ -210,10 +237,31 @@ def report(args, folder: str, paths: list[Path], times: dict[str, list[float]], 
         result["int8_vs_fp32_model"] = med["model"] / med["model_int8"]
         print(f"int8 vs fp32: engine {result['int8_vs_fp32_engine']:.2f}x, "
               f"pure model {result['int8_vs_fp32_model']:.2f}x")
+    backend_targets(args, med, result)
     if "cli_eager" in med:
         result["cli_speedup_vs_eager"] = med["cli_eager"] / med["cli_inference"]
         print(f"CLI speed-up (cold start included): {result['cli_speedup_vs_eager']:.2f}x")
     write_result("end_to_end" if args.data == "horse" else f"end_to_end_{args.data}", result, args.out, start_info)
+
+
+def backend_targets(args, med: dict, result: dict) -> None:
+    """Each backend past onnxruntime against the onnxruntime engine of the same precision and the eager script; int8
+    has targets (TARGET_BACKEND). Records which backend each engine row ran and why."""
+    result["backends_ran"] = args.ran
+    for name in args.ran:
+        if name in SUFFIX.values():
+            continue  # onnxruntime's own rows
+        precision = "int8" if name.endswith("_int8") else "fp32"
+        vs_ort, vs_eager = med["engine" + SUFFIX[precision]] / med["engine" + name], med["eager"] / med["engine" + name]
+        result["vs_onnxruntime" + name], result["speedup_vs_eager" + name] = vs_ort, vs_eager
+        line = (f"engine{name} ({args.ran[name][0]}): {vs_ort:.2f}x the onnxruntime {precision} engine, "
+                f"{vs_eager:.2f}x eager")
+        if precision == "int8":
+            result["targets"][name.lstrip("_")] = {
+                "vs_onnxruntime_int8": verdict(vs_ort, TARGET_BACKEND["vs_onnxruntime"]),
+                "speedup_vs_eager": verdict(vs_eager, TARGET_BACKEND["vs_eager"])}
+            line += f"; targets: {result['targets'][name.lstrip('_')]}"
+        print(line)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from runtime.backend import BACKENDS
 from runtime.metadata import DEFAULT_INPUT_SIZE
 from runtime.precision import MAX_DICE_LOSS, PRECISIONS
 from runtime.segmenter import TTA_FLIPS
@@ -44,7 +45,10 @@ def add_model_args(add) -> None:
     add("--precision", default="auto", choices=PRECISIONS,
         help="auto: on the CPU, the <stem>.int8.onnx export.py measured beside the model when it loses at most "
              f"{MAX_DICE_LOSS} Dice and is not stale, else the model as given; fp32 / int8 force one")
-    add("--threads", type=int, default=0, help="CPU threads for onnxruntime, 0 = automatic")
+    add("--backend", default="auto", choices=BACKENDS,
+        help="the engine of the model: auto runs OpenVINO (requirements-openvino.txt) for int8 on a CPU with int8 "
+             "dot products (VNNI/AMX) when it is installed, onnxruntime otherwise; one log line says which and why")
+    add("--threads", type=int, default=0, help="CPU threads for onnxruntime (or OpenVINO), 0 = automatic")
     add("--ort-spinning", choices=("on", "off"), default="on" if DEFAULT_SPINNING else "off",
         help="onnxruntime's idle threads spin-wait for work (on) or sleep (off: they leave the cores to the "
              "decode and write threads)")
@@ -118,7 +122,7 @@ def add_ray_args(add) -> None:
     """Scale-out (folders, globs and lists): Ray Data over a local or remote (RAY_ADDRESS) Ray cluster."""
     add("--engine", default="local", choices=("local", "ray"),
         help="'ray': the same outputs through Ray Data and a pool of actors (requirements-dist.txt)")
-    add("--ray-actors", type=int, default=2, help="actors in the pool, one onnxruntime session each")
+    add("--ray-actors", type=int, default=2, help="actors in the pool, one model session each")
     add("--ray-num-cpus", type=int, default=0, help="CPUs of the local Ray started when RAY_ADDRESS is unset, 0 = all")
     add("--ray-cpus-per-actor", type=float, default=1.0, help="CPUs reserved by each actor")
     add("--ray-gpus-per-actor", type=float, default=None,

@@ -2,8 +2,9 @@
 
 ray.data holds the list of images in input order; `map_batches` streams blocks of it through a pool
 of actors. Each actor owns one Segmenter (one onnxruntime session, on its own GPU when the cluster
-has GPUs), reads its images with the same header-checked reader as the local engine and writes
-masks/overlays with the same `finish_item`, so masks are byte-identical; the driver writes
+has GPUs, or an OpenVINO one: --backend reaches every actor), reads its images with the same
+header-checked reader as the local engine and writes masks/overlays with the same `finish_item`, so
+masks are byte-identical; the driver writes
 summary.csv row by row in input order. On several nodes the images and the output folder must be on
 a filesystem every node sees. Ray is imported only when this engine is asked for
 (requirements-dist.txt); the base runtime does not need it.

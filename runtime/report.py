@@ -15,7 +15,8 @@ from utils import (
 
 CSV_COLUMNS = (
     "file", "status", "width", "height", "area_px", "area_pct", "threshold", "max_prob",
-    "components", "largest_component_px", "ms", "dice", "iou", "crop_status", "crop_box", "gate_prob", "error",
+    "components", "largest_component_px", "ms", "dice", "iou", "crop_status", "crop_box", "gate_prob", "backend",
+    "error",
 )
 FRAME_COLUMNS = ("frame", "inferred") + CSV_COLUMNS[1:]
 
@@ -79,7 +80,7 @@ def fill_row(row: dict, mask: np.ndarray, info: dict) -> None:
         max_prob="" if info["max_prob"] is None else round(float(info["max_prob"]), 4), components=info["components"],
         largest_component_px=info["largest_component_px"],
         crop_status=info.get("crop_status", ""), crop_box=info.get("crop_box", ""),
-        gate_prob="" if gate_prob is None else float(f"{gate_prob:.6g}"),
+        gate_prob="" if gate_prob is None else float(f"{gate_prob:.6g}"), backend=info.get("backend", ""),
     )
 
 
@@ -174,6 +175,7 @@ def write_metrics(path: Path, rows: list[dict], counts: list[tuple[int, ...]], c
         "mean_iou": float(np.mean([float(r["iou"]) for r in scored])) if scored else None,
         "pixel_dice": (2 * inter / total if total else 1.0) if counts else None,
         "pixel_iou": (inter / (total - inter) if total else 1.0) if counts else None,
+        "backend": ",".join(sorted({str(r.get("backend")) for r in rows if r.get("backend")})) or None,
     }
     if len(class_names) > 1:
         metrics.update(per_class=per_class_metrics(counts, class_names, background), multiclass_rule=MULTICLASS_RULE)

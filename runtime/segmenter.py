@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from runtime.backend import choose_backend, open_session, session_backend
 from runtime.crop import load_crop_stage
 from runtime.e2e import is_end_to_end, load_e2e_metadata, predict_e2e
 from runtime.foreign import load_segmenter_metadata  # noqa: F401 - also imported from here
@@ -105,13 +106,14 @@ class Segmenter:
     threshold (`gate_threshold`, default the gate's own) are not segmented (empty mask, status gated_clean).
 
     `precision` (auto, fp32, int8; runtime/precision.py) may run the measured <stem>.int8.onnx beside the model
-    on the CPU: `model_path`, `precision` and `precision_reason` say what runs.
+    on the CPU: `model_path`, `precision` and `precision_reason` say what runs. `backend` (auto, onnxruntime,
+    openvino; runtime/backend.py) picks the engine of the model's session: `backend` and `backend_reason` say which.
     """
 
     def __init__(self, model_path, device: str = "auto", threads: int = 0, tta: str | None = None,
                  session=None, providers: str | None = None, detector=None, gate=None,
                  gate_threshold: float | None = None, description: dict | None = None, precision: str = "auto",
-                 spinning: bool | None = None, **post):
+                 spinning: bool | None = None, backend: str = "auto", **post):
         self.model_path = Path(model_path) if model_path is not None else None
         self.spinning = DEFAULT_SPINNING if spinning is None else bool(spinning)  # onnxruntime's spin-waiting
         self.precision, self.precision_reason = None, "session given"
@@ -119,9 +121,11 @@ class Segmenter:
             self.wanted = select_providers(providers or device)  # --providers is the old name
             self.model_path, self.precision, self.precision_reason = choose_precision(self.model_path, precision,
                                                                                       self.wanted)
-            session = create_session(self.model_path, self.wanted, threads, self.spinning)
+            self.backend, self.backend_reason = choose_backend(backend, self.model_path, self.precision, self.wanted)
+            session = open_session(self.backend, self.model_path, self.wanted, threads, self.spinning)
         else:
             self.wanted = list(session.get_providers())
+            self.backend, self.backend_reason = session_backend(session), "session given"
         self.session = session
         self.providers = list(self.session.get_providers())
         model_input = self.session.get_inputs()[0]
@@ -347,7 +351,8 @@ class Segmenter:
         results = []
         for probs, crop_info in zip(probs_list, crop_infos):
             mask, info = postprocess(probs, self.post)
-            info.update(crop_info, status="ok" if info["detected"] else "no_detection")
+            info.update(crop_info, status="ok" if info["detected"] else "no_detection",
+                        backend=getattr(self, "backend", ""))
             results.append(Result(mask, probs, info))
         self.timing["post_ms"] += (time.perf_counter() - t0) * 1e3 / max(len(images), 1)
         for result in results:
@@ -382,6 +387,7 @@ class OtsuSegmenter(Segmenter):
     def __init__(self, **post):
         self.model_path, self.session, self.providers, self.wanted = None, None, ["none (Otsu)"], ["none"]
         self.precision, self.precision_reason = "none", "no model"
+        self.backend, self.backend_reason = "none", "no model"
         self.meta, self.has_metadata = decode_metadata({})[0], False
         self.tta, self.fixed_hw, self.max_batch, self.crop_stage, self.gate = "none", None, 0, None, None
         post["threshold"] = "otsu"

@@ -133,15 +133,20 @@ def session_options(threads: int = 0, spinning: bool = DEFAULT_SPINNING, inter_o
     return options
 
 
+def check_model_file(model_path: Path) -> None:
+    """A model path that is a folder or no file is a UserError saying what to give instead."""
+    if model_path.is_dir():
+        raise UserError(folder_hint(model_path))
+    if not model_path.is_file():
+        raise UserError(f"model file not found: {model_path} (check --model, or export one with export.py)")
+
+
 def create_session(model_path: Path, providers: list[str], threads: int = 0, spinning: bool = DEFAULT_SPINNING,
                    inter_op_threads: int = 0) -> ort.InferenceSession:
     """Open an ONNX file with `providers` (from select_providers); user mistakes become UserError.
 
     `threads`, `spinning` and `inter_op_threads` are those of session_options."""
-    if model_path.is_dir():
-        raise UserError(folder_hint(model_path))
-    if not model_path.is_file():
-        raise UserError(f"model file not found: {model_path} (check --model, or export one with export.py)")
+    check_model_file(model_path)
     options = session_options(threads, spinning, inter_op_threads)
     try:
         return ort.InferenceSession(str(model_path), sess_options=options, providers=providers)

@@ -123,6 +123,23 @@ def test_not_an_onnx_file_is_a_readable_error(app, tmp_path):
     assert "not an ONNX model" in errors(app)
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_the_backend_select_reaches_the_engine(app, backend):
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install -r requirements-openvino.txt)")
+    app.selectbox(key="backend").set_value(backend).run()
+    shown = " ".join(m.value for m in app.sidebar.markdown)
+    assert f"**backend**: {backend} (as asked (--backend {backend}))" in shown and not errors(app)
+    app.file_uploader(key="image_upload").set_value(("rect.png", png(rect_image()), "image/png")).run()
+    assert metrics(app)["Area"] == "1280 px"
+
+
+def test_openvino_without_the_extra_is_a_readable_error(app, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if it were not installed
+    app.selectbox(key="backend").set_value("openvino").run()
+    assert "pip install -r requirements-openvino.txt" in errors(app)
+
+
 # ----------------------------------------------------------------------------- single image
 
 

@@ -196,6 +196,73 @@ def test_end_to_end_isbi_preset_model(monkeypatch):
     assert (args.arch, args.size, str(args.images)) == ("Unet", 256, "x")
 
 
+# ----------------------------------------------------------------------------- backends (OpenVINO)
+
+ZEN4 = "processor\t: {i}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nphysical id\t: 0\ncore id\t\t: {i}\n" \
+       "cpu MHz\t\t: 2596.0\nflags\t\t: avx2 avx512f avx512_vnni\n"
+
+
+def test_int8_limit_is_cores_times_clock_times_ops_per_cycle():
+    sys.path.insert(0, str(BENCH))
+    import common
+
+    zen4 = "\n".join(ZEN4.format(i=i) for i in range(2))
+    limit = common.int8_limit(zen4, ghz=2.5)
+    assert (limit["cores"], limit["isa"], limit["int8_ops_per_cycle"], limit["int8_gops"]) == (2, "avx512_vnni", 128,
+                                                                                             640.0)
+    intel = zen4.replace("AuthenticAMD", "GenuineIntel").replace("core id\t\t: 1", "core id\t\t: 0")  # SMT pair
+    assert common.int8_limit(intel, ghz=2.5)["int8_gops"] == 1 * 2.5 * 256
+    amx = zen4.replace("avx512_vnni", "avx512_vnni amx_int8")
+    assert common.int8_limit(amx, ghz=2.0)["int8_ops_per_cycle"] == 2048
+    assert common.int8_limit(zen4, ops_per_cycle=100, ghz=1.0)["int8_gops"] == 200.0
+
+
+needs_openvino = pytest.mark.skipif(not __import__("importlib").util.find_spec("openvino"),
+                                    reason="OpenVINO is not installed (pip install -r requirements-openvino.txt)")
+
+
+@needs_openvino
+def test_backends(run_script):
+    result = run_script("backends", "--size", "64", "--model", "Unet/resnet18", "--repeats", "1", "--threads", "1",
+                        "--batch", "2", "--calib-images", "2")
+    rows = {row["name"]: row for row in result["rows"]}
+    assert set(rows) == {"torch", "onnxruntime", "int8", "openvino", "openvino_int8", "openvino_int8_static",
+                         "openvino_bf16", "int8_x2", "openvino_int8_x2_latency", "openvino_int8_x2_streams"}
+    assert all(positive(row) for row in rows.values())
+    assert rows["openvino"]["max_abs_diff"] < 1e-3  # float32 on both: the same answer
+    assert rows["openvino_int8_x2_streams"]["ms_per_image"] == pytest.approx(rows["openvino_int8_x2_streams"][
+        "median_ms"] / 2)
+    assert result["ratios"]["openvino_int8_vs_onnxruntime_int8"] == pytest.approx(
+        rows["int8"]["median_ms"] / rows["openvino_int8"]["median_ms"])
+    assert result["int8_limit"]["int8_gops"] > 0 and rows["int8"]["limit"] == "int8"
+    assert result["auto"]["fp32"][0] == "onnxruntime" and set(result["compile_s"]) >= {"openvino_int8_static"}
+
+
+@needs_openvino
+@needs_horse
+def test_end_to_end_with_backends(run_script):
+    result = run_script("end_to_end", "--limit", "2", "--size", "64", "--repeats", "1", "--threads", "1",
+                        "--precisions", "int8", "--calib-images", "2", "--backends", "openvino", "--batch-size", "2")
+    assert set(result["runs"]) == {"engine_int8", "model_int8", "engine_openvino_int8", "model_openvino_int8", "eager",
+                                   "stubbed"}
+    assert result["backends_ran"]["_openvino_int8"][0] == "openvino"
+    runs = result["runs"]
+    assert result["vs_onnxruntime_openvino_int8"] == pytest.approx(runs["engine_int8"]["median_ms"]
+                                                                   / runs["engine_openvino_int8"]["median_ms"])
+    assert set(result["targets"]["openvino_int8"]) == {"vs_onnxruntime_int8", "speedup_vs_eager"}
+
+
+@needs_openvino
+def test_backend_parity(run_script, trained_run):
+    result = run_script("backend_parity", str(trained_run / "model.onnx"), "--images", str(trained_run / "images"),
+                        "--masks", str(trained_run / "masks"), "--threshold", "0.5", "--batch-size", "3")
+    assert result["images"] == 12 and list(result["results"]) == ["fp32"]  # no int8 file beside the model
+    fp32 = result["results"]["fp32"]
+    assert fp32["ran"] == {"onnxruntime": ["onnxruntime", "as asked (--backend onnxruntime)"],
+                           "openvino": ["openvino", "as asked (--backend openvino)"]}
+    assert fp32["min_iou"] >= 0.99 and abs(fp32["dice_delta"]) < 1e-3 and result["target"].startswith("not measured")
+
+
 def test_quantization(run_script, tmp_path):
     """Dice at the model's own size, plus --size's latency side by side; the load recorded."""
     from conftest import write_blobs
