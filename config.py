@@ -45,6 +45,7 @@ TRACKERS = ("none", "tensorboard", "wandb")
 # <name>.int8.onnx beside the export: auto = when held-back images can measure it (export.py --int8, INT8)
 INT8_MODES = ("auto", "on", "off")
 AUGMENTS = ("full", "flip", "none")  # AUGMENT: the training augmentation (dataset.augmentations)
+RECIPES = ("auto", "off")  # RECIPE: plan the settings left unset from the data and the budget (training/recipe.py)
 CACHE_MODES = ("auto", "ram", "disk")  # CACHE: where training reads the cached images (training/ramcache.py)
 BATCH_SHAPES = ("square", "rect")  # BATCH_SHAPE: how whole-image batches are shaped (dataset.AspectBatchSampler)
 
@@ -154,6 +155,9 @@ FIELDS: tuple[Field, ...] = (
     Field("time_budget", parse_duration, 0, "wall-clock budget of the whole run (90s, 20m, 1h30m or seconds; 0 = "
           "off): measures the first steps, plans the epochs per fold (at most EPOCHS) and the schedule to fit, "
           "reserves time for out-of-fold scoring and export, stops by the clock", legacy_default=0),
+    Field("recipe", str, "auto", "auto = plan every setting left unset among INPUT_SIZE, TRAIN_PATCH, AUGMENT, EMA, "
+          "EPOCHS (under a budget) and CLASS_WEIGHTS from the data check and TIME_BUDGET, each logged with its "
+          "reason (training/recipe.py); off = their defaults", choices=RECIPES, trains=False),
     Field("lr", positive(float), 3e-4, "AdamW learning rate"),
     Field("weight_decay", non_negative(float), 1e-4, "AdamW weight decay"),
     Field("adam_eps", positive(float), 1e-8, "AdamW epsilon"),
@@ -212,7 +216,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
               "ignore_index", "check_data", "search_files", "split_dir", "groups", "max_image_pixels")),
     ("model", ("arch", "encoder", "encoder_weights", "classes", "class_names", "classes_file", "class_weights",
                "input_size", "train_patch", "patches_per_image", "batch_shape", "augment")),
-    ("optimisation", ("batch_size", "epochs", "time_budget", "lr", "weight_decay", "adam_eps", "scheduler",
+    ("optimisation", ("batch_size", "epochs", "time_budget", "recipe", "lr", "weight_decay", "adam_eps", "scheduler",
                       "restart_epochs", "grad_clip", "dice_weight", "bce_weight", "patience", "cooldown", "ema",
                       "eval_step", "eval_every", "use_amp", "load_model")),
     ("cross-validation", ("folds", "fold_ids", "seed")),
@@ -264,6 +268,7 @@ class Config:
     batch_size: int
     epochs: int
     time_budget: int
+    recipe: str
     lr: float
     weight_decay: float
     adam_eps: float
@@ -321,9 +326,16 @@ class Config:
             return [line.strip() for line in lines if line.strip()]
         return ["foreground"] if self.classes == 1 else ["background"] + [f"class_{i}" for i in range(1, self.classes)]
 
-    def save(self, path: str | os.PathLike | None = None) -> Path:
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Config:
+        """A run's config.json back (its settings; `recipe_plan` and other notes beside them are left out)."""
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(**{name: saved[name] for name in FIELD_BY_NAME if name in saved})
+
+    def save(self, path: str | os.PathLike | None = None, extra: dict | None = None) -> Path:
+        """WORK_DIR/config.json: every setting, plus `extra` (RECIPE=auto's plan: `recipe_plan`)."""
         path = Path(path) if path else Path(self.work_dir) / "config.json"
-        atomic_write_json(path, self.to_dict())
+        atomic_write_json(path, {**self.to_dict(), **(extra or {})})
         return path
 
 
@@ -380,18 +392,32 @@ def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | 
     environ = os.environ if environ is None else environ
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    values = {}
+    values, explicit = {}, set()
     for field in FIELDS:
         value = field.default
         if field.env in environ and environ[field.env] != "":
             value = _convert(field, environ[field.env], field.env)
+            explicit.add(field.name)
         flag_value = getattr(args, field.name)
         if flag_value is not None:
             value = _convert(field, flag_value, typed_flag(field, argv))
+            explicit.add(field.name)
         values[field.name] = value
     cfg = Config(**values)
     validate(cfg)
-    return resolve_task(cfg)
+    return with_explicit(resolve_task(cfg), explicit)
+
+
+def with_explicit(cfg: Config, names) -> Config:
+    """`cfg` remembering which settings the user gave (env var or flag): RECIPE=auto plans only the others. Kept
+    beside the fields, so neither config.json nor config_hash sees it."""
+    object.__setattr__(cfg, "_explicit", frozenset(names))
+    return cfg
+
+
+def explicit_settings(cfg: Config) -> frozenset[str]:
+    """The settings the user gave; a Config built otherwise (tests, a replace) counts every setting as given."""
+    return getattr(cfg, "_explicit", frozenset(FIELD_BY_NAME))
 
 
 def gate_size(cfg: Config) -> int:

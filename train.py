@@ -108,18 +108,15 @@ def make_cropper(cfg: Config, device: torch.device):
     return SmartCropper(cfg.crop_model, CropSettings.from_config(cfg), device=str(device))
 
 
-def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
-    """Logging, seeds, the device and the cache (on disk, and in RAM under CACHE=ram or auto): (cache entries,
-    {key: source}, device)."""
+def plan(cfg: Config, budget=None) -> tuple[Config, list, torch.device]:
+    """Logging, the sources, the data check, seeds and the device, then (RECIPE=auto) the settings planned from the
+    data and the budget: (the config to train with, the sources, the device)."""
     import torch
     import torch.distributed as dist
 
-    from dataset import build_cache, check_mask_labels
-    from training import ramcache
     from training.datacheck import check_data
-    from training.distributed import barrier, ddp_device, is_main, world_size
+    from training.distributed import ddp_device, is_main, world_size
     from training.precision import describe_amp
-    from training.progress import progress
     from training.sources import sources_from_config
 
     work = Path(cfg.work_dir)
@@ -128,18 +125,63 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
         setup_logging(work / "logs" / "training.log")
     else:
         setup_logging(level=logging.ERROR)
-    # the sources first: a wrong path or label stops the run before the config dump, not after it
+    # the sources first: a wrong path or label stops the run before the config line, not after it
     sources = sources_from_config(cfg)
-    if is_main():
-        check_data(cfg, sources)
-    if is_main():
-        LOG.info("%s", describe_config(cfg, cfg.save()))
+    report = check_data(cfg, sources) if is_main() else None
     seed_everything(cfg.seed)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = ddp_device(pick_device(cfg.device))
     LOG.info("device: %s, torch threads: %d, %s%s", device, torch.get_num_threads(), describe_amp(cfg, device),
              f", DDP over {world_size()} processes ({dist.get_backend()})" if dist.is_initialized() else "")
+    decisions = []
+    if cfg.recipe == "auto":
+        cfg, decisions = plan_recipe(cfg, report, device, budget.left() if budget is not None else None)
+    if is_main():
+        LOG.info("%s", describe_config(cfg, cfg.save(extra={"recipe_plan": [d.line() for d in decisions]})))
+    return cfg, sources, device
+
+
+def plan_recipe(cfg: Config, report: dict | None, device: torch.device, budget_s: float | None = None
+                ) -> tuple[Config, list]:
+    """RECIPE=auto (training/recipe.py): rank 0 plans (or reuses WORK_DIR/recipe.json, so a resumed run keeps its
+    settings), the other ranks read its plan -> (the config with the plan applied, its decisions)."""
+    from config import explicit_settings
+    from training import recipe
+    from training.distributed import barrier, is_main
+
+    key = {"report": {k: v for k, v in (report or {}).items() if k != "seconds"},
+           "settings": {k: v for k, v in cfg.to_dict().items() if k not in ("recipe", "check_data")}}
+    if is_main():
+        decisions = recipe.load_saved(cfg.work_dir, key)
+        if decisions is None:
+            def image_s(size: int) -> float:  # measured once, when the plan first needs it
+                if not cost:
+                    from training.costs import image_seconds
+
+                    sizes = report["sizes"]
+                    cost.append(image_seconds(cfg, device, sizes["width"]["median"] / max(sizes["height"]["median"], 1)))
+                return cost[0](size)
+
+            cost: list = []
+            decisions = recipe.plan_recipe(report, cfg, set(explicit_settings(cfg)), image_s, budget_s)
+            recipe.save(cfg.work_dir, key, decisions)
+        for decision in decisions:
+            LOG.info("%s", decision.line())
+    barrier()
+    if not is_main():
+        decisions = recipe.load_saved(cfg.work_dir, None) or []
+    return recipe.apply_recipe(cfg, decisions), decisions
+
+
+def build_entries(cfg: Config, sources: list, device: torch.device) -> list[CacheEntry]:
+    """The cache (on disk, and in RAM under CACHE=ram or auto) of `sources`, at the planned settings."""
+    from dataset import build_cache, check_mask_labels
+    from training import ramcache
+    from training.distributed import barrier, is_main
+    from training.progress import progress
+
+    work = Path(cfg.work_dir)
     cropper = make_cropper(cfg, device)
     entries = None
     if is_main():  # rank 0 builds the cache while the others wait, then they read its manifest
@@ -151,9 +193,15 @@ def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
         entries = build_cache(sources, work, cfg.input_size, cfg.classes, cropper=cropper, write=False,
                               max_pixels=cfg.max_image_pixels, ignore_index=cfg.ignore_index)
     check_mask_labels(entries, cfg.names(), cfg.classes, segment=cfg.task == "segment")
-    entries = ramcache.apply(entries, cfg.cache, cfg.workers, cfg.max_image_pixels, progress=lambda it: progress(
+    return ramcache.apply(entries, cfg.cache, cfg.workers, cfg.max_image_pixels, progress=lambda it: progress(
         it, "cache to RAM", total=len(entries), every_s=cfg.log_every, unit="image"))
-    return entries, {s.key: s for s in sources}, device
+
+
+def prepare(cfg: Config) -> tuple[list[CacheEntry], dict, torch.device]:
+    """plan, then build_entries: (cache entries, {key: source}, device). RECIPE=auto's settings apply to the cache;
+    run() keeps the planned config itself."""
+    cfg, sources, device = plan(cfg)
+    return build_entries(cfg, sources, device), {s.key: s for s in sources}, device
 
 
 def make_tracker(cfg: Config, log_dir: Path, environ: Mapping[str, str] | None = None) -> Tracker:
@@ -177,7 +225,9 @@ def run(cfg: Config, started: float | None = None) -> dict:
     from training.tasks import make_task
 
     budget = Budget(cfg.time_budget, time.monotonic() if started is None else started) if cfg.time_budget else None
-    entries, sources, device = prepare(cfg)
+    cfg, sources, device = plan(cfg, budget)
+    entries = build_entries(cfg, sources, device)
+    sources = {s.key: s for s in sources}
     work, task = Path(cfg.work_dir), make_task(cfg)
     splits, fold_ids, test_idx = resolve_splits(cfg, entries)
     if is_main():

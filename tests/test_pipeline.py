@@ -38,7 +38,7 @@ def test_runtime_reproduces_the_trainers_original_resolution_dice(trained_run, t
     from training.scoring import score_original_resolution
     from training.tasks import SegmentTask
 
-    cfg = Config(**json.loads((trained_run / "config.json").read_text()))
+    cfg = Config.load(trained_run / "config.json")
     val_keys = json.loads((trained_run / "folds.json").read_text())["0"]
     sources = {s.key: s for s in pair_by_stem(cfg.raw_img_dir, cfg.raw_mask_dir)}
     val_dir = tmp_path / "val"

@@ -1,0 +1,83 @@
+"""training/recipe.py: the plan from the data check's report and the budget; explicit settings always win."""
+
+from __future__ import annotations
+
+import pytest
+
+from config import explicit_settings, load_config
+from training.recipe import MANY_IMAGES, TARGET_EPOCHS, apply_recipe, load_saved, plan_recipe, save
+
+
+def report(width=256, height=198, images=250, thin=17.5, fractions=None):
+    spread = lambda v: {"min": v, "median": v, "max": v}  # noqa: E731
+    return {"images": images, "sizes": {"width": spread(width), "height": spread(height)},
+            "class_fractions": fractions or {"background": 0.8, "foreground": 0.2},
+            "objects": {"foreground": {"thickness_px": {"p10": thin, "median": thin * 1.2}}}}
+
+
+def plan(rep, argv=(), image_s=None, budget_s=None):
+    cfg = load_config(list(argv), environ={})
+    return {d.setting: d.value for d in plan_recipe(rep, cfg, set(explicit_settings(cfg)), image_s, budget_s)}, cfg
+
+
+def test_without_a_budget_the_images_own_size_and_full_augmentation_for_a_small_set():
+    decided, _ = plan(report(width=300, height=200, images=120))
+    assert decided == {"input_size": 320, "ema": 0.999}  # 300 rounded up to the stride; AUGMENT's default is full
+
+
+def test_many_images_get_flips_only():
+    assert plan(report(images=MANY_IMAGES))[0]["augment"] == "flip"
+
+
+def test_the_budget_buys_the_largest_size_with_enough_epochs():
+    cost = lambda size: 1e-6 * size * size  # noqa: E731  seconds per image
+    decided, cfg = plan(report(width=512, height=512, images=100, thin=30), ["--time-budget", "10m", "--folds", "5"],
+                        cost)
+    size = decided["input_size"]
+    epochs = lambda s: 600 * 0.8 / (5 * 80 * cost(s))  # noqa: E731  5 folds of 80 training images
+    assert epochs(size) >= TARGET_EPOCHS > epochs(size + 32)
+    assert decided["epochs"] == 1000
+
+
+def test_thin_structures_set_a_floor_the_budget_cannot_push_below():
+    slow = lambda size: 10.0  # noqa: E731  nothing fits
+    decided, _ = plan(report(width=512, height=512, thin=4.8), ["--time-budget", "5m"], slow)
+    assert decided["input_size"] == 320  # 4.8 px membranes keep 3 px: 512 * 3 / 4.8 = 320
+
+
+def test_large_images_with_thin_structures_train_on_native_patches():
+    decided, _ = plan(report(width=4032, height=3024, thin=6.0))
+    assert decided["input_size"] == 4032 and decided["train_patch"] == "384x384"
+
+
+def test_explicit_settings_are_never_replanned():
+    decided, _ = plan(report(images=1000), ["--input-size", "192", "--augment", "full", "--ema", "0"])
+    assert decided == {}
+    assert "input_size" not in plan(report(), ["--patch-size", "160"])[0]  # the alias counts too
+
+
+def test_rare_classes_get_weights():
+    rep = report(fractions={"background": 0.9, "scratch": 0.005, "dent": 0.095})
+    assert plan(rep, ["--classes", "3"])[0]["class_weights"] == "auto"
+
+
+def test_a_config_built_in_code_counts_every_setting_as_given():
+    from dataclasses import replace
+
+    cfg = replace(load_config([], environ={}))
+    assert plan_recipe(report(images=1000), cfg, set(explicit_settings(cfg))) == []
+
+
+def test_the_plan_is_applied_and_saved_for_a_resumed_run(tmp_path):
+    decided, cfg = plan(report(width=300, height=200))
+    decisions = plan_recipe(report(width=300, height=200), cfg, set(explicit_settings(cfg)))
+    assert apply_recipe(cfg, decisions).input_size == decided["input_size"] == 320
+    save(tmp_path, {"k": 1}, decisions)
+    assert load_saved(tmp_path, {"k": 1}) == decisions
+    assert load_saved(tmp_path, {"k": 2}) is None and load_saved(tmp_path, None) == decisions
+
+
+@pytest.mark.parametrize("env", [{"INPUT_SIZE": "256"}, {"AUGMENT": "none"}])
+def test_an_env_var_counts_as_given(env):
+    cfg = load_config([], environ=env)
+    assert set(env.lower() for env in env) <= explicit_settings(cfg)

@@ -1,0 +1,171 @@
+"""RECIPE=auto: the settings a run leaves unset, planned from the data check's report and the budget. No torch here.
+
+    python train.py --raw-img-dir data/images --raw-mask-dir data/masks --time-budget 15m   # the plan decides the rest
+
+Every setting given by flag or env var stays as given; each one the plan sets is logged with its reason, saved in
+WORK_DIR/config.json ("recipe") and carried into the model's metadata. The rules, in the spirit of nnU-Net's
+fingerprint-then-plan, but for a time budget on the machine at hand instead of days of GPU:
+
+- INPUT_SIZE: the images' own size (their median long side) where the budget leaves enough epochs (TARGET_EPOCHS),
+  else the largest size that does, never so small that the thinnest structures (the data check's 10th-percentile
+  region width, background included: the gaps between objects count) fall under MIN_WIDTH_PX pixels. A cost model
+  (seconds per image at a size, measured on this machine by the caller) turns sizes into epochs. Without a budget,
+  the native size (at most MAX_NATIVE).
+- TRAIN_PATCH (with tiled inference): images larger than MAX_NATIVE whose thin structures would vanish when shrunk
+  train on native-resolution patches instead.
+- AUGMENT: full (flips, affine, colour) for a few hundred images or fewer, flip alone for more (MANY_IMAGES): with
+  many photos the extra distortions cost epochs and, on street scenes with a horizon, mislead.
+- EMA 0.999 (the average of the weights): it never lost in the equal-budget comparisons.
+- EPOCHS 1000 under a budget (the budget decides); CLASS_WEIGHTS auto when one class has a tenth of another's pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+TARGET_EPOCHS = 40  # epochs a from-scratch model needs before resolution pays more than more epochs
+MIN_WIDTH_PX = 3.0  # the thinnest structures (10th percentile of region widths) keep at least this many pixels
+MAX_NATIVE = 1024  # the largest long side trained as whole images; larger images train on patches
+MIN_SIZE = 128
+STEP = 32  # sizes are multiples of the models' stride
+PATCH = 384  # the side of native-resolution training patches
+MANY_IMAGES = 300  # from this many training images on, AUGMENT=flip
+BUDGET_SHARE = 0.8  # of TIME_BUDGET, what the plan counts as training time (the rest: start-up, scoring, export)
+RECIPE_NAME = "recipe.json"  # in WORK_DIR: the plan, reused by a resumed run so its settings (and hash) hold
+
+
+@dataclass(frozen=True)
+class Decision:
+    setting: str  # a Config field name
+    value: Any
+    reason: str
+
+    def line(self) -> str:
+        return f"recipe: {self.setting.upper()}={self.value}: {self.reason}"
+
+
+def round_size(size: float) -> int:
+    return max(STEP, int(math.ceil(size / STEP)) * STEP)
+
+
+def native_side(report: dict) -> int:
+    """The images' own long side (median of width and height's larger), rounded up to the stride."""
+    sizes = report["sizes"]
+    return round_size(max(sizes["width"]["median"], sizes["height"]["median"]))
+
+
+def thinnest(report: dict) -> float | None:
+    """The 10th-percentile region width in pixels over every class (background included), or None."""
+    widths = [o["thickness_px"]["p10"] for o in report.get("objects", {}).values()
+              if o.get("thickness_px", {}).get("p10")]
+    return min(widths) if widths else None
+
+
+def smallest_size(report: dict, native: int) -> int:
+    """The smallest long side that keeps the thinnest structures at MIN_WIDTH_PX pixels or more."""
+    width = thinnest(report)
+    if not width:
+        return MIN_SIZE
+    return min(native, max(MIN_SIZE, round_size(native * MIN_WIDTH_PX / width)))
+
+
+def epochs_at(size: int, native: int, images: int, seconds: float, image_s: Callable[[int], float]) -> float:
+    """Epochs of `images` training images that fit in `seconds` at long side `size`."""
+    return seconds / max(images * image_s(min(size, native)), 1e-9)
+
+
+def plan_size(report: dict, images: int, budget_s: float, image_s: Callable[[int], float] | None
+              ) -> tuple[int, str, str]:
+    """(INPUT_SIZE, TRAIN_PATCH or '', why). `images`: the training images of every fold the run trains, together
+    (an epoch of each fold)."""
+    native = native_side(report)
+    floor = smallest_size(report, native)
+    width = thinnest(report)
+    thin = f"the thinnest structures ({width:.1f} px wide at native size)" if width else "no thin structures"
+    if native > MAX_NATIVE and floor > MAX_NATIVE:
+        return native, f"{PATCH}x{PATCH}", (f"images are {native} px and {thin} vanish below {floor} px: native-size "
+                                            f"{PATCH} px patches, tiled at inference")
+    top = min(native, MAX_NATIVE)
+    if not budget_s or image_s is None:
+        return top, "", f"the images' own size ({native} px)" + ("" if top == native else f", at most {MAX_NATIVE}")
+    seconds = budget_s * BUDGET_SHARE
+    for size in range(top, floor - 1, -STEP):
+        epochs = epochs_at(size, native, images, seconds, image_s)
+        if epochs >= TARGET_EPOCHS:
+            said = "the images' own size" if size == native else f"the largest size under {native} px native"
+            return size, "", f"{said} with room for {TARGET_EPOCHS} epochs in the budget (~{epochs:.0f})"
+    epochs = epochs_at(floor, native, images, seconds, image_s)
+    return floor, "", (f"{thin} keep {MIN_WIDTH_PX:g} px at {floor} px; the budget has room for ~{epochs:.0f} epochs "
+                       "there, fewer than the "f"{TARGET_EPOCHS} wanted: a longer budget would help")
+
+
+def class_balance(report: dict) -> float | None:
+    """The rarest foreground class's pixels over the most common's (multi-class), or None."""
+    fractions = list(report.get("class_fractions", {}).values())[1:]
+    present = [f for f in fractions if f > 0]
+    if len(present) < 2:
+        return None
+    return min(present) / max(present)
+
+
+def plan_recipe(report: dict, cfg, explicit: set[str], image_s: Callable[[int], float] | None = None,
+                budget_s: float | None = None) -> list[Decision]:
+    """The decisions for every setting in the plan that `explicit` does not name (module docstring). `image_s(size)`
+    gives the seconds one training image costs at a long side of `size` (only called under TIME_BUDGET); `budget_s`
+    is what is left of TIME_BUDGET (default: all of it)."""
+    images = int(report["images"])
+    trained = len(cfg.selected_folds()) * (images * (cfg.folds - 1) // cfg.folds if cfg.folds > 1 else images)
+    decisions: list[Decision] = []
+
+    def decide(setting: str, value: Any, reason: str) -> None:
+        if setting not in explicit and getattr(cfg, setting) != value:
+            decisions.append(Decision(setting, value, reason))
+
+    if "input_size" not in explicit and "train_patch" not in explicit and cfg.task == "segment":
+        left = cfg.time_budget if budget_s is None else budget_s
+        size, patch, why = plan_size(report, trained, left if cfg.time_budget else 0, image_s)
+        decide("input_size", size, why)
+        decide("train_patch", patch, why)
+    if "augment" not in explicit:
+        if images >= MANY_IMAGES:
+            decide("augment", "flip", f"{images} images: enough variety that flips alone keep the epochs for learning")
+        else:
+            decide("augment", "full", f"{images} images: flips, affine and colour jitter stretch a small set")
+    decide("ema", 0.999, "an average of the weights: steadier than the last step, never worse in the comparisons")
+    if cfg.time_budget:
+        decide("epochs", 1000, "the time budget decides how many")
+    balance = class_balance(report)
+    if cfg.classes > 1 and balance is not None and balance < 0.1:
+        decide("class_weights", "auto", f"the rarest class has {balance:.1%} of the commonest one's pixels")
+    return decisions
+
+
+def apply_recipe(cfg, decisions: list[Decision]):
+    """A copy of `cfg` with the decisions applied."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, **{d.setting: d.value for d in decisions})
+
+
+def load_saved(work_dir: str | Path, key: dict | None) -> list[Decision] | None:
+    """The decisions WORK_DIR/recipe.json holds for this `key` (data report and settings; None: whatever it holds,
+    as the DDP ranks read what rank 0 has just planned), else None."""
+    path = Path(work_dir) / RECIPE_NAME
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if key is not None and saved.get("key") != key:
+        return None
+    return [Decision(**d) for d in saved.get("decisions", [])]
+
+
+def save(work_dir: str | Path, key: dict, decisions: list[Decision]) -> None:
+    from utils import atomic_write_json
+
+    atomic_write_json(Path(work_dir) / RECIPE_NAME,
+                      {"key": key, "decisions": [d.__dict__ for d in decisions]})
