@@ -94,7 +94,7 @@ from utils import LOG, MAX_IMAGE_PIXELS, UserError, run_cli, setup_logging
 
 IMAGE_KINDS = ("folder", "glob", "list", "image", "paths")  # sources that are lists of images
 # Options that only a binary (one-channel) model uses, with their defaults: given to a multi-class model, one warning.
-BINARY_ONLY = (("threshold", "adaptive"), ("color", "red"))
+BINARY_ONLY = (("threshold", None), ("color", "red"))
 
 
 # ----------------------------------------------------------------------------- runs
@@ -214,14 +214,14 @@ def build_segmenter(args: argparse.Namespace):
         raise UserError("--model is required (the .onnx from export.py), or use --method otsu for the baseline")
     return Segmenter(args.model, device=args.device, threads=args.threads, tta=args.tta, detector=args.detector,
                      gate=args.gate, gate_threshold=args.gate_threshold, description=model_description(args),
-                     spinning=args.ort_spinning == "on", precision=args.precision, **post)
+                     spinning=args.ort_spinning == "on", precision=args.precision, strict=args.strict, **post)
 
 
 def warn_binary_only(args: argparse.Namespace, meta: dict) -> None:
     """One warning naming the binary-only options a multi-class model was given: it takes the argmax."""
     classes = int(meta.get("num_classes", 1))
     given = [f"--{name} {getattr(args, name)}" for name, default in BINARY_ONLY
-             if str(getattr(args, name)).strip().lower() != default]
+             if getattr(args, name) is not None and str(getattr(args, name)).strip().lower() != default]
     if classes > 1 and given:
         LOG.warning("%s: not applied, this model has %d classes (argmax; masks and overlays use the class colours "
                     "of legend.png); these options apply to binary models only", ", ".join(given), classes)

@@ -41,7 +41,7 @@ from exporting.e2e_ops import resize_model
 from inference import Segmenter
 from runtime.session import create_session
 from runtime.e2e import predict_e2e
-from utils import (class_dice_iou, dice_iou, index_masks, list_images, read_image, read_mask, resize_long_side,
+from utils import (index_masks, list_images, mask_dice, mask_iou, read_image, read_mask, resize_long_side,
                    setup_logging)
 
 CPU = ["CPUExecutionProvider"]
@@ -53,19 +53,6 @@ def load_pairs(image_dir: Path, mask_dir: Path, classes: int, limit: int) -> lis
     pairs = [(p.stem, read_image(p), read_mask(masks[p.stem], classes)) for p in list_images(image_dir)
              if p.stem in masks]
     return pairs[:limit] if limit else pairs
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray, classes: int) -> float:
-    if classes == 1:
-        return dice_iou(a > 0, b > 0)[1]
-    present = [c for c in range(1, classes) if (a == c).any() or (b == c).any()]
-    return float(np.mean([dice_iou(a == c, b == c)[1] for c in present])) if present else 1.0
-
-
-def truth_dice(mask: np.ndarray, truth: np.ndarray, classes: int) -> float:
-    if classes == 1:
-        return dice_iou(mask > 0, truth)[0]
-    return float(class_dice_iou(mask, truth, classes)[0].mean())
 
 
 def explain(e2e_mask, engine_mask, engine_probs, cut: float | None) -> dict:
@@ -88,8 +75,8 @@ def parity(pairs, session, engine: Segmenter, classes: int, cut: float | None) -
         engine_mask = result.mask * 255 if classes == 1 else result.mask
         rows.append({"image": name, "size": list(image.shape[:2]), "iou": mask_iou(e2e_mask, engine_mask, classes),
                      "probs_max_diff": float(np.abs(e2e_probs - result.probs).max()),
-                     "dice_e2e": truth_dice(e2e_mask, truth, classes),
-                     "dice_engine": truth_dice(engine_mask, truth, classes),
+                     "dice_e2e": mask_dice(e2e_mask, truth, classes),
+                     "dice_engine": mask_dice(engine_mask, truth, classes),
                      "differ": explain(e2e_mask, engine_mask, result.probs, cut)})
     worst = min(rows, key=lambda r: r["iou"])
     differ = sum(r["differ"]["pixels"] for r in rows)

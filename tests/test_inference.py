@@ -293,17 +293,21 @@ def test_run_writes_masks_overlays_and_csv(models, image_folder, tmp_path):
         assert (int(rows[name]["width"]), int(rows[name]["height"])) == (w, h)
         assert int(rows[name]["area_px"]) == np.count_nonzero(mask)
     assert rows["c.png"]["dice"] == "" and float(rows["a.png"]["dice"]) > 0.85
+    model = json.loads((out / "metrics.json").read_text())["model"]  # which file, precision and rule made the numbers
+    assert model["file"] == models["half"].name and model["precision"] == "fp32" and model["rule"]["mode"] == "cv"
+    assert model["rule_text"].startswith("threshold 0.5 (cross-validated)") and model["lineage"] == []
     assert result["images"] == 4 and result["ok"] == 3 and result["errors"] == 1 and result["with_gt"] == 2
     assert result["mean_dice"] == pytest.approx(np.mean([float(rows[n]["dice"]) for n in ("a.png", "sub/b.jpg")]))
     assert calls == [(1, 4, 1), (2, 4, 2), (3, 4, 3), (4, 4, 4)]
 
 
-def test_run_reports_no_detection_with_empty_mask(models, tmp_path):
+@pytest.mark.parametrize("threshold, used", [(None, "0.5"), ("adaptive", "")])  # the rule's fixed cut / the cascade
+def test_run_reports_no_detection_with_empty_mask(models, tmp_path, threshold, used):
     write_png(tmp_path / "src" / "dark.png", np.zeros((40, 50, 3), np.uint8))
-    segmenter = inference.Segmenter(models["meta"], providers="cpu")
+    segmenter = inference.Segmenter(models["meta"], providers="cpu", threshold=threshold)
     result = inference.run(segmenter, tmp_path / "src" / "dark.png", tmp_path / "out")
     row = read_rows(tmp_path / "out" / "summary.csv")[0]
-    assert row["status"] == "no_detection" and row["threshold"] == "" and row["area_px"] == "0"
+    assert row["status"] == "no_detection" and row["threshold"] == used and row["area_px"] == "0"
     assert not cv2.imread(str(tmp_path / "out" / "masks" / "dark.png"), cv2.IMREAD_UNCHANGED).any()
     assert result["no_detection"] == 1 and result["mean_dice"] is None
 
