@@ -154,7 +154,8 @@ def weights_problem(path: Path, meta: dict, other: Path, other_meta: dict) -> st
     dates = (str(meta.get("created") or ""), str(other_meta.get("created") or ""))
     older = Path(path).name if dates[0] < dates[1] else other.name if dates[1] < dates[0] else None
     which = f"{older} is the older export" if older else "one of them is from an earlier training"
-    return (f"{Path(path).name} and {other.name} came from different trainings ({', '.join(differ)} differ): "
+    verb = "differs" if len(differ) == 1 else "differ"
+    return (f"{Path(path).name} and {other.name} came from different trainings ({', '.join(differ)} {verb}): "
             f"{which}; export it again, or delete it")
 
 

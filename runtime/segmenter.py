@@ -116,7 +116,7 @@ class Segmenter:
                  gate_threshold: float | None = None, description: dict | None = None, precision: str = "auto",
                  spinning: bool | None = None, strict: bool = False, **post):
         self.model_path = Path(model_path) if model_path is not None else None
-        given = self.model_path
+        given = self.model_path if session is None else None  # a session given: no files to compare
         self.spinning = DEFAULT_SPINNING if spinning is None else bool(spinning)  # onnxruntime's spin-waiting
         self.precision, self.precision_reason = None, "session given"
         if session is None:
@@ -144,7 +144,7 @@ class Segmenter:
         self.max_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else 0  # 0: any
         self.tta = self._resolve_tta(tta)
         self.post = self._post_options(post)
-        self.lineage = check_lineage(given, self.model_path, strict) if session is None and given else []
+        self.lineage = check_lineage(given, self.model_path, strict) if given else []
         self.timing = {"pre_ms": 0.0, "infer_ms": 0.0, "post_ms": 0.0}
         # smart crop (metadata crop_mode 'person'): the YOLO detector runs on the same providers
         self.crop_stage = load_crop_stage(self.meta, self.model_path,

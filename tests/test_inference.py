@@ -782,3 +782,48 @@ def test_cli_prints_per_class_dice(tmp_path):
                       "--gt", str(tmp_path / "gt"))
     assert done.returncode == 0, done.stderr
     assert "class disc:" in done.stdout and "dice 1.000" in done.stdout and "class square:" in done.stdout
+
+
+# ----------------------------------------------------------------------------- lineage (runtime/lineage.py)
+
+
+def derived_copy(model: Path, suffix: str, **meta) -> Path:
+    """A copy of `model` as <stem><suffix> recording `model`'s bytes now as its source, as export.py writes one."""
+    from runtime.lineage import source_record
+
+    proto = onnx.load(str(model))
+    old = json.loads({p.key: p.value for p in proto.metadata_props}["segmentation"])
+    made = suffix.strip(".").split(".")[0]
+    helper.set_model_props(proto, {"segmentation": json.dumps({**old, "source": source_record(model, made), **meta})})
+    path = model.with_name(model.stem + suffix)
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_cli_names_stale_siblings_and_strict_refuses(tmp_path, records):
+    """A re-export rewrites horse.onnx: the e2e file made from the old bytes gives other answers; say so."""
+    model = build_model(tmp_path / "horse.onnx", TEST_META)
+    derived_copy(model, ".e2e.onnx")
+    image, _ = rect_image(30, 40)
+    write_png(tmp_path / "src" / "x.png", image)
+    argv = ["--model", str(model), "--source", str(tmp_path / "src"), "--device", "cpu"]
+    inference.main(argv + ["--output", str(tmp_path / "a")])
+    assert not [r for r in records.records if "was made from another" in r.getMessage()]
+    build_model(model, {**TEST_META, "created": "a retrain"})  # the re-export
+    inference.main(argv + ["--output", str(tmp_path / "b")])
+    warned = [r.getMessage() for r in records.records if r.levelname == "WARNING"]
+    assert any(w.startswith("horse.e2e.onnx was made from another horse.onnx (sha256 ") for w in warned), warned
+    with pytest.raises(UserError, match=r"^--strict: horse.e2e.onnx was made from another horse.onnx"):
+        inference.main(argv + ["--output", str(tmp_path / "c"), "--strict"])
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_variant_of_other_weights_is_named(tmp_path, records):
+    """Two exports of checkpoints with the same name whose digests differ came from different trainings."""
+    model = build_model(tmp_path / "horse.onnx", {**TEST_META, "weights_sha256": {"fold0_best.pt": "a" * 64},
+                                                  "created": "2026-02-01T00:00:00+00:00"})
+    build_model(tmp_path / "horse.tta-hflip.onnx", {**TEST_META, "weights_sha256": {"fold0_best.pt": "b" * 64},
+                                                    "created": "2026-01-01T00:00:00+00:00"})
+    segmenter = inference.Segmenter(model, device="cpu")
+    assert segmenter.lineage == ["horse.onnx and horse.tta-hflip.onnx came from different trainings (fold0_best.pt "
+                                 "differs): horse.tta-hflip.onnx is the older export; export it again, or delete it"]
