@@ -443,20 +443,44 @@ def require_node_modules(package: str) -> None:
         pytest.fail(f"examples/node_modules/{package} is missing: run `make install` (or `npm ci --prefix examples`)")
 
 
-def test_node_example_writes_the_same_mask_as_python(tmp_path):
+def node_or_skip() -> str:
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed (Debian: apt-get install nodejs npm); the Node.js example cannot run")
     require_node_modules("onnxruntime-node")
-    model = e2e.convert(tiny_plain(tmp_path / "m.onnx", 3, "logits"), tta="hflip")
-    photo = example_photo(tmp_path)
-    done = subprocess.run([node, "node/segment.js", str(model), str(photo), str(tmp_path / "mask.png")], cwd=EXAMPLES,
+    return node
+
+
+def run_node(model: Path, photo: Path, mask: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([node_or_skip(), "node/segment.js", str(model), str(photo), str(mask)], cwd=EXAMPLES,
                           capture_output=True, text=True, timeout=120)
+
+
+def test_node_example_writes_the_same_mask_as_python(tmp_path):
+    plain = tiny_plain(tmp_path / "m.onnx", 3, "logits")
+    model = e2e.convert(plain, tta="hflip")
+    photo = example_photo(tmp_path)
+    done = run_node(model, photo, tmp_path / "mask.png")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["width"] == cv2.imread(str(photo)).shape[1]
+    head, line = [json.loads(text) for text in done.stdout.splitlines()]
+    assert head == {"model": str(model), "made_from": "m.onnx", "source_sha256": file_digest(plain),
+                    "rule": "threshold 0.5 (cross-validated)"}  # the model's source hash, to compare with sha256sum
+    assert line["width"] == cv2.imread(str(photo)).shape[1] and not done.stderr
     written = cv2.imread(str(tmp_path / "mask.png"), cv2.IMREAD_UNCHANGED)
     assert written.dtype == np.uint8 and written.ndim == 2
     np.testing.assert_array_equal(written, python_mask(model, photo))
+
+
+def test_node_example_names_a_stale_model_and_refuses_a_plain_one(tmp_path):
+    plain = tiny_plain(tmp_path / "m.onnx")
+    model = e2e.convert(plain)
+    photo = example_photo(tmp_path)
+    tiny_plain(plain, seed=1)  # a retrain re-exported the plain file; the e2e file is the old model
+    done = run_node(model, photo, tmp_path / "mask.png")
+    assert done.returncode == 0 and done.stderr.startswith("warning: m.e2e.onnx was made from another m.onnx (sha256 ")
+    done = run_node(plain, photo, tmp_path / "mask2.png")
+    assert done.returncode == 1 and done.stderr.startswith("error: m.onnx is not an end-to-end model")
+    assert "export.py --end-to-end" in done.stderr and not (tmp_path / "mask2.png").exists()
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -488,6 +512,9 @@ def browser_mask(url: str, model: Path, photo: Path, profile: Path) -> tuple[np.
             page.goto(url)
             page.locator("#model").set_input_files(str(model))
             page.locator("body[data-model=ready], body[data-state=error]").wait_for(state="attached")
+            loaded = page.locator("#status").inner_text()
+            if page.locator("body[data-state=error]").count():
+                return None, {"status": loaded}
             page.locator("#image").set_input_files(str(photo))
             page.locator("body[data-state=done], body[data-state=error]").wait_for(state="attached")
             shown = page.locator("#status").inner_text()
@@ -497,10 +524,10 @@ def browser_mask(url: str, model: Path, photo: Path, profile: Path) -> tuple[np.
         finally:
             browser.close()
     mask = np.asarray(state.pop("mask"), np.uint8).reshape(state["height"], state["width"])
-    return mask, {**state, "status": shown}
+    return mask, {**state, "status": shown, "loaded": loaded}
 
 
-def test_web_page_shows_the_same_mask_as_python(tmp_path):
+def browser_or_skip() -> None:
     from test_app_browser import CHROMIUM
 
     if not Path(CHROMIUM).is_file():
@@ -509,19 +536,35 @@ def test_web_page_shows_the_same_mask_as_python(tmp_path):
     if not (EXAMPLES / "node_modules" / "onnxruntime-web").is_dir() and shutil.which("npm") is None:
         pytest.skip("npm is not installed, so examples/node_modules/onnxruntime-web cannot be; the page needs it")
     require_node_modules("onnxruntime-web")
-    model = e2e.convert(tiny_plain(tmp_path / "m.onnx", 1, "logits"), tta="flips")
-    photo = example_photo(tmp_path)
+
+
+def page_mask(model: Path, photo: Path, profile: Path) -> tuple[np.ndarray | None, dict]:
     server = static_server(EXAMPLES)
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/web/index.html"
-        mask, shown = browser_mask(url, model, photo, tmp_path / "profile")
+        return browser_mask(f"http://127.0.0.1:{server.server_address[1]}/web/index.html", model, photo, profile)
     finally:
         server.shutdown()
+
+
+def test_web_page_shows_the_same_mask_as_python(tmp_path):
+    browser_or_skip()
+    plain = tiny_plain(tmp_path / "m.onnx", 1, "logits")
+    model = e2e.convert(plain, tta="flips")
+    photo = example_photo(tmp_path)
+    mask, shown = page_mask(model, photo, tmp_path / "profile")
     want = python_mask(model, photo)
     assert mask.shape == want.shape and shown["canvas"] == want.shape[1]
     assert "% foreground" in shown["status"]
+    assert f"made from m.onnx (sha256 {file_digest(plain)}); rule: threshold 0.5 (cross-validated)" in shown["loaded"]
     # WebAssembly kernels vs native ones: float rounding may flip a pixel sitting on the threshold
     assert np.count_nonzero(mask != want) <= 0.001 * want.size, shown
+
+
+def test_web_page_names_a_plain_model_instead_of_an_onnxruntime_error(tmp_path):
+    browser_or_skip()
+    mask, shown = page_mask(tiny_plain(tmp_path / "m.onnx"), example_photo(tmp_path), tmp_path / "profile")
+    assert mask is None and shown["status"].startswith("error: m.onnx is not an end-to-end model")
+    assert "Unexpected input data type" not in shown["status"]
 
 
 def main() -> None:
