@@ -116,16 +116,22 @@ def validation_pairs(work_dir: Path | None, folds: list[int], val_dir) -> tuple[
 # ----------------------------------------------------------------------------- masks and Dice
 
 
+def runtime_session(model: Path | bytes):
+    """An onnxruntime CPU session of a file or serialized graph, with the runtime's own session options."""
+    import onnxruntime as ort
+
+    from runtime.session import CPU, session_options
+
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=session_options(0),
+                                providers=[CPU])
+
+
 def masks_under_rule(model: Path | bytes, pairs: list[tuple[Path, Path]]) -> list[np.ndarray]:
     """Each image's mask from `model` (a file or serialized graph) as the runtime makes it: Segmenter on the
     onnxruntime CPU provider, the model's recorded rule."""
-    import onnxruntime as ort
-
     from runtime.segmenter import Segmenter
 
-    session = ort.InferenceSession(model if isinstance(model, bytes) else str(model),
-                                   providers=["CPUExecutionProvider"])
-    segmenter = Segmenter(None, session=session)
+    segmenter = Segmenter(None, session=runtime_session(model))
     return [segmenter.predict(read_image(image)).mask for image, _ in pairs]
 
 
@@ -177,10 +183,7 @@ def measure_speedup(fp32: Path | bytes, int8: Path | bytes, images: list[Path], 
                     rounds: int = ROUNDS, tries: int = LOAD_TRIES) -> dict:
     """{speedup, fp32_ms, int8_ms, rounds, images, load_1m (before, after), cores}, or {not_stored: why, ...} when
     every try ran with the 1-minute load above the cores."""
-    import onnxruntime as ort
-
-    sessions = {name: ort.InferenceSession(m if isinstance(m, bytes) else str(m), providers=["CPUExecutionProvider"])
-                for name, m in (("fp32", fp32), ("int8", int8))}
+    sessions = {"fp32": runtime_session(fp32), "int8": runtime_session(int8)}
     inputs = [preprocess(read_image(path), meta)[0][None] for path in images[:SPEED_IMAGES]]  # (1, 3, H', W') each
     limit = cores()
     for attempt in range(1, tries + 1):
