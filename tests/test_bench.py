@@ -215,6 +215,28 @@ def test_quantization(run_script, tmp_path):
     assert result["machine"]["start"]["load_average"] and result["machine"]["end"]["load_average"]
 
 
+def test_rule_dice_scores_every_rule_on_one_set_of_probabilities(run_script, tmp_path):
+    from conftest import write_blobs
+
+    sys.path.insert(0, str(BENCH))
+    import common
+    import rule_dice
+
+    data = write_blobs(tmp_path / "blobs", 3, size=(40, 56))
+    fp32 = common.export_model(common.random_model("Unet", "resnet18", calibrate_size=64), "Unet", "resnet18", 64,
+                               tmp_path / "m.onnx")
+    result = run_script("rule_dice", "--model", str(fp32), "--images", str(data / "images"), "--masks",
+                        str(data / "masks"))
+    rules = result["rules"]
+    assert list(rules) == ["cv (the default)", "fixed 0.5", "adaptive, total area", rule_dice.OLD_DEFAULT]
+    assert result["images"] == 3 and all(0 <= r["mean_dice"] <= 1 for r in rules.values())
+    assert rules[rule_dice.OLD_DEFAULT]["min_iou_vs_old_default"] == 1.0
+    specks = np.zeros((20, 20), np.float32)
+    specks[::5, ::5] = 0.9  # 16 one-pixel specks: 16 px in all, no region of 10
+    masks = rule_dice.rule_masks(specks, 0.5, 10)
+    assert masks["adaptive, total area"].sum() == 16 and masks[rule_dice.OLD_DEFAULT].sum() == 0
+
+
 @pytest.mark.parametrize("recorded, code", [(0.01, 0), (1000.0, 1), (None, 2)])
 def test_int8_speedup_recheck(tmp_path, monkeypatch, recorded, code):
     """bench/int8_speedup.py: met when the stored speed-up is within 15 % of an idle re-measurement, else missed."""

@@ -52,8 +52,11 @@ def run_inference(model, held, out, *flags) -> dict[str, np.ndarray]:
     return masks(out)
 
 
-def test_every_runtime_gives_the_default_answer(exported, tmp_path, records):
+def test_every_runtime_gives_the_default_answer(exported, trained_run, tmp_path, records):
     fp32, held = exported
+    summary = json.loads((trained_run / "cv_summary.json").read_text())
+    made_by_train = read_metadata(trained_run / "model.onnx")["rule"]  # the export at the end of train.py
+    assert made_by_train["mode"] == "cv" and made_by_train["threshold"] == summary["best_threshold"]
     e2e = fp32.with_name("model.fold0.e2e.onnx")
     rule = read_metadata(fp32)["rule"]
     assert rule["mode"] == "cv" and read_metadata(e2e)["rule"] == rule  # one recorded rule, baked in
