@@ -93,6 +93,12 @@ def train(train_images: Path, work: Path, args) -> Path:
     return work / "rule.onnx"
 
 
+def command_line(argv: list[str]) -> str:
+    """The command as run, less --work (where the run was kept says nothing about the result)."""
+    shown = [arg for i, arg in enumerate(argv) if arg != "--work" and (i == 0 or argv[i - 1] != "--work")]
+    return "python bench/rule_dice.py " + " ".join(shown)
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", choices=("horse", "isbi"), help="train a small model on this data set first")
@@ -135,7 +141,7 @@ def main() -> None:
     setup = {k: getattr(args, k) for k in ("data", "epochs", "size", "folds", "seed")} if args.data else {
         "model": str(args.model)}
     write_result(args.name or f"rule_dice_{args.data or Path(args.model).stem}",
-                 {"command": "python bench/rule_dice.py " + " ".join(sys.argv[1:]), "setup": setup, **info,
+                 {"command": command_line(sys.argv[1:]), "setup": setup, **info,
                   "rules": rules}, args.out, start)
 
 

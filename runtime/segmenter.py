@@ -219,7 +219,7 @@ class Segmenter:
 
     def _report_provider(self) -> None:
         used = self.providers[0]
-        LOG.info("model %s running on %s", self.model_path, used)
+        LOG.info("model %s running on %s", self.model_path or "(a session given)", used)
         if self.wanted[0] != CPU and used == CPU:
             LOG.warning("%s failed to start (see onnxruntime's message); running on CPU", self.wanted[0])
 
