@@ -85,10 +85,22 @@ from utils import LOG, UserError, atomic_write_bytes, run_cli, setup_logging
 
 
 def rule_threshold(value) -> float | str | None:
-    """--threshold: None (the cross-validated one), 'adaptive' or a number in (0, 1); else a UserError."""
+    """A segmenter's --threshold: None (the cross-validated one), 'adaptive' or a number in (0, 1); else a
+    UserError."""
     if value is None or str(value).strip().lower() == "adaptive":
         return None if value is None else "adaptive"
     return make_rule(value)["threshold"]
+
+
+def gate_threshold(value) -> float | None:
+    """A gate's --threshold: None (the out-of-fold one) or a number in [0, 1]; else a UserError."""
+    try:
+        number = None if value is None else float(value)
+    except ValueError:
+        number = float("nan")
+    if number is not None and not 0 <= number <= 1:  # also NaN
+        raise UserError(f"--threshold {value!r} is not valid for a gate (TASK=classify); use a number from 0 to 1")
+    return number
 
 
 def detector_path(output: Path) -> Path:
@@ -111,7 +123,6 @@ def export_onnx(work_dir: str | Path, folds: list[int] | None = None, output: st
     'adaptive'), `min_area` and `morphology` (close, open, fill_holes, min_component_area, keep_largest).
     """
     check_opset(opset)
-    threshold = rule_threshold(threshold)
     work_dir = Path(work_dir)
     checkpoints = find_checkpoints(work_dir, folds)
     subset = None if set(checkpoints) == set(find_checkpoints(work_dir, None)) else list(checkpoints)
@@ -124,11 +135,12 @@ def export_onnx(work_dir: str | Path, folds: list[int] | None = None, output: st
             raise UserError(f"{', '.join(unsupported)}: not available for a gate (TASK=classify) export; drop it")
         if mode == "auto":
             LOG.info("no int8 copy: not made for a gate (TASK=classify) export")
-        if threshold == "adaptive" or morphology or end_to_end:
-            raise UserError("--threshold adaptive, the morphology flags and --end-to-end are for segmenters; a gate "
-                            "(TASK=classify) takes a number as --threshold")
-        return export_gate(work_dir, checkpoints, models, ckpt, output, threshold, opset, check, simplify_graph, fp16,
-                           subset, force)
+        if morphology or end_to_end:
+            raise UserError("the morphology flags and --end-to-end are for segmenters; drop them for a gate "
+                            "(TASK=classify)")
+        return export_gate(work_dir, checkpoints, models, ckpt, output, gate_threshold(threshold), opset, check,
+                           simplify_graph, fp16, subset, force)
+    threshold = rule_threshold(threshold)
     rule = {"threshold": threshold, **(morphology or {})}
     if threshold is None or threshold == "adaptive":
         threshold = read_recommended_threshold(work_dir)

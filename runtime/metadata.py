@@ -283,10 +283,13 @@ def build_metadata(ckpt: dict, folds: list[int], threshold: float | None, min_ar
     args = ckpt["model_args"]
     classes = args["classes"]
     default_names = ["foreground"] if classes == 1 else [f"class_{i}" for i in range(classes)]
+    rule = dict(rule or {})
+    mode = rule.pop("threshold", None)
+    if threshold is None and mode is None:
+        mode = 0.5  # no cross-validated threshold (no cv_summary.json, a checkpoint from elsewhere): a fixed 0.5
     threshold = 0.5 if threshold is None else float(threshold)
     min_area = int(cfg.get("min_area", 64) if min_area is None else min_area)
-    rule = dict(rule or {})
-    rule = make_rule(rule.pop("threshold", None), threshold, KEY_BY_NAME["thresholds"].default, min_area, **rule)
+    rule = make_rule(mode, threshold, KEY_BY_NAME["thresholds"].default, min_area, **rule)
     return {
         **DEFAULT_METADATA,
         "name": cfg.get("name") or "model",

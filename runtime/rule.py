@@ -107,6 +107,10 @@ def apply_overrides(rule: dict, overrides: dict, meta: dict) -> dict:
     elif text in ("adaptive", "otsu"):
         rule = {**_strip(rule), "mode": text, **({"cascade": [float(t) for t in cascade]} if text == "adaptive" else {})}
     elif threshold is not None:
+        try:
+            threshold = float(threshold)
+        except (TypeError, ValueError):
+            pass  # PostOptions names the bad value
         rule = {**_strip(rule), "mode": "given", "threshold": threshold}
     elif "cascade" in overrides and rule["mode"] == "adaptive":
         rule["cascade"] = [float(t) for t in cascade]
