@@ -29,7 +29,9 @@ from runtime.backend import BACKENDS
 from runtime.pipeline import RunOptions
 from runtime.foreign import parse_class_names
 from runtime.postprocess import colorize, draw_legend
+from runtime.precision import PRECISIONS
 from runtime.preview import PREVIEW_FORMAT, browser_preview, compare_gt, predict_image, safe_name, strip_folder
+from runtime.rule import describe_rule
 from runtime.segmenter import TTA_FLIPS
 from runtime.session import PROVIDER_CHOICES
 from utils import LOG, UserError, read_image, setup_logging, write_png
@@ -40,6 +42,8 @@ IMAGE_TYPES = ["jpg", "jpeg", "png"]
 MASK_TYPES = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"]
 VIDEO_TYPES = ["mp4", "avi", "mov", "mkv"]
 MODES = ("Single image", "Batch ZIP", "Video")
+RULE = "model's rule"  # the threshold mode that applies what export.py recorded (runtime/rule.py)
+THRESHOLD_MODES = (RULE, "adaptive", "fixed")
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,8 @@ class Settings:
     device: str = "auto"
     threads: int = 0
     tta: str = "none"
-    threshold: str | float = "adaptive"
-    close: int = 0
+    threshold: str | float | None = None  # None: the model's rule
+    close: int = 0  # 0 / False: as the model's rule says
     open: int = 0
     fill_holes: bool = False
     alpha: float = 0.5
@@ -62,11 +66,13 @@ class Settings:
     gate_threshold: float | None = None  # None: the gate's own (out-of-fold) threshold
     class_names: str = ""  # comma-separated, one per output channel; empty: the model's (or the files beside it)
     background: bool | None = None  # False: class 0 is a class like any other (--no-background); None: the model's
+    precision: str = "auto"  # auto, fp32, int8 (runtime/precision.py)
     backend: str = "auto"  # the model's engine: auto, onnxruntime, openvino (inference.py --backend)
 
     def post(self) -> dict:
-        """The Segmenter's post-processing options (PostOptions fields)."""
-        return dict(threshold=self.threshold, close=self.close, open=self.open, fill_holes=self.fill_holes)
+        """The Segmenter's post-processing options: None leaves that part of the model's rule as it is."""
+        return dict(threshold=self.threshold, close=self.close or None, open=self.open or None,
+                    fill_holes=True if self.fill_holes else None)
 
 
 def read_env(environ) -> dict:
@@ -80,7 +86,7 @@ def read_env(environ) -> dict:
 @st.cache_resource(show_spinner="Loading the model...", max_entries=4)
 def load_segmenter(model_path: str, stamp: tuple, device: str, threads: int, tta: str, gate_path: str | None = None,
                    gate_stamp: tuple = (), class_names: str = "", background: bool | None = None,
-                   backend: str = "auto") -> Segmenter:
+                   precision: str = "auto", backend: str = "auto") -> Segmenter:
     """One ONNX Runtime session per model file (and its mtime/size stamp), device, threads, TTA and description
     (class names, background: inference.py's --class-names / --no-background), plus the gate's session when a
     gate file is given.
@@ -90,7 +96,7 @@ def load_segmenter(model_path: str, stamp: tuple, device: str, threads: int, tta
     """
     description = {"class_names": parse_class_names(class_names or None), "background": background}
     return Segmenter(model_path, device=device, threads=threads, tta=tta, gate=gate_path, description=description,
-                     backend=backend)
+                     precision=precision, backend=backend)
 
 
 @st.cache_resource
@@ -104,7 +110,6 @@ def open_segmenter(settings: Settings) -> Segmenter:
     if not settings.model_path.strip() or not path.is_file():
         raise UserError(f"model file not found: {settings.model_path!r}. Type the path of an .onnx file from "
                         "export.py in the sidebar, or start the page with MODEL_PATH=path/to/model.onnx")
-    stat = path.stat()
     gate, gate_stamp = None, ()
     if settings.gate_path.strip():
         gate = Path(settings.gate_path).expanduser()
@@ -112,12 +117,19 @@ def open_segmenter(settings: Settings) -> Segmenter:
             raise UserError(f"gate file not found: {settings.gate_path!r}. Type the path of a gate.onnx from "
                             "`train.py --task classify` in the sidebar, or leave the gate field empty")
         gate_stamp = (gate.stat().st_mtime_ns, gate.stat().st_size)
-    segmenter = load_segmenter(str(path), (stat.st_mtime_ns, stat.st_size), settings.device, settings.threads,
+    segmenter = load_segmenter(str(path), folder_stamp(path), settings.device, settings.threads,
                                settings.tta, str(gate) if gate else None, gate_stamp, settings.class_names,
-                               settings.background, settings.backend)
+                               settings.background, settings.precision, settings.backend)
     if gate is not None and settings.gate_threshold is not None:
         segmenter = segmenter.with_gate_threshold(settings.gate_threshold)
     return segmenter.with_options(**settings.post())
+
+
+def folder_stamp(path: Path) -> tuple:
+    """The model's and its neighbours' (name, mtime, size): a new int8 copy or a re-export beside it reloads the
+    model, so the file that runs and the stale-file warnings stay true."""
+    files = [path] + sorted(p for p in path.parent.glob("*.onnx") if p != path)
+    return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in files if p.is_file())
 
 
 def save_upload(upload, folder: Path, kind: str) -> Path:
@@ -169,6 +181,9 @@ def sidebar(defaults: dict) -> Settings:
                                    help="auto: OpenVINO for int8 models on a CPU with VNNI/AMX when it is installed "
                                    "(requirements-openvino.txt), else onnxruntime")
     threads = int(st.sidebar.number_input("CPU threads (0 = automatic)", 0, 64, 0, key="threads"))
+    precision = st.sidebar.selectbox("Precision", PRECISIONS, key="precision",
+                                     help="auto: on the CPU, the int8 copy export.py measured beside the model when it "
+                                     "lost at most 0.01 Dice and was faster; fp32: always the float32 file")
     tta = st.sidebar.selectbox("Flip TTA", tuple(TTA_FLIPS), key="tta")
     gate_path = st.sidebar.text_input("Gate (.onnx path, optional)", value=defaults.get("gate_path", ""),
                                       key="gate_path", help="a clean/defect gate from train.py --task classify: images "
@@ -183,15 +198,17 @@ def sidebar(defaults: dict) -> Settings:
     no_background = st.sidebar.checkbox("Class 0 is a class (no background)", key="no_background",
                                         help="e.g. ADE20k's wall: argmax over all classes, class 0 drawn and counted")
     st.sidebar.header("Threshold")
-    mode = st.sidebar.radio("Threshold mode", ("adaptive", "fixed"), key="threshold_mode", horizontal=True,
-                            help="adaptive: the model's cascade (e.g. 0.5 -> 0.3 -> 0.15)")
-    threshold = "adaptive"
+    mode = st.sidebar.radio("Threshold mode", THRESHOLD_MODES, key="threshold_mode", horizontal=True,
+                            help="model's rule: what export.py recorded (the cross-validated threshold unless told "
+                            "otherwise), as inference.py and the .e2e.onnx apply it; adaptive: the cascade (e.g. "
+                            "0.5 -> 0.3 -> 0.15)")
+    threshold = None if mode == RULE else "adaptive"
     if mode == "fixed":
         threshold = float(st.sidebar.slider("Fixed threshold", 0.01, 0.99, 0.5, 0.01, key="threshold"))
     st.sidebar.header("Post-processing")
-    close = int(st.sidebar.number_input("Closing kernel (px, 0 = off)", 0, 101, 0, key="close"))
-    open_ = int(st.sidebar.number_input("Opening kernel (px, 0 = off)", 0, 101, 0, key="open"))
-    fill = st.sidebar.checkbox("Fill holes", key="fill_holes")
+    close = int(st.sidebar.number_input("Closing kernel (px, 0 = the model's rule)", 0, 101, 0, key="close"))
+    open_ = int(st.sidebar.number_input("Opening kernel (px, 0 = the model's rule)", 0, 101, 0, key="open"))
+    fill = st.sidebar.checkbox("Fill holes", key="fill_holes", help="unchecked: as the model's rule says")
     alpha = float(st.sidebar.slider("Overlay alpha", 0.0, 1.0, 0.5, 0.05, key="alpha"))
     st.sidebar.header("Size")
     image_max = int(st.sidebar.number_input("Image max long side (px, 0 = as is)", 0, 16384, 2048, 64,
@@ -201,7 +218,18 @@ def sidebar(defaults: dict) -> Settings:
     stride = int(st.sidebar.number_input("Video: infer every Nth frame", 1, 100, 1, key="vid_stride"))
     return Settings(model_path.strip(), device, threads, tta, threshold, close, open_, fill, alpha, image_max,
                     video_max, stride, gate_path.strip(), gate_threshold, class_names.strip(),
-                    False if no_background else None, backend)
+                    False if no_background else None, precision, backend)
+
+
+def show_running(segmenter: Segmenter) -> None:
+    """Which file runs, at which precision and why, under which rule; the files beside it that no longer match."""
+    path = segmenter.model_path
+    st.caption(f"Running **{path.name if path else 'a given session'}** ({segmenter.precision}: "
+               f"{segmenter.precision_reason}). Rule: {describe_rule(segmenter.rule)}.")
+    if segmenter.precision == "int8":
+        st.caption("Choose fp32 under Precision in the sidebar to run the float32 file instead.")
+    for problem in segmenter.lineage:
+        st.warning(problem)
 
 
 def show_metadata(segmenter: Segmenter) -> None:
@@ -215,9 +243,11 @@ def show_metadata(segmenter: Segmenter) -> None:
             f"{'; class 0 is a class (no background)' if meta.get('background') is False else ''}\n"
             f"- **threshold** (CV): {meta.get('threshold', 'n/a')}\n"
             f"- **folds**: {meta.get('folds', 'n/a')}\n"
-            f"- **running on**: {segmenter.providers[0]}\n"
+            f"- **file running**: {segmenter.model_path.name if segmenter.model_path else 'n/a'} on "
+            f"{segmenter.providers[0]}\n"
             f"- **backend**: {segmenter.backend} ({segmenter.backend_reason})\n"
-            f"- **precision**: {segmenter.precision} ({segmenter.precision_reason})"
+            f"- **precision**: {segmenter.precision} ({segmenter.precision_reason})\n"
+            f"- **rule**: {describe_rule(segmenter.rule)}"
         )
         st.json(meta, expanded=False)
     gate = segmenter.gate
@@ -419,6 +449,7 @@ def main() -> None:
     if segmenter is None:
         return
     show_metadata(segmenter)
+    show_running(segmenter)
     {"Single image": single_image_mode, "Batch ZIP": zip_mode, "Video": video_mode}[mode](settings, segmenter)
 
 

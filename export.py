@@ -9,7 +9,9 @@ Run book:
     python export.py --work-dir runs/exp1 --simplify       # onnxslim
     python export.py --work-dir runs/exp1 --fp16           # + <name>.fp16.onnx for GPUs (I/O stays float32)
     python export.py --work-dir runs/exp1 --int8 off       # no <name>.int8.onnx (see "int8" below)
-    python export.py --work-dir runs/exp1 --val-dir data/val   # int8 Dice measured on data/val
+    python export.py --work-dir runs/exp1 --val-dir data/val   # int8 Dice measured on data/val (images/ + masks/)
+    python export.py --work-dir runs/exp1 --end-to-end     # + <name>.e2e.onnx: uint8 image in, mask out
+    python export.py --work-dir runs/exp1 --threshold adaptive --fill-holes   # another recorded rule (see below)
     python export.py --work-dir runs/exp1 --triton-repo models/ --triton-kind gpu --triton-dynamic-batching
         # + models/<name>/config.pbtxt and models/<name>/1/model.onnx: an NVIDIA Triton model repository
     python export.py --checkpoint old/best.pth.tar --model unet --encoder resnet34 --input-size 512
@@ -20,10 +22,17 @@ Run book:
 Variants get their own names (<name>.fold0.onnx, <name>.tta-flips.onnx, <name>.logits.onnx, their .fp16/.int8
 copies beside them) unless --output is given; a file holding another variant is replaced only with --force.
 
+The rule: every file records how its probabilities become a mask (runtime/rule.py), and every runtime applies it
+unless told otherwise: by default the cross-validated threshold (cv_summary.json), else --threshold T or
+--threshold adaptive, with --min-area, --close, --open, --fill-holes, --min-component-area, --keep-largest. Every
+derived file (fp16, int8, e2e, Triton copy) records the SHA-256 of the file it was made from (runtime/lineage.py).
+
 int8: by default (--int8 auto, env INT8) <name>.int8.onnx is written beside the fp32 file when held-back images
-are at hand (the run's folds.json and cache, or --val-dir). It is measured against the fp32 file before it is
-written and records its Dice change, speed-up and the fp32 file's SHA-1 in its metadata, which
-inference.py --precision auto reads. --int8 on stops when it cannot be made; --int8 off (--no-int8) skips it.
+are at hand (images no exported fold trained on: the fold's own held-back images for one fold, the run's test
+split, or --val-dir). It is measured against the fp32 file before it is written (exporting/evidence.py) and records
+its Dice change, the lowest IoU between the two masks, the speed-up (a median of alternating rounds, not stored
+when the machine was busy) and its source, which inference.py --precision auto reads. --int8 on stops when it
+cannot be made; --int8 off (--no-int8) skips it.
 
 The graph takes `image` float32 (N, 3, H, W), H and W multiples of 32, dynamic N/H/W, and returns
 `probs` (N, C, H, W): sigmoid (binary) or softmax (multi-class) inside the graph, averaged over
@@ -65,12 +74,33 @@ from exporting.onnx_metadata import add_metadata, build_gate_metadata, build_met
 from exporting.quantize import int8_mode, int8_plan, write_fp16, write_int8
 from exporting.tracing import MAX_OPSET, MIN_OPSET, check_opset, simplify, to_onnx_bytes, trace_side
 from exporting.triton import write_triton_repo
-from exporting.variants import guard_outputs, sibling_path, variant_path, warn_stale_siblings
+from exporting.variants import guard_outputs, guard_overwrite, sibling_path, variant_path, warn_stale_siblings
 from model import GATE_ARCH
 from runtime.foreign import parse_class_names, parse_floats
+from runtime.lineage import file_digest
+from runtime.rule import describe_rule, make_rule
 from runtime.metadata import DEFAULT_METADATA, STRIDE, TTA_MODES, untrained_flips
 from runtime.metadata import read_metadata  # noqa: F401  (export.read_metadata: reads what export_onnx wrote)
 from utils import LOG, UserError, atomic_write_bytes, run_cli, setup_logging
+
+
+def rule_threshold(value) -> float | str | None:
+    """A segmenter's --threshold: None (the cross-validated one), 'adaptive' or a number in (0, 1); else a
+    UserError."""
+    if value is None or str(value).strip().lower() == "adaptive":
+        return None if value is None else "adaptive"
+    return make_rule(value)["threshold"]
+
+
+def gate_threshold(value) -> float | None:
+    """A gate's --threshold: None (the out-of-fold one) or a number in [0, 1]; else a UserError."""
+    try:
+        number = None if value is None else float(value)
+    except ValueError:
+        number = float("nan")
+    if number is not None and not 0 <= number <= 1:  # also NaN
+        raise UserError(f"--threshold {value!r} is not valid for a gate (TASK=classify); use a number from 0 to 1")
+    return number
 
 
 def detector_path(output: Path) -> Path:
@@ -79,15 +109,18 @@ def detector_path(output: Path) -> Path:
 
 
 def export_onnx(work_dir: str | Path, folds: list[int] | None = None, output: str | Path | None = None,
-                threshold: float | None = None, min_area: int | None = None, opset: int = 17,
+                threshold: float | str | None = None, min_area: int | None = None, opset: int = 17,
                 check: bool = True, tta: str = "none", logits: bool = False, simplify_graph: bool = False,
                 fp16: bool = False, int8: str | bool = "off", val_dir: str | Path | None = None,
-                calib_count: int = 64, force: bool = False) -> Path:
+                calib_count: int = 64, force: bool = False, morphology: dict | None = None,
+                end_to_end: bool = False) -> Path:
     """Export the chosen folds of a training run as one averaged ONNX graph; returns its path.
 
     Without `output` a variant gets its own name (exporting/variants.py). fp16 writes <name>.fp16.onnx beside the
     float32 file; int8 (auto, on or off; quantize.int8_plan) <name>.int8.onnx: export.py and train.py pass auto
-    (their default), a Python caller says so. A file of another variant is replaced only with `force`.
+    (their default), a Python caller says so; end_to_end <name>.e2e.onnx. A file of another variant is replaced
+    only with `force`. The recorded rule (runtime/rule.py): `threshold` (None: the cross-validated one, a number, or
+    'adaptive'), `min_area` and `morphology` (close, open, fill_holes, min_component_area, keep_largest).
     """
     check_opset(opset)
     work_dir = Path(work_dir)
@@ -102,16 +135,23 @@ def export_onnx(work_dir: str | Path, folds: list[int] | None = None, output: st
             raise UserError(f"{', '.join(unsupported)}: not available for a gate (TASK=classify) export; drop it")
         if mode == "auto":
             LOG.info("no int8 copy: not made for a gate (TASK=classify) export")
-        return export_gate(work_dir, checkpoints, models, ckpt, output, threshold, opset, check, simplify_graph, fp16,
-                           subset, force)
-    if threshold is None:
+        if morphology or end_to_end:
+            raise UserError("the morphology flags and --end-to-end are for segmenters; drop them for a gate "
+                            "(TASK=classify)")
+        return export_gate(work_dir, checkpoints, models, ckpt, output, gate_threshold(threshold), opset, check,
+                           simplify_graph, fp16, subset, force)
+    threshold = rule_threshold(threshold)
+    rule = {"threshold": threshold, **(morphology or {})}
+    if threshold is None or threshold == "adaptive":
         threshold = read_recommended_threshold(work_dir)
     name = ckpt.get("config", {}).get("name") or "model"
     output = Path(output) if output else variant_path(work_dir, name, subset, tta, logits)
     int8_data = int8_plan(int8, work_dir, list(checkpoints), val_dir, calib_count)
+    weights = {path.name: file_digest(path) for path in checkpoints.values()}
     return export_segmenter(models, ckpt, list(checkpoints), output, threshold=threshold, min_area=min_area,
                             opset=opset, check=check, tta=tta, logits=logits, simplify_graph=simplify_graph,
-                            fp16=fp16, int8_data=int8_data, force=force)
+                            fp16=fp16, int8_data=int8_data, force=force, rule=rule, weights=weights,
+                            end_to_end=end_to_end)
 
 
 def export_checkpoint(path: str | Path, arch: str | None = None, encoder: str | None = None,
@@ -134,21 +174,31 @@ def export_checkpoint(path: str | Path, arch: str | None = None, encoder: str | 
     output = Path(output) if output else variant_path(Path(path).parent, name, None, options.get("tta", "none"),
                                                       options.get("logits", False))
     int8_data = int8_plan(int8, None, [], val_dir, calib_count)
-    return export_segmenter([model], ckpt, [], output, int8_data=int8_data, **options)
+    threshold = rule_threshold(options.get("threshold"))
+    options["rule"] = {"threshold": threshold, **(options.pop("morphology", None) or {})}
+    options["threshold"] = None if threshold == "adaptive" else threshold
+    return export_segmenter([model], ckpt, [], output, int8_data=int8_data,
+                            weights={Path(path).name: file_digest(Path(path))}, **options)
 
 
 def export_segmenter(models: list[nn.Module], ckpt: dict, folds: list[int], output: Path, *,
                      threshold: float | None = None, min_area: int | None = None, opset: int = 17, check: bool = True,
                      tta: str = "none", logits: bool = False, simplify_graph: bool = False, fp16: bool = False,
-                     int8_data: tuple | None = None, force: bool = False) -> Path:
-    """The steps every segmenter export shares: metadata, the overwrite guard, the detector, trace, checks,
-    write, then the fp16/int8 copies (int8_data: quantize.int8_plan, checked by the caller beforehand)."""
+                     int8_data: tuple | None = None, force: bool = False, rule: dict | None = None,
+                     weights: dict | None = None, end_to_end: bool = False) -> Path:
+    """The steps every segmenter export shares: metadata (with the rule and the weights' digests), the overwrite
+    guard, the detector, trace, checks, write, then the fp16/int8/e2e copies (int8_data: quantize.int8_plan,
+    checked by the caller beforehand), then a warning for each file beside it that no longer matches."""
+    from exporting.e2e import convert, e2e_path, planned_metadata
+
     kind = "logits" if logits else "probs"
-    metadata = build_metadata(ckpt, folds, threshold, min_area, tta, kind, detector_path(output).name)
+    metadata = build_metadata(ckpt, folds, threshold, min_area, tta, kind, detector_path(output).name, rule, weights)
     if warning := untrained_flips(metadata, tta):
         LOG.warning("%s", warning)
     precisions = [name for name, on in (("fp16", fp16), ("int8", int8_data is not None)) if on]
     guard_outputs(output, metadata, precisions, force)  # before anything is written
+    if end_to_end:
+        guard_overwrite(e2e_path(output), planned_metadata(metadata), force)
     if metadata["crop_mode"] == "person":  # first: a missing detector fails before the long export
         from training.smartcrop import export_detector
 
@@ -157,13 +207,15 @@ def export_segmenter(models: list[nn.Module], ckpt: dict, folds: list[int], outp
     side = trace_side(ckpt)
     proto = add_metadata(to_onnx_bytes(ensemble, side, opset, kind), metadata)
     proto = finish_export(proto, ensemble, metadata, output, check, simplify_graph, side)
-    LOG.info("exported %s (folds %s, tta %s, %s, %.1f MB, threshold %.2f)", output, folds, tta, kind,
-             output.stat().st_size / 1e6, metadata["threshold"])
-    warn_stale_siblings(output, precisions)
+    LOG.info("exported %s (folds %s, tta %s, %s, %.1f MB, rule: %s)", output, folds, tta, kind,
+             output.stat().st_size / 1e6, describe_rule(metadata["rule"]))
     if fp16:
-        write_fp16(proto, sibling_path(output, "fp16"), metadata, check, side)
+        write_fp16(proto, sibling_path(output, "fp16"), metadata, check, side, source=output)
     if int8_data is not None:
         write_int8(output, metadata, *int8_data)
+    if end_to_end:
+        convert(output, check=check, force=force)
+    warn_stale_siblings(output)
     return output
 
 
@@ -192,9 +244,9 @@ def export_gate(work_dir: Path, checkpoints: dict[int, Path], models: list[nn.Mo
     proto = finish_export(add_metadata(proto, metadata), ensemble, metadata, output, check, simplify_graph)
     LOG.info("exported gate %s (folds %s, %.1f MB, threshold %.6g)", output, list(checkpoints),
              output.stat().st_size / 1e6, metadata["threshold"])
-    warn_stale_siblings(output, ["fp16"] if fp16 else [])
     if fp16:
-        write_fp16(proto, sibling_path(output, "fp16"), metadata, check)
+        write_fp16(proto, sibling_path(output, "fp16"), metadata, check, source=output)
+    warn_stale_siblings(output)
     return output
 
 
@@ -249,6 +301,27 @@ def add_foreign_args(parser: argparse.ArgumentParser) -> None:
                        "ADE20k's wall); argmax over all classes")
 
 
+def add_rule_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("the post-processing rule every runtime applies (runtime/rule.py)")
+    group.add_argument("--threshold", default=None,
+                       help="default: the CV best threshold (a gate: the out-of-fold threshold keeping GATE_RECALL); "
+                       "a number in (0, 1), or 'adaptive' (the cascade 0.5 -> 0.3 -> 0.15, the first level whose "
+                       "mask holds --min-area px)")
+    group.add_argument("--min-area", type=int, default=None, help="foreground px a mask needs to count as a "
+                       "detection (default: the run's MIN_AREA)")
+    group.add_argument("--close", type=int, default=None, help="closing kernel in px (not in an e2e graph)")
+    group.add_argument("--open", type=int, default=None, help="opening kernel in px (not in an e2e graph)")
+    group.add_argument("--fill-holes", action="store_true", default=None, help="fill enclosed holes (not in an "
+                       "e2e graph)")
+    group.add_argument("--min-component-area", type=int, default=None, help="drop smaller components (not in an "
+                       "e2e graph)")
+    group.add_argument("--keep-largest", type=int, default=None, help="keep the N largest components (not in an "
+                       "e2e graph)")
+
+
+MORPHOLOGY_FLAGS = ("close", "open", "fill_holes", "min_component_area", "keep_largest")
+
+
 def check_flags_apply(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """One line naming the flags that mean nothing for the chosen source (instead of ignoring them)."""
     source = next(name for name in SOURCES if getattr(args, name))
@@ -276,8 +349,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        "(--describe: the model outputs logits, the default there)")
     kinds.add_argument("--probs", action="store_true", help="--describe: the model outputs probabilities")
     parser.add_argument("--opset", type=int, default=17, help=f"ONNX opset, {MIN_OPSET}..{MAX_OPSET}")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="default: the CV best threshold (a gate: the out-of-fold threshold keeping GATE_RECALL)")
     parser.add_argument("--no-verify", "--skip-checks", dest="no_verify", action="store_true",
                         help="skip the checker, onnxruntime and OpenCV checks")
     parser.add_argument("--simplify", action="store_true", help="simplify the graph with onnxslim")
@@ -291,6 +362,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calib-images", type=int, default=64, help="cached images used for int8 calibration")
     parser.add_argument("--end-to-end", action="store_true", help="also write <name>.e2e.onnx: uint8 RGB image in, "
                         "mask and probs out (exporting/e2e.py; python -m exporting.e2e converts an existing file)")
+    add_rule_args(parser)
     add_foreign_args(parser)
     triton = parser.add_argument_group("Triton model repository (written only; Triton is not started)")
     triton.add_argument("--triton-repo", default=None,
@@ -338,22 +410,20 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         return
     if args.triton_max_batch < 0 or args.triton_instances < 1:
         raise UserError("--triton-max-batch must be >= 0 and --triton-instances >= 1")
-    options = dict(threshold=args.threshold, opset=args.opset, check=not args.no_verify, tta=args.tta,
-                   logits=args.logits, simplify_graph=args.simplify, fp16=args.fp16, int8=args.int8,
-                   val_dir=args.val_dir, calib_count=args.calib_images, force=args.force)
+    morphology = {name: getattr(args, name) for name in MORPHOLOGY_FLAGS if getattr(args, name) is not None}
+    options = dict(threshold=args.threshold, min_area=args.min_area, opset=args.opset, check=not args.no_verify,
+                   tta=args.tta, logits=args.logits, simplify_graph=args.simplify, fp16=args.fp16, int8=args.int8,
+                   val_dir=args.val_dir, calib_count=args.calib_images, force=args.force, morphology=morphology,
+                   end_to_end=args.end_to_end)
     if args.checkpoint:
         path = export_checkpoint(args.checkpoint, args.model, args.encoder, args.classes, args.input_size,
                                  read_class_names(args), args.output, args.trust_pickle, **options)
     else:
         path = export_onnx(args.work_dir, parse_folds(args.folds, args.fold), args.output, **options)
-    if args.end_to_end:
-        from exporting.e2e import convert
-
-        convert(path, check=not args.no_verify)
     if args.triton_repo:
         write_triton_repo(path, args.triton_repo, args.triton_name, max_batch_size=args.triton_max_batch,
                           kind=args.triton_kind, instances=args.triton_instances,
-                          dynamic_batching=args.triton_dynamic_batching)
+                          dynamic_batching=args.triton_dynamic_batching, force=args.force)
 
 
 if __name__ == "__main__":

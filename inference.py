@@ -17,23 +17,27 @@ Run book (only onnxruntime(-gpu), opencv-python-headless and numpy are needed):
     # segments the crop and pastes the mask back; summary.csv gets crop_status and crop_box
     python inference.py --model model.onnx --source photos/ --output preds/ --detector model.detector.onnx
 
-    # flip TTA, Otsu instead of the adaptive cascade, and a clean-up chain
+    # the model's recorded rule applies by default (runtime/rule.py: the cross-validated threshold unless export.py
+    # recorded another); each option given replaces that part: flip TTA, Otsu, the cascade, a clean-up chain
     python inference.py --model model.onnx --source images/ --output preds/ --tta flips --threshold otsu \
         --close 5 --open 3 --fill-holes --min-component-area 100 --keep-largest 1
+    python inference.py --model model.onnx --source images/ --output preds/ --threshold adaptive
 
-    # evaluate against ground truth (paired by name) -> dice/iou columns + OUT/metrics.json;
-    # --threshold model applies the threshold cross-validation recommended (as train.py scores it)
-    python inference.py --model model.onnx --source val/images --output preds/ --gt val/masks --threshold model
+    # evaluate against ground truth (paired by name) -> dice/iou columns + OUT/metrics.json (with the file that ran,
+    # its precision and the rule); by default as train.py scored it (the cross-validated threshold)
+    python inference.py --model model.onnx --source val/images --output preds/ --gt val/masks
     python inference.py --method otsu --source val/images --output otsu/ --gt val/masks   # model-free floor
 
     # force the CPU with 4 threads; --device auto picks TensorRT > CUDA > CPU
     python inference.py --model model.onnx --source images/ --output preds/ --device cpu --threads 4
 
     # on the CPU, --precision auto (the default) runs model.int8.onnx when export.py measured it beside model.onnx
-    # and it loses at most 0.01 Dice (runtime/precision.py; one log line says which runs and why)
+    # on held-back images: at most 0.01 Dice lost, and faster (runtime/precision.py; one log line says which and why)
     python inference.py --model model.onnx --source images/ --output preds/ --precision fp32   # force float32
     # --backend auto (the default) runs that int8 file on OpenVINO where it is installed and the CPU has VNNI/AMX
     python inference.py --model model.onnx --source images/ --output preds/ --backend openvino --batch-size 2
+    # files made from model.onnx that no longer match it (a re-export since) are warnings; --strict refuses them
+    python inference.py --model model.onnx --source images/ --output preds/ --strict
 
     # a clean/defect gate (train.py --task classify -> gate.onnx) in front: images it judges clean are not
     # segmented (empty mask, status gated_clean); summary.csv gets gate_prob. --gate-threshold overrides its own
@@ -96,7 +100,7 @@ from utils import LOG, MAX_IMAGE_PIXELS, UserError, run_cli, setup_logging
 
 IMAGE_KINDS = ("folder", "glob", "list", "image", "paths")  # sources that are lists of images
 # Options that only a binary (one-channel) model uses, with their defaults: given to a multi-class model, one warning.
-BINARY_ONLY = (("threshold", "adaptive"), ("color", "red"))
+BINARY_ONLY = (("threshold", None), ("color", "red"))
 
 
 # ----------------------------------------------------------------------------- runs
@@ -217,14 +221,15 @@ def build_segmenter(args: argparse.Namespace):
         raise UserError("--model is required (the .onnx from export.py), or use --method otsu for the baseline")
     return Segmenter(args.model, device=args.device, threads=args.threads, tta=args.tta, detector=args.detector,
                      gate=args.gate, gate_threshold=args.gate_threshold, description=model_description(args),
-                     spinning=args.ort_spinning == "on", precision=args.precision, backend=args.backend, **post)
+                     spinning=args.ort_spinning == "on", precision=args.precision, backend=args.backend,
+                     strict=args.strict, **post)
 
 
 def warn_binary_only(args: argparse.Namespace, meta: dict) -> None:
     """One warning naming the binary-only options a multi-class model was given: it takes the argmax."""
     classes = int(meta.get("num_classes", 1))
     given = [f"--{name} {getattr(args, name)}" for name, default in BINARY_ONLY
-             if str(getattr(args, name)).strip().lower() != default]
+             if getattr(args, name) is not None and str(getattr(args, name)).strip().lower() != default]
     if classes > 1 and given:
         LOG.warning("%s: not applied, this model has %d classes (argmax; masks and overlays use the class colours "
                     "of legend.png); these options apply to binary models only", ", ".join(given), classes)

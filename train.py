@@ -231,8 +231,9 @@ def run(cfg: Config, started: float | None = None) -> dict:
     work, task = Path(cfg.work_dir), make_task(cfg)
     splits, fold_ids, test_idx = resolve_splits(cfg, entries)
     if is_main():
-        atomic_write_json(work / "folds.json",
-                          {str(k): [entries[i].key for i in va] for k, (_, va) in enumerate(splits)})
+        held = {str(k): [entries[i].key for i in va] for k, (_, va) in enumerate(splits)}  # each fold's val keys
+        atomic_write_json(work / "folds.json", {**held, **({"test": [entries[i].key for i in test_idx]}
+                                                           if test_idx else {})})
     metrics = MetricsLog(work / "logs" / "metrics.json", write=is_main())
     tracker = make_tracker(cfg, work / "logs")
     task.check_data(entries)

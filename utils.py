@@ -504,6 +504,23 @@ def class_dice_iou(pred: np.ndarray, target: np.ndarray, num_classes: int) -> tu
     return dice_iou_from_counts(class_counts(pred, target, num_classes))
 
 
+def mask_iou(a: np.ndarray, b: np.ndarray, num_classes: int = 1) -> float:
+    """How far two predicted masks agree: binary, the IoU of their foregrounds; multi-class, the mean IoU over the
+    foreground classes either mask holds. Two empty masks agree fully (1.0)."""
+    if num_classes == 1:
+        return dice_iou(a > 0, b > 0)[1]
+    present = [c for c in range(1, num_classes) if (a == c).any() or (b == c).any()]
+    return float(np.mean([dice_iou(a == c, b == c)[1] for c in present])) if present else 1.0
+
+
+def mask_dice(mask: np.ndarray, truth: np.ndarray, num_classes: int = 1) -> float:
+    """An image's Dice against its truth: binary, the foreground's; multi-class, the mean over the foreground
+    classes (runtime.metadata.MULTICLASS_RULE)."""
+    if num_classes == 1:
+        return dice_iou(mask > 0, truth > 0)[0]
+    return float(class_dice_iou(mask, truth, num_classes)[0].mean())
+
+
 # ----------------------------------------------------------------------------- JSON values
 
 

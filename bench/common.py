@@ -163,6 +163,15 @@ def load_average() -> list[float]:
         return []
 
 
+def wait_quiet(limit: float, most_s: float = 120.0) -> float:
+    """Until the 1-minute load average falls below `limit` (a previous run's threads have left), at most most_s;
+    returns the load it saw last."""
+    end = time.monotonic() + most_s
+    while time.monotonic() < end and (load_average() or [0])[0] >= limit:
+        time.sleep(5)
+    return (load_average() or [0])[0]
+
+
 def cpu_seconds() -> dict:
     """Busy CPU seconds of the whole machine since boot (/proc/stat: all but idle and iowait) and of this process
     with its reaped children (os.times), with a monotonic clock: two of these tell what other processes used."""

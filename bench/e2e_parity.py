@@ -1,13 +1,14 @@
 """End-to-end ONNX vs the Python engine on a folder: mask parity, Dice against the truth, and cost.
 
     python bench/e2e_parity.py runs/horse/horse.onnx ../shared/data/weizmann_horse/images/val \\
-        ../shared/data/weizmann_horse/masks/val                           # fixed CV threshold (the e2e default)
+        ../shared/data/weizmann_horse/masks/val --e2e runs/horse/horse.e2e.onnx   # both defaults: the model's rule
     python bench/e2e_parity.py MODEL.onnx IMAGES MASKS --threshold adaptive --name horse_adaptive
     python bench/e2e_parity.py MODEL.onnx IMAGES MASKS --tta hflip --repeats 5 --large 3000x4000
 
-MODEL is the plain export; its end-to-end graph is built in a temporary folder (or give --e2e FILE).
-The engine is inference.Segmenter on MODEL with the same TTA and threshold (`--threshold model` when
-the e2e graph uses the CV threshold, `adaptive` for the cascade); both get the same decoded RGB images.
+MODEL is the plain export; its end-to-end graph is built in a temporary folder (or give --e2e FILE, e.g. the one
+export.py --end-to-end wrote). The engine is inference.Segmenter on MODEL in fp32 (inference.py --precision fp32)
+with the same TTA; without --threshold both apply the model's recorded rule (their defaults), with it both apply
+that threshold; both get the same decoded RGB images.
 
 - parity: per image, IoU between the two masks (binary: foreground; multi-class: the mean over the
   classes either mask holds), the pixels that differ and where: on the engine mask's border (1 px) or
@@ -41,7 +42,7 @@ from exporting.e2e_ops import resize_model
 from inference import Segmenter
 from runtime.session import create_session
 from runtime.e2e import predict_e2e
-from utils import (class_dice_iou, dice_iou, index_masks, list_images, read_image, read_mask, resize_long_side,
+from utils import (index_masks, list_images, mask_dice, mask_iou, read_image, read_mask, resize_long_side,
                    setup_logging)
 
 CPU = ["CPUExecutionProvider"]
@@ -53,19 +54,6 @@ def load_pairs(image_dir: Path, mask_dir: Path, classes: int, limit: int) -> lis
     pairs = [(p.stem, read_image(p), read_mask(masks[p.stem], classes)) for p in list_images(image_dir)
              if p.stem in masks]
     return pairs[:limit] if limit else pairs
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray, classes: int) -> float:
-    if classes == 1:
-        return dice_iou(a > 0, b > 0)[1]
-    present = [c for c in range(1, classes) if (a == c).any() or (b == c).any()]
-    return float(np.mean([dice_iou(a == c, b == c)[1] for c in present])) if present else 1.0
-
-
-def truth_dice(mask: np.ndarray, truth: np.ndarray, classes: int) -> float:
-    if classes == 1:
-        return dice_iou(mask > 0, truth)[0]
-    return float(class_dice_iou(mask, truth, classes)[0].mean())
 
 
 def explain(e2e_mask, engine_mask, engine_probs, cut: float | None) -> dict:
@@ -88,8 +76,8 @@ def parity(pairs, session, engine: Segmenter, classes: int, cut: float | None) -
         engine_mask = result.mask * 255 if classes == 1 else result.mask
         rows.append({"image": name, "size": list(image.shape[:2]), "iou": mask_iou(e2e_mask, engine_mask, classes),
                      "probs_max_diff": float(np.abs(e2e_probs - result.probs).max()),
-                     "dice_e2e": truth_dice(e2e_mask, truth, classes),
-                     "dice_engine": truth_dice(engine_mask, truth, classes),
+                     "dice_e2e": mask_dice(e2e_mask, truth, classes),
+                     "dice_engine": mask_dice(engine_mask, truth, classes),
                      "differ": explain(e2e_mask, engine_mask, result.probs, cut)})
     worst = min(rows, key=lambda r: r["iou"])
     differ = sum(r["differ"]["pixels"] for r in rows)
@@ -354,7 +342,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("masks", type=Path, help="ground-truth mask folder (paired by file stem)")
     parser.add_argument("--e2e", type=Path, default=None, help="an existing e2e file (default: built from MODEL)")
     parser.add_argument("--tta", default="none", choices=("none", "hflip", "flips"))
-    parser.add_argument("--threshold", default=None, help="a number, or 'adaptive' (default: the CV threshold)")
+    parser.add_argument("--threshold", default=None, help="a number, or 'adaptive' (default: the model's rule, as "
+                        "both inference.py and the e2e export apply it)")
     parser.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
     parser.add_argument("--large", default="", help="also time one photo scaled to HxW, e.g. 3000x4000")
     parser.add_argument("--runtimes", default="", help="comma list of node,opencv: the same e2e file's masks there "
@@ -371,9 +360,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         e2e_path = args.e2e or convert(args.model, Path(tmp) / "model.e2e.onnx", args.tta, args.threshold)
         session = create_session(Path(e2e_path), CPU, args.threads)
-        adaptive = str(args.threshold).lower() == "adaptive"
         engine = Segmenter(args.model, device="cpu", threads=args.threads, tta=args.tta, precision="fp32",
-                           threshold="adaptive" if adaptive else (args.threshold or "model"))
+                           threshold=args.threshold)
+        adaptive = engine.rule["mode"] == "adaptive"
         classes = int(engine.meta["num_classes"])
         pairs = load_pairs(args.images, args.masks, classes, args.limit)
         cut = None if adaptive or classes > 1 else float(engine.post.threshold)
@@ -395,7 +384,8 @@ def main() -> None:
         print("\nthe same e2e file in other runtimes vs Python onnxruntime (masks)")
         print_table(["runtime", "images", "identical masks", "min IoU", "mean IoU", "pixels differing"], runtimes)
     result = {"model": shown(args.model), "images": shown(args.images), "tta": args.tta,
-              "threshold": "adaptive" if adaptive else engine.post.threshold, "threads": args.threads,
+              "threshold": "adaptive" if adaptive else engine.post.threshold, "rule": engine.rule,
+              "e2e": shown(Path(args.e2e)) if args.e2e else "built from MODEL", "threads": args.threads,
               "summary": summary, "resize": resize, "runtimes": runtimes, "cost": cost, "stages": stages,
               "large": large, "rows": rows}
     write_result(args.name or f"e2e_parity_{args.model.stem}", result, args.out, start)

@@ -29,18 +29,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import HORSE, ROOT, host_gflops, load_average, machine_info, median, write_result  # noqa: E402
+from common import HORSE, ROOT, host_gflops, load_average, machine_info, median, wait_quiet, write_result  # noqa: E402
 
 RECIPE = ["--name", "model", "--model", "Unet", "--encoder", "resnet18", "--encoder-weights", "none",
           "--batch-size", "8", "--epochs", "1000", "--scheduler", "onecycle", "--lr", "1e-3",
           "--folds", "10", "--fold-ids", "0", "--patience", "1000", "--int8", "off"]
-
-
-def wait_quiet(limit: float, most_s: float = 120.0) -> None:
-    """Until the 1-minute load average falls below `limit` (the previous run's threads have left), at most most_s."""
-    end = time.monotonic() + most_s
-    while time.monotonic() < end and (load_average() or [0])[0] >= limit:
-        time.sleep(5)
 
 
 def run(cmd: list[str], log: Path, env: dict | None = None) -> float:

@@ -9,9 +9,10 @@ Latency: one preprocessed image, a warm-up, then ROUNDS rounds that alternate th
 machine noise hits both alike; the table shows medians and the ratio. With --size N, the same again
 on a (1, 3, N, N) input (the first image letterboxed to N x N, as the engine feeds a fixed-size model),
 in its own alternating rounds: the int8 gain at a serving size other than the model's own. Dice: mean
-per-image Dice at the model's threshold over every image of the folder (the model sees each at its own
-input size; Dice is taken at the image's original size; --size does not change it). Writes JSON to
---out, with the load average at the start and end.
+per-image Dice under the model's recorded rule over every image of the folder, and the lowest per-image IoU
+between the two files' masks (exporting/evidence.py, as export.py measures it; the model sees each image at its
+own input size; Dice is taken at the image's original size; --size does not change it). Writes JSON to --out,
+with the load average at the start and end.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from common import machine_info, side_by_side, write_result
-from exporting.quantize import evaluate, load_pairs
+from exporting.evidence import compare_masks, pairs_in
 from runtime.metadata import decode_metadata
 from utils import preprocess, read_image
 
@@ -55,15 +56,16 @@ def main() -> None:
 
     start_info = machine_info()
     meta, _ = decode_metadata(session(args.fp32, 1).get_modelmeta().custom_metadata_map)
-    pairs = load_pairs(args.val_dir / "images" / args.split, args.val_dir / "masks" / args.split, None)
+    pairs = pairs_in(args.val_dir / "images" / args.split, args.val_dir / "masks" / args.split)
     x = preprocess(read_image(pairs[0][0]), meta)[0][None]  # (1, 3, H, W)
     models = {"fp32": args.fp32, "int8": args.int8}
     times = side_by_side_ms(models, x, args.rounds, args.threads)
-    dice = {name: evaluate(path, pairs, meta)[0] for name, path in models.items()}
+    masks = compare_masks(args.fp32, args.int8.read_bytes(), pairs, int(meta["num_classes"]))
+    dice = {"fp32": masks["dice_fp32"], "int8": masks["dice_int8"]}
     median = {name: float(np.median(t)) for name, t in times.items()}
     result = {"input_shape": list(x.shape), "rounds": args.rounds, "threads": args.threads, "images": len(pairs),
               "median_ms": median, "samples_ms": times, "speedup": median["fp32"] / median["int8"], "dice": dice,
-              "dice_delta": dice["int8"] - dice["fp32"]}
+              "dice_delta": dice["int8"] - dice["fp32"], "min_iou": masks["int8_min_iou"]}
     headers = [f"median ms ({args.rounds} rounds, input {tuple(x.shape)})"]
     if args.size:
         n = args.size

@@ -3,9 +3,10 @@
 Run book:
     python -m exporting.e2e runs/exp1/model.onnx                 # -> runs/exp1/model.e2e.onnx
     python -m exporting.e2e model.onnx --tta flips                # flip TTA baked in (one model run)
-    python -m exporting.e2e model.onnx --threshold 0.4            # a fixed threshold (default: the CV one)
-    python -m exporting.e2e model.onnx --threshold adaptive       # the cascade, on total area (see below)
+    python -m exporting.e2e model.onnx --threshold 0.4            # a fixed threshold (default: the model's rule)
+    python -m exporting.e2e model.onnx --threshold adaptive       # the cascade (see below)
     python -m exporting.e2e model.onnx --batch                    # (N, H, W, 3) of equal-size images
+    python -m exporting.e2e model.onnx --threshold 0.3 --force    # replace an e2e file of another rule or TTA
     python export.py --work-dir runs/exp1 --end-to-end            # the same, right after the plain export
 
 The graph wraps the plain export (input `image` float32 (N, 3, H', W'), output `probs` or `logits`)
@@ -18,11 +19,12 @@ with the engine's own pre- and post-processing (utils.preprocess / inference.Seg
     (logits models) -> crop the padding -> flip back, average -> bilinear resize to (H, W)
     -> probs float32 (C, H, W); mask uint8 (H, W): 0/255 (binary, probs > threshold) or class ids (argmax).
 
-Threshold: fixed (the metadata's CV threshold, or --threshold T) by default. `--threshold adaptive`
-bakes the cascade in (ReduceSum of each level's area, a chain of Where picks the level): the first level
-whose mask holds at least min_area pixels wins, else an empty mask. The Python engine counts the
-largest 8-connected component instead of the total area; connected components have no ONNX op, so
-that variant is opt-in and its disagreement with the engine is measured (bench/e2e_parity.py).
+Threshold: the plain model's recorded rule (runtime/rule.py; its cross-validated threshold unless export.py
+recorded another), or --threshold T / adaptive. The cascade is baked in as the rule defines it everywhere
+(ReduceSum of each level's area, a chain of Where picks the level): the first level whose mask holds at least
+min_area pixels in all wins, else an empty mask. Morphology has no ONNX form (no connected components), so a rule
+with any is refused. The file records the rule it applies (`rule`) and the SHA-256 of the plain file it was made
+from (`source`), and replaces an existing file only when that holds the same variant (--force otherwise).
 
 The model keeps its own opset (13 or more): every added op exists since opset 13. Resize's opset-18
 antialias is not used: antialiased bilinear is not cv2's INTER_AREA (bench/e2e_parity.py measures both).
@@ -40,7 +42,10 @@ import onnx
 from onnx import TensorProto, helper
 
 from exporting.e2e_ops import INPUT, MIN_OPSET, Builder, resize_image
+from exporting.variants import guard_overwrite
+from runtime.lineage import source_record
 from runtime.metadata import METADATA_KEY, decode_metadata, encode_metadata, untrained_flips
+from runtime.rule import apply_overrides, describe_rule, graph_problem, make_rule, recorded_rule
 from utils import LOG, UserError, atomic_write_bytes, run_cli, setup_logging
 
 TTA_VIEWS = {"none": [()], "hflip": [(), (3,)], "flips": [(), (3,), (2,), (2, 3)]}  # NCHW axes flipped per view
@@ -98,7 +103,7 @@ def make_mask(b: Builder, probs: str, num_classes: int, rule: dict) -> str:
         return b.cast(b.op("ArgMax", probs, axis=1, keepdims=0), TensorProto.UINT8)
     fg = b.op("Squeeze", probs, b.const([1]))  # (N, H, W)
     on, off = b.const(255, np.uint8), b.const(0, np.uint8)
-    if rule["mode"] == "fixed":
+    if rule["mode"] != "adaptive":  # cv or fixed: one cut
         return b.op("Where", b.op("Greater", fg, b.const(rule["threshold"], np.float32)), on, off)
     cut, need = b.const(2.0, np.float32), b.const(float(max(int(rule["min_area"]), 1)), np.float32)  # 2: empty mask
     for level in reversed(rule["cascade"]):  # per image: the first level whose mask holds min_area pixels
@@ -164,18 +169,18 @@ def check_plain_graph(plain: onnx.ModelProto) -> int:
 
 
 def resolve_rule(meta: dict, threshold) -> dict:
-    """How the mask is cut: {'mode': 'fixed', 'threshold'} or {'mode': 'adaptive', 'cascade', 'min_area'}."""
-    if isinstance(threshold, str) and threshold.strip().lower() == "adaptive":
-        return {"mode": "adaptive", "cascade": [float(t) for t in meta.get("thresholds") or (0.5, 0.3, 0.15)],
-                "min_area": int(meta.get("min_area", 64))}
-    value = meta.get("threshold", 0.5) if threshold is None else threshold
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not 0 < value < 1:
-        raise UserError(f"--threshold {threshold!r} is not valid; use a number in (0, 1) or 'adaptive'")
-    return {"mode": "fixed", "threshold": value}
+    """The rule the graph applies: the plain model's recorded one (runtime/rule.py), its threshold replaced by
+    `threshold` when given ('model', 'adaptive' or a number); refused when the graph cannot apply it."""
+    rule = recorded_rule(meta)[0]
+    if threshold is not None:
+        text = str(threshold).strip().lower()
+        if text not in ("model", "adaptive"):
+            threshold = make_rule(threshold)["threshold"]  # a UserError unless a number in (0, 1)
+        rule = apply_overrides(rule, {"threshold": threshold}, meta)
+        rule["mode"] = "fixed" if rule["mode"] == "given" else rule["mode"]
+    if problem := graph_problem(rule):
+        raise UserError(f"no end-to-end graph: {problem}")
+    return rule
 
 
 def io_types(meta: dict, batch: bool) -> tuple[list, list]:
@@ -188,18 +193,26 @@ def io_types(meta: dict, batch: bool) -> tuple[list, list]:
     return inputs, outputs
 
 
-def e2e_metadata(meta: dict, tta: str, rule: dict, batch: bool) -> dict:
+def planned_metadata(meta: dict, tta: str = "none", threshold=None, batch: bool = False) -> dict:
+    """The metadata convert() will write for a plain model's `meta` (for the overwrite guard, before export)."""
+    return e2e_metadata(meta, tta, resolve_rule(meta, threshold), batch)
+
+
+def e2e_metadata(meta: dict, tta: str, rule: dict, batch: bool, source: dict | None = None) -> dict:
     lead = "N, " if batch else ""
     binary = int(meta["num_classes"]) == 1
-    return {**meta, "end_to_end": True, "e2e_tta": tta, "e2e_mask": rule, "inner_output": meta.get("output", "probs"),
-            "output": "probs", "io": {
+    meta = {k: v for k, v in meta.items() if k != "e2e_mask"}  # an old file's rule key; `rule` replaces it
+    return {**meta, "end_to_end": True, "e2e_tta": tta, "rule": rule, "inner_output": meta.get("output", "probs"),
+            **({"source": source} if source else {}), "output": "probs", "io": {
                 "inputs": {INPUT: f"uint8 ({lead}H, W, 3) RGB, any size"},
                 "outputs": {MASK: f"uint8 ({lead}H, W): " + ("0/255" if binary else "class ids (argmax)"),
                             PROBS: f"float32 ({lead}C, H, W) probabilities at the image size"}}}
 
 
-def build_e2e(plain: onnx.ModelProto, tta: str = "none", threshold=None, batch: bool = False) -> onnx.ModelProto:
-    """The end-to-end graph around `plain` (not modified): uint8 image in, `mask` and `probs` out."""
+def build_e2e(plain: onnx.ModelProto, tta: str = "none", threshold=None, batch: bool = False,
+              source: dict | None = None) -> onnx.ModelProto:
+    """The end-to-end graph around `plain` (not modified): uint8 image in, `mask` and `probs` out; `source`
+    (runtime.lineage.source_record of the plain file) goes into its metadata."""
     meta = plain_metadata(plain)
     inner_type = check_plain_graph(plain)
     if tta not in TTA_VIEWS:
@@ -229,7 +242,7 @@ def build_e2e(plain: onnx.ModelProto, tta: str = "none", threshold=None, batch: 
                               ir_version=plain.ir_version)
     model.functions.extend(inner.functions)
     entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, encode_metadata(e2e_metadata(meta, tta, rule, batch))
+    entry.key, entry.value = METADATA_KEY, encode_metadata(e2e_metadata(meta, tta, rule, batch, source))
     onnx.checker.check_model(model)
     return model
 
@@ -259,8 +272,9 @@ def smoke_check(path: Path, meta: dict, batch: bool) -> dict:
 
 
 def convert(plain_path: str | Path, output: str | Path | None = None, tta: str = "none", threshold=None,
-            batch: bool = False, check: bool = True) -> Path:
-    """Write the end-to-end graph of an exported .onnx (default <name>.e2e.onnx beside it); returns its path."""
+            batch: bool = False, check: bool = True, force: bool = False) -> Path:
+    """Write the end-to-end graph of an exported .onnx (default <name>.e2e.onnx beside it); returns its path. An
+    existing file holding another variant (TTA, rule, batch form, weights' folds) is replaced only with `force`."""
     plain_path = Path(plain_path)
     if not plain_path.is_file():
         raise UserError(f"model file not found: {plain_path} (export one with export.py)")
@@ -268,14 +282,15 @@ def convert(plain_path: str | Path, output: str | Path | None = None, tta: str =
         plain = onnx.load(str(plain_path))
     except Exception as exc:  # noqa: BLE001 - protobuf raises its own types
         raise UserError(f"not an ONNX model: {plain_path} ({type(exc).__name__}); give the plain exported .onnx")
-    model = build_e2e(plain, tta, threshold, batch)
+    model = build_e2e(plain, tta, threshold, batch, source_record(plain_path, "e2e"))
     output = Path(output) if output else e2e_path(plain_path)
-    atomic_write_bytes(output, model.SerializeToString())
     meta = json.loads(next(p.value for p in model.metadata_props if p.key == METADATA_KEY))
+    guard_overwrite(output, meta, force)
+    atomic_write_bytes(output, model.SerializeToString())
     if check:
         smoke_check(output, meta, batch)
-    LOG.info("exported %s (end-to-end: uint8 image in, mask + probs out; tta %s, mask %s, %.1f MB)", output, tta,
-             meta["e2e_mask"], output.stat().st_size / 1e6)
+    LOG.info("exported %s (end-to-end: uint8 image in, mask + probs out; tta %s, rule: %s, %.1f MB)", output, tta,
+             describe_rule(meta["rule"]), output.stat().st_size / 1e6)
     return output
 
 
@@ -286,17 +301,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", default=None, help="output path (default: <name>.e2e.onnx beside the model)")
     parser.add_argument("--tta", default="none", choices=list(TTA_VIEWS), help="flip views averaged in the graph")
     parser.add_argument("--threshold", default=None,
-                        help="a number in (0, 1), or 'adaptive' (the cascade on total area); default: the CV threshold "
-                        "in the metadata")
+                        help="a number in (0, 1), 'adaptive' (the cascade) or 'model' (the CV threshold); default: "
+                        "the model's recorded rule")
     parser.add_argument("--batch", action="store_true", help="input (N, H, W, 3) of equal-size images")
     parser.add_argument("--no-verify", action="store_true", help="skip the onnxruntime run of the written file")
+    parser.add_argument("--force", action="store_true", help="replace an existing file that holds another variant")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     setup_logging()
-    convert(args.model, args.output, args.tta, args.threshold, args.batch, check=not args.no_verify)
+    convert(args.model, args.output, args.tta, args.threshold, args.batch, check=not args.no_verify, force=args.force)
 
 
 if __name__ == "__main__":

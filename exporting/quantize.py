@@ -1,29 +1,26 @@
 """Lower-precision copies of an exported graph: fp16 for GPUs, static int8 QDQ for CPUs with Dice before/after.
 
-The int8 copy records what was measured (int8_dice_delta, int8_speedup, int8_val_images) and the SHA-1 of the
-fp32 file it came from (int8_source): inference.py --precision auto (runtime/precision.py) decides on them.
-`--int8 auto` (the default) writes it only when a validation set is at hand (int8_plan).
+The int8 copy records what was measured on held-back images (exporting/evidence.py: int8_dice_delta, int8_min_iou,
+int8_speedup and how it was timed, int8_val_images, int8_val_set) and the SHA-256 of the fp32 file it came from
+(source): inference.py --precision auto (runtime/precision.py) decides on them. `--int8 auto` (the default) writes
+it only when held-back images are at hand (int8_plan).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from exporting.checks import max_diff, parity_input, run_onnxruntime
+from exporting.evidence import compare_masks, measure_speedup, validation_pairs
 from exporting.onnx_metadata import set_metadata
+from runtime.lineage import source_record
 from runtime.metadata import read_metadata
 from config import INT8_MODES
-from utils import (
-    LOG, UserError, atomic_write_bytes, dice_iou, file_sha1, index_masks, list_images, preprocess, read_image,
-    read_mask, restore_size,
-)
+from utils import LOG, UserError, atomic_write_bytes, list_images, preprocess, read_image
 
 
 # ----------------------------------------------------------------------------- fp16
@@ -46,8 +43,11 @@ def to_fp16(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def write_fp16(proto: onnx.ModelProto, path: Path, metadata: dict, check: bool,
-               side: int | None = None) -> Path:
+               side: int | None = None, source: Path | None = None) -> Path:
+    """<name>.fp16.onnx of `proto`; `source` (the fp32 file written from it) is recorded in its metadata."""
     half = to_fp16(proto)
+    if source is not None:
+        half = set_metadata(half, {**read_metadata(half), "source": source_record(source, "fp16")})
     atomic_write_bytes(path, half.SerializeToString())
     if check:
         x = parity_input(side or metadata["input_size"])
@@ -61,68 +61,6 @@ def write_fp16(proto: onnx.ModelProto, path: Path, metadata: dict, check: bool,
 
 
 # ----------------------------------------------------------------------------- int8
-
-
-def load_pairs(image_dir: Path, mask_dir: Path, keys: list[str] | None = None) -> list[tuple[Path, Path]]:
-    """(image, mask) paths paired by stem (a mask may be <stem>_mask.*), optionally only `keys`."""
-    masks = index_masks(mask_dir)
-    pairs = [(p, masks[p.stem]) for p in list_images(image_dir) if p.stem in masks]
-    if keys is not None:
-        wanted = set(keys)
-        pairs = [pair for pair in pairs if pair[0].stem in wanted]
-    if not pairs:
-        raise UserError(f"no image/mask pairs in {image_dir} and {mask_dir} (masks are paired by file stem)")
-    return pairs
-
-
-def check_val_dir(val_dir: str | Path) -> list[tuple[Path, Path]]:
-    """--val-dir's (image, mask) pairs; stops with one line on a missing folder or an image without a mask."""
-    images_dir, masks_dir = Path(val_dir) / "images", Path(val_dir) / "masks"
-    missing = [str(d) for d in (images_dir, masks_dir) if not d.is_dir()]
-    if missing:
-        raise UserError(f"--val-dir {val_dir}: {' and '.join(missing)} not found; it needs images/ and masks/")
-    images, masks = list_images(images_dir), index_masks(masks_dir)
-    unpaired = [p.name for p in images if p.stem not in masks]
-    if unpaired:
-        raise UserError(f"--val-dir {val_dir}: {len(unpaired)} of {len(images)} images have no mask in {masks_dir} "
-                        f"(e.g. {', '.join(unpaired[:3])}); masks pair by file stem: a.jpg with a.png or a_mask.png")
-    return load_pairs(images_dir, masks_dir)
-
-
-def validation_pairs(work_dir: Path, folds: list[int], val_dir: str | Path | None) -> list[tuple[Path, Path]]:
-    """--val-dir (images/ + masks/), else the cached validation images of the exported folds."""
-    if val_dir is not None:
-        return check_val_dir(val_dir)
-    split_file = work_dir / "folds.json"
-    keys = None
-    if split_file.is_file():
-        split = json.loads(split_file.read_text())
-        keys = [key for fold in folds for key in split.get(str(fold), [])]
-    return load_pairs(work_dir / "images", work_dir / "masks", keys)
-
-
-def evaluate(model: Path | bytes, pairs: list[tuple[Path, Path]], meta: dict) -> tuple[float, float]:
-    """(mean per-image Dice at the metadata threshold, median ms per image) with onnxruntime on CPU; `model` is
-    a file or the serialized graph."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(model if isinstance(model, bytes) else str(model),
-                                   providers=["CPUExecutionProvider"])
-    scores, times = [], []
-    for image_path, mask_path in pairs:
-        image, mask = read_image(image_path), read_mask(mask_path, meta["num_classes"])
-        chw, valid_hw = preprocess(image, meta)
-        start = time.perf_counter()
-        out = session.run(None, {"image": chw[None]})[0][0]  # (C, H', W')
-        times.append(time.perf_counter() - start)
-        probs = restore_size(out, valid_hw, image.shape[:2], meta["stride"])
-        if meta["num_classes"] == 1:
-            cut = meta["threshold"] if meta.get("output") == "probs" else 0.0
-            scores.append(dice_iou(probs[0] > cut, mask)[0])
-        else:
-            pred = probs.argmax(0)
-            scores.append(float(np.mean([dice_iou(pred == c, mask == c)[0] for c in range(1, meta["num_classes"])])))
-    return float(np.mean(scores)), 1000 * float(np.median(times))
 
 
 class CacheReader:
@@ -147,24 +85,28 @@ def spread(items: list, count: int) -> list:
     return items[::max(1, len(items) // count)][:count]
 
 
-def calibration_images(work_dir: Path, count: int) -> list[Path]:
+def calibration_images(work_dir: Path, count: int, exclude=()) -> list[Path]:
+    """At most `count` training-cache images, spread over it, none of the images the copy is measured on."""
+    held = {Path(p).stem for p in exclude}
     images = list_images(work_dir / "images") if (work_dir / "images").is_dir() else []
+    images = [p for p in images if p.stem not in held]
     if not images:
         raise UserError(f"--int8 calibrates on the training cache {work_dir / 'images'}, which is empty or missing; "
                         "run train.py on this WORK_DIR first")
     return spread(images, count)
 
 
-def int8_inputs(work_dir: Path | None, folds: list[int], val_dir, count: int) -> tuple[list[Path], list]:
-    """(calibration images, validation pairs) for --int8, checked before anything is exported. Without a training
-    run (export.py --checkpoint) both come from --val-dir."""
+def int8_inputs(work_dir: Path | None, folds: list[int], val_dir, count: int) -> tuple[list[Path], list, str]:
+    """(calibration images, held-back validation pairs, what they are) for --int8, checked before anything is
+    exported. Without a training run (export.py --checkpoint) both come from --val-dir."""
     if work_dir is None:
         if val_dir is None:
             raise UserError("--int8 with --checkpoint needs --val-dir DIR (DIR/images + DIR/masks): there is no "
                             "training cache to calibrate on")
-        pairs = check_val_dir(val_dir)
-        return spread([image for image, _ in pairs], count), pairs
-    return calibration_images(work_dir, count), validation_pairs(work_dir, folds, val_dir)
+        pairs, what = validation_pairs(None, folds, val_dir)
+        return spread([image for image, _ in pairs], count), pairs, what
+    pairs, what = validation_pairs(work_dir, folds, val_dir)
+    return calibration_images(work_dir, count, [image for image, _ in pairs]), pairs, what
 
 
 def int8_mode(value: str | bool | None) -> str:
@@ -191,8 +133,8 @@ def no_validation_set(work_dir: Path | None, folds: list[int], val_dir) -> str |
         return f"no {work_dir / 'folds.json'} naming the held-back images of the exported folds"
     try:
         validation_pairs(work_dir, folds, None)
-    except UserError:
-        return f"the held-back images of folds {folds} are not in the training cache"
+    except UserError as exc:
+        return str(exc).split("; give --val-dir")[0]
     return None
 
 
@@ -233,17 +175,27 @@ def quantize_int8(fp32_path: Path, images: list[Path], meta: dict) -> onnx.Model
         return onnx.load(str(Path(tmp) / "int8.onnx"))
 
 
-def write_int8(fp32_path: Path, metadata: dict, images: list[Path], pairs: list[tuple[Path, Path]]) -> Path:
-    """<name>.int8.onnx calibrated on `images` and measured against the fp32 file on `pairs` (int8_inputs) before it
-    is written, so it records its Dice change, speed-up and source (what runtime/precision.py decides on)."""
-    proto = quantize_int8(fp32_path, images, metadata)
-    dice32, ms32 = evaluate(fp32_path, pairs, metadata)
-    dice8, ms8 = evaluate(proto.SerializeToString(), pairs, metadata)
-    measured = {"int8_dice_delta": round(dice8 - dice32, 6), "int8_speedup": round(ms32 / max(ms8, 1e-9), 3),
-                "int8_val_images": len(pairs), "int8_source": file_sha1(fp32_path)}
+def write_int8(fp32_path: Path, metadata: dict, images: list[Path], pairs: list[tuple[Path, Path]],
+               what: str = "--val-dir") -> Path:
+    """<name>.int8.onnx calibrated on `images` and measured against the fp32 file on the held-back `pairs`
+    (int8_inputs; `what` names them) before it is written: it records its Dice change and mask agreement under
+    the rule, the speed-up when the machine was quiet enough to time it, and its source (runtime/precision.py
+    decides on them)."""
+    meta = {**metadata, "precision": "int8", "source": source_record(fp32_path, "int8")}
+    meta.pop("int8_source", None)
+    proto = set_metadata(quantize_int8(fp32_path, images, metadata), meta)
+    data = proto.SerializeToString()
+    masks = compare_masks(fp32_path, data, pairs, int(metadata["num_classes"]))
+    timing = measure_speedup(fp32_path, data, [image for image, _ in pairs], metadata)
+    speedup = timing.pop("speedup", None)
+    meta.update(int8_dice_delta=masks["int8_dice_delta"], int8_min_iou=masks["int8_min_iou"], int8_timing=timing,
+                int8_val_images=len(pairs), int8_val_set=what, **({"int8_speedup": speedup} if speedup else {}))
     path = fp32_path.with_suffix(".int8.onnx")
-    atomic_write_bytes(path, set_metadata(proto, {**metadata, "precision": "int8", **measured}).SerializeToString())
+    atomic_write_bytes(path, set_metadata(proto, meta).SerializeToString())
     LOG.info("exported %s (int8 QDQ, calibrated on %d images, %.1f MB)", path, len(images), path.stat().st_size / 1e6)
-    LOG.info("int8: Dice %.4f -> %.4f (%+.4f) on %d validation images; median latency %.1f -> %.1f ms (%.2fx)",
-             dice32, dice8, dice8 - dice32, len(pairs), ms32, ms8, measured["int8_speedup"])
+    LOG.info("int8: Dice %.4f -> %.4f (%+.4f), min IoU %.4f vs fp32, on %d held-back images (%s); %s",
+             masks["dice_fp32"], masks["dice_int8"], masks["int8_dice_delta"], masks["int8_min_iou"], len(pairs),
+             what, f"median {timing['fp32_ms']:.1f} -> {timing['int8_ms']:.1f} ms ({speedup:.2f}x, {timing['rounds']} "
+             f"alternating rounds, load {timing['load_1m']})" if speedup else f"no speed-up stored: "
+             f"{timing['not_stored']}")
     return path

@@ -6,7 +6,11 @@ from pathlib import Path
 
 import onnx
 
+from exporting.onnx_metadata import set_metadata
+from exporting.variants import guard_overwrite
+from runtime.lineage import source_record
 from runtime.metadata import read_metadata
+from runtime.rule import describe_rule
 from utils import LOG, UserError, atomic_write_bytes
 
 TRITON_DTYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
@@ -53,15 +57,25 @@ def triton_config(proto: onnx.ModelProto, name: str, max_batch_size: int = 8, ki
     return "\n".join(lines) + "\n"
 
 
-def write_triton_repo(onnx_path: Path, repo: str | Path, name: str | None = None, **config) -> Path:
-    """REPO/<name>/config.pbtxt + REPO/<name>/1/model.onnx; returns the model folder. Triton itself is not run."""
+def write_triton_repo(onnx_path: Path, repo: str | Path, name: str | None = None, force: bool = False,
+                      **config) -> Path:
+    """REPO/<name>/config.pbtxt + REPO/<name>/1/model.onnx; returns the model folder. Triton itself is not run.
+
+    The copy records the SHA-256 of the file it was made from and its rule (its metadata's `source`, `rule`; a
+    comment in config.pbtxt); an existing model.onnx of another variant is replaced only with `force`."""
     proto = onnx.load(str(onnx_path), load_external_data=False)
-    name = name or read_metadata(proto).get("name") or onnx_path.stem
+    meta = read_metadata(proto)
+    name = name or meta.get("name") or onnx_path.stem
     if not name.replace("_", "").replace("-", "").isalnum():
         raise UserError(f"--triton-name {name!r} is not a valid Triton model name; use letters, digits, - and _")
     folder = Path(repo) / name
-    text = triton_config(proto, name, **config)
-    atomic_write_bytes(folder / "1" / "model.onnx", onnx_path.read_bytes())
+    source = source_record(Path(onnx_path), "triton")
+    meta = {**meta, "source": source}
+    guard_overwrite(folder / "1" / "model.onnx", meta, force)
+    rule = f"; the client's mask rule: {describe_rule(meta['rule'])}" if meta.get("rule") else ""
+    text = f"# made from {source['file']} (sha256 {source['sha256']}){rule}\n"
+    text += triton_config(proto, name, **config)
+    atomic_write_bytes(folder / "1" / "model.onnx", set_metadata(proto, meta).SerializeToString())
     atomic_write_bytes(folder / "config.pbtxt", text.encode())
     LOG.info("Triton model repository: %s (config.pbtxt + 1/model.onnx)", folder)
     return folder

@@ -5,17 +5,23 @@
     model.tta-flips.onnx       --tta flips         model.logits.onnx     --logits
     model.fold0.fp16.onnx      --fold 0 --fp16     (fp16 / int8 copies sit beside their fp32 file)
 
-An existing file is replaced only when its metadata says it is the same variant (a re-export), or with --force.
+An existing file is replaced only when its metadata says it is the same variant (a re-export), or with --force:
+one guard (guard_overwrite) for every writer, export.py, its fp16/int8/e2e copies, python -m exporting.e2e and the
+Triton repository. The same variant: the same folds, TTA, output, precision, end-to-end form and rule (runtime/rule.py;
+the cross-validated value may move, a retrain moves it).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from runtime.lineage import lineage_problems
 from runtime.metadata import decode_metadata, read_props
+from runtime.rule import describe_rule, identity, recorded_rule
 from utils import LOG, UserError
 
-VARIANT_DEFAULTS = {"task": "segment", "folds": [], "tta": "none", "output": "probs", "precision": "fp32"}
+VARIANT_DEFAULTS = {"task": "segment", "folds": [], "tta": "none", "output": "probs", "precision": "fp32",
+                    "end_to_end": False, "e2e_tta": "none", "io": {}}
 PRECISION_SUFFIXES = {"fp16": ".fp16.onnx", "int8": ".int8.onnx"}
 
 
@@ -40,11 +46,20 @@ def sibling_path(output: Path, precision: str) -> Path:
 def variant(meta: dict) -> dict:
     """What makes two exports interchangeable (fold order aside; keys older files lack take their defaults)."""
     found = {key: meta.get(key) or default for key, default in VARIANT_DEFAULTS.items()}
-    return {**found, "folds": sorted(found["folds"])}
+    rule = identity(recorded_rule(meta)[0]) if meta.get("task", "segment") == "segment" else None
+    return {**found, "folds": sorted(found["folds"]), "rule": rule}
 
 
-def describe_variant(meta: dict) -> str:
-    return "{task}, folds {folds}, tta {tta}, {output}, {precision}".format(**variant(meta))
+def describe_variant(meta: dict, rule: bool = False) -> str:
+    """'segment, folds [0], tta none, probs, fp32' (+ the end-to-end form, + the rule when `rule`)."""
+    text = "{task}, folds {folds}, tta {tta}, {output}, {precision}".format(**variant(meta))
+    if meta.get("end_to_end"):
+        text += f", end-to-end (tta {meta.get('e2e_tta') or 'none'}, {'N images' if batch_io(meta) else 'one image'})"
+    return text + (f", rule {describe_rule(recorded_rule(meta)[0])}" if rule else "")
+
+
+def batch_io(meta: dict) -> bool:
+    return "(N," in str((meta.get("io") or {}).get("inputs"))
 
 
 def existing_variant(path: Path) -> dict | None:
@@ -63,9 +78,10 @@ def guard_overwrite(path: Path, metadata: dict, force: bool = False) -> None:
     old = existing_variant(path)
     if old is not None and variant(old) == variant(metadata):
         return
-    what = describe_variant(old) if old is not None else "not an export of ours"
-    raise UserError(f"{path} exists and holds another export ({what}); this one is {describe_variant(metadata)}: "
-                    "give another --output, or --force to replace it")
+    rules = old is not None and variant(old)["rule"] != variant(metadata)["rule"]  # name them where they differ
+    what = describe_variant(old, rules) if old is not None else "not an export of ours"
+    raise UserError(f"{path} exists and holds another export ({what}); this one is "
+                    f"{describe_variant(metadata, rules)}: give another --output, or --force to replace it")
 
 
 def guard_outputs(output: Path, metadata: dict, precisions: list[str], force: bool = False) -> None:
@@ -75,10 +91,10 @@ def guard_outputs(output: Path, metadata: dict, precisions: list[str], force: bo
         guard_overwrite(sibling_path(output, precision), {**metadata, "precision": precision}, force)
 
 
-def warn_stale_siblings(output: Path, written: list[str]) -> None:
-    """An fp16/int8 copy left from an earlier export beside a new fp32 file no longer matches it: say so."""
-    for precision in PRECISION_SUFFIXES:
-        sibling = sibling_path(output, precision)
-        if precision not in written and sibling.exists():
-            LOG.warning("%s is left from an earlier export and no longer matches %s: add --%s to rewrite it, "
-                        "or delete it", sibling, output.name, "int8 on" if precision == "int8" else precision)
+def warn_stale_siblings(output: Path) -> list[str]:
+    """Every file beside a new export that no longer belongs with it (runtime/lineage.py: an fp16/int8/e2e copy
+    made from the earlier bytes, a variant of other weights), one warning each, once everything is written."""
+    problems = lineage_problems(output)
+    for problem in problems:
+        LOG.warning("%s", problem)
+    return problems

@@ -44,7 +44,8 @@ def add_model_args(add) -> None:
         help="execution provider; auto tries TensorRT > CUDA > CPU (--providers is the old name)")
     add("--precision", default="auto", choices=PRECISIONS,
         help="auto: on the CPU, the <stem>.int8.onnx export.py measured beside the model when it loses at most "
-             f"{MAX_DICE_LOSS} Dice and is not stale, else the model as given; fp32 / int8 force one")
+             f"{MAX_DICE_LOSS} Dice, was measured faster and is not stale, else the model as given; fp32 / int8 "
+             "force one (one log line and metrics.json say which file runs and why)")
     add("--backend", default="auto", choices=BACKENDS,
         help="the engine of the model: auto runs OpenVINO (requirements-openvino.txt) for int8 on a CPU with int8 "
              "dot products (VNNI/AMX) when it is installed, onnxruntime otherwise; one log line says which and why")
@@ -67,17 +68,21 @@ def add_model_args(add) -> None:
 
 
 def add_post_args(add) -> None:
-    """Thresholding and morphology, applied in this order."""
-    add("--threshold", default="adaptive",
-        help="'adaptive' (the model's cascade, e.g. 0.5 -> 0.3 -> 0.15), 'model' (the model's recommended "
-             "threshold from cross-validation), 'otsu' or a number in (0, 1)")
+    """Thresholding and morphology, applied in this order; each one given overrides that part of the model's rule."""
+    add("--threshold", default=None,
+        help="None: the model's recorded rule (export.py chose it; the cross-validated threshold unless told "
+             "otherwise); 'model' (the cross-validated threshold), 'adaptive' (the cascade, e.g. 0.5 -> 0.3 -> "
+             "0.15, the first level whose mask holds --min-area px), 'otsu' or a number in (0, 1)")
     add("--min-area", type=int, default=None,
-        help="pixels a region needs to count as a detection (None: the model's min_area, else 64)")
-    add("--close", type=int, default=0, help="morphological closing kernel in px, 0 = off")
-    add("--open", type=int, default=0, help="morphological opening kernel in px, 0 = off")
-    add("--fill-holes", action="store_true", help="fill holes enclosed by the mask (bays open to the border stay)")
-    add("--min-component-area", type=int, default=0, help="drop components smaller than this many px, 0 = off")
-    add("--keep-largest", type=int, default=0, help="keep only the N largest components, 0 = all")
+        help="foreground pixels a mask needs to count as a detection (None: the model's rule, else 64)")
+    add("--close", type=int, default=None, help="morphological closing kernel in px, 0 = off (None: the rule's)")
+    add("--open", type=int, default=None, help="morphological opening kernel in px, 0 = off (None: the rule's)")
+    add("--fill-holes", action=argparse.BooleanOptionalAction, default=None,
+        help="fill holes enclosed by the mask (bays open to the border stay); None: the rule's")
+    add("--min-component-area", type=int, default=None,
+        help="drop components smaller than this many px, 0 = off (None: the rule's)")
+    add("--keep-largest", type=int, default=None, help="keep only the N largest components, 0 = all (None: the "
+        "rule's)")
 
 
 def add_output_args(add) -> None:
@@ -91,7 +96,9 @@ def add_output_args(add) -> None:
     add("--gated-overlay", default="fast", choices=("fast", "png", "skip"),
         help="with --gate, the overlay of an image judged clean (the image itself): fast = uncompressed PNG (about "
              "6x less CPU than png, about 3x the bytes), png = compressed as every other overlay, skip = none")
-    add("--strict", action="store_true", help="exit with code 1 when any item failed (otherwise failures are error rows and the exit code is 0)")
+    add("--strict", action="store_true",
+        help="exit with code 1 when any item failed (otherwise failures are error rows and the exit code is 0), and "
+             "refuse to start when a file made from the model (int8, fp16, e2e, a variant) no longer matches it")
 
 
 def add_zip_args(add) -> None:

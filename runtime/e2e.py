@@ -7,9 +7,9 @@
     if is_end_to_end(session):
         mask, probs = predict_e2e(session, rgb)   # (H, W) uint8; (C, H, W) float32
 
-The mask is the graph's own: 0/255 for a binary model (cut at the threshold chosen at export),
+The mask is the graph's own: 0/255 for a binary model (cut by the rule recorded at export, runtime/rule.py),
 class ids for a multi-class one. `probs` are the probabilities at the image size, so the engine's
-morphology or its adaptive cascade (runtime.postprocess) can still run on them.
+morphology or another threshold (runtime.postprocess) can still run on them.
 """
 
 from __future__ import annotations
@@ -62,10 +62,11 @@ def load_e2e_metadata(session, model_path, tta: str | None = None) -> tuple[dict
     baked in; asking for more is refused (the graph takes one image, not its flipped copies)."""
     meta, found = decode_metadata(session.get_modelmeta().custom_metadata_map)
     if tta not in (None, "none"):
-        raise UserError(f"--tta {tta}: {model_path} is an end-to-end graph with its TTA baked in "
-                        f"({meta.get('tta') or 'none'}); drop --tta, or export it with python -m exporting.e2e --tta")
+        raise UserError(f"TTA {tta}: {model_path} is an end-to-end graph with its TTA baked in "
+                        f"({meta.get('e2e_tta') or meta.get('tta') or 'none'}); set TTA to none (inference.py without "
+                        "--tta, the app's Flip TTA box), or bake it in with python -m exporting.e2e --tta")
     check_metadata({k: v for k, v in meta.items() if k != "tta"} | {"tta": "none"})
     LOG.info("%s is an end-to-end graph: it resizes, normalises and runs the model itself; the engine applies "
-             "its post-processing to the graph's probs (--threshold model cuts where the graph's mask does)",
-             model_path)
+             "its post-processing to the graph's probs (its recorded rule, the default, cuts where the graph's mask "
+             "does)", model_path)
     return meta, found

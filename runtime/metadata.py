@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from runtime.rule import make_rule, rule_problem
 from utils import IMAGENET_MEAN, IMAGENET_STD, LOG, UserError, is_int, is_number
 
 METADATA_KEY = "segmentation"  # the ONNX metadata_props key holding the JSON document
@@ -37,6 +38,8 @@ MULTICLASS_RULE = ("per (image, class) Dice/IoU of the class-id masks, a class a
 
 EXPORT, EXPORT_GATE = "export.py", "export.py (gate)"
 INT8 = "export.py (int8 copy, exporting/quantize.py)"
+DERIVED = "export.py / exporting.e2e / exporting.triton (every file made from another file)"
+E2E = "exporting/e2e.py"
 RUNTIME = "runtime (Segmenter)"
 
 
@@ -54,6 +57,18 @@ def _crop_ok(v) -> bool:
 
 def _any(_value) -> bool:
     return True
+
+
+def _sha256(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _source_ok(value) -> bool:
+    return (isinstance(value, dict) and isinstance(value.get("file"), str) and _sha256(value.get("sha256"))
+            and value.get("made") in SOURCE_KINDS)
+
+
+SOURCE_KINDS = ("int8", "fp16", "e2e", "triton")  # what a derived file is (its `source.made`)
 
 
 @dataclass(frozen=True)
@@ -109,16 +124,26 @@ KEYS: tuple[Key, ...] = (
     Key("output", "probs", "what the graph returns: 'probs' (sigmoid/softmax inside) or 'logits' (--logits)",
         "export.py", "runtime: applies sigmoid/softmax to logits", check=lambda v: v in ("probs", "logits"),
         must="'probs' or 'logits'"),
-    Key("threshold", 0.5, "segmenter: the out-of-fold best threshold (--threshold model); gate: segment images "
-        "whose defect probability is >= this", "export.py (cv_summary.json best_threshold / gate OOF threshold)",
+    Key("threshold", 0.5, "segmenter: the out-of-fold best threshold (--threshold model; the `cv` rule's value) or "
+        "the number given to export.py --threshold; gate: segment images whose defect probability is >= this",
+        "export.py (cv_summary.json best_threshold / gate OOF threshold)",
         "runtime thresholding, runtime/gate.py", check=_unit, must="a number in (0, 1)",
         gate_check=lambda v: is_number(v) and 0 <= v <= 1, gate_must="a number in [0, 1]"),
-    Key("thresholds", [0.5, 0.3, 0.15], "the adaptive cascade, tried in order until a region >= min_area appears",
+    Key("thresholds", [0.5, 0.3, 0.15], "the adaptive cascade, tried in order until a mask holds min_area pixels",
         "export.py", "runtime postprocess (--threshold adaptive)", tasks=(SEGMENT,),
         check=lambda v: isinstance(v, list) and len(v) > 0 and all(_unit(t) for t in v),
         must="a non-empty list of numbers in (0, 1)"),
-    Key("min_area", 64, "pixels a region needs to count as a detection", "export.py (MIN_AREA)",
-        "runtime postprocess", tasks=(SEGMENT,), check=lambda v: is_int(v) and v >= 0, must="an integer >= 0"),
+    Key("min_area", 64, "foreground pixels (in all) a mask needs to count as a detection", "export.py (MIN_AREA, "
+        "--min-area)", "runtime postprocess", tasks=(SEGMENT,), check=lambda v: is_int(v) and v >= 0,
+        must="an integer >= 0"),
+    Key("rule", None, "the post-processing rule every runtime applies unless the user overrides it "
+        "(runtime/rule.py): mode cv (the cross-validated threshold), fixed or adaptive, threshold or cascade, "
+        "min_area, close, open, fill_holes, min_component_area, keep_largest; a file without it gets its cv "
+        "threshold", "export.py (--threshold, --min-area, --close, --open, --fill-holes, ...), exporting.e2e",
+        "inference.py, Segmenter, app, Ray engine, the end-to-end graph (baked in), examples (printed)",
+        tasks=(SEGMENT,), check=lambda v: v is None or rule_problem(v) is None,
+        must="null or a rule (runtime/rule.py): mode cv/fixed/adaptive with a threshold in (0, 1) or a cascade, "
+        "integer sizes >= 0"),
     Key("tta", "none", "flip TTA baked into the graph (none, hflip, flips)", "export.py --tta",
         "runtime: does not repeat baked flips", tasks=(SEGMENT,), check=lambda v: v is None or v in TTA_MODES,
         must=f"one of {', '.join(TTA_MODES)}"),
@@ -146,9 +171,37 @@ KEYS: tuple[Key, ...] = (
         INT8, "logs", tasks=(SEGMENT,), check=lambda v: is_number(v) and v > 0, must="a positive number"),
     Key("int8_val_images", None, "int8 file: how many validation images the two were measured on", INT8, "logs",
         tasks=(SEGMENT,), check=lambda v: is_int(v) and v >= 1, must="an integer >= 1"),
-    Key("int8_source", None, "int8 file: SHA-1 of the fp32 file's bytes it was made from; another fp32 file beside "
-        "it (a re-export) makes it stale", INT8, "runtime/precision.py: auto skips a stale int8 file",
+    Key("int8_source", None, "int8 files exported before `source` existed: the SHA-1 of the fp32 file's bytes "
+        "(read, no longer written)", "older exports", "runtime/lineage.py: a stale int8 file is named and skipped",
         tasks=(SEGMENT,), check=lambda v: isinstance(v, str) and len(v) == 40, must="40 hex digits"),
+    Key("int8_min_iou", None, "int8 file: the lowest per-image IoU between its masks and the fp32 file's, both "
+        "under the rule, on the held-back images", INT8, "logs, docs/deploy.md", tasks=(SEGMENT,),
+        check=lambda v: is_number(v) and 0 <= v <= 1, must="a number from 0 to 1"),
+    Key("int8_val_set", None, "int8 file: which images it was measured on (a fold's held-back images, the test "
+        "split, or --val-dir)", INT8, "logs", tasks=(SEGMENT,)),
+    Key("int8_timing", None, "int8 file: how int8_speedup was measured: median ms of fp32 and int8 over "
+        "alternating rounds, the rounds, the 1-minute load average before and after, the cores; or why no speed-up "
+        "was stored (the load was above the cores)", INT8, "runtime/precision.py (auto needs a stored speed-up), "
+        "bench/int8_speedup.py", tasks=(SEGMENT,), check=lambda v: isinstance(v, dict), must="an object"),
+    Key("source", None, "a derived file (int8, fp16, e2e, Triton copy): the file it was made from, "
+        "{file, sha256, made}; a runtime that sees both warns when the source's bytes no longer match", DERIVED,
+        "runtime/lineage.py (inference.py, app; --strict refuses), examples/node, examples/web (printed)",
+        tasks=(SEGMENT,), check=lambda v: v is None or _source_ok(v),
+        must=f"null or {{file, sha256 (64 hex digits), made: one of {', '.join(SOURCE_KINDS)}}}"),
+    Key("weights_sha256", None, "every export from checkpoints: SHA-256 of each checkpoint file by name; two "
+        "exports beside each other with another digest for the same name came from different trainings",
+        "export.py", "runtime/lineage.py", tasks=(SEGMENT,),
+        check=lambda v: v is None or (isinstance(v, dict) and all(_sha256(d) for d in v.values())),
+        must="null or {checkpoint name: 64 hex digits}"),
+    Key("end_to_end", None, "true in an end-to-end graph (uint8 image in, mask and probs out)", E2E,
+        "runtime/e2e.py, exporting/e2e.py (refuses to wrap it twice)", tasks=(SEGMENT,)),
+    Key("e2e_tta", None, "end-to-end graph: the flip views averaged inside it", E2E, "logs", tasks=(SEGMENT,)),
+    Key("inner_output", None, "end-to-end graph: what the wrapped model returned (probs or logits)", E2E,
+        "documentation only", tasks=(SEGMENT,)),
+    Key("io", None, "end-to-end graph: its inputs and outputs in words", E2E, "documentation only",
+        tasks=(SEGMENT,)),
+    Key("e2e_mask", None, "end-to-end graphs exported before `rule` existed: their mask rule (read as their rule, "
+        "no longer written)", "older exports", "runtime/rule.py", tasks=(SEGMENT,)),
     Key("train_patch", None, "TRAIN_PATCH (HxW) when training used random crops; absent otherwise", "export.py",
         "documentation only", tasks=(SEGMENT,)),
     Key("batch_shape", None, "how whole training images were batched (BATCH_SHAPE): 'square' (padded to an "
@@ -222,12 +275,21 @@ def untrained_flips(meta: dict, tta: str | None) -> str | None:
 
 def build_metadata(ckpt: dict, folds: list[int], threshold: float | None, min_area: int | None,
                    tta: str = "none", output: str = "probs", detector_name: str = "",
-                   versions: dict | None = None) -> dict:
-    """A segmenter's metadata from a checkpoint ({"config": ..., "model_args": ...})."""
+                   versions: dict | None = None, rule: dict | None = None) -> dict:
+    """A segmenter's metadata from a checkpoint ({"config": ..., "model_args": ...}). `threshold`: the number
+    recorded as `threshold` (the CV one, or one given); `rule`: make_rule's settings (threshold None or
+    'adaptive', morphology), the threshold and min_area filled in here: by default the cv rule at `threshold`."""
     cfg = ckpt.get("config", {})
     args = ckpt["model_args"]
     classes = args["classes"]
     default_names = ["foreground"] if classes == 1 else [f"class_{i}" for i in range(classes)]
+    rule = dict(rule or {})
+    mode = rule.pop("threshold", None)
+    if threshold is None and mode is None:
+        mode = 0.5  # no cross-validated threshold (no cv_summary.json, a checkpoint from elsewhere): a fixed 0.5
+    threshold = 0.5 if threshold is None else float(threshold)
+    min_area = int(cfg.get("min_area", 64) if min_area is None else min_area)
+    rule = make_rule(mode, threshold, KEY_BY_NAME["thresholds"].default, min_area, **rule)
     return {
         **DEFAULT_METADATA,
         "name": cfg.get("name") or "model",
@@ -235,8 +297,7 @@ def build_metadata(ckpt: dict, folds: list[int], threshold: float | None, min_ar
         "class_names": list(cfg.get("class_names") or default_names),
         **preprocess_metadata(cfg.get("input_size", DEFAULT_METADATA["input_size"])),
         "task": SEGMENT, "output": output, "tta": tta, "precision": "fp32",
-        "threshold": 0.5 if threshold is None else float(threshold),
-        "min_area": int(cfg.get("min_area", 64) if min_area is None else min_area),
+        "threshold": threshold, "min_area": min_area, "rule": rule,
         "folds": folds, **crop_metadata(cfg, detector_name),
         **({"train_patch": cfg["train_patch"]} if cfg.get("train_patch") else
            {"batch_shape": cfg.get("batch_shape", "square")} if cfg else {}),

@@ -275,7 +275,7 @@ def run_items(segmenter, items: list[Item], output: Path, options: RunOptions, g
     result = summarize(rows, timings, output)
     if gt_index:
         result["metrics"] = write_metrics(output / "metrics.json", rows, counts, options.class_names,
-                                          options.background)
+                                          options.background, segmenter.run_info())
         result["metrics_json"] = output / "metrics.json"
     return result
 

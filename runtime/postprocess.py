@@ -5,6 +5,10 @@ The chain (each step optional, always in this order):
     threshold (adaptive | float | otsu) -> close K -> open K -> fill holes
         -> drop components < A px -> keep the N largest components
 
+Which settings apply is the model's recorded rule (runtime/rule.py) unless the user overrides them. `min_area`
+counts a mask's foreground pixels in all: the cascade's test and the detection status, the same count the
+end-to-end graph makes (ReduceSum), so both cut at the same level.
+
 Closing first joins a region broken by a thin gap before opening removes specks; holes are
 filled after both so a closed ring is filled; the area filters come last so they judge the
 final shapes.
@@ -17,9 +21,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from runtime.rule import DEFAULT_CASCADE
 from utils import UserError
-
-DEFAULT_CASCADE = (0.5, 0.3, 0.15)
 
 # Overlay colours by class id (RGB); class 0 is background and never drawn.
 PALETTE = np.array(
@@ -92,14 +95,20 @@ def component_stats(mask: np.ndarray) -> tuple[int, int]:
     return count - 1, int(stats[1:, cv2.CC_STAT_AREA].max())
 
 
+def detected_area(mask: np.ndarray, min_area: int) -> bool:
+    """A detection: at least `min_area` (and at least one) foreground pixels in all."""
+    return int(np.count_nonzero(mask)) >= max(int(min_area), 1)
+
+
 def apply_threshold(
     probs: np.ndarray, threshold, min_area: int, cascade=DEFAULT_CASCADE
 ) -> tuple[np.ndarray, float | None]:
     """(H, W) probs -> (uint8 {0, 1} mask, threshold used, or None when nothing was detected).
 
-    'adaptive' tries each cascade level and keeps the first whose mask has a component of at
-    least `min_area` pixels; if none has, the result is an empty mask (a safe negative). A fixed
-    or Otsu threshold keeps its mask as is; the same area test only decides detected or not.
+    'adaptive' tries each cascade level and keeps the first whose mask holds at least `min_area`
+    foreground pixels in all (its total area: what the end-to-end graph counts too); if none does,
+    the result is an empty mask (a safe negative). A fixed or Otsu threshold keeps its mask as is;
+    the same area test only decides detected or not.
     """
     threshold = parse_threshold(threshold)
     if threshold == "adaptive":
@@ -114,7 +123,7 @@ def apply_threshold(
     mask = np.zeros(probs.shape, np.uint8)
     for level in levels:
         mask = (probs > level).astype(np.uint8)
-        if component_stats(mask)[1] >= max(min_area, 1):
+        if detected_area(mask, min_area):
             return mask, round(level, 4)
     if threshold == "adaptive":
         return np.zeros(probs.shape, np.uint8), None
@@ -242,7 +251,7 @@ def postprocess(probs: np.ndarray, options: PostOptions) -> tuple[np.ndarray, di
     every_class = probs.shape[0] > 1 and not options.background
     if probs.shape[0] > 1:
         mask = argmax_mask(probs, options)
-        used, detected = None, every_class or component_stats(mask)[1] >= max(options.min_area, 1)
+        used, detected = None, every_class or detected_area(mask, options.min_area)
         foreground = probs if every_class else probs[1:]
     else:
         raw, used = apply_threshold(probs[0], options.threshold, options.min_area, options.cascade)

@@ -87,7 +87,9 @@ class SegmentActor:
             done += [self.pool.submit(finish_item, item, image, outcome, share, self.output, self.options,
                                       self.gt_index) for (item, image, _), outcome in zip(chunk, outcomes)]
         results = [future.result() for future in done]  # (row, gt counts, timing)
-        return {"index": batch["index"], "result": np.array([json.dumps(r) for r in results], dtype=object)}
+        model = json.dumps(self.segmenter.run_info())  # which file ran here, and under which rule
+        return {"index": batch["index"], "result": np.array([json.dumps(r) for r in results], dtype=object),
+                "model": np.array([model] * len(results), dtype=object)}
 
 
 def dataset_records(items: list[Item]) -> list[dict]:
@@ -148,11 +150,12 @@ def check_fits(resources: dict, ray_options: RayOptions, gpus: float, strict: bo
 
 def collect(dataset, total: int, output: Path, gt_index: dict, progress, class_names=(), background=True) -> dict:
     """Write summary.csv in input order as results stream in; the same summary dict as run_items."""
-    rows, counts, timings, waiting, next_index = [], [], [], [], 0
+    rows, counts, timings, waiting, next_index, models = [], [], [], [], 0, {}
     with CsvLog(output / "summary.csv", csv_columns(class_names, background)) as log:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             for index, result in zip(batch["index"], batch["result"]):
                 heapq.heappush(waiting, (int(index), result))
+            models.update(dict.fromkeys(batch.get("model", ())))
             while waiting and waiting[0][0] == next_index:  # preserve_order makes this immediate
                 row, count, timing = json.loads(heapq.heappop(waiting)[1])
                 log.write(row)
@@ -165,6 +168,8 @@ def collect(dataset, total: int, output: Path, gt_index: dict, progress, class_n
     assert next_index == total, f"ray returned {next_index} of {total} results"
     result = summarize(rows, timings, output)
     if gt_index:
-        result["metrics"] = write_metrics(output / "metrics.json", rows, counts, class_names, background)
+        found = [json.loads(m) for m in models]  # one per distinct actor set-up (say GPU and CPU nodes)
+        result["metrics"] = write_metrics(output / "metrics.json", rows, counts, class_names, background,
+                                          found[0] if len(found) == 1 else {"actors": found} if found else None)
         result["metrics_json"] = output / "metrics.json"
     return result

@@ -162,10 +162,11 @@ def score(row: dict, mask: np.ndarray, gt_path: Path | None, num_classes: int,
 
 
 def write_metrics(path: Path, rows: list[dict], counts: list[tuple[int, ...]], class_names=(),
-                  background: bool = True) -> dict:
+                  background: bool = True, model: dict | None = None) -> dict:
     """metrics.json: mean per-image Dice/IoU and Dice/IoU pooled over all pixels (over every
     foreground class). Multi-class adds `per_class`: each class's mean Dice/IoU over the images
-    (MULTICLASS_RULE), its pooled pixel Dice, and in how many images it is true / predicted."""
+    (MULTICLASS_RULE), its pooled pixel Dice, and in how many images it is true / predicted.
+    `model` (Segmenter.run_info): the file that produced the numbers, its precision and why, and the rule."""
     scored = [row for row in rows if row["dice"] != ""]
     inter = sum(sum(c[0::3]) for c in counts)
     total = sum(sum(c[1::3]) + sum(c[2::3]) for c in counts)
@@ -182,6 +183,8 @@ def write_metrics(path: Path, rows: list[dict], counts: list[tuple[int, ...]], c
         if not background:
             metrics.update(background=False, multiclass_rule=MULTICLASS_RULE + " (no background here: the "
                            "classes 0..C-1 are all scored, class 0 included)")
+    if model:
+        metrics["model"] = model
     atomic_write_json(path, metrics)
     return metrics
 

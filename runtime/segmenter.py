@@ -14,7 +14,6 @@ stage (runtime/crop.py) and a clean/defect gate (runtime/gate.py) plug in around
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from dataclasses import dataclass
 from itertools import islice
@@ -28,8 +27,10 @@ from runtime.crop import load_crop_stage
 from runtime.e2e import is_end_to_end, load_e2e_metadata, predict_e2e
 from runtime.foreign import load_segmenter_metadata  # noqa: F401 - also imported from here
 from runtime.gate import Gate, clean_prediction
+from runtime.lineage import check_lineage
 from runtime.metadata import decode_metadata, untrained_flips
 from runtime.postprocess import PostOptions, otsu_level, postprocess
+from runtime.rule import apply_overrides, describe_rule, post_fields, recorded_rule
 from runtime.precision import choose_precision
 from runtime.session import CPU, DEFAULT_SPINNING, create_session, select_providers
 from utils import LOG, UserError, match_input_size, preprocess, read_image, restore_size
@@ -99,8 +100,9 @@ class Segmenter:
 
     Pre-processing, the batched (TTA) run and post-processing are separate steps, each timed in
     `timing`. `session` can be injected (tests, or a session the caller built). `**post` are
-    the PostOptions fields (threshold, min_area, close, open, fill_holes, ...); min_area and the
-    adaptive cascade default to the model's metadata.
+    the PostOptions fields (threshold, min_area, close, open, fill_holes, ...): each one given (not None)
+    overrides that part of the model's recorded rule (runtime/rule.py), the rest of which applies;
+    `rule` is the rule in force.
 
     `gate` (a gate .onnx path or a runtime.gate.Gate) runs first on every batch: images below its
     threshold (`gate_threshold`, default the gate's own) are not segmented (empty mask, status gated_clean).
@@ -108,13 +110,16 @@ class Segmenter:
     `precision` (auto, fp32, int8; runtime/precision.py) may run the measured <stem>.int8.onnx beside the model
     on the CPU: `model_path`, `precision` and `precision_reason` say what runs. `backend` (auto, onnxruntime,
     openvino; runtime/backend.py) picks the engine of the model's session: `backend` and `backend_reason` say which.
+    Files made from the same model that no longer match it (runtime/lineage.py) are named in warnings and `lineage`;
+    `strict` refuses them.
     """
 
     def __init__(self, model_path, device: str = "auto", threads: int = 0, tta: str | None = None,
                  session=None, providers: str | None = None, detector=None, gate=None,
                  gate_threshold: float | None = None, description: dict | None = None, precision: str = "auto",
-                 spinning: bool | None = None, backend: str = "auto", **post):
+                 spinning: bool | None = None, backend: str = "auto", strict: bool = False, **post):
         self.model_path = Path(model_path) if model_path is not None else None
+        given = self.model_path if session is None else None  # a session given: no files to compare
         self.spinning = DEFAULT_SPINNING if spinning is None else bool(spinning)  # onnxruntime's spin-waiting
         self.precision, self.precision_reason = None, "session given"
         if session is None:
@@ -144,6 +149,7 @@ class Segmenter:
         self.max_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else 0  # 0: any
         self.tta = self._resolve_tta(tta)
         self.post = self._post_options(post)
+        self.lineage = check_lineage(given, self.model_path, strict) if given else []
         self.timing = {"pre_ms": 0.0, "infer_ms": 0.0, "post_ms": 0.0}
         # smart crop (metadata crop_mode 'person'): the YOLO detector runs on the same providers
         self.crop_stage = load_crop_stage(self.meta, self.model_path,
@@ -197,26 +203,35 @@ class Segmenter:
             LOG.warning("%s", warning)
         return tta
 
-    def _post_options(self, post: dict) -> PostOptions:
-        post = {key: value for key, value in post.items() if value is not None}
-        if str(post.get("threshold", "")).strip().lower() == "model":  # the CV-recommended one from export.py
-            post["threshold"] = float(self.meta.get("threshold") or 0.5)
-            LOG.info("threshold %.3f from the model's metadata", post["threshold"])
-        post.setdefault("min_area", int(self.meta.get("min_area", 64)))
-        post.setdefault("cascade", tuple(float(t) for t in self.meta.get("thresholds") or (0.5, 0.3, 0.15)))
-        post.setdefault("background", bool(self.meta.get("background", True)))
-        return PostOptions(**post)
+    def _post_options(self, post: dict, log: bool = True) -> PostOptions:
+        """The model's recorded rule with the given (not None) options in; logs the rule in force."""
+        self.overrides = {key: value for key, value in post.items() if value is not None}
+        recorded, origin = recorded_rule(self.meta)
+        self.rule = apply_overrides(recorded, self.overrides, self.meta)
+        if log:
+            LOG.info("rule: %s (%s)", describe_rule(self.rule), origin if self.rule == recorded else
+                     f"given; the model's own: {describe_rule(recorded)}")
+        return PostOptions(**post_fields(self.rule), background=bool(self.meta.get("background", True)))
+
+    def run_info(self) -> dict:
+        """Which file ran, at which precision and why, under which rule, and what lineage problems were seen
+        (metrics.json's "model")."""
+        path = getattr(self, "model_path", None)
+        rule = getattr(self, "rule", None)
+        return {"file": path.name if path else None, "precision": self.precision,
+                "precision_reason": self.precision_reason, "rule": rule,
+                "rule_text": describe_rule(rule) if rule else None, "lineage": list(getattr(self, "lineage", []))}
 
     def _report_provider(self) -> None:
         used = self.providers[0]
-        LOG.info("model %s running on %s", self.model_path, used)
+        LOG.info("model %s running on %s", self.model_path or "(a session given)", used)
         if self.wanted[0] != CPU and used == CPU:
             LOG.warning("%s failed to start (see onnxruntime's message); running on CPU", self.wanted[0])
 
     def with_options(self, **post) -> "Segmenter":
-        """A copy sharing the session, with some post-processing options replaced."""
+        """A copy sharing the session, with some post-processing options replaced (None: keep)."""
         clone = copy.copy(self)
-        clone.post = dataclasses.replace(self.post, **{k: v for k, v in post.items() if v is not None})
+        clone.post = clone._post_options({**self.overrides, **post}, log=False)
         return clone
 
     def with_gate_threshold(self, threshold: float | None) -> "Segmenter":

@@ -148,7 +148,7 @@ def test_single_image_shows_area_threshold_and_downloads(app):
     assert not errors(app)
     shown = metrics(app)
     assert shown["Area"] == "1280 px" and shown["Area %"] == "25.00 %"
-    assert shown["Threshold used"] == "0.500"  # the first step of the adaptive cascade
+    assert shown["Threshold used"] == "0.420"  # the model's rule: its cross-validated threshold, as inference.py
     assert [c for el in app.image for c in el.captions][1:] == ["Mask", "Overlay"]  # after "Input 80x64"
     assert [b.label for b in app.get("download_button")] == ["Download mask PNG", "Download overlay PNG"]
 
@@ -161,6 +161,58 @@ def test_fixed_threshold_and_post_options_reach_the_engine(app):
     app.number_input(key="open").set_value(81).run()  # an opening wider than the rectangle removes it
     assert metrics(app)["Area"] == "0 px"
     assert any("Nothing detected" in w.value for w in app.warning)
+
+
+def test_the_adaptive_cascade_is_one_choice_away(app):
+    app.file_uploader(key="image_upload").set_value(("rect.png", png(rect_image()), "image/png"))
+    app.radio(key="threshold_mode").set_value("adaptive").run()
+    assert metrics(app)["Threshold used"] == "0.500"  # the cascade's first level
+    app.radio(key="threshold_mode").set_value("model's rule").run()
+    assert metrics(app)["Threshold used"] == "0.420"
+
+
+def with_sibling(model: Path, suffix: str, made_from: Path, **meta) -> Path:
+    """A copy of `model` as <stem><suffix> recording `made_from` (its bytes now) as its source (runtime/lineage.py)."""
+    from runtime.lineage import source_record
+
+    proto = onnx.load(str(model))
+    old = json.loads(proto.metadata_props[0].value)
+    del proto.metadata_props[:]
+    made = suffix.strip(".").split(".")[0]
+    helper.set_model_props(proto, {"segmentation": json.dumps({**old, "source": source_record(made_from, made),
+                                                               **meta})})
+    path = model.with_name(model.stem + suffix)
+    save(proto, str(path))
+    return path
+
+
+def test_the_file_that_runs_is_shown_and_fp32_is_one_choice_away(app, model):
+    with_sibling(model, ".int8.onnx", model, precision="int8", int8_dice_delta=-0.001, int8_speedup=2.0,
+                 int8_val_images=9)
+    app.text_input(key="model_path").set_value(str(model)).run()  # reload: the int8 copy is new
+    shown = " ".join(c.value for c in app.caption)
+    assert "Running **tiny.int8.onnx** (int8: tiny.int8.onnx: ΔDice -0.0010 on 9 held-back images" in shown
+    assert "Choose fp32 under Precision" in shown and "Rule: threshold 0.42 (cross-validated)" in shown
+    app.selectbox(key="precision").set_value("fp32").run()
+    shown = " ".join(c.value for c in app.caption)
+    assert "Running **tiny.onnx** (fp32: tiny.onnx, as asked (precision fp32))" in shown
+    assert "--precision" not in shown  # the page has no such flag: the hint names its own switch
+
+
+def test_a_retrained_model_names_its_stale_siblings(app, model):
+    """A retrain + re-export rewrites tiny.onnx; the e2e and fp16 files made from the old one announce themselves."""
+    for suffix in (".e2e.onnx", ".fp16.onnx"):
+        with_sibling(model, suffix, model)
+    app.run()
+    assert not app.warning  # all made from this very tiny.onnx
+    proto = onnx.load(str(model))  # the re-export: the same name, other bytes
+    helper.set_model_props(proto, {"segmentation": json.dumps({**json.loads(proto.metadata_props[0].value),
+                                                               "created": "a retrain"})})
+    save(proto, str(model))
+    app.run()
+    warned = [w.value for w in app.warning]
+    assert any(w.startswith("tiny.e2e.onnx was made from another tiny.onnx") for w in warned), warned
+    assert any(w.startswith("tiny.fp16.onnx was made from another tiny.onnx") for w in warned), warned
 
 
 def test_image_max_long_side_downscales(app):

@@ -282,6 +282,58 @@ def test_quantization(run_script, tmp_path):
     assert result["machine"]["start"]["load_average"] and result["machine"]["end"]["load_average"]
 
 
+def test_rule_dice_scores_every_rule_on_one_set_of_probabilities(run_script, tmp_path):
+    from conftest import write_blobs
+
+    sys.path.insert(0, str(BENCH))
+    import common
+    import rule_dice
+
+    data = write_blobs(tmp_path / "blobs", 3, size=(40, 56))
+    fp32 = common.export_model(common.random_model("Unet", "resnet18", calibrate_size=64), "Unet", "resnet18", 64,
+                               tmp_path / "m.onnx")
+    result = run_script("rule_dice", "--model", str(fp32), "--images", str(data / "images"), "--masks",
+                        str(data / "masks"))
+    rules = result["rules"]
+    assert list(rules) == ["cv (the default)", "fixed 0.5", "adaptive, total area", rule_dice.OLD_DEFAULT]
+    assert result["images"] == 3 and all(0 <= r["mean_dice"] <= 1 for r in rules.values())
+    assert rules[rule_dice.OLD_DEFAULT]["min_iou_vs_old_default"] == 1.0
+    specks = np.zeros((20, 20), np.float32)
+    specks[::5, ::5] = 0.9  # 16 one-pixel specks: 16 px in all, no region of 10
+    masks = rule_dice.rule_masks(specks, 0.5, 10)
+    assert masks["adaptive, total area"].sum() == 16 and masks[rule_dice.OLD_DEFAULT].sum() == 0
+
+
+@pytest.mark.parametrize("recorded, code", [(0.01, 0), (1000.0, 1), (None, 2)])
+def test_int8_speedup_recheck(tmp_path, monkeypatch, recorded, code):
+    """bench/int8_speedup.py: met when the stored speed-up is within 15 % of an idle re-measurement, else missed."""
+    import onnx
+
+    from conftest import write_blobs
+    from exporting.onnx_metadata import set_metadata
+    from runtime.metadata import read_metadata
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import common
+    import int8_speedup
+
+    monkeypatch.setattr(int8_speedup.evidence, "load_1m", lambda: 0.0)  # an idle machine, whatever this one is doing
+    data = write_blobs(tmp_path / "blobs", 2, size=(40, 56))
+    images = sorted((data / "images").iterdir())
+    fp32 = common.export_model(common.random_model("Unet", "resnet18", calibrate_size=64), "Unet", "resnet18", 64,
+                               tmp_path / "m.onnx")
+    int8 = common.quantize_copy(fp32, tmp_path / "m.int8.onnx", images)
+    proto = onnx.load(str(int8))
+    stored = {"int8_speedup": recorded} if recorded else {}
+    onnx.save(set_metadata(proto, {**read_metadata(proto), **stored, "int8_timing": {"images": 2}}), str(int8))
+    out = tmp_path / "check.json"
+    assert int8_speedup.main([str(fp32), "--images", str(data / "images"), "--rounds", "1", "--quiet", "1000",
+                              "--wait", "0", "--out", str(out)]) == code
+    result = json.loads(out.read_text())
+    assert result["images"] == 2 and result["measured"]["rounds"] == 1 and result["recorded"] == recorded
+    assert result["verdict"].split()[0] == {0: "met", 1: "MISSED", 2: "no"}[code]
+
+
 def test_eager_baseline_matches_the_engine(tmp_path, monkeypatch):
     """Same weights, same work: the baseline's masks agree with inference.py's on almost every pixel."""
     monkeypatch.syspath_prepend(str(BENCH))

@@ -32,7 +32,9 @@ if __name__ == "__main__":  # run as a script (main below): the repository's mod
 from exporting import e2e  # noqa: E402
 from exporting.e2e_ops import resize_model  # noqa: E402
 from runtime.e2e import is_end_to_end, predict_e2e  # noqa: E402
+from runtime.lineage import file_digest  # noqa: E402
 from runtime.metadata import DEFAULT_METADATA  # noqa: E402
+from runtime.rule import make_rule  # noqa: E402
 from utils import IMAGENET_MEAN, IMAGENET_STD, UserError, resize_long_side  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,7 +152,8 @@ def test_metadata_keeps_the_plain_json_and_adds_the_io(tmp_path):
     assert path == tmp_path / "m.e2e.onnx" and plain.read_bytes() == before
     meta = json.loads(session(path).get_modelmeta().custom_metadata_map["segmentation"])
     assert meta["end_to_end"] is True and meta["name"] == "horse" and meta["input_size"] == 64
-    assert meta["e2e_mask"] == {"mode": "fixed", "threshold": 0.42}  # the CV threshold of the plain metadata
+    assert meta["rule"]["mode"] == "cv" and meta["rule"]["threshold"] == 0.42  # the CV threshold of the plain metadata
+    assert meta["source"] == {"file": "m.onnx", "sha256": file_digest(plain), "made": "e2e"}
     assert meta["inner_output"] == "logits" and meta["output"] == "probs" and meta["e2e_tta"] == "none"
     assert meta["io"]["inputs"]["image"].startswith("uint8 (H, W, 3) RGB")
     assert set(meta["io"]["outputs"]) == {"mask", "probs"}
@@ -262,15 +265,39 @@ def test_adaptive_cascade_matches_the_engine_on_single_regions(tmp_path, value, 
     np.testing.assert_array_equal(mask, engine_mask(result, 1))
 
 
-def test_adaptive_cascade_counts_total_area_where_the_engine_counts_the_largest_region(tmp_path):
-    """The documented difference: 16 specks of 16 px (256 px in all, none >= min_area 100)."""
+def test_adaptive_cascade_counts_total_area_in_the_graph_and_the_engine(tmp_path):
+    """One definition: 16 specks of 16 px (256 px in all, none >= min_area 100) are a detection at 0.5 for both."""
     from inference import Segmenter
 
     plain = identity_plain(tmp_path / "id.onnx", 64, min_area=100)
     image = cascade_image(230, [(y, x, 4) for y in range(2, 60, 16) for x in range(2, 60, 16)])
     mask, _ = predict_e2e(session(e2e.convert(plain, threshold="adaptive")), image)
     assert np.count_nonzero(mask) == 256
-    assert not Segmenter(plain, device="cpu", threshold="adaptive").predict(image).mask.any()
+    result = Segmenter(plain, device="cpu", threshold="adaptive").predict(image)
+    np.testing.assert_array_equal(mask, engine_mask(result, 1))
+    assert result.info["threshold"] == 0.5 and result.info["status"] == "ok"
+
+
+def test_the_recorded_rule_is_baked_in_and_applied_by_the_engine_by_default(tmp_path):
+    """A plain file recording the cascade: its e2e graph and the engine's default both apply it."""
+    from inference import Segmenter
+
+    plain = identity_plain(tmp_path / "id.onnx", 64, min_area=130,
+                           rule={**make_rule("adaptive", min_area=130)})
+    path = e2e.convert(plain)
+    meta = json.loads(session(path).get_modelmeta().custom_metadata_map["segmentation"])
+    assert meta["rule"] == make_rule("adaptive", min_area=130)
+    image = cascade_image(102, [(10, 10, 12)])  # 0.4: nothing above 0.5, 144 px above 0.3
+    mask, _ = predict_e2e(session(path), image)
+    assert np.count_nonzero(mask) == 144
+    np.testing.assert_array_equal(mask, engine_mask(Segmenter(plain, device="cpu").predict(image), 1))
+    np.testing.assert_array_equal(mask, engine_mask(Segmenter(path, device="cpu").predict(image), 1))
+
+
+def test_a_rule_with_morphology_has_no_end_to_end_form(tmp_path):
+    plain = tiny_plain(tmp_path / "m.onnx", rule=make_rule(None, 0.5, fill_holes=True))
+    with pytest.raises(UserError, match="--fill-holes, which the end-to-end graph cannot apply"):
+        e2e.convert(plain)
 
 
 # ----------------------------------------------------------------------------- refusals and entry points
@@ -304,20 +331,34 @@ def test_command_line_converts_an_existing_file(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     meta = json.loads(session(tmp_path / "m.e2e.onnx").get_modelmeta().custom_metadata_map["segmentation"])
-    assert meta["e2e_tta"] == "flips" and meta["e2e_mask"]["threshold"] == 0.3
+    assert meta["e2e_tta"] == "flips" and meta["rule"]["mode"] == "fixed" and meta["rule"]["threshold"] == 0.3
     done = subprocess.run([sys.executable, "-m", "exporting.e2e", str(tmp_path / "m.e2e.onnx")], cwd=ROOT,
                           capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "already end-to-end" in done.stderr
 
 
-def test_export_end_to_end_flag_writes_the_e2e_file_beside_the_plain_one(tmp_path, monkeypatch):
+def test_command_line_keeps_an_e2e_file_of_another_rule_unless_forced(tmp_path):
+    """The overwrite guard every writer shares: another rule (or TTA) is another variant."""
+    plain = tiny_plain(tmp_path / "m.onnx")
+    e2e.convert(plain)
+    before = (tmp_path / "m.e2e.onnx").read_bytes()
+    command = [sys.executable, "-m", "exporting.e2e", str(plain), "--threshold", "adaptive", "--no-verify"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--force to replace it" in done.stderr
+    assert "rule adaptive" in done.stderr and (tmp_path / "m.e2e.onnx").read_bytes() == before
+    assert subprocess.run(command + ["--force"], cwd=ROOT, capture_output=True, text=True).returncode == 0
+    e2e.convert(plain, threshold="adaptive")  # the same variant again: a re-export, allowed
+
+
+def test_export_end_to_end_flag_reaches_the_export(tmp_path, monkeypatch):
+    """export.py --end-to-end writes <name>.e2e.onnx inside the export, behind its overwrite guard (a real one:
+    tests/test_parity.py)."""
     import export
 
-    (tmp_path / "run").mkdir()
-    plain = tiny_plain(tmp_path / "run" / "model.onnx")
-    monkeypatch.setattr(export, "export_onnx", lambda *args, **kwargs: plain)
-    export.main(["--work-dir", str(tmp_path / "run"), "--end-to-end"])
-    assert is_end_to_end(session(tmp_path / "run" / "model.e2e.onnx"))
+    seen = {}
+    monkeypatch.setattr(export, "export_onnx", lambda *args, **kwargs: seen.update(kwargs))
+    export.main(["--work-dir", str(tmp_path), "--end-to-end", "--threshold", "adaptive"])
+    assert seen["end_to_end"] is True and seen["threshold"] == "adaptive"
 
 
 @pytest.mark.parametrize("classes", [1, 3])
@@ -402,20 +443,44 @@ def require_node_modules(package: str) -> None:
         pytest.fail(f"examples/node_modules/{package} is missing: run `make install` (or `npm ci --prefix examples`)")
 
 
-def test_node_example_writes_the_same_mask_as_python(tmp_path):
+def node_or_skip() -> str:
     node = shutil.which("node")
     if node is None:
         pytest.skip("node is not installed (Debian: apt-get install nodejs npm); the Node.js example cannot run")
     require_node_modules("onnxruntime-node")
-    model = e2e.convert(tiny_plain(tmp_path / "m.onnx", 3, "logits"), tta="hflip")
-    photo = example_photo(tmp_path)
-    done = subprocess.run([node, "node/segment.js", str(model), str(photo), str(tmp_path / "mask.png")], cwd=EXAMPLES,
+    return node
+
+
+def run_node(model: Path, photo: Path, mask: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([node_or_skip(), "node/segment.js", str(model), str(photo), str(mask)], cwd=EXAMPLES,
                           capture_output=True, text=True, timeout=120)
+
+
+def test_node_example_writes_the_same_mask_as_python(tmp_path):
+    plain = tiny_plain(tmp_path / "m.onnx", 3, "logits")
+    model = e2e.convert(plain, tta="hflip")
+    photo = example_photo(tmp_path)
+    done = run_node(model, photo, tmp_path / "mask.png")
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["width"] == cv2.imread(str(photo)).shape[1]
+    head, line = [json.loads(text) for text in done.stdout.splitlines()]
+    assert head == {"model": str(model), "made_from": "m.onnx", "source_sha256": file_digest(plain),
+                    "rule": "threshold 0.5 (cross-validated)"}  # the model's source hash, to compare with sha256sum
+    assert line["width"] == cv2.imread(str(photo)).shape[1] and not done.stderr
     written = cv2.imread(str(tmp_path / "mask.png"), cv2.IMREAD_UNCHANGED)
     assert written.dtype == np.uint8 and written.ndim == 2
     np.testing.assert_array_equal(written, python_mask(model, photo))
+
+
+def test_node_example_names_a_stale_model_and_refuses_a_plain_one(tmp_path):
+    plain = tiny_plain(tmp_path / "m.onnx")
+    model = e2e.convert(plain)
+    photo = example_photo(tmp_path)
+    tiny_plain(plain, seed=1)  # a retrain re-exported the plain file; the e2e file is the old model
+    done = run_node(model, photo, tmp_path / "mask.png")
+    assert done.returncode == 0 and done.stderr.startswith("warning: m.e2e.onnx was made from another m.onnx (sha256 ")
+    done = run_node(plain, photo, tmp_path / "mask2.png")
+    assert done.returncode == 1 and done.stderr.startswith("error: m.onnx is not an end-to-end model")
+    assert "export.py --end-to-end" in done.stderr and not (tmp_path / "mask2.png").exists()
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -447,6 +512,9 @@ def browser_mask(url: str, model: Path, photo: Path, profile: Path) -> tuple[np.
             page.goto(url)
             page.locator("#model").set_input_files(str(model))
             page.locator("body[data-model=ready], body[data-state=error]").wait_for(state="attached")
+            loaded = page.locator("#status").inner_text()
+            if page.locator("body[data-state=error]").count():
+                return None, {"status": loaded}
             page.locator("#image").set_input_files(str(photo))
             page.locator("body[data-state=done], body[data-state=error]").wait_for(state="attached")
             shown = page.locator("#status").inner_text()
@@ -456,10 +524,10 @@ def browser_mask(url: str, model: Path, photo: Path, profile: Path) -> tuple[np.
         finally:
             browser.close()
     mask = np.asarray(state.pop("mask"), np.uint8).reshape(state["height"], state["width"])
-    return mask, {**state, "status": shown}
+    return mask, {**state, "status": shown, "loaded": loaded}
 
 
-def test_web_page_shows_the_same_mask_as_python(tmp_path):
+def browser_or_skip() -> None:
     from test_app_browser import CHROMIUM
 
     if not Path(CHROMIUM).is_file():
@@ -468,19 +536,35 @@ def test_web_page_shows_the_same_mask_as_python(tmp_path):
     if not (EXAMPLES / "node_modules" / "onnxruntime-web").is_dir() and shutil.which("npm") is None:
         pytest.skip("npm is not installed, so examples/node_modules/onnxruntime-web cannot be; the page needs it")
     require_node_modules("onnxruntime-web")
-    model = e2e.convert(tiny_plain(tmp_path / "m.onnx", 1, "logits"), tta="flips")
-    photo = example_photo(tmp_path)
+
+
+def page_mask(model: Path, photo: Path, profile: Path) -> tuple[np.ndarray | None, dict]:
     server = static_server(EXAMPLES)
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/web/index.html"
-        mask, shown = browser_mask(url, model, photo, tmp_path / "profile")
+        return browser_mask(f"http://127.0.0.1:{server.server_address[1]}/web/index.html", model, photo, profile)
     finally:
         server.shutdown()
+
+
+def test_web_page_shows_the_same_mask_as_python(tmp_path):
+    browser_or_skip()
+    plain = tiny_plain(tmp_path / "m.onnx", 1, "logits")
+    model = e2e.convert(plain, tta="flips")
+    photo = example_photo(tmp_path)
+    mask, shown = page_mask(model, photo, tmp_path / "profile")
     want = python_mask(model, photo)
     assert mask.shape == want.shape and shown["canvas"] == want.shape[1]
     assert "% foreground" in shown["status"]
+    assert f"made from m.onnx (sha256 {file_digest(plain)}); rule: threshold 0.5 (cross-validated)" in shown["loaded"]
     # WebAssembly kernels vs native ones: float rounding may flip a pixel sitting on the threshold
     assert np.count_nonzero(mask != want) <= 0.001 * want.size, shown
+
+
+def test_web_page_names_a_plain_model_instead_of_an_onnxruntime_error(tmp_path):
+    browser_or_skip()
+    mask, shown = page_mask(tiny_plain(tmp_path / "m.onnx"), example_photo(tmp_path), tmp_path / "profile")
+    assert mask is None and shown["status"].startswith("error: m.onnx is not an end-to-end model")
+    assert "Unexpected input data type" not in shown["status"]
 
 
 def main() -> None:

@@ -1,5 +1,7 @@
 """Export variants get their own names and never silently replace one another; --int8 checks its inputs first."""
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -37,7 +39,7 @@ def test_a_fold_gets_its_own_file_and_fp16_copy(run, caplog):
     assert not (run / "model.onnx").exists()  # the all-folds default is not touched
     caplog.set_level("WARNING", logger="seg")
     export.main(["--work-dir", str(run), "--fold", "0", "--no-verify"])  # the same variant again: allowed
-    assert "model.fold0.fp16.onnx is left from an earlier export" in caplog.text
+    assert "model.fold0.fp16.onnx was made from another model.fold0.onnx" in caplog.text
 
 
 def test_all_folds_keep_the_default_name(run):
@@ -58,6 +60,20 @@ def test_another_variant_is_replaced_only_with_force(run, tmp_path):
     assert read_metadata(out)["folds"] == [1]
 
 
+def test_another_rule_is_another_variant_but_a_moved_cv_threshold_is_not(run, tmp_path):
+    """A retrain moves the cross-validated threshold: the same file. --threshold adaptive is another variant."""
+    out = tmp_path / "x.onnx"
+    export.export_onnx(run, folds=[0], output=out, check=False)
+    summary = json.loads((run / "cv_summary.json").read_text())
+    (run / "cv_summary.json").write_text(json.dumps({**summary, "best_threshold": 0.37}))
+    export.export_onnx(run, folds=[0], output=out, check=False)  # a re-export after a retrain
+    assert read_metadata(out)["rule"]["threshold"] == 0.37
+    with pytest.raises(UserError, match=r"rule threshold 0.37 \(cross-validated\).*; this one is .*rule adaptive 0.5"):
+        export.export_onnx(run, folds=[0], output=out, threshold="adaptive", check=False)
+    export.export_onnx(run, folds=[0], output=out, threshold="adaptive", check=False, force=True)
+    assert read_metadata(out)["rule"]["mode"] == "adaptive"
+
+
 def test_a_file_of_someone_else_is_not_overwritten(run, tmp_path, monkeypatch):
     out = tmp_path / "notes.onnx"
     out.write_text("not a model")
@@ -69,14 +85,17 @@ def test_a_file_of_someone_else_is_not_overwritten(run, tmp_path, monkeypatch):
 
 def _write_val_dir(folder, images, masks):
     for sub, names in (("images", images), ("masks", masks)):
-        (folder / sub).mkdir(parents=True)
         for name in names:
+            (folder / sub / name).parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(folder / sub / name), np.zeros((64, 64, 3), np.uint8))
+        (folder / sub).mkdir(parents=True, exist_ok=True)
     return folder
 
 
 @pytest.mark.parametrize("layout, message", [
     (None, r"--val-dir .*val/images and .*val/masks not found; it needs images/ and masks/"),
+    ((["train/a.png", "val/b.png"], ["train/a.png", "val/b.png"]),  # the shared horse layout: never searched into
+     r"--val-dir .*images has no images at its top level, only folders \(train, val\); .*never searched into"),
     ((["a.png", "b.jpg", "c.jpg"], ["a_mask.png"]),
      r"--val-dir .*: 2 of 3 images have no mask in .*masks \(e.g. b.jpg, c.jpg\); .*a.png or a_mask.png"),
 ])

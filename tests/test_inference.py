@@ -293,17 +293,21 @@ def test_run_writes_masks_overlays_and_csv(models, image_folder, tmp_path):
         assert (int(rows[name]["width"]), int(rows[name]["height"])) == (w, h)
         assert int(rows[name]["area_px"]) == np.count_nonzero(mask)
     assert rows["c.png"]["dice"] == "" and float(rows["a.png"]["dice"]) > 0.85
+    model = json.loads((out / "metrics.json").read_text())["model"]  # which file, precision and rule made the numbers
+    assert model["file"] == models["half"].name and model["precision"] == "fp32" and model["rule"]["mode"] == "cv"
+    assert model["rule_text"].startswith("threshold 0.5 (cross-validated)") and model["lineage"] == []
     assert result["images"] == 4 and result["ok"] == 3 and result["errors"] == 1 and result["with_gt"] == 2
     assert result["mean_dice"] == pytest.approx(np.mean([float(rows[n]["dice"]) for n in ("a.png", "sub/b.jpg")]))
     assert calls == [(1, 4, 1), (2, 4, 2), (3, 4, 3), (4, 4, 4)]
 
 
-def test_run_reports_no_detection_with_empty_mask(models, tmp_path):
+@pytest.mark.parametrize("threshold, used", [(None, "0.5"), ("adaptive", "")])  # the rule's fixed cut / the cascade
+def test_run_reports_no_detection_with_empty_mask(models, tmp_path, threshold, used):
     write_png(tmp_path / "src" / "dark.png", np.zeros((40, 50, 3), np.uint8))
-    segmenter = inference.Segmenter(models["meta"], providers="cpu")
+    segmenter = inference.Segmenter(models["meta"], providers="cpu", threshold=threshold)
     result = inference.run(segmenter, tmp_path / "src" / "dark.png", tmp_path / "out")
     row = read_rows(tmp_path / "out" / "summary.csv")[0]
-    assert row["status"] == "no_detection" and row["threshold"] == "" and row["area_px"] == "0"
+    assert row["status"] == "no_detection" and row["threshold"] == used and row["area_px"] == "0"
     assert not cv2.imread(str(tmp_path / "out" / "masks" / "dark.png"), cv2.IMREAD_UNCHANGED).any()
     assert result["no_detection"] == 1 and result["mean_dice"] is None
 
@@ -789,3 +793,48 @@ def test_cli_prints_per_class_dice(tmp_path):
                       "--gt", str(tmp_path / "gt"))
     assert done.returncode == 0, done.stderr
     assert "class disc:" in done.stdout and "dice 1.000" in done.stdout and "class square:" in done.stdout
+
+
+# ----------------------------------------------------------------------------- lineage (runtime/lineage.py)
+
+
+def derived_copy(model: Path, suffix: str, **meta) -> Path:
+    """A copy of `model` as <stem><suffix> recording `model`'s bytes now as its source, as export.py writes one."""
+    from runtime.lineage import source_record
+
+    proto = onnx.load(str(model))
+    old = json.loads({p.key: p.value for p in proto.metadata_props}["segmentation"])
+    made = suffix.strip(".").split(".")[0]
+    helper.set_model_props(proto, {"segmentation": json.dumps({**old, "source": source_record(model, made), **meta})})
+    path = model.with_name(model.stem + suffix)
+    onnx.save(proto, str(path))
+    return path
+
+
+def test_cli_names_stale_siblings_and_strict_refuses(tmp_path, records):
+    """A re-export rewrites horse.onnx: the e2e file made from the old bytes gives other answers; say so."""
+    model = build_model(tmp_path / "horse.onnx", TEST_META)
+    derived_copy(model, ".e2e.onnx")
+    image, _ = rect_image(30, 40)
+    write_png(tmp_path / "src" / "x.png", image)
+    argv = ["--model", str(model), "--source", str(tmp_path / "src"), "--device", "cpu"]
+    inference.main(argv + ["--output", str(tmp_path / "a")])
+    assert not [r for r in records.records if "was made from another" in r.getMessage()]
+    build_model(model, {**TEST_META, "created": "a retrain"})  # the re-export
+    inference.main(argv + ["--output", str(tmp_path / "b")])
+    warned = [r.getMessage() for r in records.records if r.levelname == "WARNING"]
+    assert any(w.startswith("horse.e2e.onnx was made from another horse.onnx (sha256 ") for w in warned), warned
+    with pytest.raises(UserError, match=r"^--strict: horse.e2e.onnx was made from another horse.onnx"):
+        inference.main(argv + ["--output", str(tmp_path / "c"), "--strict"])
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_variant_of_other_weights_is_named(tmp_path, records):
+    """Two exports of checkpoints with the same name whose digests differ came from different trainings."""
+    model = build_model(tmp_path / "horse.onnx", {**TEST_META, "weights_sha256": {"fold0_best.pt": "a" * 64},
+                                                  "created": "2026-02-01T00:00:00+00:00"})
+    build_model(tmp_path / "horse.tta-hflip.onnx", {**TEST_META, "weights_sha256": {"fold0_best.pt": "b" * 64},
+                                                    "created": "2026-01-01T00:00:00+00:00"})
+    segmenter = inference.Segmenter(model, device="cpu")
+    assert segmenter.lineage == ["horse.onnx and horse.tta-hflip.onnx came from different trainings (fold0_best.pt "
+                                 "differs): horse.tta-hflip.onnx is the older export; export it again, or delete it"]

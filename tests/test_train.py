@@ -188,7 +188,7 @@ def test_split_lists_replace_cv_and_score_the_test_set(tmp_path):
                                     environ={}))
     assert list(summary["folds"]) == ["0"] and summary["oof_images"] == 2 and "dice" in summary["test"]["0"]
     folds = json.loads((tmp_path / "work" / "folds.json").read_text())
-    assert folds == {"0": stems[8:10]}
+    assert folds == {"0": stems[8:10], "test": stems[10:]}  # the test split: held back from every fold
 
 
 def test_split_list_naming_an_unknown_image(tmp_path):

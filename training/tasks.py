@@ -79,8 +79,9 @@ class SegmentTask:
                 f"{name} dice {v['dice']:.4f} iou {v['iou']:.4f}" for name, v in summary["oof_per_class"].items()))
 
     def export_args(self, summary: dict) -> dict:
-        """export_onnx's settings: the out-of-fold best threshold, MIN_AREA and INT8."""
-        return {"threshold": summary["best_threshold"], "min_area": self.cfg.min_area, "int8": self.cfg.int8}
+        """export_onnx's settings: MIN_AREA and INT8. No threshold: export reads the out-of-fold best one from
+        cv_summary.json itself and records it as the cross-validated rule, as a later export.py does."""
+        return {"min_area": self.cfg.min_area, "int8": self.cfg.int8}
 
 
 @dataclass(frozen=True)
