@@ -24,8 +24,8 @@ from typing import Any, Callable, Mapping, Sequence
 from runtime.metadata import CROP_MODES, DEFAULT_INPUT_SIZE, TTA_MODES  # noqa: F401  (TTA_MODES: export's)
 from training.budget import parse_duration
 from training.values import (  # the value parsers the FIELDS table uses
-    byte_value, ema_decay, fraction, ignore_value, non_negative, parse_amp, parse_bool, parse_optional_path, parse_patch,
-    pos_weight_value, positive, recall_value,
+    INT8_MODES, byte_value, ema_decay, fraction, ignore_value, non_negative, parse_amp, parse_bool, parse_optional_path,
+    parse_patch, pos_weight_value, positive, recall_value,
 )
 from utils import IGNORE_INDEX, MAX_IMAGE_PIXELS, UserError, atomic_write_json
 
@@ -42,8 +42,6 @@ TASKS = ("segment", "classify")  # classify: the clean/defect gate in front of t
 # peak that an average over a whole strip dilutes), or either alone.
 GATE_POOLS = ("avgmax", "avg", "max")
 TRACKERS = ("none", "tensorboard", "wandb")
-# <name>.int8.onnx beside the export: auto = when held-back images can measure it (export.py --int8, INT8)
-INT8_MODES = ("auto", "on", "off")
 AUGMENTS = ("full", "flip", "none")  # AUGMENT: the training augmentation (dataset.augmentations)
 RECIPES = ("auto", "off")  # RECIPE: plan the settings left unset from the data and the budget (training/recipe.py)
 CACHE_MODES = ("auto", "ram", "disk")  # CACHE: where training reads the cached images (training/ramcache.py)

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from common import HORSE, ISBI, machine_info, print_table, verdict, write_result
-from e2e_parity import load_pairs, mask_iou, truth_dice
+from e2e_parity import load_pairs
 from inference import Segmenter
 from runtime.precision import int8_sibling
-from utils import setup_logging
+from utils import mask_dice, mask_iou, setup_logging
 
 DATA = {"horse": (HORSE / "images" / "val", HORSE / "masks" / "val"), "isbi": (ISBI / "images", ISBI / "masks")}
 BACKENDS = ("onnxruntime", "openvino")
@@ -49,7 +49,7 @@ def compare(path: Path, precision: str, pairs: list, classes: int, args) -> dict
     for backend in BACKENDS:
         masks[backend], ran[backend] = masks_of(path, precision, backend, images, args)
     ious = [mask_iou(a, b, classes) for a, b in zip(masks["openvino"], masks["onnxruntime"])]
-    dice = {b: [truth_dice(m, truth, classes) for m, (_, _, truth) in zip(masks[b], pairs)] for b in BACKENDS}
+    dice = {b: [mask_dice(m, truth, classes) for m, (_, _, truth) in zip(masks[b], pairs)] for b in BACKENDS}
     mean = {b: float(np.mean(dice[b])) for b in BACKENDS}
     worst = sorted(zip(ious, (name for name, _, _ in pairs)))[:5]
     return {"file": path.name, "ran": ran, "min_iou": min(ious), "mean_iou": float(np.mean(ious)),

@@ -46,10 +46,10 @@ INT8_ROWS = ("int8", "openvino_int8", "openvino_int8_static")
 
 def build(arch: str, encoder: str, size: int, tmp: Path, calibration: list[Path]):
     """(torch module as exported, fp32 path, int8 path) of one random-init model."""
-    import export
+    from exporting.ensembles import ExportEnsemble
 
     model = random_model(arch, encoder)
-    module = export.ExportEnsemble([model], 1).eval()  # the exported graph: model + sigmoid
+    module = ExportEnsemble([model], 1).eval()  # the exported graph: model + sigmoid
     fp32 = export_model(model, arch, encoder, size, tmp / f"{arch}_{encoder}.onnx")
     return module, fp32, quantize_copy(fp32, fp32.with_suffix(".int8.onnx"), calibration)
 

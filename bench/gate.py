@@ -37,10 +37,16 @@ from common import add_run_args, machine_info, median, print_table, side_by_side
 TARGET_SPEEDUP, TARGET_DICE_DROP = 3.0, 0.01
 
 
-def make_set(folder: Path, count: int, clean: float, seed: int, width: int, height: int) -> Path:
+def make_set(folder: Path, count: int, clean: float, seed: int, width: int, height: int, classes: int = 5) -> Path:
+    """Generated steel strips; for a binary segmenter (`classes` 1) the class-id masks become 0/255 (any defect)."""
+    import cv2
+
     from demos.steel import generate_steel
 
     generate_steel(folder, count, clean_fraction=clean, seed=seed, width=width, height=height, ext="jpg")
+    if classes == 1:
+        for path in (folder / "masks").glob("*.png"):
+            cv2.imwrite(str(path), (cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) > 0).astype("uint8") * 255)
     return folder
 
 
@@ -154,7 +160,8 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_gate_") as tmp:
         tmp = Path(tmp)
         for k, clean in enumerate(args.clean):
-            data = make_set(tmp / f"set{k}", args.count, clean, args.seed + k, args.width, args.height)
+            data = make_set(tmp / f"set{k}", args.count, clean, args.seed + k, args.width, args.height,
+                            int(segmenter.meta.get("num_classes", 1)))
             oracle.gate = OracleGate(gated.gate, data / "images", data / "masks")
             scores = {}
 

@@ -60,10 +60,10 @@ def calibration_images(folder: Path, count: int, tmp: Path) -> tuple[list[Path],
 
 def measure(arch: str, encoder: str, size: int, batches: list[int], threads: int, repeats: int, tmp: Path,
             calibration: list[Path] | None = None) -> list[dict]:
-    import export
+    from exporting.ensembles import ExportEnsemble
 
     model = random_model(arch, encoder)
-    module = export.ExportEnsemble([model], 1).eval()  # the exported graph: model + sigmoid
+    module = ExportEnsemble([model], 1).eval()  # the exported graph: model + sigmoid
     onnx_path = export_model(model, arch, encoder, size, tmp / f"{arch}_{encoder}.onnx")
     session = ort_session(onnx_path, threads)
     int8 = None

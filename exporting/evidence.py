@@ -131,8 +131,11 @@ def masks_under_rule(model: Path | bytes, pairs: list[tuple[Path, Path]]) -> lis
     onnxruntime CPU provider, the model's recorded rule."""
     from runtime.segmenter import Segmenter
 
+    from training.progress import progress
+
     segmenter = Segmenter(None, session=runtime_session(model))
-    return [segmenter.predict(read_image(image)).mask for image, _ in pairs]
+    label = "int8: the int8 file's masks" if isinstance(model, bytes) else "int8: the fp32 file's masks"
+    return [segmenter.predict(read_image(image)).mask for image, _ in progress(pairs, label, unit="image")]
 
 
 def compare_masks(fp32: Path, int8: bytes, pairs: list[tuple[Path, Path]], classes: int) -> dict:

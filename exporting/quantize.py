@@ -19,7 +19,8 @@ from exporting.evidence import compare_masks, measure_speedup, validation_pairs
 from exporting.onnx_metadata import set_metadata
 from runtime.lineage import source_record
 from runtime.metadata import read_metadata
-from config import INT8_MODES
+from training.progress import progress
+from training.values import int8_mode
 from utils import LOG, UserError, atomic_write_bytes, list_images, preprocess, read_image
 
 
@@ -64,20 +65,22 @@ def write_fp16(proto: onnx.ModelProto, path: Path, metadata: dict, check: bool,
 
 
 class CacheReader:
-    """onnxruntime CalibrationDataReader over cached training images, one (1, 3, H, W) at a time."""
+    """onnxruntime CalibrationDataReader over cached training images, one (1, 3, H, W) at a time; a progress line
+    every 30 s (training/progress.py), as calibrating a large model takes minutes on a CPU."""
 
     def __init__(self, images: list[Path], meta: dict):
-        self.images, self.meta, self.index = images, meta, 0
+        self.images, self.meta = images, meta
+        self.rewind()
 
     def get_next(self) -> dict | None:
-        if self.index >= len(self.images):
+        path = next(self.pending, None)
+        if path is None:
             return None
-        chw, _ = preprocess(read_image(self.images[self.index]), self.meta)
-        self.index += 1
+        chw, _ = preprocess(read_image(path), self.meta)
         return {"image": chw[None]}
 
     def rewind(self) -> None:
-        self.index = 0
+        self.pending = iter(progress(self.images, "int8: calibrating", unit="image"))
 
 
 def spread(items: list, count: int) -> list:
@@ -107,16 +110,6 @@ def int8_inputs(work_dir: Path | None, folds: list[int], val_dir, count: int) ->
         return spread([image for image, _ in pairs], count), pairs, what
     pairs, what = validation_pairs(work_dir, folds, val_dir)
     return calibration_images(work_dir, count, [image for image, _ in pairs]), pairs, what
-
-
-def int8_mode(value: str | bool | None) -> str:
-    """auto, on or off (True/False: the old on/off switch)."""
-    if isinstance(value, bool) or value is None:
-        return "on" if value else "off"
-    mode = str(value).strip().lower()
-    if mode not in INT8_MODES:
-        raise UserError(f"--int8 {value!r} is not valid; use one of: {', '.join(INT8_MODES)}")
-    return mode
 
 
 def no_validation_set(work_dir: Path | None, folds: list[int], val_dir) -> str | None:
@@ -183,6 +176,8 @@ def write_int8(fp32_path: Path, metadata: dict, images: list[Path], pairs: list[
     decides on them)."""
     meta = {**metadata, "precision": "int8", "source": source_record(fp32_path, "int8")}
     meta.pop("int8_source", None)
+    LOG.info("int8: calibrating on %d images, then comparing both files on %d held-back images and timing them",
+             len(images), len(pairs))
     proto = set_metadata(quantize_int8(fp32_path, images, metadata), meta)
     data = proto.SerializeToString()
     masks = compare_masks(fp32_path, data, pairs, int(metadata["num_classes"]))

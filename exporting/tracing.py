@@ -11,16 +11,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from exporting import check_opset
 from exporting.onnx_metadata import set_metadata
 from runtime.metadata import DEFAULT_METADATA, read_metadata
 from utils import LOG, UserError
 
-MIN_OPSET, MAX_OPSET = 13, 20  # 13: per-channel QDQ and modern Resize; 20: torch's TorchScript exporter
-
-
-def check_opset(opset: int) -> None:
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise UserError(f"opset {opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET} (default 17)")
 
 
 def trace_side(ckpt: dict) -> int:

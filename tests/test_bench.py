@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
@@ -40,6 +41,21 @@ def run_script(monkeypatch, tmp_path):
 
     yield run
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def run_script_apart(tmp_path):
+    """Run bench/<name>.py in a process of its own (OpenVINO's runtime, once loaded into the test process, leaves it
+    unable to fork later tests' workers: the suite was killed for memory two tests on); return its JSON."""
+
+    def run(name: str, *argv: str) -> dict:
+        out = tmp_path / f"{name}.json"
+        done = subprocess.run([sys.executable, str(BENCH / f"{name}.py"), *argv, "--out", str(out)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+        return json.loads(out.read_text())
+
+    return run
 
 
 def positive(series: dict) -> bool:
@@ -222,8 +238,8 @@ needs_openvino = pytest.mark.skipif(not __import__("importlib").util.find_spec("
 
 
 @needs_openvino
-def test_backends(run_script):
-    result = run_script("backends", "--size", "64", "--model", "Unet/resnet18", "--repeats", "1", "--threads", "1",
+def test_backends(run_script_apart):
+    result = run_script_apart("backends", "--size", "64", "--model", "Unet/resnet18", "--repeats", "1", "--threads", "1",
                         "--batch", "2", "--calib-images", "2")
     rows = {row["name"]: row for row in result["rows"]}
     assert set(rows) == {"torch", "onnxruntime", "int8", "openvino", "openvino_int8", "openvino_int8_static",
@@ -240,8 +256,8 @@ def test_backends(run_script):
 
 @needs_openvino
 @needs_horse
-def test_end_to_end_with_backends(run_script):
-    result = run_script("end_to_end", "--limit", "2", "--size", "64", "--repeats", "1", "--threads", "1",
+def test_end_to_end_with_backends(run_script_apart):
+    result = run_script_apart("end_to_end", "--limit", "2", "--size", "64", "--repeats", "1", "--threads", "1",
                         "--precisions", "int8", "--calib-images", "2", "--backends", "openvino", "--batch-size", "2")
     assert set(result["runs"]) == {"engine_int8", "model_int8", "engine_openvino_int8", "model_openvino_int8", "eager",
                                    "stubbed"}
@@ -253,8 +269,8 @@ def test_end_to_end_with_backends(run_script):
 
 
 @needs_openvino
-def test_backend_parity(run_script, trained_run):
-    result = run_script("backend_parity", str(trained_run / "model.onnx"), "--images", str(trained_run / "images"),
+def test_backend_parity(run_script_apart, trained_run):
+    result = run_script_apart("backend_parity", str(trained_run / "model.onnx"), "--images", str(trained_run / "images"),
                         "--masks", str(trained_run / "masks"), "--threshold", "0.5", "--batch-size", "3")
     assert result["images"] == 12 and list(result["results"]) == ["fp32"]  # no int8 file beside the model
     fp32 = result["results"]["fp32"]

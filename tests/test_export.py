@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 import torch
 
 import export
-from exporting import checkpoints, checks, ensembles, quantize, tracing, triton
+from exporting import build, checkpoints, checks, ensembles, quantize, tracing, triton
 from model import build_model_from_checkpoint
 from runtime.metadata import METADATA_KEY, TTA_MODES, read_metadata
 from runtime.lineage import file_digest
@@ -153,7 +155,7 @@ def test_mixed_architectures_are_rejected_naming_both(trained_run, tmp_path):
 
 def test_failed_parity_aborts_unless_no_verify(trained_run, tmp_path, monkeypatch):
     two_fold = (trained_run / "model.onnx").read_bytes()
-    monkeypatch.setattr(export, "to_onnx_bytes", lambda *a, **k: two_fold)  # the wrong graph for fold 0 alone
+    monkeypatch.setattr(build, "to_onnx_bytes", lambda *a, **k: two_fold)  # the wrong graph for fold 0 alone
     with pytest.raises(checks.ParityError, match=r"max abs diff \d\.\d\de[-+]\d+ > 1e-04"):
         export.export_onnx(trained_run, folds=[0], output=tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists()
@@ -361,3 +363,28 @@ def assert_triton_copy(copy: Path, original: Path) -> None:
     meta = read_metadata(ours)
     assert meta.pop("source") == {"file": original.name, "sha256": file_digest(original), "made": "triton"}
     assert meta == read_metadata(theirs)
+
+
+NO_TORCH_OR_ONNX = """
+import builtins, runpy, sys
+real = builtins.__import__
+def guard(name, *args, **kwargs):
+    if name.split(".")[0] in ("torch", "onnx", "segmentation_models_pytorch", "timm", "onnxruntime"):
+        raise ImportError(name + " is blocked in this test")
+    return real(name, *args, **kwargs)
+builtins.__import__ = guard
+sys.argv = ["export.py", *sys.argv[1:]]
+runpy.run_path("export.py", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("args, answer", [(["--help"], "what to export (exactly one)"),
+                                          (["--work-dir", "w", "--tta", "flipz"], "invalid choice: 'flipz'"),
+                                          (["--work-dir", "w", "--opset", "9"], "opset 9 is not supported")])
+def test_help_and_flag_errors_answer_without_torch_or_onnx(args, answer):
+    """export.py loads torch and onnx only once something is exported: --help and a bad flag answer at once."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", NO_TORCH_OR_ONNX, *args], cwd=root, capture_output=True, text=True,
+                          timeout=60)
+    assert answer in done.stdout + done.stderr, done.stderr[-2000:]
+    assert "is blocked in this test" not in done.stderr

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import export
-from exporting import variants
+from exporting import build, variants
 from runtime.metadata import read_metadata
 from utils import UserError
 
@@ -77,7 +77,7 @@ def test_another_rule_is_another_variant_but_a_moved_cv_threshold_is_not(run, tm
 def test_a_file_of_someone_else_is_not_overwritten(run, tmp_path, monkeypatch):
     out = tmp_path / "notes.onnx"
     out.write_text("not a model")
-    monkeypatch.setattr(export, "to_onnx_bytes", lambda *a, **k: pytest.fail("traced before the guard"))
+    monkeypatch.setattr(build, "to_onnx_bytes", lambda *a, **k: pytest.fail("traced before the guard"))
     with pytest.raises(UserError, match="holds another export \\(not an export of ours\\)"):
         export.main(["--work-dir", str(run), "--output", str(out), "--tta", "hflip"])
     assert out.read_text() == "not a model"
@@ -103,7 +103,7 @@ def test_int8_checks_the_val_dir_before_exporting(run, tmp_path, monkeypatch, la
     val = tmp_path / "val"
     if layout:
         _write_val_dir(val, *layout)
-    monkeypatch.setattr(export, "to_onnx_bytes", lambda *a, **k: pytest.fail("exported before the checks"))
+    monkeypatch.setattr(build, "to_onnx_bytes", lambda *a, **k: pytest.fail("exported before the checks"))
     with pytest.raises(UserError, match=message) as err:
         export.main(["--work-dir", str(run), "--fold", "0", "--int8", "--val-dir", str(val)])
     assert "\n" not in str(err.value)

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+from utils import UserError
+
+# <name>.int8.onnx beside the export: auto = when held-back images can measure it (export.py --int8, INT8)
+INT8_MODES = ("auto", "on", "off")
+
 
 def parse_bool(text: str) -> bool:
     value = text.strip().lower()
@@ -135,3 +140,13 @@ def ema_decay(text: str) -> float:
 
 
 ema_decay.__name__ = "EMA decay"
+
+
+def int8_mode(value: str | bool | None) -> str:
+    """INT8 / export.py --int8: auto, on or off (True/False: the old on/off switch)."""
+    if isinstance(value, bool) or value is None:
+        return "on" if value else "off"
+    mode = str(value).strip().lower()
+    if mode not in INT8_MODES:
+        raise UserError(f"--int8 {value!r} is not valid; use one of: {', '.join(INT8_MODES)}")
+    return mode
