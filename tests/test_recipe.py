@@ -81,3 +81,16 @@ def test_the_plan_is_applied_and_saved_for_a_resumed_run(tmp_path):
 def test_an_env_var_counts_as_given(env):
     cfg = load_config([], environ=env)
     assert set(env.lower() for env in env) <= explicit_settings(cfg)
+
+
+def test_a_short_budget_trains_one_model_with_a_tenth_held_back():
+    cost = lambda size: 1e-6 * size * size  # noqa: E731
+    short, _ = plan(report(width=512, height=512, images=100, thin=30), ["--time-budget", "10m"], cost)
+    assert short["folds"] == 10 and short["fold_ids"] == "0"
+    epochs = lambda s: 600 * 0.8 / (90 * cost(s))  # noqa: E731  one fold of 90 training images
+    assert epochs(short["input_size"]) >= TARGET_EPOCHS
+    long, _ = plan(report(width=512, height=512, images=100, thin=30), ["--time-budget", "10h"], cost)
+    assert "folds" not in long and "fold_ids" not in long and "input_size" not in long  # 512, the default
+    given, _ = plan(report(width=512, height=512, images=100, thin=30), ["--time-budget", "10m", "--fold-ids", "1"],
+                    cost)
+    assert "folds" not in given and "fold_ids" not in given

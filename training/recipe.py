@@ -15,6 +15,8 @@ fingerprint-then-plan, but for a time budget on the machine at hand instead of d
   train on native-resolution patches instead.
 - AUGMENT: full (flips, affine, colour) for a few hundred images or fewer, flip alone for more (MANY_IMAGES): with
   many photos the extra distortions cost epochs and, on street scenes with a horizon, mislead.
+- FOLDS / FOLD_IDS: under a budget too short to give every fold TARGET_EPOCHS at the images' own size, one model
+  with a tenth of the images held back (FOLDS=10, FOLD_IDS=0) instead of five undertrained ones.
 - EMA 0.999 (the average of the weights): it never lost in the equal-budget comparisons.
 - EPOCHS 1000 under a budget (the budget decides); CLASS_WEIGHTS auto when one class has a tenth of another's pixels.
 """
@@ -35,6 +37,7 @@ STEP = 32  # sizes are multiples of the models' stride
 PATCH = 384  # the side of native-resolution training patches
 MANY_IMAGES = 300  # from this many training images on, AUGMENT=flip
 BUDGET_SHARE = 0.8  # of TIME_BUDGET, what the plan counts as training time (the rest: start-up, scoring, export)
+HOLD_OUT = 10  # under a short budget: one model, FOLDS=10 FOLD_IDS=0 (a tenth held back)
 RECIPE_NAME = "recipe.json"  # in WORK_DIR: the plan, reused by a resumed run so its settings (and hash) hold
 
 
@@ -103,6 +106,23 @@ def plan_size(report: dict, images: int, budget_s: float, image_s: Callable[[int
                        "there, fewer than the "f"{TARGET_EPOCHS} wanted: a longer budget would help")
 
 
+def trained_images(images: int, folds: int, fold_ids: list[int]) -> int:
+    """The images an epoch of every fold the run trains goes through, together."""
+    return len(fold_ids) * (images * (folds - 1) // folds if folds > 1 else images)
+
+
+def plan_folds(report: dict, cfg, explicit: set[str], images: int, budget_s: float,
+               image_s: Callable[[int], float]) -> tuple[int, list[int]]:
+    """(FOLDS, the folds to train): every fold when the budget gives each TARGET_EPOCHS at the size the plan would
+    take (the images' own, or INPUT_SIZE when given), else one fold of HOLD_OUT (a tenth held back)."""
+    native = native_side(report)
+    size = cfg.input_size if "input_size" in explicit else min(native, MAX_NATIVE)
+    every = trained_images(images, cfg.folds, cfg.selected_folds())
+    if epochs_at(size, native, every, budget_s * BUDGET_SHARE, image_s) >= TARGET_EPOCHS:
+        return cfg.folds, cfg.selected_folds()
+    return HOLD_OUT, [0]
+
+
 def class_balance(report: dict) -> float | None:
     """The rarest foreground class's pixels over the most common's (multi-class), or None."""
     fractions = list(report.get("class_fractions", {}).values())[1:]
@@ -118,16 +138,23 @@ def plan_recipe(report: dict, cfg, explicit: set[str], image_s: Callable[[int], 
     gives the seconds one training image costs at a long side of `size` (only called under TIME_BUDGET); `budget_s`
     is what is left of TIME_BUDGET (default: all of it)."""
     images = int(report["images"])
-    trained = len(cfg.selected_folds()) * (images * (cfg.folds - 1) // cfg.folds if cfg.folds > 1 else images)
     decisions: list[Decision] = []
 
     def decide(setting: str, value: Any, reason: str) -> None:
         if setting not in explicit and getattr(cfg, setting) != value:
             decisions.append(Decision(setting, value, reason))
 
+    left = (cfg.time_budget if budget_s is None else budget_s) if cfg.time_budget else 0
+    folds, fold_ids = cfg.folds, cfg.selected_folds()
+    if left and image_s is not None and cfg.task == "segment" and not {"folds", "fold_ids"} & explicit:
+        folds, fold_ids = plan_folds(report, cfg, explicit, images, left, image_s)
+        if fold_ids != cfg.selected_folds():
+            why = (f"the budget cannot train {cfg.folds} folds for {TARGET_EPOCHS} epochs each at the images' own "
+                   f"size: one model, with a tenth of the images held back to choose its threshold and checkpoint")
+            decide("folds", folds, why)
+            decide("fold_ids", ",".join(map(str, fold_ids)), why)
     if "input_size" not in explicit and "train_patch" not in explicit and cfg.task == "segment":
-        left = cfg.time_budget if budget_s is None else budget_s
-        size, patch, why = plan_size(report, trained, left if cfg.time_budget else 0, image_s)
+        size, patch, why = plan_size(report, trained_images(images, folds, fold_ids), left, image_s)
         decide("input_size", size, why)
         decide("train_patch", patch, why)
     if "augment" not in explicit:
