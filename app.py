@@ -68,6 +68,7 @@ class Settings:
     background: bool | None = None  # False: class 0 is a class like any other (--no-background); None: the model's
     precision: str = "auto"  # auto, fp32, int8 (runtime/precision.py)
     backend: str = "auto"  # the model's engine: auto, onnxruntime, openvino (inference.py --backend)
+    tile: str = "auto"  # large images as tiles: auto (the model's metadata) or off (inference.py --tile)
 
     def post(self) -> dict:
         """The Segmenter's post-processing options: None leaves that part of the model's rule as it is."""
@@ -86,7 +87,7 @@ def read_env(environ) -> dict:
 @st.cache_resource(show_spinner="Loading the model...", max_entries=4)
 def load_segmenter(model_path: str, stamp: tuple, device: str, threads: int, tta: str, gate_path: str | None = None,
                    gate_stamp: tuple = (), class_names: str = "", background: bool | None = None,
-                   precision: str = "auto", backend: str = "auto") -> Segmenter:
+                   precision: str = "auto", backend: str = "auto", tile: str = "auto") -> Segmenter:
     """One ONNX Runtime session per model file (and its mtime/size stamp), device, threads, TTA and description
     (class names, background: inference.py's --class-names / --no-background), plus the gate's session when a
     gate file is given.
@@ -96,7 +97,7 @@ def load_segmenter(model_path: str, stamp: tuple, device: str, threads: int, tta
     """
     description = {"class_names": parse_class_names(class_names or None), "background": background}
     return Segmenter(model_path, device=device, threads=threads, tta=tta, gate=gate_path, description=description,
-                     precision=precision, backend=backend)
+                     precision=precision, backend=backend, tile=tile)
 
 
 @st.cache_resource
@@ -119,7 +120,7 @@ def open_segmenter(settings: Settings) -> Segmenter:
         gate_stamp = (gate.stat().st_mtime_ns, gate.stat().st_size)
     segmenter = load_segmenter(str(path), folder_stamp(path), settings.device, settings.threads,
                                settings.tta, str(gate) if gate else None, gate_stamp, settings.class_names,
-                               settings.background, settings.precision, settings.backend)
+                               settings.background, settings.precision, settings.backend, settings.tile)
     if gate is not None and settings.gate_threshold is not None:
         segmenter = segmenter.with_gate_threshold(settings.gate_threshold)
     return segmenter.with_options(**settings.post())
@@ -185,6 +186,9 @@ def sidebar(defaults: dict) -> Settings:
                                      help="auto: on the CPU, the int8 copy export.py measured beside the model when it "
                                      "lost at most 0.01 Dice and was faster; fp32: always the float32 file")
     tta = st.sidebar.selectbox("Flip TTA", tuple(TTA_FLIPS), key="tta")
+    tile = st.sidebar.selectbox("Tiles", ("auto", "off"), key="tile",
+                                help="auto: images larger than the tiles a patch-trained model records run as "
+                                "overlapping tiles at its scale; off: whole images")
     gate_path = st.sidebar.text_input("Gate (.onnx path, optional)", value=defaults.get("gate_path", ""),
                                       key="gate_path", help="a clean/defect gate from train.py --task classify: images "
                                       "it judges clean are not segmented (status gated_clean)")
@@ -218,7 +222,7 @@ def sidebar(defaults: dict) -> Settings:
     stride = int(st.sidebar.number_input("Video: infer every Nth frame", 1, 100, 1, key="vid_stride"))
     return Settings(model_path.strip(), device, threads, tta, threshold, close, open_, fill, alpha, image_max,
                     video_max, stride, gate_path.strip(), gate_threshold, class_names.strip(),
-                    False if no_background else None, precision, backend)
+                    False if no_background else None, precision, backend, tile)
 
 
 def show_running(segmenter: Segmenter) -> None:

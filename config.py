@@ -139,6 +139,9 @@ FIELDS: tuple[Field, ...] = (
           "Empty: every image is padded to an INPUT_SIZE square", legacy_default=""),
     Field("patches_per_image", positive(int), 1, "TRAIN_PATCH: random crops drawn from each training image per epoch",
           legacy_default=1),
+    Field("tile", parse_patch, "", "HxW: score out of fold, and serve (the exported model's metadata), images larger "
+          "than it as overlapping HxW tiles at their size, Gaussian-blended (runtime/tiling.py); empty: whole images",
+          trains=False),
     Field("batch_shape", str, "rect", "whole-image training batches: rect = images of one aspect batched together, "
           "padded to a multiple of 32 only, as the runtime pads; square = each image padded to an INPUT_SIZE square "
           "(the rule before rect; ignored with TRAIN_PATCH; the gate always batches as rect)", choices=BATCH_SHAPES,
@@ -213,7 +216,7 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("data", ("raw_img_dir", "raw_mask_dir", "raw_json_path", "raw_rle_csv", "raw_coco_json", "raw_yolo_yaml",
               "ignore_index", "check_data", "search_files", "split_dir", "groups", "max_image_pixels")),
     ("model", ("arch", "encoder", "encoder_weights", "classes", "class_names", "classes_file", "class_weights",
-               "input_size", "train_patch", "patches_per_image", "batch_shape", "augment")),
+               "input_size", "train_patch", "patches_per_image", "tile", "batch_shape", "augment")),
     ("optimisation", ("batch_size", "epochs", "time_budget", "recipe", "lr", "weight_decay", "adam_eps", "scheduler",
                       "restart_epochs", "grad_clip", "dice_weight", "bce_weight", "patience", "cooldown", "ema",
                       "eval_step", "eval_every", "use_amp", "load_model")),
@@ -261,6 +264,7 @@ class Config:
     input_size: int
     train_patch: str
     patches_per_image: int
+    tile: str
     batch_shape: str
     augment: str
     batch_size: int
@@ -302,6 +306,13 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def tile_hw(self) -> tuple[int, int] | None:
+        """(H, W) of the tiles large images are scored in, or None (whole images)."""
+        if not self.tile:
+            return None
+        h, w = self.tile.split("x")
+        return int(h), int(w)
 
     def patch_hw(self) -> tuple[int, int] | None:
         """(H, W) of the training crops, or None without TRAIN_PATCH."""
@@ -443,6 +454,9 @@ def validate(cfg: Config) -> None:
     if patch and (any(side % 32 for side in patch) or max(patch) > cfg.input_size):
         raise UserError(f"TRAIN_PATCH={cfg.train_patch!r}: both sides must be multiples of 32 and at most "
                         f"INPUT_SIZE={cfg.input_size} (e.g. 256x320 for 1600x256 images at INPUT_SIZE=1600)")
+    tile = cfg.tile_hw()
+    if tile and any(side % 32 for side in tile):
+        raise UserError(f"TILE={cfg.tile!r}: both sides must be multiples of 32 (the models' stride), e.g. 384x384")
     if cfg.folds < 2:
         raise UserError(f"FOLDS={cfg.folds} must be at least 2 for cross-validation")
     if cfg.dice_weight + cfg.bce_weight <= 0:

@@ -222,7 +222,7 @@ def build_segmenter(args: argparse.Namespace):
     return Segmenter(args.model, device=args.device, threads=args.threads, tta=args.tta, detector=args.detector,
                      gate=args.gate, gate_threshold=args.gate_threshold, description=model_description(args),
                      spinning=args.ort_spinning == "on", precision=args.precision, backend=args.backend,
-                     strict=args.strict, **post)
+                     strict=args.strict, tile=args.tile, tile_overlap=args.tile_overlap, **post)
 
 
 def warn_binary_only(args: argparse.Namespace, meta: dict) -> None:

@@ -146,6 +146,10 @@ def plain_metadata(plain: onnx.ModelProto) -> dict:
     if meta.get("crop_mode", "off") != "off":
         raise UserError("smart-crop models (crop_mode 'person') need their detector, which an end-to-end graph "
                         "does not hold; serve them with inference.py")
+    if meta.get("tile"):
+        size = meta["tile"]["size"]
+        raise UserError(f"the model runs large images as {size[0]}x{size[1]} tiles (it was trained on native-size "
+                        "patches), which an end-to-end graph does not do: serve it with inference.py or Segmenter")
     return meta
 
 

@@ -65,6 +65,11 @@ def add_model_args(add) -> None:
     add("--tta", default=None, choices=tuple(TTA_FLIPS),
         help="flip test-time augmentation, batched into one run (None: none, and flips already baked into "
              "the model are not repeated)")
+    add("--tile", default="auto", help="auto: images larger than the tile size the model's metadata records (a "
+        "model trained on native-size patches) run as overlapping tiles, Gaussian-blended; off: whole images; HxW: "
+        "that tile size, multiples of 32 (docs/inference.md#large-images-tiles)")
+    add("--tile-overlap", type=float, default=None, help="the share of a tile its neighbours overlap (default: the "
+        "metadata's, else 0.5)")
 
 
 def add_post_args(add) -> None:

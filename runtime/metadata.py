@@ -25,6 +25,7 @@ from utils import IMAGENET_MEAN, IMAGENET_STD, LOG, UserError, is_int, is_number
 METADATA_KEY = "segmentation"  # the ONNX metadata_props key holding the JSON document
 METADATA_VERSION = 1
 STRIDE = 32  # every smp encoder downsamples 32x: inputs are padded to a multiple of it
+TILE_OVERLAP = 0.5  # neighbouring tiles share half a tile (nnU-Net's step of half a patch)
 DEFAULT_INPUT_SIZE = 512  # the long side images are resized to (INPUT_SIZE's default; a model without the key)
 CROP_MODES = ("off", "person")  # smart crop (runtime/crop.py): the metadata's crop_mode values and CROP's choices
 TTA_MODES = ("none", "hflip", "flips")  # flip test-time augmentation (export.py --tta, inference.py --tta)
@@ -53,6 +54,12 @@ def _crop_ok(v) -> bool:
                          and is_int(v.get("min_size")) and v["min_size"] >= 1
                          and is_int(v.get("pad_value")) and 0 <= v["pad_value"] <= 255
                          and is_int(v.get("input_size")) and 32 <= v["input_size"] <= 16384)
+
+
+def _tile_ok(v) -> bool:
+    return v is None or (isinstance(v, dict) and isinstance(v.get("size"), list) and len(v["size"]) == 2
+                         and all(is_int(x) and x >= 32 and x % 32 == 0 for x in v["size"])
+                         and is_number(v.get("overlap")) and 0 <= v["overlap"] <= 0.9)
 
 
 def _any(_value) -> bool:
@@ -212,6 +219,10 @@ KEYS: tuple[Key, ...] = (
         "'none'; absent for models trained elsewhere and exported before it existed", "export.py (AUGMENT)",
         "export.py and runtime: a warning when --tta adds a flip training never made", tasks=(SEGMENT,),
         check=lambda v: v is None or v in ("h", "hv", "none"), must="'h', 'hv' or 'none'"),
+    Key("tile", None, "large images run as overlapping tiles of this size at the model's scale, Gaussian-blended: "
+        "{size: [H, W], overlap}; absent: whole images", "export.py (TILE)", "runtime/tiling.py via Segmenter "
+        "(--tile overrides); exporting.e2e refuses such a model", tasks=(SEGMENT,), check=_tile_ok,
+        must="null or {size: [H, W] multiples of 32, overlap in [0, 0.9]}"),
     Key("config_hash", None, "hash of the training settings that shaped the weights", "export.py", "provenance"),
     Key("created", None, "UTC export time", "export.py", "provenance"),
     Key("versions", None, "torch, smp, onnx, onnxruntime versions at export", "export.py", "provenance"),
@@ -302,6 +313,8 @@ def build_metadata(ckpt: dict, folds: list[int], threshold: float | None, min_ar
         **({"train_patch": cfg["train_patch"]} if cfg.get("train_patch") else
            {"batch_shape": cfg.get("batch_shape", "square")} if cfg else {}),
         **({"train_flips": AUGMENT_FLIPS.get(cfg.get("augment", "full"), "h")} if cfg else {}),
+        **({"tile": {"size": [int(x) for x in cfg["tile"].split("x")], "overlap": TILE_OVERLAP}} if cfg.get("tile")
+           else {}),
         "config_hash": ckpt.get("config_hash"),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions or {},

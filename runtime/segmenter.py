@@ -28,14 +28,16 @@ from runtime.e2e import is_end_to_end, load_e2e_metadata, predict_e2e
 from runtime.foreign import load_segmenter_metadata  # noqa: F401 - also imported from here
 from runtime.gate import Gate, clean_prediction
 from runtime.lineage import check_lineage
-from runtime.metadata import decode_metadata, untrained_flips
+from runtime.metadata import TILE_OVERLAP, decode_metadata, untrained_flips
 from runtime.postprocess import PostOptions, otsu_level, postprocess
 from runtime.rule import apply_overrides, describe_rule, post_fields, recorded_rule
 from runtime.precision import choose_precision
+from runtime.tiling import predict_tiled
 from runtime.session import CPU, DEFAULT_SPINNING, create_session, select_providers
 from utils import LOG, UserError, match_input_size, preprocess, read_image, restore_size
 
 # Flip TTA: the (H, W) axes of a (C, H, W) tensor each copy is flipped along; () is the original.
+TILE_BATCH = 4  # tiles per session.run: memory bounded by the output canvas plus one batch, whatever the image size
 TTA_FLIPS = {"none": ((),), "hflip": ((), (2,)), "flips": ((), (2,), (1,), (1, 2))}
 
 
@@ -86,6 +88,29 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def resolve_tiles(tile: str | None, overlap: float | None, meta: dict) -> tuple[tuple[int, int] | None, float]:
+    """((H, W) of the tiles large images run as, or None for whole images; their overlap). `tile`: None or 'auto'
+    (the model's metadata), 'off', or 'HxW' (multiples of the model's stride)."""
+    recorded = meta.get("tile") or {}
+    overlap = float(recorded.get("overlap", TILE_OVERLAP) if overlap is None else overlap)
+    if not 0 <= overlap <= 0.9:
+        raise UserError(f"--tile-overlap {overlap} is not valid; use a fraction from 0 to 0.9 (0.5: half a tile)")
+    text = "auto" if tile is None else str(tile).strip().lower()
+    if text == "off":
+        return None, overlap
+    if text == "auto":
+        size = recorded.get("size")
+        if size:
+            LOG.info("tiles: images larger than %dx%d run as overlapping tiles (the model was trained on patches)",
+                     size[1], size[0])
+        return (tuple(size) if size else None), overlap
+    parts = text.replace("*", "x").split("x")
+    stride = int(meta.get("stride", 32))
+    if len(parts) != 2 or not all(p.isdigit() and int(p) >= stride and int(p) % stride == 0 for p in parts):
+        raise UserError(f"--tile {tile!r} is not valid; use auto, off or HxW in multiples of {stride} (e.g. 512x512)")
+    return (int(parts[0]), int(parts[1])), overlap
+
+
 def fixed_input_size(name: str, shape) -> tuple[int, int] | None:
     """(H, W) of an (N, 3, H, W) model input exported with a static size, else None (dynamic). The layout
     itself was checked at load (runtime.foreign.check_io)."""
@@ -117,7 +142,8 @@ class Segmenter:
     def __init__(self, model_path, device: str = "auto", threads: int = 0, tta: str | None = None,
                  session=None, providers: str | None = None, detector=None, gate=None,
                  gate_threshold: float | None = None, description: dict | None = None, precision: str = "auto",
-                 spinning: bool | None = None, backend: str = "auto", strict: bool = False, **post):
+                 spinning: bool | None = None, backend: str = "auto", strict: bool = False, tile: str | None = None,
+                 tile_overlap: float | None = None, **post):
         self.model_path = Path(model_path) if model_path is not None else None
         given = self.model_path if session is None else None  # a session given: no files to compare
         self.spinning = DEFAULT_SPINNING if spinning is None else bool(spinning)  # onnxruntime's spin-waiting
@@ -148,6 +174,7 @@ class Segmenter:
         self.precision = self.precision or str(self.meta.get("precision") or "fp32")
         self.max_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else 0  # 0: any
         self.tta = self._resolve_tta(tta)
+        self.tile_hw, self.tile_overlap = resolve_tiles(tile, tile_overlap, self.meta)
         self.post = self._post_options(post)
         self.lineage = check_lineage(given, self.model_path, strict) if given else []
         self.timing = {"pre_ms": 0.0, "infer_ms": 0.0, "post_ms": 0.0}
@@ -287,6 +314,17 @@ class Segmenter:
         probs = restore_size(total / len(flips), valid_hw, orig_hw, input_hw=x.shape[1:])  # (C, H, W)
         return np.ascontiguousarray(probs, dtype=np.float32)
 
+    def tiles_for(self, valid_hw: tuple[int, int]) -> bool:
+        """Whether an image of this (resized) size runs as tiles: tiling is on and the image is larger than one."""
+        return self.tile_hw is not None and (valid_hw[0] > self.tile_hw[0] or valid_hw[1] > self.tile_hw[1])
+
+    def _run_tiles(self, tiles: list[np.ndarray]) -> list[np.ndarray]:
+        """(3, th, tw) tiles -> (C, th, tw) probabilities each, their TTA flips averaged."""
+        flips = TTA_FLIPS[self.tta]
+        outputs = self._run([flip_valid(t, axes, t.shape[1:]) for t in tiles for axes in flips])
+        return [self._merge_flips(outputs[k * len(flips):(k + 1) * len(flips)], t, t.shape[1:], t.shape[1:])
+                for k, t in enumerate(tiles)]
+
     def predict_probs_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """RGB images -> (C, H, W) float32 probabilities at each image's own size."""
         return self._predict_cropped(images)[0]
@@ -315,14 +353,24 @@ class Segmenter:
         t0 = time.perf_counter()
         images = [as_rgb(image) for image in images]
         prepared = [self.prepare(image) for image in images]  # ((3, H', W'), (h, w)) each
+        tiled = [self.tiles_for(valid_hw) for _, valid_hw in prepared]
         flips = TTA_FLIPS[self.tta]
-        tensors = [flip_valid(x, axes, valid_hw) for x, valid_hw in prepared for axes in flips]
+        whole = [i for i, t in enumerate(tiled) if not t]
+        tensors = [flip_valid(prepared[i][0], axes, prepared[i][1]) for i in whole for axes in flips]
         t1 = time.perf_counter()
         outputs = self._run(tensors)
+        results: list = [None] * len(images)
+        for i in (i for i, t in enumerate(tiled) if t):  # larger than a tile: tiles at the model's scale, blended
+            x, valid_hw = prepared[i]
+            results[i] = predict_tiled(x, valid_hw, self.tile_hw, self._run_tiles, self.tile_overlap, TILE_BATCH)
         t2 = time.perf_counter()
         n_flips = len(flips)
-        results = [self._merge_flips(outputs[i * n_flips:(i + 1) * n_flips], x, valid_hw, image.shape[:2])
-                   for i, (image, (x, valid_hw)) in enumerate(zip(images, prepared))]
+        for k, i in enumerate(whole):
+            x, valid_hw = prepared[i]
+            results[i] = self._merge_flips(outputs[k * n_flips:(k + 1) * n_flips], x, valid_hw, images[i].shape[:2])
+        for i in (i for i, t in enumerate(tiled) if t):
+            probs = restore_size(results[i], prepared[i][1], images[i].shape[:2])  # (C, H, W)
+            results[i] = np.ascontiguousarray(probs, dtype=np.float32)
         t3 = time.perf_counter()
         n = max(len(images), 1)
         self.timing = {"pre_ms": (t1 - t0) * 1e3 / n, "infer_ms": (t2 - t1) * 1e3 / n, "post_ms": (t3 - t2) * 1e3 / n}

@@ -3,6 +3,7 @@
 import csv
 
 import cv2
+import pytest
 
 import demo
 
@@ -57,9 +58,10 @@ def test_runtime_reproduces_the_trainers_original_resolution_dice(trained_run, t
     assert abs(result["mean_dice"] - oof.at(0.5)[0]) < 1e-3
 
 
-def test_multiclass_patch_run_train_oof_equals_runtime_gt_per_class(tmp_path):
+@pytest.mark.parametrize("tile", ["", "64x64"])
+def test_multiclass_patch_run_train_oof_equals_runtime_gt_per_class(tmp_path, tile):
     """Patch-trained strips: cv_summary.json's out-of-fold per-class Dice/IoU == inference.py --gt on the same
-    images."""
+    images, whole or (TILE) as tiles on both sides."""
     import json
     import shutil
 
@@ -74,13 +76,14 @@ def test_multiclass_patch_run_train_oof_equals_runtime_gt_per_class(tmp_path):
     work = tmp_path / "work"
     train.run(load_config(tiny_argv(data, work, classes=5, classes_file=data / "classes.txt", class_weights="auto",
                                     input_size=256, train_patch="64x64", patches_per_image=2, epochs=2,
-                                    fold_ids="0"), environ={}))
+                                    fold_ids="0", tile=tile), environ={}))
     trained = json.loads((work / "cv_summary.json").read_text())["folds"]["0"]["oof"]
     import export
 
     meta = export.read_metadata(work / "model.onnx")  # whole images at inference: input_size is the long side
     assert (meta["input_size"], meta["train_patch"], meta["num_classes"]) == (256, "64x64", 5)
     assert meta["class_names"] == ["background", "pits", "scratch", "scale", "blotch"]
+    assert meta.get("tile") == ({"size": [64, 64], "overlap": 0.5} if tile else None)
     val_dir = tmp_path / "val"
     for folder in ("images", "masks"):
         (val_dir / folder).mkdir(parents=True)

@@ -69,3 +69,86 @@ def test_an_image_smaller_than_the_tile_is_one_padded_tile():
     probs = predict_tiled(x, (50, 90), (128, 128), lambda ts: calls.extend(t.shape for t in ts) or
                           [t[:1] for t in ts], overlap=0.5)
     assert calls == [(3, 64, 96)] and probs.shape == (1, 50, 90)
+
+
+# ----------------------------------------------------------------------------- the Segmenter and the CLI
+
+
+def tiled_model(tmp_path, size: int = 64):
+    from test_inference import TEST_META, build_model
+
+    meta = {**TEST_META, "input_size": 256, "tile": {"size": [size, size], "overlap": 0.5}}
+    return build_model(tmp_path / "tiled.onnx", meta)
+
+
+def photo(h: int = 150, w: int = 230) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    image = (rng.random((h, w, 3)) * 80).astype(np.uint8)
+    image[40:90, 60:170] = 230
+    return image
+
+
+class Recorder:
+    """An onnxruntime session that records the input shapes it is run on."""
+
+    def __init__(self, path):
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.shapes = []
+
+    def run(self, names, feeds):
+        self.shapes.append(next(iter(feeds.values())).shape)
+        return self.session.run(names, feeds)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def test_a_patch_trained_model_runs_large_images_as_tiles_and_a_pointwise_one_gives_the_whole_answer(tmp_path):
+    from inference import Segmenter
+
+    path = tiled_model(tmp_path)
+    recorder = Recorder(path)
+    tiled = Segmenter(path, session=recorder)
+    assert tiled.tile_hw == (64, 64) and tiled.tile_overlap == 0.5
+    probs = tiled.predict_probs(photo())  # resized to 256 x 167: tiles of 64 x 64, 4 to a run
+    assert recorder.shapes and all(s[1:] == (3, 64, 64) and s[0] <= 4 for s in recorder.shapes)
+    whole = Segmenter(path, tile="off").predict_probs(photo())
+    np.testing.assert_allclose(probs, whole, atol=1e-5)  # a 1x1 convolution: the blend is exact
+    assert Segmenter(path, tile="off").tile_hw is None
+
+
+def test_small_images_and_other_tile_sizes(tmp_path):
+    from inference import Segmenter
+
+    path = tiled_model(tmp_path, size=512)  # larger than the resized image: no tiles
+    recorder = Recorder(path)
+    Segmenter(path, session=recorder).predict_probs(photo())
+    assert [s[2:] for s in recorder.shapes] == [(192, 256)]  # one whole run, padded to the stride
+    recorder.shapes.clear()
+    Segmenter(path, session=recorder, tile="96x128", tile_overlap=0.25).predict_probs(photo())
+    assert {s[2:] for s in recorder.shapes} == {(96, 128)}
+
+
+@pytest.mark.parametrize("tile, overlap, message", [("70x70", None, "multiples of 32"), ("big", None, "auto, off"),
+                                                    ("auto", 0.95, "--tile-overlap 0.95")])
+def test_bad_tile_options_are_one_line(tmp_path, tile, overlap, message):
+    from inference import Segmenter
+    from utils import UserError
+
+    with pytest.raises(UserError, match=message):
+        Segmenter(tiled_model(tmp_path), tile=tile, tile_overlap=overlap)
+
+
+def test_the_cli_tiles_and_the_end_to_end_export_refuses(tmp_path):
+    import inference
+    from exporting import e2e
+    from utils import UserError, write_png
+
+    path = tiled_model(tmp_path)
+    write_png(tmp_path / "in" / "a.png", photo())
+    inference.main(["--model", str(path), "--source", str(tmp_path / "in"), "--output", str(tmp_path / "out")])
+    assert (tmp_path / "out" / "masks" / "a.png").is_file()
+    with pytest.raises(UserError, match="tiles .* which an end-to-end graph does not do"):
+        e2e.convert(path)

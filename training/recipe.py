@@ -11,14 +11,16 @@ fingerprint-then-plan, but for a time budget on the machine at hand instead of d
   region width, background included: the gaps between objects count) fall under MIN_WIDTH_PX pixels. A cost model
   (seconds per image at a size, measured on this machine by the caller) turns sizes into epochs. Without a budget,
   the native size (at most MAX_NATIVE).
-- TRAIN_PATCH (with tiled inference): images larger than MAX_NATIVE whose thin structures would vanish when shrunk
-  train on native-resolution patches instead.
+- TRAIN_PATCH and TILE: images larger than MAX_NATIVE whose thin structures would vanish when shrunk train on
+  native-resolution patches, and are scored out of fold and served as tiles of that size (runtime/tiling.py).
 - AUGMENT: full (flips, affine, colour) for a few hundred images or fewer, flip alone for more (MANY_IMAGES): with
   many photos the extra distortions cost epochs and, on street scenes with a horizon, mislead.
 - FOLDS / FOLD_IDS: under a budget too short to give every fold TARGET_EPOCHS at the images' own size, one model
   with a tenth of the images held back (FOLDS=10, FOLD_IDS=0) instead of five undertrained ones.
 - EMA 0.999 (the average of the weights): it never lost in the equal-budget comparisons.
-- EPOCHS 1000 under a budget (the budget decides); CLASS_WEIGHTS auto when one class has a tenth of another's pixels.
+- Under a budget: EPOCHS 1000 (the budget decides), SCHEDULER onecycle (the budget fixes the steps, so one cycle
+  anneals exactly by the end) and, from scratch, LR 1e-3, its peak.
+- CLASS_WEIGHTS auto when one class has a tenth of another's pixels.
 """
 
 from __future__ import annotations
@@ -157,6 +159,8 @@ def plan_recipe(report: dict, cfg, explicit: set[str], image_s: Callable[[int], 
         size, patch, why = plan_size(report, trained_images(images, folds, fold_ids), left, image_s)
         decide("input_size", size, why)
         decide("train_patch", patch, why)
+        if patch and "tile" not in explicit:
+            decide("tile", patch, "the model sees native-size patches, so large images are scored and served as tiles")
     if "augment" not in explicit:
         if images >= MANY_IMAGES:
             decide("augment", "flip", f"{images} images: enough variety that flips alone keep the epochs for learning")
@@ -165,6 +169,10 @@ def plan_recipe(report: dict, cfg, explicit: set[str], image_s: Callable[[int], 
     decide("ema", 0.999, "an average of the weights: steadier than the last step, never worse in the comparisons")
     if cfg.time_budget:
         decide("epochs", 1000, "the time budget decides how many")
+        if "scheduler" not in explicit:
+            decide("scheduler", "onecycle", "the budget fixes the steps: one cycle warms up and anneals exactly by the end")
+            if "lr" not in explicit and cfg.encoder_weights in (None, "", "none"):
+                decide("lr", 1e-3, "one cycle's peak for a model trained from scratch")
     balance = class_balance(report)
     if cfg.classes > 1 and balance is not None and balance < 0.1:
         decide("class_weights", "auto", f"the rarest class has {balance:.1%} of the commonest one's pixels")

@@ -8,6 +8,7 @@ defective images.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,18 @@ from training import classify
 from config import Config
 from dataset import CacheEntry
 from model import load_checkpoint
-from runtime.metadata import MULTICLASS_RULE, preprocess_metadata
+from runtime.metadata import MULTICLASS_RULE, TILE_OVERLAP, preprocess_metadata
+from runtime.tiling import predict_tiled
 from training.distributed import gather, is_main, shard
 from training.loop import Task, evaluate_checkpoint
 from training.metrics import OOFStats
+
+
+def model_probs(model, classes: int, device, tensors: list[np.ndarray]) -> list[np.ndarray]:
+    """(3, H, W) inputs of one shape -> (C, H, W) probabilities, fp32, as the exported model computes them."""
+    logits = model(torch.from_numpy(np.stack(tensors)).to(device)).float()  # (N, C, H, W)
+    probs = torch.sigmoid(logits) if classes == 1 else torch.softmax(logits, 1)
+    return list(probs.cpu().numpy())
 
 
 @torch.inference_mode()
@@ -42,9 +51,12 @@ def score_original_resolution(task: Task, path: Path, sources: list, device, oof
         mask = source.load_mask(cfg.classes, cfg.max_image_pixels, image.shape[:2], cfg.ignore_index)
         view = crop_square(image, box, cfg.input_size, cfg.crop_pad_value) if box else image
         chw, valid_hw = preprocess(view, meta)  # (3, H', W')
-        logits = model(torch.from_numpy(chw)[None].to(device)).float()[0]  # fp32, as the exported model runs
-        probs = torch.sigmoid(logits) if cfg.classes == 1 else torch.softmax(logits, 0)
-        probs = restore_size(probs.cpu().numpy(), valid_hw, view.shape[:2])  # (C, h, w)
+        tile = cfg.tile_hw()
+        if tile and (valid_hw[0] > tile[0] or valid_hw[1] > tile[1]):  # as the exported model will: tiles, blended
+            probs = predict_tiled(chw, valid_hw, tile, partial(model_probs, model, cfg.classes, device), TILE_OVERLAP)
+        else:
+            probs = model_probs(model, cfg.classes, device, [chw])[0]
+        probs = restore_size(probs, valid_hw, view.shape[:2])  # (C, h, w)
         if box:
             probs = paste_back(probs, box, image.shape[:2], background_fill(cfg.classes))
         probs = torch.from_numpy(np.ascontiguousarray(probs))  # (C, H, W)
