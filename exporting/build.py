@@ -58,7 +58,7 @@ def export_onnx(work_dir: str | Path, folds: list[int] | None = None, output: st
                 check: bool = True, tta: str = "none", logits: bool = False, simplify_graph: bool = False,
                 fp16: bool = False, int8: str | bool = "off", val_dir: str | Path | None = None,
                 calib_count: int = 64, force: bool = False, morphology: dict | None = None,
-                end_to_end: bool = False) -> Path:
+                end_to_end: bool = False, int8_timing_tries: int | None = None) -> Path:
     """Export the chosen folds of a training run as one averaged ONNX graph; returns its path.
 
     Without `output` a variant gets its own name (exporting/variants.py). fp16 writes <name>.fp16.onnx beside the
@@ -91,7 +91,8 @@ def export_onnx(work_dir: str | Path, folds: list[int] | None = None, output: st
         threshold = read_recommended_threshold(work_dir)
     name = ckpt.get("config", {}).get("name") or "model"
     output = Path(output) if output else variant_path(work_dir, name, subset, tta, logits)
-    int8_data = int8_plan(int8, work_dir, list(checkpoints), val_dir, calib_count)
+    int8_data = int8_plan(int8, work_dir, list(checkpoints), val_dir, calib_count,
+                          *([int8_timing_tries] if int8_timing_tries else []))
     weights = {path.name: file_digest(path) for path in checkpoints.values()}
     return export_segmenter(models, ckpt, list(checkpoints), output, threshold=threshold, min_area=min_area,
                             opset=opset, check=check, tta=tta, logits=logits, simplify_graph=simplify_graph,

@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 
 from exporting.checks import max_diff, parity_input, run_onnxruntime
-from exporting.evidence import compare_masks, measure_speedup, validation_pairs
+from exporting.evidence import LOAD_TRIES, compare_masks, measure_speedup, validation_pairs
 from exporting.onnx_metadata import set_metadata
 from runtime.lineage import source_record
 from runtime.metadata import read_metadata
@@ -131,16 +131,18 @@ def no_validation_set(work_dir: Path | None, folds: list[int], val_dir) -> str |
     return None
 
 
-def int8_plan(mode: str | bool | None, work_dir: Path | None, folds: list[int], val_dir, count: int) -> tuple | None:
-    """int8_inputs for --int8 on, or auto with a validation set at hand; None (off, or auto without one: one line
-    says why) means no int8 copy."""
+def int8_plan(mode: str | bool | None, work_dir: Path | None, folds: list[int], val_dir, count: int,
+              timing_tries: int = LOAD_TRIES) -> tuple | None:
+    """int8_inputs (+ timing_tries: the timings under load before the speed-up is left unstored; 1 inside a time
+    budget, which cannot wait for the load to fall) for --int8 on, or auto with a validation set at hand; None (off,
+    or auto without one: one line says why) means no int8 copy."""
     mode = int8_mode(mode)
     if mode == "auto":
         reason = no_validation_set(work_dir, folds, val_dir)
         if reason is not None:
             LOG.info("no int8 copy: %s (--val-dir DIR measures one; --int8 off silences this)", reason)
             return None
-    return int8_inputs(work_dir, folds, val_dir, count) if mode != "off" else None
+    return (*int8_inputs(work_dir, folds, val_dir, count), timing_tries) if mode != "off" else None
 
 
 def quantize_int8(fp32_path: Path, images: list[Path], meta: dict) -> onnx.ModelProto:
@@ -169,7 +171,7 @@ def quantize_int8(fp32_path: Path, images: list[Path], meta: dict) -> onnx.Model
 
 
 def write_int8(fp32_path: Path, metadata: dict, images: list[Path], pairs: list[tuple[Path, Path]],
-               what: str = "--val-dir") -> Path:
+               what: str = "--val-dir", timing_tries: int = LOAD_TRIES) -> Path:
     """<name>.int8.onnx calibrated on `images` and measured against the fp32 file on the held-back `pairs`
     (int8_inputs; `what` names them) before it is written: it records its Dice change and mask agreement under
     the rule, the speed-up when the machine was quiet enough to time it, and its source (runtime/precision.py
@@ -181,7 +183,7 @@ def write_int8(fp32_path: Path, metadata: dict, images: list[Path], pairs: list[
     proto = set_metadata(quantize_int8(fp32_path, images, metadata), meta)
     data = proto.SerializeToString()
     masks = compare_masks(fp32_path, data, pairs, int(metadata["num_classes"]))
-    timing = measure_speedup(fp32_path, data, [image for image, _ in pairs], metadata)
+    timing = measure_speedup(fp32_path, data, [image for image, _ in pairs], metadata, tries=timing_tries)
     speedup = timing.pop("speedup", None)
     meta.update(int8_dice_delta=masks["int8_dice_delta"], int8_min_iou=masks["int8_min_iou"], int8_timing=timing,
                 int8_val_images=len(pairs), int8_val_set=what, **({"int8_speedup": speedup} if speedup else {}))

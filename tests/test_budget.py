@@ -282,3 +282,35 @@ def test_a_plan_the_probe_misjudged_is_corrected_after_two_epochs_and_resumes_co
         train.run(cfg)
     assert "fold 0: resuming after epoch 3" in caplog.text and "fold 0 epoch 5/5" in caplog.text
     assert torch.load(models / "fold0_last.pt", weights_only=True)["scheduler"]["last_epoch"] == 15
+
+
+def test_replan_to_the_step_fills_what_whole_epochs_leave():
+    from training.budget import MIN_PARTIAL, replan_steps
+
+    # after 2 epochs, epochs of 30 s (25 s of 50 steps + 5 s of validation), a 5 % margin. 95 s left: 3 more whole
+    # epochs and too little after them for a useful last one; 110 s: 3 more, then a last one of the steps that fit
+    assert replan_steps(10, 2, 50, 30.0, 5.0, 95.0, 1000) == (5, 250)
+    epochs, total = replan_steps(10, 2, 50, 30.0, 5.0, 110.0, 1000)
+    assert epochs == 6 and 5 * 50 + MIN_PARTIAL * 50 <= total < 6 * 50
+    seconds = 3 * 30.0 + 5.0 + (total - 250) * 0.5  # the whole epochs, the last one's validation and its steps
+    assert seconds * 1.05 <= 110.0 < (seconds + 0.5) * 1.05 + 0.5
+    assert replan_steps(10, 2, 50, 30.0, 5.0, 110.0, 5) == (5, 250)  # EPOCHS caps it: no extra epoch
+    assert replan_steps(10, 10, 50, 30.0, 5.0, 500.0, 1000) == (10, 500)  # a finished plan stays as it is
+
+
+def test_a_last_shorter_epoch_trains_exactly_the_planned_steps(tmp_path, caplog, monkeypatch):
+    """A corrected plan of 14 steps at 3 steps an epoch: 4 whole epochs and a fifth of 2 steps, the schedule ending
+    exactly on its last step, the fifth epoch evaluated like any other."""
+    data = write_blobs(tmp_path / "data", 12)
+    work = tmp_path / "work"
+    cfg = load_config(tiny_argv(data, work, time_budget="10m", epochs=5, batch_size=2, export="false", fold_ids=0,
+                                scheduler="onecycle", patience=100), environ={})
+    probe = loop.probe_fold
+    monkeypatch.setattr(loop, "probe_fold", lambda run, *a, **k: {**probe(run, *a, **k), "step_s": 50.0})
+    monkeypatch.setattr(loop, "replan_steps", lambda *a, **k: (5, 14))
+    with caplog.at_level(logging.INFO, logger="seg"):
+        train.run(cfg)
+    assert "5 epochs (the last one 2 of 3 steps) instead of 3" in caplog.text
+    assert [r["epoch"] for r in records(work)] == [0, 1, 2, 3, 4] and records(work)[-1]["step"] == 14
+    ckpt = torch.load(work / "models" / "fold0_last.pt", weights_only=True)
+    assert ckpt["scheduler"]["total_steps"] == ckpt["scheduler"]["last_epoch"] == 14 == ckpt["state"]["step"]

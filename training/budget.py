@@ -9,7 +9,8 @@ all count. The pieces, each a plain function of numbers (the clock is passed in,
 - plan_epochs: from the measured cost of one optimizer step, one validation pass and one checkpoint write,
   what is left of the budget less the reserve for out-of-fold scoring and the export, shared equally by the
   folds to train -> epochs per fold (at most EPOCHS, at least 1) and the schedule's total steps.
-- replan: after a tenth of the plan (replan_epoch), the fold's epochs corrected to their measured time, once.
+- replan, replan_steps: after a tenth of the plan (replan_epoch), the fold's epochs corrected to their measured time,
+  once, to the step: a last shorter epoch uses what whole epochs would leave.
 - Budget: the run's clock; the end of each fold's share of what is left, and whether the next epoch fits in it.
 
 train.py measures the steps in training/loop.py (probe_fold); bench/plain_unet.py uses the same plan_epochs
@@ -35,6 +36,7 @@ REPLAN_SHARE = 0.1
 # The correction plans on epochs timed in full, already on the high side (the larger of their mean, slow first epochs
 # included, and the last), so it keeps a smaller margin: with 10 %, 15-minute horse runs ended 100-140 s early.
 REPLAN_MARGIN = 0.05
+MIN_PARTIAL = 0.25  # a last, shorter epoch fills the budget when at least this share of an epoch fits
 # Out-of-fold scoring of a fold (the val pass again, then every val image at its own size, one at a time, and the
 # test list): SCORE_FACTOR x the measured validation pass per val image scored, plus SCORE_BASE_S for loading the
 # model and reading originals. After the first fold, its measured time x SCORED_MARGIN replaces the estimate.
@@ -191,6 +193,23 @@ def replan(planned: int, done: int, epoch_s: float, seconds_left: float, max_epo
         return planned
     fit = math.floor(max(0.0, seconds_left) / (epoch_s * (1 + margin)) + 1e-9) if epoch_s > 0 else max_epochs
     return max(done + 1, min(max_epochs, done + fit))
+
+
+def replan_steps(planned: int, done: int, steps_per_epoch: int, epoch_s: float, eval_s: float, seconds_left: float,
+                 max_epochs: int, margin: float = REPLAN_MARGIN) -> tuple[int, int]:
+    """replan to the step: (epochs, total optimizer steps). The whole epochs that fit in `seconds_left` (+margin),
+    then, in the time still left, a last shorter epoch of the steps that fit with its validation (`eval_s`: the
+    validation and checkpoint after an epoch), when at least MIN_PARTIAL of an epoch fits: whole epochs alone leave
+    up to one epoch of the budget unused."""
+    epochs = replan(planned, done, epoch_s, seconds_left, max_epochs, margin)
+    if epochs >= max_epochs or epochs <= done or epoch_s <= 0:
+        return epochs, epochs * steps_per_epoch
+    step_s = max(epoch_s - eval_s, 1e-9) / steps_per_epoch
+    rest = max(0.0, seconds_left) / (1 + margin) - (epochs - done) * epoch_s - eval_s
+    extra = min(steps_per_epoch - 1, math.floor(rest / step_s)) if rest > 0 else 0
+    if extra < MIN_PARTIAL * steps_per_epoch:
+        return epochs, epochs * steps_per_epoch
+    return epochs + 1, epochs * steps_per_epoch + extra
 
 
 def replay(scheduler, steps: int):

@@ -28,7 +28,7 @@ from dataset import AspectBatchSampler, CacheEntry
 from model import load_checkpoint, read_checkpoint, save_checkpoint
 from training.budget import (
     INT8_CALIBRATION, PROBE_STEPS, Budget, Plan, epoch_estimate, export_estimate, format_duration, plan_epochs,
-    replan, replan_epoch, replay, score_estimate,
+    replan_epoch, replan_steps, replay, score_estimate,
 )
 from training.distributed import barrier, broadcast, is_main, rank, sync_buffers, wrap_ddp
 from training.ema import WeightEma
@@ -275,7 +275,10 @@ def train_one_epoch(run: FoldRun, epoch: int) -> dict:
     sums = run.task.new_sums()
     desc = f"fold {run.fold} epoch {epoch + 1}/{run.epochs}"
     bar = progress(run.train_loader, desc, every_s=run.cfg.log_every, enabled=is_main(), unit="step")
+    total = run.state["plan"]["total_steps"] if run.state.get("plan") else None
     for images, masks in bar:
+        if total is not None and run.state["step"] >= total:  # TIME_BUDGET: a last, shorter epoch ends here
+            break
         images, masks = images.to(run.device, non_blocking=True), masks.to(run.device, non_blocking=True)
         loss, logits = train_step(run, images, masks)
         sums.add_batch(loss, logits, masks, run.cfg.classes)
@@ -480,8 +483,9 @@ def budget_plan(run: FoldRun, budget: Budget) -> Plan:
     timings = probe_fold(run)
     val_s, val_images = timings["val_s"], len(run.val_loader.dataset)
     score_s = score_estimate(val_s, val_images, val_images + budget.test_images)
-    int8 = cfg.task == "segment" and (cfg.int8 == "on" or (cfg.int8 == "auto" and budget.test_images > 0))
-    int8_images = INT8_CALIBRATION + budget.test_images if int8 else 0
+    one_fold = len(budget.fold_ids) == 1  # export.py measures one fold's int8 copy on its own held-back images
+    int8 = cfg.task == "segment" and (cfg.int8 == "on" or (cfg.int8 == "auto" and (budget.test_images or one_fold)))
+    int8_images = INT8_CALIBRATION + (val_images if one_fold else budget.test_images) if int8 else 0
     export_s = export_estimate(len(budget.fold_ids), timings["image_s"], int8_images) if cfg.export else 0.0
     plan = plan_epochs(budget.seconds, budget.elapsed(), timings["step_s"], len(run.train_loader), val_s,
                        timings["overhead_s"], budget.folds_left, score_s, export_s, cfg.epochs,
@@ -502,23 +506,38 @@ def replan_fold(run: FoldRun, budget: Budget, fold_end: float, measured: list[fl
     if run.state["finished"]:
         return
     epoch_s = epoch_estimate(budget.plan.epoch_s, measured)
-    done, planned = run.state["epoch"] + 1, run.epochs
-    epochs = broadcast(replan(planned, done, epoch_s, fold_end - budget.clock(), run.cfg.epochs))
-    if epochs == planned:
+    done, planned, plan = run.state["epoch"] + 1, run.epochs, run.state["plan"]
+    eval_s = (budget.plan.val_s + budget.plan.overhead_s) / max(1, run.cfg.eval_every)
+    epochs, total = broadcast(replan_steps(planned, done, plan["steps_per_epoch"], epoch_s, eval_s,
+                                           fold_end - budget.clock(), run.cfg.epochs))
+    if total == plan["total_steps"]:
         return
-    plan = run.state["plan"]
-    set_plan(run, {**plan, "epochs": epochs, "total_steps": epochs * plan["steps_per_epoch"]})
+    set_plan(run, {**plan, "epochs": epochs, "total_steps": total})
     replay(run.scheduler, run.state["step"])
     change = epoch_s / budget.plan.epoch_s - 1
-    LOG.info("fold %d: budget: epochs take %s, %.0f %% %s than the planned %s: %d epochs instead of %d, the schedule "
-             "rebuilt over them", run.fold, format_duration(epoch_s), abs(change) * 100,
-             "more" if change > 0 else "less", format_duration(budget.plan.epoch_s), epochs, planned)
+    last = total - (epochs - 1) * plan["steps_per_epoch"]
+    short = f" (the last one {last} of {plan['steps_per_epoch']} steps)" if last < plan["steps_per_epoch"] else ""
+    LOG.info("fold %d: budget: epochs take %s, %.0f %% %s than the planned %s: %d epochs%s instead of %d, the "
+             "schedule rebuilt over them", run.fold, format_duration(epoch_s), abs(change) * 100,
+             "more" if change > 0 else "less", format_duration(budget.plan.epoch_s), epochs, short, planned)
+
+
+def next_epoch_estimate(run: FoldRun, budget: Budget, measured: list[float]) -> float:
+    """The next epoch's seconds: a whole epoch's estimate, its training part scaled down for a last, shorter one."""
+    epoch_s = epoch_estimate(budget.plan.epoch_s, measured)
+    plan, step = run.state.get("plan") or {}, run.state["step"]
+    spe = plan.get("steps_per_epoch") or 1
+    left = plan.get("total_steps", step + spe) - step
+    if left >= spe:
+        return epoch_s
+    eval_s = (budget.plan.val_s + budget.plan.overhead_s) / max(1, run.cfg.eval_every)
+    return eval_s + max(epoch_s - eval_s, 0.0) * max(left, 0) / spe
 
 
 def out_of_time(run: FoldRun, budget: Budget, fold_end: float, measured: list[float]) -> bool:
     """At an epoch boundary: whether the next epoch would end past this fold's share of the budget (rank 0 decides
     for every rank). If so, the fold is finished as it stands: its best checkpoint is kept, one line says why."""
-    epoch_s = epoch_estimate(budget.plan.epoch_s, measured)
+    epoch_s = next_epoch_estimate(run, budget, measured)
     stop = broadcast(not budget.next_epoch_fits(fold_end, epoch_s))
     if stop:
         LOG.info("%s", budget.stop_message(run.fold, run.state["epoch"] + 1, run.epochs, fold_end, epoch_s))
