@@ -50,8 +50,8 @@ SCORED_MARGIN = 1.25
 EXPORT_BASE_S = 15.0
 EXPORT_FOLD_S = 3.0
 EXPORT_FORWARDS = 30
-INT8_BASE_S = 30.0
-INT8_FORWARDS = 6
+INT8_BASE_S = 10.0
+INT8_FORWARDS = 3
 INT8_CALIBRATION = 64  # images export.py calibrates an int8 copy on (its --calib-count default)
 
 _PART = r"(\d+(?:\.\d*)?|\.\d+)"
