@@ -1,0 +1,232 @@
+"""Every equal-budget comparison the README and docs/results.md publish, re-run with the current code, and their tables.
+
+    python bench/results_suite.py                               # every set, seeds 42 and 1, 10-minute budgets: hours
+    python bench/results_suite.py --sets horse cfd --seeds 42   # some of them
+    python bench/results_suite.py --tables                      # the README and docs tables, from the JSONs only
+    python bench/results_suite.py --quick --out-dir /tmp/suite  # a smoke run on generated data (the test suite's)
+
+For every set, seed by seed (a slow hour of the host hits every row) and each run alone (it starts below a 1-minute
+load of --quiet), three rows, all Unet/resnet18 from scratch on the same photos with the same --budget:
+- plain: bench/plain_unet.py as a user writes it: every training image squashed to a square of the set's PLAIN_SIZE
+  px, horizontal flips, AdamW + OneCycle (peak 1e-3), Dice + BCE, fp32, the last epoch, threshold 0.5;
+- plain + recipe: the same script given the pipeline's augmentation (AUGMENT as its recipe chose) and threshold rule
+  (the best threshold on a tenth of the training images held back);
+- pipeline: train.py with --time-budget and nothing else of the recipe (RECIPE=auto plans it: size, folds, EMA,
+  schedule), scored by inference.py --gt with the model's own rule.
+Each is scored on the set's held-out photos at their original size: the mean per-image Dice and the Dice pooled
+over every pixel. One JSON per set in --out-dir (default bench/results/suite/); --tables rewrites the table between
+the <!-- results-suite --> markers of README.md and docs/results.md from those JSONs, and a test checks that the
+published numbers are the JSONs'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import HORSE, ISBI, ROOT, host_gflops, load_average, machine_info, median, write_result  # noqa: E402
+from equal_budget import hold_out, masks_of, run, wait_quiet  # noqa: E402
+
+SUITE = ROOT / "bench" / "results" / "suite"
+DATA = ROOT.parent / "data"  # sets built by bench/camvid.py and bench/crackforest.py (never committed)
+ARCH = ["--model", "Unet", "--encoder", "resnet18", "--encoder-weights", "none"]
+ROWS = ("pipeline", "plain_recipe", "plain")
+ROW_NAMES = {"pipeline": "pipeline", "plain_recipe": "plain + recipe", "plain": "plain script"}
+# name: (train images, held-out images or None (the last --holdout of train), holdout, plain size, what it is)
+SETS = {
+    "horse": (HORSE / "images" / "train", HORSE / "images" / "val", 0, 256,
+              "Weizmann horses: 250 train / 77 val photos, about 300x200"),
+    "isbi": (ISBI / "images", None, 6, 512, "ISBI 2012 EM membranes: 24 train / the last 6 of 30 slices, 512x512"),
+    "camvid": (DATA / "camvid_car" / "images" / "train", DATA / "camvid_car" / "images" / "test", 0, 480,
+               "CamVid cars: 367 train / 233 test street photos, 480x360 (bench/camvid.py)"),
+    "cfd": (DATA / "cfd" / "images" / "train", DATA / "cfd" / "images" / "test", 0, 480,
+            "CrackForest road cracks: 79 train / 39 test photos, 480x320, cracks 1-6 px wide (bench/crackforest.py)"),
+    "cfd_mosaic": (DATA / "cfd_mosaic" / "images" / "train", DATA / "cfd_mosaic" / "images" / "test", 0, 512,
+                   "CrackForest as large images: 4x4 photos, 1920x1280 (bench/crackforest.py --mosaic 4)"),
+}
+MARKERS = ("<!-- results-suite:start -->", "<!-- results-suite:end -->")
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def run_pipeline(train: Path, val: Path, budget: str, seed: int, work: Path, extra: list[str]) -> dict:
+    env = {**os.environ, "RAW_IMG_DIR": str(train), "RAW_MASK_DIR": str(masks_of(train)), "WORK_DIR": str(work)}
+    wall = run([sys.executable, "train.py", *ARCH, "--name", "model", "--time-budget", budget, "--seed", str(seed),
+                *extra], work.with_suffix(".train.log"), env)
+    run([sys.executable, "inference.py", "--model", str(work / "model.onnx"), "--source", str(val), "--output",
+         str(work / "pred"), "--gt", str(masks_of(val))], work.with_suffix(".score.log"))
+    scores = json.loads((work / "pred" / "metrics.json").read_text())
+    config = json.loads((work / "config.json").read_text())
+    records = [r for r in json.loads((work / "logs" / "metrics.json").read_text()) if r.get("kind") == "epoch"]
+    return {"dice": scores["mean_dice"], "pixel_dice": scores["pixel_dice"], "epochs": records[-1]["epoch"] + 1,
+            "wall_s": round(wall, 1), "recipe": config.get("recipe_plan", []), "augment": config["augment"],
+            "input_size": config["input_size"], "rule": scores.get("model", {}).get("rule")}
+
+
+def run_plain(train: Path, val: Path, budget: str, seed: int, size: int, work: Path, flags: list[str]) -> dict:
+    out = work / "plain.json"
+    work.mkdir(parents=True, exist_ok=True)
+    wall = run([sys.executable, "bench/plain_unet.py", "--train", str(train), "--val", str(val), "--size", str(size),
+                "--epochs", "1000", "--time-budget", budget, "--seed", str(seed), "--out", str(out), *flags],
+               work.with_suffix(".train.log"))
+    result = json.loads(out.read_text())
+    return {"dice": result["val_dice"], "pixel_dice": result["val_pixel_dice"], "epochs": result["epochs_reached"],
+            "wall_s": round(wall, 1), "threshold": result["threshold"], "flags": flags}
+
+
+def measured(fn) -> dict:
+    before = {"matmul_gflops": host_gflops(), "load": (load_average() or [None])[0]}
+    result = fn()
+    return {**result, "before": before, "after": {"matmul_gflops": host_gflops(), "load": (load_average() or [None])[0]}}
+
+
+def run_set(name: str, train: Path, val: Path | None, holdout: int, plain_size: int, args, tmp: Path) -> dict:
+    if val is None:
+        train, val = hold_out(train, holdout, tmp / name / "split")
+    runs: dict[str, list[dict]] = {row: [] for row in ROWS}
+    for seed in args.seeds:
+        for row in ROWS:
+            wait_quiet(args.quiet)
+            work = tmp / name / f"{row}_{seed}"
+            if row == "pipeline":
+                result = measured(lambda: run_pipeline(train, val, args.budget, seed, work, args.pipeline_flags))
+            else:
+                flags = [] if row == "plain" else ["--augment", runs["pipeline"][-1]["augment"], "--threshold",
+                                                   "heldout"]
+                result = measured(lambda: run_plain(train, val, args.budget, seed, plain_size, work, flags))
+            runs[row].append({"seed": seed, **result})
+            print(f"{name} {row} seed {seed}: Dice {result['dice']:.4f} (pooled {result['pixel_dice']:.4f}), "
+                  f"{result['epochs']} epochs, {result['wall_s']:.0f} s", flush=True)
+    summary = {row: {"mean_dice": sum(r["dice"] for r in rs) / len(rs),
+                     "mean_pixel_dice": sum(r["pixel_dice"] for r in rs) / len(rs),
+                     "epochs": [r["epochs"] for r in rs], "median_wall_s": median([r["wall_s"] for r in rs])}
+               for row, rs in runs.items()}
+    return {"set": name, "about": SETS.get(name, (None,) * 4 + (name,))[4], "budget": args.budget,
+            "seeds": args.seeds, "train": str(train), "val": str(val), "plain_size": plain_size, "runs": runs,
+            "summary": summary}
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def load_results(folder: Path = SUITE) -> list[dict]:
+    order = {name: i for i, name in enumerate(SETS)}
+    found = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    return sorted(found, key=lambda r: order.get(r["set"], len(order)))
+
+
+def table(results: list[dict]) -> str:
+    """The README's table: per set, each row's mean per-image Dice (pooled over pixels) and the pipeline's lead."""
+    lines = ["| data (held-out photos) | pipeline | plain + recipe | plain script | lead over plain | seeds |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        s = r["summary"]
+        cells = [f"{s[row]['mean_dice']:.3f} ({s[row]['mean_pixel_dice']:.3f})" for row in ROWS]
+        lead = s["pipeline"]["mean_dice"] - s["plain"]["mean_dice"]
+        pooled = s["pipeline"]["mean_pixel_dice"] - s["plain"]["mean_pixel_dice"]
+        lines.append(f"| {r['about'].split(':')[0]} | {' | '.join(cells)} | {lead:+.3f} ({pooled:+.3f}) | "
+                     f"{', '.join(map(str, r['seeds']))} |")
+    return "\n".join(lines)
+
+
+def details(results: list[dict]) -> str:
+    """docs/results.md's section: every run, with its epochs, the pipeline's recipe and the host's speed."""
+    out = [table(results), ""]
+    for r in results:
+        out += [f"**{r['about']}**, budget {r['budget']} each:", "",
+                "| row | seed | Dice | pooled Dice | epochs | wall s | host GFLOP/s before |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for row in ROWS:
+            for x in r["runs"][row]:
+                out.append(f"| {ROW_NAMES[row]} | {x['seed']} | {x['dice']:.4f} | {x['pixel_dice']:.4f} | {x['epochs']} | "
+                           f"{x['wall_s']:.0f} | {x['before']['matmul_gflops']} |")
+        plans = {tuple(x.get("recipe", [])) for x in r["runs"]["pipeline"]}
+        out += ["", "The pipeline's recipe: " + ("; ".join(p.split(": ", 2)[1] for p in sorted(plans)[0]) if plans else
+                                                  "-"), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def replace_between(path: Path, text: str) -> bool:
+    """Put `text` between the markers of `path`; False when the file has no markers."""
+    content = path.read_text(encoding="utf-8")
+    start, end = MARKERS
+    if start not in content or end not in content:
+        return False
+    head, rest = content.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(f"{head}{start}\n{text.rstrip()}\n{end}{tail}", encoding="utf-8")
+    return True
+
+
+def published(path: Path) -> str | None:
+    """The text between the markers of `path` (what --tables wrote there), or None."""
+    content = path.read_text(encoding="utf-8")
+    match = re.search(re.escape(MARKERS[0]) + r"\n(.*?)\n" + re.escape(MARKERS[1]), content, re.S)
+    return match.group(1) if match else None
+
+
+def write_tables(folder: Path = SUITE) -> None:
+    results = load_results(folder)
+    if not results:
+        raise SystemExit(f"no results in {folder}: run the suite first")
+    for path, text in ((ROOT / "README.md", table(results)), (ROOT / "docs" / "results.md", details(results))):
+        print(f"{path.name}: {'updated' if replace_between(path, text) else 'no markers, left alone'}")
+
+
+# ----------------------------------------------------------------------------- quick
+
+
+def quick_sets(folder: Path) -> dict:
+    """A generated set of bright discs (tests/conftest.py's blobs) for --quick."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import write_blobs
+
+    for split, count, seed in (("train", 20, 0), ("val", 6, 1)):
+        blobs = write_blobs(folder / split, count, size=(48, 64), seed=seed)
+        for kind in ("images", "masks"):
+            target = folder / kind / split
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (blobs / kind).rename(target)
+    return {"blobs": (folder / "images" / "train", folder / "images" / "val", 0, 64, "generated blobs")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1])
+    parser.add_argument("--budget", default="10m", help="TIME_BUDGET of every run")
+    parser.add_argument("--quiet", type=float, default=1.0, help="start each run below this 1-minute load average")
+    parser.add_argument("--pipeline-flags", default="", help="extra train.py flags (none for the published tables)")
+    parser.add_argument("--out-dir", type=Path, default=SUITE)
+    parser.add_argument("--work", type=Path, default=None, help="keep every run's folder here")
+    parser.add_argument("--tables", action="store_true", help="only rewrite the tables from --out-dir's JSONs")
+    parser.add_argument("--quick", action="store_true", help="generated data, 20 s budgets, one seed: a smoke run")
+    args = parser.parse_args()
+    args.pipeline_flags = args.pipeline_flags.split()
+    if args.tables:
+        write_tables(args.out_dir)
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.work or Path(scratch)
+        sets = {name: SETS[name] for name in args.sets}
+        if args.quick:
+            sets, args.seeds, args.budget, args.quiet = quick_sets(tmp / "quick"), args.seeds[:1], "20s", 99.0
+            args.pipeline_flags += ["--int8", "off", "--workers", "0"]
+        missing = [f"{name} ({spec[0]})" for name, spec in sets.items() if not Path(spec[0]).is_dir()]
+        if missing:
+            raise SystemExit(f"data not found: {', '.join(missing)}; build it as the SETS table says")
+        start = machine_info()
+        for name, (train, val, holdout, plain_size, _) in sets.items():
+            result = run_set(name, Path(train), Path(val) if val else None, holdout, plain_size, args, tmp)
+            write_result("results_suite", {"command": "python bench/results_suite.py " + " ".join(sys.argv[1:]),
+                                           **result}, args.out_dir / f"{name}.json", start)
+
+
+if __name__ == "__main__":
+    main()
