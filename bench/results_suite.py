@@ -48,7 +48,7 @@ SETS = {
     "cfd": (DATA / "cfd" / "images" / "train", DATA / "cfd" / "images" / "test", 0, 480,
             "CrackForest road cracks: 79 train / 39 test photos, 480x320, cracks 1-6 px wide (bench/crackforest.py)"),
     "cfd_mosaic": (DATA / "cfd_mosaic" / "images" / "train", DATA / "cfd_mosaic" / "images" / "test", 0, 512,
-                   "CrackForest as large images: 4x4 photos, 1920x1280 (bench/crackforest.py --mosaic 4)"),
+                   "CrackForest as large images: 3x3 photos, 1440x960, 8 train / 4 test (bench/crackforest.py --mosaic 3)"),
 }
 MARKERS = ("<!-- results-suite:start -->", "<!-- results-suite:end -->")
 
@@ -87,7 +87,9 @@ def measured(fn) -> dict:
     return {**result, "before": before, "after": {"matmul_gflops": host_gflops(), "load": (load_average() or [None])[0]}}
 
 
-def run_set(name: str, train: Path, val: Path | None, holdout: int, plain_size: int, args, tmp: Path) -> dict:
+def run_set(name: str, train: Path, val: Path | None, holdout: int, plain_size: int, about: str, args,
+            tmp: Path) -> dict:
+    (tmp / name).mkdir(parents=True, exist_ok=True)
     if val is None:
         train, val = hold_out(train, holdout, tmp / name / "split")
     runs: dict[str, list[dict]] = {row: [] for row in ROWS}
@@ -108,7 +110,7 @@ def run_set(name: str, train: Path, val: Path | None, holdout: int, plain_size: 
                      "mean_pixel_dice": sum(r["pixel_dice"] for r in rs) / len(rs),
                      "epochs": [r["epochs"] for r in rs], "median_wall_s": median([r["wall_s"] for r in rs])}
                for row, rs in runs.items()}
-    return {"set": name, "about": SETS.get(name, (None,) * 4 + (name,))[4], "budget": args.budget,
+    return {"set": name, "about": about, "budget": args.budget,
             "seeds": args.seeds, "train": str(train), "val": str(val), "plain_size": plain_size, "runs": runs,
             "summary": summary}
 
@@ -222,8 +224,8 @@ def main() -> None:
         if missing:
             raise SystemExit(f"data not found: {', '.join(missing)}; build it as the SETS table says")
         start = machine_info()
-        for name, (train, val, holdout, plain_size, _) in sets.items():
-            result = run_set(name, Path(train), Path(val) if val else None, holdout, plain_size, args, tmp)
+        for name, (train, val, holdout, plain_size, about) in sets.items():
+            result = run_set(name, Path(train), Path(val) if val else None, holdout, plain_size, about, args, tmp)
             write_result("results_suite", {"command": "python bench/results_suite.py " + " ".join(sys.argv[1:]),
                                            **result}, args.out_dir / f"{name}.json", start)
 

@@ -48,6 +48,7 @@ def test_thin_structures_set_a_floor_the_budget_cannot_push_below():
 def test_large_images_with_thin_structures_train_on_native_patches():
     decided, _ = plan(report(width=4032, height=3024, thin=6.0))
     assert decided["input_size"] == 4032 and decided["train_patch"] == decided["tile"] == "384x384"
+    assert decided["patches_per_image"] == 83  # 4032 x 3024 / 384^2, rounded up
 
 
 def test_explicit_settings_are_never_replanned():

@@ -122,7 +122,7 @@ def plan_folds(report: dict, cfg, explicit: set[str], images: int, budget_s: flo
     every = trained_images(images, cfg.folds, cfg.selected_folds())
     if epochs_at(size, native, every, budget_s * BUDGET_SHARE, image_s) >= TARGET_EPOCHS:
         return cfg.folds, cfg.selected_folds()
-    return HOLD_OUT, [0]
+    return (HOLD_OUT if images >= 2 * HOLD_OUT else max(2, min(cfg.folds, images))), [0]  # few images: a bigger share
 
 
 def class_balance(report: dict) -> float | None:
@@ -161,6 +161,11 @@ def plan_recipe(report: dict, cfg, explicit: set[str], image_s: Callable[[int], 
         decide("train_patch", patch, why)
         if patch and "tile" not in explicit:
             decide("tile", patch, "the model sees native-size patches, so large images are scored and served as tiles")
+        if patch and "patches_per_image" not in explicit:
+            sizes = report["sizes"]
+            count = math.ceil(sizes["width"]["median"] * sizes["height"]["median"] / PATCH**2)
+            decide("patches_per_image", count, f"an epoch's patches cover about one image's area ({count} of "
+                                               f"{PATCH} px per image)")
     if "augment" not in explicit:
         if images >= MANY_IMAGES:
             decide("augment", "flip", f"{images} images: enough variety that flips alone keep the epochs for learning")
