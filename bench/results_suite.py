@@ -106,13 +106,31 @@ def run_set(name: str, train: Path, val: Path | None, holdout: int, plain_size: 
             runs[row].append({"seed": seed, **result})
             print(f"{name} {row} seed {seed}: Dice {result['dice']:.4f} (pooled {result['pixel_dice']:.4f}), "
                   f"{result['epochs']} epochs, {result['wall_s']:.0f} s", flush=True)
-    summary = {row: {"mean_dice": sum(r["dice"] for r in rs) / len(rs),
-                     "mean_pixel_dice": sum(r["pixel_dice"] for r in rs) / len(rs),
-                     "epochs": [r["epochs"] for r in rs], "median_wall_s": median([r["wall_s"] for r in rs])}
-               for row, rs in runs.items()}
+    summary = summarize(runs)
     return {"set": name, "about": about, "budget": args.budget,
             "seeds": args.seeds, "train": str(train), "val": str(val), "plain_size": plain_size, "runs": runs,
             "summary": summary}
+
+
+def summarize(runs: dict[str, list[dict]]) -> dict:
+    return {row: {"mean_dice": sum(r["dice"] for r in rs) / len(rs),
+                  "mean_pixel_dice": sum(r["pixel_dice"] for r in rs) / len(rs),
+                  "epochs": [r["epochs"] for r in rs], "median_wall_s": median([r["wall_s"] for r in rs])}
+            for row, rs in runs.items()}
+
+
+def merged(path: Path, result: dict) -> dict:
+    """`result` plus the other seeds an earlier run of the same set and budget wrote to `path` (one seed per
+    invocation adds up, a seed run again replaces its runs)."""
+    if not path.is_file():
+        return result
+    old = json.loads(path.read_text())
+    if old.get("budget") != result["budget"]:
+        return result
+    runs = {row: sorted([r for r in old["runs"].get(row, []) if r["seed"] not in result["seeds"]] + result["runs"][row],
+                        key=lambda r: r["seed"]) for row in ROWS}
+    seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
+    return {**result, "seeds": seeds, "runs": runs, "summary": summarize(runs)}
 
 
 # ----------------------------------------------------------------------------- tables
@@ -226,6 +244,7 @@ def main() -> None:
         start = machine_info()
         for name, (train, val, holdout, plain_size, about) in sets.items():
             result = run_set(name, Path(train), Path(val) if val else None, holdout, plain_size, about, args, tmp)
+            result = merged(args.out_dir / f"{name}.json", result)
             write_result("results_suite", {"command": "python bench/results_suite.py " + " ".join(sys.argv[1:]),
                                            **result}, args.out_dir / f"{name}.json", start)
 
