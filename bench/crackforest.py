@@ -2,7 +2,7 @@
 
     git clone --depth 1 https://github.com/cuilimeng/CrackForest-dataset ../CrackForest-dataset
     python bench/crackforest.py --source ../CrackForest-dataset --out ../data/cfd                # 480x320 photos
-    python bench/crackforest.py --source ../CrackForest-dataset --out ../data/cfd_mosaic --mosaic 4
+    python bench/crackforest.py --source ../CrackForest-dataset --out ../data/cfd_mosaic --mosaic 3
 
 The source holds image/NNN.jpg (155 photos, 480x320) and groundTruth/NNN.mat (118 of them annotated: a MATLAB
 struct whose Segmentation is 1 = road, 2 = crack). The annotated photos in order of their number: the first two

@@ -314,3 +314,13 @@ def test_a_last_shorter_epoch_trains_exactly_the_planned_steps(tmp_path, caplog,
     assert [r["epoch"] for r in records(work)] == [0, 1, 2, 3, 4] and records(work)[-1]["step"] == 14
     ckpt = torch.load(work / "models" / "fold0_last.pt", weights_only=True)
     assert ckpt["scheduler"]["total_steps"] == ckpt["scheduler"]["last_epoch"] == 14 == ckpt["state"]["step"]
+
+
+def test_a_tiled_models_export_reserve_counts_its_checks_at_tile_size():
+    """The parity checks of a tiled model run on one tile: a 1440 px image's forward must not be reserved 30 times."""
+    from training.budget import export_estimate
+
+    whole = export_estimate(1, image_s=1.6)
+    tiled = export_estimate(1, image_s=1.6, check_share=384 * 384 / 1440 ** 2)
+    assert whole - tiled > 40 and tiled < 15
+    assert export_estimate(1, 0.03, check_share=4.0) == export_estimate(1, 0.03)  # never more than an image

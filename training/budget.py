@@ -228,10 +228,11 @@ def score_estimate(val_s: float, val_images: int, scored_images: int) -> float:
     return SCORE_BASE_S + SCORE_FACTOR * val_s * scored_images / max(1, val_images)
 
 
-def export_estimate(folds: int, image_s: float, int8_images: int = 0) -> float:
+def export_estimate(folds: int, image_s: float, int8_images: int = 0, check_share: float = 1.0) -> float:
     """Seconds to reserve for exporting `folds` fold models, one forward of one image taking `image_s`;
-    int8_images: calibration + measured images of an int8 copy (0: none)."""
-    seconds = EXPORT_BASE_S + folds * (EXPORT_FOLD_S + EXPORT_FORWARDS * image_s)
+    int8_images: calibration + measured images of an int8 copy (0: none); check_share: the parity checks' input
+    as a share of an image (a tiled model checks one tile, not a 1440 px image)."""
+    seconds = EXPORT_BASE_S + folds * (EXPORT_FOLD_S + EXPORT_FORWARDS * image_s * min(1.0, check_share))
     if int8_images:
         seconds += INT8_BASE_S + folds * INT8_FORWARDS * image_s * int8_images
     return seconds

@@ -485,8 +485,12 @@ def budget_plan(run: FoldRun, budget: Budget) -> Plan:
     score_s = score_estimate(val_s, val_images, val_images + budget.test_images)
     one_fold = len(budget.fold_ids) == 1  # export.py measures one fold's int8 copy on its own held-back images
     int8 = cfg.task == "segment" and (cfg.int8 == "on" or (cfg.int8 == "auto" and (budget.test_images or one_fold)))
-    int8_images = INT8_CALIBRATION + (val_images if one_fold else budget.test_images) if int8 else 0
-    export_s = export_estimate(len(budget.fold_ids), timings["image_s"], int8_images) if cfg.export else 0.0
+    train_images = len(getattr(run.train_loader.dataset, "entries", run.train_loader.dataset))  # patches: images
+    calibration = min(INT8_CALIBRATION, train_images)  # export.py calibrates on the cache less the held-back images
+    int8_images = calibration + (val_images if one_fold else budget.test_images) if int8 else 0
+    tile = cfg.tile_hw()
+    check_share = tile[0] * tile[1] / cfg.input_size ** 2 if tile else 1.0
+    export_s = export_estimate(len(budget.fold_ids), timings["image_s"], int8_images, check_share) if cfg.export else 0.0
     plan = plan_epochs(budget.seconds, budget.elapsed(), timings["step_s"], len(run.train_loader), val_s,
                        timings["overhead_s"], budget.folds_left, score_s, export_s, cfg.epochs,
                        eval_every=cfg.eval_every)
