@@ -95,3 +95,14 @@ def test_a_short_budget_trains_one_model_with_a_tenth_held_back():
     given, _ = plan(report(width=512, height=512, images=100, thin=30), ["--time-budget", "10m", "--fold-ids", "1"],
                     cost)
     assert "folds" not in given and "fold_ids" not in given
+
+
+def test_a_budgeted_one_cycle_run_is_not_stopped_early():
+    """Early stopping near the cycle's peak rate (a 2-image val fold stopped at 72 of 176 epochs) is planned away;
+    a given --patience stays."""
+    budgeted, _ = plan(report(width=512, height=512, images=100, thin=30), ["--time-budget", "10m"])
+    assert budgeted["scheduler"] == "onecycle" and budgeted["patience"] >= budgeted["epochs"]
+    given, _ = plan(report(width=512, height=512, images=100, thin=30), ["--time-budget", "10m", "--patience", "5"])
+    assert "patience" not in given
+    unbudgeted, _ = plan(report(width=512, height=512, images=100, thin=30), [])
+    assert "patience" not in unbudgeted

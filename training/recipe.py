@@ -178,6 +178,9 @@ def plan_recipe(report: dict, cfg, explicit: set[str], image_s: Callable[[int], 
             decide("scheduler", "onecycle", "the budget fixes the steps: one cycle warms up and anneals exactly by the end")
             if "lr" not in explicit and cfg.encoder_weights in (None, "", "none"):
                 decide("lr", 1e-3, "one cycle's peak for a model trained from scratch")
+            if "patience" not in explicit:
+                decide("patience", 1000, "no early stop under a budget: a few noisy val epochs would cut the cycle "
+                       "before its low learning rates")
     balance = class_balance(report)
     if cfg.classes > 1 and balance is not None and balance < 0.1:
         decide("class_weights", "auto", f"the rarest class has {balance:.1%} of the commonest one's pixels")
