@@ -90,7 +90,7 @@ def measured(fn) -> dict:
 def run_set(name: str, train: Path, val: Path | None, holdout: int, plain_size: int, about: str, args,
             tmp: Path) -> dict:
     (tmp / name).mkdir(parents=True, exist_ok=True)
-    where = {"train": shown(train), "val": shown(val) if val else f"the last {holdout} of train"}
+    where = {"train": str(train), "val": str(val) if val else f"the last {holdout} of train"}  # not the scratch split
     if val is None:
         train, val = hold_out(train, holdout, tmp / name / "split")
     runs: dict[str, list[dict]] = {row: [] for row in ROWS}
@@ -111,11 +111,6 @@ def run_set(name: str, train: Path, val: Path | None, holdout: int, plain_size: 
     return {"set": name, "about": about, "budget": args.budget,
             "seeds": args.seeds, **where, "plain_size": plain_size, "runs": runs,
             "summary": summary}
-
-
-def shown(path: Path) -> str:
-    """`path` relative to the repository (../shared/data/...), never this machine's absolute path."""
-    return os.path.relpath(path, ROOT)
 
 
 def summarize(runs: dict[str, list[dict]]) -> dict:
@@ -222,10 +217,11 @@ def quick_sets(folder: Path) -> dict:
     return {"blobs": (folder / "images" / "train", folder / "images" / "val", 0, 64, "generated blobs")}
 
 
-def rerun(name: str, args) -> str:
-    """The command that re-runs one set's JSON (no --out-dir or --work: no path of this machine in the JSON)."""
+def rerun(name: str, seeds: list[int], args) -> str:
+    """The command that re-runs one set's JSON, every seed it holds (no --out-dir or --work: no path of this machine
+    in the JSON; write_result makes the data paths relative)."""
     flags = f" --pipeline-flags '{' '.join(args.pipeline_flags)}'" if args.pipeline_flags else ""
-    return (f"python bench/results_suite.py --sets {name} --seeds {' '.join(map(str, args.seeds))} "
+    return (f"python bench/results_suite.py --sets {name} --seeds {' '.join(map(str, seeds))} "
             f"--budget {args.budget}{flags}")
 
 
@@ -258,8 +254,8 @@ def main() -> None:
         for name, (train, val, holdout, plain_size, about) in sets.items():
             result = run_set(name, Path(train), Path(val) if val else None, holdout, plain_size, about, args, tmp)
             result = merged(args.out_dir / f"{name}.json", result)
-            write_result("results_suite", {"command": rerun(name, args), **result}, args.out_dir / f"{name}.json",
-                         start)
+            write_result("results_suite", {"command": rerun(name, result["seeds"], args), **result},
+                         args.out_dir / f"{name}.json", start)
 
 
 if __name__ == "__main__":
