@@ -15,7 +15,8 @@ is scored as `inference.py --gt` scores it: per-image Dice and IoU at each image
 
 --time-budget 20m plans the epochs as train.py does (training/budget.py: a few timed steps whose weights are
 put back, then OneCycleLR over the planned steps, time kept for the val scoring; --epochs caps them; after a
-tenth of them (at least 2) they are corrected once to what they took, the schedule rebuilt over them) and stops
+tenth of them (at least 2) they are corrected to what they took, and again at half the plan on the epochs since,
+as train.py does, the schedule rebuilt over them) and stops
 at an epoch boundary when the next epoch would not fit, so both sides of an equal-budget comparison stop by
 the clock. The JSON records the epochs reached and the wall time from the start of the script.
 
@@ -43,7 +44,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.budget import (  # noqa: E402
     PROBE_STEPS, Budget, epoch_estimate, format_duration, parse_duration, plan_epochs, replan, replan_epoch,
-    replay, score_estimate,
+    replay, score_estimate, second_replan_due, steady_estimate,
 )
 from utils import dice_iou, dice_iou_from_counts, list_images, normalize, read_image, read_mask  # noqa: E402
 
@@ -190,6 +191,7 @@ def main() -> None:
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=epochs * steps)
 
     start, times, stopped, epoch = time.perf_counter(), [], "", 0
+    corrected = 0  # the epochs before the first correction, -1 after the second
     while epoch < epochs:
         if budget and epoch and not budget.next_epoch_fits(train_end, epoch_estimate(budget.plan.epoch_s, times)):
             stopped = f"stopped by the clock after {epoch} of {epochs} epochs: the next one would not fit"
@@ -205,13 +207,15 @@ def main() -> None:
         print(f"epoch {epoch + 1}/{epochs} loss {total / len(x_train):.4f} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
         epoch += 1
-        if budget and epoch == replan_epoch(epochs):  # as train.py: the epochs corrected once to what they took
-            epoch_s = epoch_estimate(budget.plan.epoch_s, times)
-            corrected = replan(epochs, epoch, epoch_s, train_end - budget.clock(), args.epochs)
-            if corrected != epochs:
+        first = budget and not corrected and epoch == replan_epoch(epochs)  # as train.py: twice, the second at half
+        second = budget and corrected > 0 and second_replan_due(epochs, epoch, len(times) - corrected)  # the plan
+        if first or second:
+            epoch_s = steady_estimate(times[corrected:]) if second else epoch_estimate(budget.plan.epoch_s, times)
+            planned, corrected = epochs, -1 if second else epoch
+            epochs = replan(epochs, epoch, epoch_s, train_end - budget.clock(), args.epochs)
+            if epochs != planned:
                 print(f"epochs take {format_duration(epoch_s)}, planned {format_duration(budget.plan.epoch_s)}: "
-                      f"{corrected} epochs instead of {epochs}", flush=True)
-                epochs = corrected
+                      f"{epochs} epochs instead of {planned}", flush=True)
                 scheduler = replay(torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=epochs * steps),
                                    epoch * steps)
     train_s = time.perf_counter() - start

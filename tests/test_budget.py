@@ -19,7 +19,8 @@ from config import config_hash, load_config
 from conftest import ROOT, tiny_argv, write_blobs
 from training import loop
 from training.budget import (
-    Budget, epoch_estimate, format_duration, parse_duration, plan_epochs, replan, replan_epoch,
+    Budget, epoch_estimate, format_duration, parse_duration, plan_epochs, replan, replan_epoch, second_replan_due,
+    steady_estimate,
 )
 
 # ----------------------------------------------------------------------------- parsing
@@ -153,6 +154,21 @@ def test_the_plan_is_corrected_after_a_tenth_of_it_and_at_least_two_epochs(plann
 ])
 def test_replan_corrects_the_epochs_to_their_measured_time(planned, done, epoch_s, left, cap, epochs):
     assert replan(planned, done, epoch_s, left, cap) == epochs
+
+
+@pytest.mark.parametrize("planned, done, steady, due", [
+    (24, 12, 9, True),  # half the corrected plan, 9 epochs timed since the first correction
+    (24, 11, 8, False),  # not yet half
+    (24, 12, 1, False),  # one epoch since the first correction (a resume): too few to plan on
+    (6, 4, 2, True), (6, 5, 3, False),  # at least 2 epochs still to go: the last one cannot be corrected
+])
+def test_the_second_correction_comes_at_half_the_plan(planned, done, steady, due):
+    assert second_replan_due(planned, done, steady) is due
+
+
+def test_the_second_correction_plans_on_steady_epochs():
+    assert steady_estimate([18.0, 19.0, 18.0, 18.0, 20.0]) == pytest.approx(18.6)  # one slow epoch: the mean
+    assert steady_estimate([18.0, 18.0, 18.0, 22.0, 22.0]) == 22.0  # two of the last three slower: the machine is
 
 
 # ----------------------------------------------------------------------------- tiny real runs
@@ -324,3 +340,40 @@ def test_a_tiled_models_export_reserve_counts_its_checks_at_tile_size():
     tiled = export_estimate(1, image_s=1.6, check_share=384 * 384 / 1440 ** 2)
     assert whole - tiled > 40 and tiled < 15
     assert export_estimate(1, 0.03, check_share=4.0) == export_estimate(1, 0.03)  # never more than an image
+
+
+def test_an_int8_copy_reserves_one_forward_per_calibration_image_and_three_per_compared_one():
+    from training.budget import INT8_BASE_S, export_estimate
+
+    plain = export_estimate(1, image_s=0.2)
+    assert export_estimate(1, 0.2, calibration=64, measured=8) - plain == pytest.approx(INT8_BASE_S + 0.2 * (64 + 24))
+    assert export_estimate(2, 0.2, calibration=64, measured=8) - export_estimate(2, 0.2) == pytest.approx(
+        INT8_BASE_S + 2 * 0.2 * 88)  # every fold of an ensemble is calibrated
+    assert export_estimate(1, 0.2, calibration=0, measured=8) == plain  # no int8 copy
+
+
+def test_a_plan_is_corrected_a_second_time_at_half_on_the_epochs_since_the_first(tmp_path, caplog, monkeypatch):
+    """The first correction plans 6 epochs of 3 steps, the second (after epochs 3 and 4, timed since) 7 epochs, the
+    last of 2 steps: the schedule is rebuilt each time and ends exactly on its last step."""
+    data = write_blobs(tmp_path / "data", 12)
+    work = tmp_path / "work"
+    cfg = load_config(tiny_argv(data, work, time_budget="10m", epochs=8, batch_size=2, export="false", fold_ids=0,
+                                scheduler="onecycle", patience=100), environ={})
+    probe = loop.probe_fold
+    monkeypatch.setattr(loop, "probe_fold", lambda run, *a, **k: {**probe(run, *a, **k), "step_s": 50.0})
+    calls = []
+
+    def replan_steps(planned, done, *args, **kwargs):
+        calls.append((planned, done))
+        return [(6, 18), (7, 20)][len(calls) - 1]
+
+    monkeypatch.setattr(loop, "replan_steps", replan_steps)
+    with caplog.at_level(logging.INFO, logger="seg"):
+        train.run(cfg)
+    assert calls == [(3, 2), (6, 4)]
+    assert re.search(r"fold 0: budget: epochs since the first correction take [\d.]+ s, \d+ % (more|less) than the "
+                     r"corrected [\d.]+ \w+: 7 epochs \(the last one 2 of 3 steps\) instead of 6", caplog.text)
+    assert [r["epoch"] for r in records(work)] == list(range(7)) and records(work)[-1]["step"] == 20
+    ckpt = torch.load(work / "models" / "fold0_last.pt", weights_only=True)
+    assert ckpt["state"]["replanned"] == 2 and ckpt["state"]["plan"]["total_steps"] == 20
+    assert ckpt["scheduler"]["total_steps"] == ckpt["scheduler"]["last_epoch"] == 20 == ckpt["state"]["step"]

@@ -10,7 +10,8 @@ all count. The pieces, each a plain function of numbers (the clock is passed in,
   what is left of the budget less the reserve for out-of-fold scoring and the export, shared equally by the
   folds to train -> epochs per fold (at most EPOCHS, at least 1) and the schedule's total steps.
 - replan, replan_steps: after a tenth of the plan (replan_epoch), the fold's epochs corrected to their measured time,
-  once, to the step: a last shorter epoch uses what whole epochs would leave.
+  to the step: a last shorter epoch uses what whole epochs would leave. A second correction at half the plan
+  (second_replan_due) plans on the epochs since the first (steady_estimate): the first ones run slow.
 - Budget: the run's clock; the end of each fold's share of what is left, and whether the next epoch fits in it.
 
 train.py measures the steps in training/loop.py (probe_fold); bench/plain_unet.py uses the same plan_epochs
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 import time
 import warnings
 from dataclasses import MISSING, asdict, dataclass
@@ -28,7 +30,7 @@ from typing import Callable
 
 PROBE_STEPS = 5  # timed optimizer steps, after one untimed warm-up step
 MARGIN = 0.10  # each epoch is planned 10 % longer than measured
-# A fold's plan is corrected once, after a tenth of its planned epochs (at least 2) timed in this process: the
+# A fold's plan is first corrected after a tenth of its planned epochs (at least 2) timed in this process: the
 # probe's few steps misjudge a whole epoch by 10-20 %, and the first epochs run slow while the loader workers,
 # the allocator and the caches warm up (horse: 9.5 and 8.6 s, then 7.5 s).
 REPLAN_AFTER = 2
@@ -36,6 +38,10 @@ REPLAN_SHARE = 0.1
 # The correction plans on epochs timed in full, already on the high side (the larger of their mean, slow first epochs
 # included, and the last), so it keeps a smaller margin: with 10 %, 15-minute horse runs ended 100-140 s early.
 REPLAN_MARGIN = 0.05
+# A second correction at half the corrected plan, on the epochs timed since the first (at least REPLAN_AFTER of them,
+# and at least 2 epochs still to go): the first correction counts the slow first epochs, so its plan is long by their
+# excess (CrackForest, 480 px: 23, 19, 20 s, then 18 s to the end; 24 epochs of a 600 s budget ended the run at 82 %).
+SECOND_REPLAN_SHARE = 0.5
 MIN_PARTIAL = 0.25  # a last, shorter epoch fills the budget when at least this share of an epoch fits
 # Out-of-fold scoring of a fold (the val pass again, then every val image at its own size, one at a time, and the
 # test list): SCORE_FACTOR x the measured validation pass per val image scored, plus SCORE_BASE_S for loading the
@@ -45,14 +51,17 @@ SCORE_BASE_S = 3.0
 SCORED_MARGIN = 1.25
 # The export (load the folds, trace, onnx checker, onnxruntime and OpenCV parity at INPUT_SIZE): EXPORT_BASE_S
 # plus, per fold in the ensemble, EXPORT_FOLD_S and EXPORT_FORWARDS one-image forward passes. An int8 copy
-# (INT8=on, or auto with held-back images) adds INT8_BASE_S and INT8_FORWARDS forwards per calibration or
-# measured image and fold. (A 10-minute horse run's export took 9.7 s of the 40 s these reserved before: the
-# slack alone ended the run at 94 % of its budget.)
+# (INT8=on, or auto with held-back images) adds INT8_BASE_S, one forward per calibration image and
+# INT8_MEASURED_FORWARDS per held-back image it is compared on (fp32, int8, then timed once), per fold.
+# (A 10-minute horse run's export took 9.7 s of the 40 s these reserved before: the slack alone ended the run at 94 %
+# of its budget. CrackForest, 480 px, 64 calibration + 8 held-back images: calibration 12 s, comparison and timing
+# 6 s, of the 30 s two forwards per image reserved; its 3x3 mosaics, tiled, 6 + 2 images: 12 s and 31 s.)
 EXPORT_BASE_S = 5.0
 EXPORT_FOLD_S = 3.0
 EXPORT_FORWARDS = 30
 INT8_BASE_S = 5.0
-INT8_FORWARDS = 2
+INT8_CALIBRATION_FORWARDS = 1
+INT8_MEASURED_FORWARDS = 3
 INT8_CALIBRATION = 64  # images export.py calibrates an int8 copy on (its --calib-count default)
 
 _PART = r"(\d+(?:\.\d*)?|\.\d+)"
@@ -228,14 +237,29 @@ def score_estimate(val_s: float, val_images: int, scored_images: int) -> float:
     return SCORE_BASE_S + SCORE_FACTOR * val_s * scored_images / max(1, val_images)
 
 
-def export_estimate(folds: int, image_s: float, int8_images: int = 0, check_share: float = 1.0) -> float:
-    """Seconds to reserve for exporting `folds` fold models, one forward of one image taking `image_s`;
-    int8_images: calibration + measured images of an int8 copy (0: none); check_share: the parity checks' input
-    as a share of an image (a tiled model checks one tile, not a 1440 px image)."""
+def export_estimate(folds: int, image_s: float, calibration: int = 0, measured: int = 0,
+                    check_share: float = 1.0) -> float:
+    """Seconds to reserve for exporting `folds` fold models, one forward of one image taking `image_s`; an int8 copy
+    (calibration > 0) calibrated on `calibration` images and compared on `measured` held-back ones; check_share:
+    the parity checks' input as a share of an image (a tiled model checks one tile, not a 1440 px image)."""
     seconds = EXPORT_BASE_S + folds * (EXPORT_FOLD_S + EXPORT_FORWARDS * image_s * min(1.0, check_share))
-    if int8_images:
-        seconds += INT8_BASE_S + folds * INT8_FORWARDS * image_s * int8_images
+    if calibration:
+        forwards = INT8_CALIBRATION_FORWARDS * calibration + INT8_MEASURED_FORWARDS * measured
+        seconds += INT8_BASE_S + folds * forwards * image_s
     return seconds
+
+
+def second_replan_due(planned: int, done: int, steady: int) -> bool:
+    """Whether a fold that has corrected its plan once, now `planned` epochs, `done` of them, `steady` timed since
+    that correction, corrects it a second time now (it is done once)."""
+    return (steady >= REPLAN_AFTER and done >= math.ceil(planned * SECOND_REPLAN_SHARE - 1e-9)
+            and planned - done >= 2)
+
+
+def steady_estimate(measured: list[float]) -> float:
+    """An epoch's seconds from epochs timed after the warm-up: the larger of their mean and the median of the last
+    three (one slow epoch is noise; three are a slower machine)."""
+    return max(statistics.fmean(measured), statistics.median(measured[-3:]))
 
 
 def epoch_estimate(planned_s: float, measured: list[float]) -> float:

@@ -28,7 +28,7 @@ from dataset import AspectBatchSampler, CacheEntry
 from model import load_checkpoint, read_checkpoint, save_checkpoint
 from training.budget import (
     INT8_CALIBRATION, PROBE_STEPS, Budget, Plan, epoch_estimate, export_estimate, format_duration, plan_epochs,
-    replan_epoch, replan_steps, replay, score_estimate,
+    replan_epoch, replan_steps, replay, score_estimate, second_replan_due, steady_estimate,
 )
 from training.distributed import barrier, broadcast, is_main, rank, sync_buffers, wrap_ddp
 from training.ema import WeightEma
@@ -372,6 +372,7 @@ def train_fold(task: Task, fold: int, entries, split: Split, device, metrics: Me
                  run.state["best_score"], run.state["best_epoch"] + 1)
         return run.best_path
     fold_end, measured = 0.0, []  # TIME_BUDGET: when this fold should end; seconds of each epoch trained here
+    steady_from = 0  # measured[steady_from:]: the epochs since the first correction (all of them after a resume)
     if budget is not None:
         if budget.plan is None:
             budget.plan = budget_plan(run, budget)
@@ -389,8 +390,13 @@ def train_fold(task: Task, fold: int, entries, split: Split, device, metrics: Me
         measured.append(time.perf_counter() - start)
         if stop:
             break
-        if budget is not None and len(measured) == replan_epoch(run.epochs) and not run.state.get("replanned"):
+        corrected = int(run.state.get("replanned", 0))  # older checkpoints: True (once)
+        if budget is not None and not corrected and len(measured) == replan_epoch(run.epochs):
             replan_fold(run, budget, fold_end, measured)
+            steady_from = len(measured)
+        elif (budget is not None and corrected == 1
+              and second_replan_due(run.epochs, run.state["epoch"] + 1, len(measured) - steady_from)):
+            replan_fold(run, budget, fold_end, measured[steady_from:], second=True)
         epoch += 1
     if is_main() and not run.best_path.is_file():  # every epoch fell inside the cooldown: keep the last weights
         save_checkpoint(run.best_path, {**run.payload(), "epoch": run.state["epoch"]})
@@ -487,10 +493,11 @@ def budget_plan(run: FoldRun, budget: Budget) -> Plan:
     int8 = cfg.task == "segment" and (cfg.int8 == "on" or (cfg.int8 == "auto" and (budget.test_images or one_fold)))
     train_images = len(getattr(run.train_loader.dataset, "entries", run.train_loader.dataset))  # patches: images
     calibration = min(INT8_CALIBRATION, train_images)  # export.py calibrates on the cache less the held-back images
-    int8_images = calibration + (val_images if one_fold else budget.test_images) if int8 else 0
+    compared = val_images if one_fold else budget.test_images
     tile = cfg.tile_hw()
     check_share = tile[0] * tile[1] / cfg.input_size ** 2 if tile else 1.0
-    export_s = export_estimate(len(budget.fold_ids), timings["image_s"], int8_images, check_share) if cfg.export else 0.0
+    export_s = export_estimate(len(budget.fold_ids), timings["image_s"], calibration if int8 else 0, compared,
+                               check_share) if cfg.export else 0.0
     plan = plan_epochs(budget.seconds, budget.elapsed(), timings["step_s"], len(run.train_loader), val_s,
                        timings["overhead_s"], budget.folds_left, score_s, export_s, cfg.epochs,
                        eval_every=cfg.eval_every)
@@ -503,27 +510,31 @@ def budget_plan(run: FoldRun, budget: Budget) -> Plan:
     return plan
 
 
-def replan_fold(run: FoldRun, budget: Budget, fold_end: float, measured: list[float]) -> None:
-    """Once per fold, after a tenth of its planned epochs (at least 2) timed in this process: its epochs corrected to
-    what they took (rank 0 decides), the schedule rebuilt over the new total and brought to the current step."""
-    run.state["replanned"] = True
+def replan_fold(run: FoldRun, budget: Budget, fold_end: float, measured: list[float], second: bool = False) -> None:
+    """After a tenth of the fold's planned epochs (at least 2) timed in this process, and again (`second`) at half
+    the corrected plan on the epochs timed since: its epochs corrected to what they take (rank 0 decides), the
+    schedule rebuilt over the new total and brought to the current step."""
+    run.state["replanned"] = 2 if second else 1
     if run.state["finished"]:
         return
-    epoch_s = epoch_estimate(budget.plan.epoch_s, measured)
-    done, planned, plan = run.state["epoch"] + 1, run.epochs, run.state["plan"]
+    plan = run.state["plan"]
+    before = plan.get("epoch_s", budget.plan.epoch_s) if second else budget.plan.epoch_s
+    epoch_s = steady_estimate(measured) if second else epoch_estimate(budget.plan.epoch_s, measured)
+    done, planned = run.state["epoch"] + 1, run.epochs
     eval_s = (budget.plan.val_s + budget.plan.overhead_s) / max(1, run.cfg.eval_every)
     epochs, total = broadcast(replan_steps(planned, done, plan["steps_per_epoch"], epoch_s, eval_s,
                                            fold_end - budget.clock(), run.cfg.epochs))
     if total == plan["total_steps"]:
         return
-    set_plan(run, {**plan, "epochs": epochs, "total_steps": total})
+    set_plan(run, {**plan, "epochs": epochs, "total_steps": total, "epoch_s": epoch_s})
     replay(run.scheduler, run.state["step"])
-    change = epoch_s / budget.plan.epoch_s - 1
+    change = epoch_s / before - 1
     last = total - (epochs - 1) * plan["steps_per_epoch"]
     short = f" (the last one {last} of {plan['steps_per_epoch']} steps)" if last < plan["steps_per_epoch"] else ""
-    LOG.info("fold %d: budget: epochs take %s, %.0f %% %s than the planned %s: %d epochs%s instead of %d, the "
-             "schedule rebuilt over them", run.fold, format_duration(epoch_s), abs(change) * 100,
-             "more" if change > 0 else "less", format_duration(budget.plan.epoch_s), epochs, short, planned)
+    LOG.info("fold %d: budget: epochs %stake %s, %.0f %% %s than the %s %s: %d epochs%s instead of %d, the "
+             "schedule rebuilt over them", run.fold, "since the first correction " if second else "",
+             format_duration(epoch_s), abs(change) * 100, "more" if change > 0 else "less",
+             "corrected" if second else "planned", format_duration(before), epochs, short, planned)
 
 
 def next_epoch_estimate(run: FoldRun, budget: Budget, measured: list[float]) -> float:
