@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -81,6 +82,16 @@ def run_plain(train: Path, val: Path, budget: str, seed: int, size: int, work: P
             "wall_s": round(wall, 1), "threshold": result["threshold"], "flags": flags}
 
 
+def code_version() -> str:
+    """The commit the runs measure, '+changes' when tracked files differ from it ('unknown' outside git)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode:
+        return "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    return head.stdout.strip() + ("+changes" if dirty else "")
+
+
 def measured(fn) -> dict:
     before = {"matmul_gflops": host_gflops(), "load": (load_average() or [None])[0]}
     result = fn()
@@ -94,6 +105,7 @@ def run_set(name: str, train: Path, val: Path | None, holdout: int, plain_size: 
     if val is None:
         train, val = hold_out(train, holdout, tmp / name / "split")
     runs: dict[str, list[dict]] = {row: [] for row in ROWS}
+    code = code_version()
     for seed in args.seeds:
         for row in ROWS:
             wait_quiet(args.quiet)
@@ -104,7 +116,7 @@ def run_set(name: str, train: Path, val: Path | None, holdout: int, plain_size: 
                 flags = [] if row == "plain" else ["--augment", runs["pipeline"][-1]["augment"], "--threshold",
                                                    "heldout"]
                 result = measured(lambda: run_plain(train, val, args.budget, seed, plain_size, work, flags))
-            runs[row].append({"seed": seed, **result})
+            runs[row].append({"seed": seed, "code": code, **result})
             print(f"{name} {row} seed {seed}: Dice {result['dice']:.4f} (pooled {result['pixel_dice']:.4f}), "
                   f"{result['epochs']} epochs, {result['wall_s']:.0f} s", flush=True)
     summary = summarize(runs)
@@ -162,11 +174,12 @@ def details(results: list[dict]) -> str:
     out = [table(results), ""]
     for r in results:
         out += [f"**{r['about']}**, budget {r['budget']} each:", "",
-                "| row | seed | Dice | pooled Dice | epochs | wall s | host GFLOP/s before |", "| --- | --- | --- | --- | --- | --- | --- |"]
+                "| row | seed | Dice | pooled Dice | epochs | wall s | host GFLOP/s before | code |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in ROWS:
             for x in r["runs"][row]:
                 out.append(f"| {ROW_NAMES[row]} | {x['seed']} | {x['dice']:.4f} | {x['pixel_dice']:.4f} | {x['epochs']} | "
-                           f"{x['wall_s']:.0f} | {x['before']['matmul_gflops']} |")
+                           f"{x['wall_s']:.0f} | {x['before']['matmul_gflops']} | {x.get('code', '-')} |")
         plans = {tuple(x.get("recipe", [])) for x in r["runs"]["pipeline"]}
         out += ["", "The pipeline's recipe: " + ("; ".join(p.split(": ", 2)[1] for p in sorted(plans)[0]) if plans else
                                                   "-"), ""]
