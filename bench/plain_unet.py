@@ -43,7 +43,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.budget import (  # noqa: E402
-    PROBE_STEPS, Budget, epoch_estimate, format_duration, parse_duration, plan_epochs, replan, replan_epoch,
+    PROBE_STEPS, REPLAN_MARGIN, SECOND_REPLAN_MARGIN, Budget, epoch_estimate, format_duration, parse_duration, plan_epochs, replan, replan_epoch,
     replay, score_estimate, second_replan_due, steady_estimate,
 )
 from utils import dice_iou, dice_iou_from_counts, list_images, normalize, read_image, read_mask  # noqa: E402
@@ -212,7 +212,8 @@ def main() -> None:
         if first or second:
             epoch_s = steady_estimate(times[corrected:]) if second else epoch_estimate(budget.plan.epoch_s, times)
             planned, corrected = epochs, -1 if second else epoch
-            epochs = replan(epochs, epoch, epoch_s, train_end - budget.clock(), args.epochs)
+            epochs = replan(epochs, epoch, epoch_s, train_end - budget.clock(), args.epochs,
+                            SECOND_REPLAN_MARGIN if second else REPLAN_MARGIN)
             if epochs != planned:
                 print(f"epochs take {format_duration(epoch_s)}, planned {format_duration(budget.plan.epoch_s)}: "
                       f"{epochs} epochs instead of {planned}", flush=True)

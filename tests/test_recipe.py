@@ -106,3 +106,16 @@ def test_a_budgeted_one_cycle_run_is_not_stopped_early():
     assert "patience" not in given
     unbudgeted, _ = plan(report(width=512, height=512, images=100, thin=30), [])
     assert "patience" not in unbudgeted
+
+
+def test_a_tiny_set_does_not_pass_one_step_epochs_for_training():
+    """8 images, INPUT_SIZE given: 5 folds of 6 images would run 40 one-step epochs each in the budget; an epoch
+    counts as at least MIN_EPOCH_STEPS batches, so the plan trains one fold (a fifth held back: under 20 images)."""
+    from training.recipe import MIN_EPOCH_STEPS
+
+    cost = lambda size: 1e-6 * size * size  # noqa: E731
+    decided, cfg = plan(report(width=1440, height=960, images=8, thin=30), ["--time-budget", "10m", "--input-size",
+                                                                            "512"], cost)
+    assert decided["fold_ids"] == "0" and "folds" not in decided  # FOLDS stays 5: a fifth of 8 images held back
+    assert 600 * 0.8 / (5 * 6 * cost(512)) >= TARGET_EPOCHS > 600 * 0.8 / (5 * MIN_EPOCH_STEPS * cfg.batch_size
+                                                                           * cost(512))

@@ -41,7 +41,10 @@ REPLAN_MARGIN = 0.05
 # A second correction at half the corrected plan, on the epochs timed since the first (at least REPLAN_AFTER of them,
 # and at least 2 epochs still to go): the first correction counts the slow first epochs, so its plan is long by their
 # excess (CrackForest, 480 px: 23, 19, 20 s, then 18 s to the end; 24 epochs of a 600 s budget ended the run at 82 %).
+# Its margin is smaller: the epochs it plans on are warm, and the clock still stops an epoch that would not fit (with
+# 5 %, ISBI's 8.9 s epochs, then 8.5 s, ended training 30 s before its share).
 SECOND_REPLAN_SHARE = 0.5
+SECOND_REPLAN_MARGIN = 0.02
 MIN_PARTIAL = 0.25  # a last, shorter epoch fills the budget when at least this share of an epoch fits
 # Out-of-fold scoring of a fold (the val pass again, then every val image at its own size, one at a time, and the
 # test list): SCORE_FACTOR x the measured validation pass per val image scored, plus SCORE_BASE_S for loading the
@@ -53,15 +56,17 @@ SCORED_MARGIN = 1.25
 # plus, per fold in the ensemble, EXPORT_FOLD_S and EXPORT_FORWARDS one-image forward passes. An int8 copy
 # (INT8=on, or auto with held-back images) adds INT8_BASE_S, one forward per calibration image and
 # INT8_MEASURED_FORWARDS per held-back image it is compared on (fp32, int8, then timed once), per fold.
-# (A 10-minute horse run's export took 9.7 s of the 40 s these reserved before: the slack alone ended the run at 94 %
-# of its budget. CrackForest, 480 px, 64 calibration + 8 held-back images: calibration 12 s, comparison and timing
-# 6 s, of the 30 s two forwards per image reserved; its 3x3 mosaics, tiled, 6 + 2 images: 12 s and 31 s.)
-EXPORT_BASE_S = 5.0
+# Measured on one-fold 10-minute runs (export and parity / calibration / comparison and timing):
+#   horse 192 px, 64 + 25 images: 2 / 5 / 3 s;  ISBI 512 px, 21 + 3: 4 / 7 / 6 s;
+#   CrackForest 480 px, 64 + 8: 3 / 12 / 6 s;  its 1440x960 mosaics, tiled, 6 + 2: 2 / 12 / 31 s.
+# (0.7-2 forwards per calibration image, 3.3-5.4 per compared one; the constants before these reserved 20-50 s for
+# 10-46 s, and the slack alone ended runs at 82-94 % of their budget.)
+EXPORT_BASE_S = 3.0
 EXPORT_FOLD_S = 3.0
-EXPORT_FORWARDS = 30
-INT8_BASE_S = 5.0
+EXPORT_FORWARDS = 10
+INT8_BASE_S = 2.0
 INT8_CALIBRATION_FORWARDS = 1
-INT8_MEASURED_FORWARDS = 3
+INT8_MEASURED_FORWARDS = 4
 INT8_CALIBRATION = 64  # images export.py calibrates an int8 copy on (its --calib-count default)
 
 _PART = r"(\d+(?:\.\d*)?|\.\d+)"

@@ -27,8 +27,9 @@ from config import Config, config_hash
 from dataset import AspectBatchSampler, CacheEntry
 from model import load_checkpoint, read_checkpoint, save_checkpoint
 from training.budget import (
-    INT8_CALIBRATION, PROBE_STEPS, Budget, Plan, epoch_estimate, export_estimate, format_duration, plan_epochs,
-    replan_epoch, replan_steps, replay, score_estimate, second_replan_due, steady_estimate,
+    INT8_CALIBRATION, PROBE_STEPS, REPLAN_MARGIN, SECOND_REPLAN_MARGIN, Budget, Plan, epoch_estimate, export_estimate,
+    format_duration, plan_epochs, replan_epoch, replan_steps, replay, score_estimate, second_replan_due,
+    steady_estimate,
 )
 from training.distributed import barrier, broadcast, is_main, rank, sync_buffers, wrap_ddp
 from training.ema import WeightEma
@@ -523,7 +524,8 @@ def replan_fold(run: FoldRun, budget: Budget, fold_end: float, measured: list[fl
     done, planned = run.state["epoch"] + 1, run.epochs
     eval_s = (budget.plan.val_s + budget.plan.overhead_s) / max(1, run.cfg.eval_every)
     epochs, total = broadcast(replan_steps(planned, done, plan["steps_per_epoch"], epoch_s, eval_s,
-                                           fold_end - budget.clock(), run.cfg.epochs))
+                                           fold_end - budget.clock(), run.cfg.epochs,
+                                           SECOND_REPLAN_MARGIN if second else REPLAN_MARGIN))
     if total == plan["total_steps"]:
         return
     set_plan(run, {**plan, "epochs": epochs, "total_steps": total, "epoch_s": epoch_s})

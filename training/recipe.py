@@ -16,7 +16,8 @@ fingerprint-then-plan, but for a time budget on the machine at hand instead of d
 - AUGMENT: full (flips, affine, colour) for a few hundred images or fewer, flip alone for more (MANY_IMAGES): with
   many photos the extra distortions cost epochs and, on street scenes with a horizon, mislead.
 - FOLDS / FOLD_IDS: under a budget too short to give every fold TARGET_EPOCHS at the images' own size, one model
-  with a tenth of the images held back (FOLDS=10, FOLD_IDS=0) instead of five undertrained ones.
+  with a tenth of the images held back (FOLDS=10, FOLD_IDS=0) instead of five undertrained ones. An epoch counts
+  as at least MIN_EPOCH_STEPS batches, so a tiny set's epochs of one step do not pass for training.
 - EMA 0.999 (the average of the weights): it never lost in the equal-budget comparisons.
 - Under a budget: EPOCHS 1000 (the budget decides), SCHEDULER onecycle (the budget fixes the steps, so one cycle
   anneals exactly by the end) and, from scratch, LR 1e-3, its peak.
@@ -32,6 +33,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 TARGET_EPOCHS = 40  # epochs a from-scratch model needs before resolution pays more than more epochs
+# ... and each of those epochs at least this many optimizer steps: 40 epochs of a 6-image fold are 40 steps, so a tiny
+# set's epoch counts as MIN_EPOCH_STEPS batches (8 mosaics, explicit --input-size: 5 folds of 1-step epochs before)
+MIN_EPOCH_STEPS = 10
 MIN_WIDTH_PX = 3.0  # the thinnest structures (10th percentile of region widths) keep at least this many pixels
 MAX_NATIVE = 1024  # the largest long side trained as whole images; larger images train on patches
 MIN_SIZE = 128
@@ -108,9 +112,11 @@ def plan_size(report: dict, images: int, budget_s: float, image_s: Callable[[int
                        "there, fewer than the "f"{TARGET_EPOCHS} wanted: a longer budget would help")
 
 
-def trained_images(images: int, folds: int, fold_ids: list[int]) -> int:
-    """The images an epoch of every fold the run trains goes through, together."""
-    return len(fold_ids) * (images * (folds - 1) // folds if folds > 1 else images)
+def trained_images(images: int, folds: int, fold_ids: list[int], batch_size: int = 1) -> int:
+    """The images an epoch of every fold the run trains goes through, together, each fold's epoch counted as at least
+    MIN_EPOCH_STEPS batches of `batch_size`."""
+    per_fold = images * (folds - 1) // folds if folds > 1 else images
+    return len(fold_ids) * max(per_fold, MIN_EPOCH_STEPS * batch_size)
 
 
 def plan_folds(report: dict, cfg, explicit: set[str], images: int, budget_s: float,
@@ -119,7 +125,7 @@ def plan_folds(report: dict, cfg, explicit: set[str], images: int, budget_s: flo
     take (the images' own, or INPUT_SIZE when given), else one fold of HOLD_OUT (a tenth held back)."""
     native = native_side(report)
     size = cfg.input_size if "input_size" in explicit else min(native, MAX_NATIVE)
-    every = trained_images(images, cfg.folds, cfg.selected_folds())
+    every = trained_images(images, cfg.folds, cfg.selected_folds(), cfg.batch_size)
     if epochs_at(size, native, every, budget_s * BUDGET_SHARE, image_s) >= TARGET_EPOCHS:
         return cfg.folds, cfg.selected_folds()
     return (HOLD_OUT if images >= 2 * HOLD_OUT else max(2, min(cfg.folds, images))), [0]  # few images: a bigger share
@@ -156,7 +162,7 @@ def plan_recipe(report: dict, cfg, explicit: set[str], image_s: Callable[[int], 
             decide("folds", folds, why)
             decide("fold_ids", ",".join(map(str, fold_ids)), why)
     if "input_size" not in explicit and "train_patch" not in explicit and cfg.task == "segment":
-        size, patch, why = plan_size(report, trained_images(images, folds, fold_ids), left, image_s)
+        size, patch, why = plan_size(report, trained_images(images, folds, fold_ids, cfg.batch_size), left, image_s)
         decide("input_size", size, why)
         decide("train_patch", patch, why)
         if patch and "tile" not in explicit:
