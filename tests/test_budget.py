@@ -264,16 +264,24 @@ def test_a_killed_budgeted_run_resumes_with_its_plan(tmp_path, caplog, monkeypat
         assert ckpt["scheduler"]["total_steps"] == ckpt["scheduler"]["last_epoch"] == epochs * 3
 
 
+def misjudged_run(tmp_path, monkeypatch, epochs: int, **settings):
+    """A one-fold 10-minute onecycle run on 12 blobs (3 steps an epoch) whose probe reports 50 s steps: it plans 3
+    epochs and corrects them after 2. Returns (its config, its WORK_DIR)."""
+    data = write_blobs(tmp_path / "data", 12)
+    work = tmp_path / "work"
+    cfg = load_config(tiny_argv(data, work, time_budget="10m", epochs=epochs, batch_size=2, export="false", fold_ids=0,
+                                scheduler="onecycle", patience=100, **settings), environ={})
+    probe = loop.probe_fold
+    monkeypatch.setattr(loop, "probe_fold", lambda run, *a, **k: {**probe(run, *a, **k), "step_s": 50.0})
+    return cfg, work
+
+
 def test_a_plan_the_probe_misjudged_is_corrected_after_two_epochs_and_resumes_corrected(tmp_path, caplog, monkeypatch):
     """The probe reports 50 s steps (the plan: 3 epochs of a 10-minute budget); two real epochs take a second or two,
     so the fold's plan grows to EPOCHS=5, the OneCycle schedule rebuilt over exactly 5 epochs' steps; a rerun from
     the epoch-3 checkpoint keeps the corrected plan and corrects nothing again."""
-    data = write_blobs(tmp_path / "data", 12)
-    work, models = tmp_path / "work", tmp_path / "work" / "models"
-    cfg = load_config(tiny_argv(data, work, time_budget="10m", epochs=5, batch_size=2, export="false", fold_ids=0,
-                                save_checkpoints="true", scheduler="onecycle", patience=100), environ={})
-    probe = loop.probe_fold
-    monkeypatch.setattr(loop, "probe_fold", lambda run, *a, **k: {**probe(run, *a, **k), "step_s": 50.0})
+    cfg, work = misjudged_run(tmp_path, monkeypatch, 5, save_checkpoints="true")
+    models = work / "models"
     with caplog.at_level(logging.INFO, logger="seg"):
         train.run(cfg)
     assert "budget 10 min → 3 epochs of" in caplog.text
@@ -317,12 +325,7 @@ def test_replan_to_the_step_fills_what_whole_epochs_leave():
 def test_a_last_shorter_epoch_trains_exactly_the_planned_steps(tmp_path, caplog, monkeypatch):
     """A corrected plan of 14 steps at 3 steps an epoch: 4 whole epochs and a fifth of 2 steps, the schedule ending
     exactly on its last step, the fifth epoch evaluated like any other."""
-    data = write_blobs(tmp_path / "data", 12)
-    work = tmp_path / "work"
-    cfg = load_config(tiny_argv(data, work, time_budget="10m", epochs=5, batch_size=2, export="false", fold_ids=0,
-                                scheduler="onecycle", patience=100), environ={})
-    probe = loop.probe_fold
-    monkeypatch.setattr(loop, "probe_fold", lambda run, *a, **k: {**probe(run, *a, **k), "step_s": 50.0})
+    cfg, work = misjudged_run(tmp_path, monkeypatch, 5)
     monkeypatch.setattr(loop, "replan_steps", lambda *a, **k: (5, 14))
     with caplog.at_level(logging.INFO, logger="seg"):
         train.run(cfg)
@@ -359,12 +362,7 @@ def test_an_int8_copy_reserves_a_forward_per_calibration_image_and_more_per_comp
 def test_a_plan_is_corrected_a_second_time_at_half_on_the_epochs_since_the_first(tmp_path, caplog, monkeypatch):
     """The first correction plans 6 epochs of 3 steps, the second (after epochs 3 and 4, timed since) 7 epochs, the
     last of 2 steps: the schedule is rebuilt each time and ends exactly on its last step."""
-    data = write_blobs(tmp_path / "data", 12)
-    work = tmp_path / "work"
-    cfg = load_config(tiny_argv(data, work, time_budget="10m", epochs=8, batch_size=2, export="false", fold_ids=0,
-                                scheduler="onecycle", patience=100), environ={})
-    probe = loop.probe_fold
-    monkeypatch.setattr(loop, "probe_fold", lambda run, *a, **k: {**probe(run, *a, **k), "step_s": 50.0})
+    cfg, work = misjudged_run(tmp_path, monkeypatch, 8)
     calls = []
 
     def replan_steps(planned, done, *args):
