@@ -96,7 +96,7 @@ def main() -> None:
     stats = {split: write_split(args.out, split, part, args.mosaic)
              for split, part in (("train", pairs[:cut]), ("test", pairs[cut:]))}
     lines = [f"CrackForest (CFD) as a binary crack set{f', {args.mosaic}x{args.mosaic} mosaics' if args.mosaic > 1 else ''}.",
-             f"Made by: python bench/crackforest.py --source <CrackForest-dataset> --out <out>"
+             "Made by: python bench/crackforest.py --source <CrackForest-dataset> --out <out>"
              + (f" --mosaic {args.mosaic}" if args.mosaic > 1 else ""),
              f"Split: the {len(pairs)} annotated photos in order of their number, the first {cut} train, the rest test.",
              *(f"{split}: {s['images']} images of {s['size']} px, cracks {s['crack_fraction']:.2%} of the pixels"

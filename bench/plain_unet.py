@@ -43,8 +43,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.budget import (  # noqa: E402
-    PROBE_STEPS, REPLAN_MARGIN, SECOND_REPLAN_MARGIN, Budget, epoch_estimate, format_duration, parse_duration, plan_epochs, replan, replan_epoch,
-    replay, score_estimate, second_replan_due, steady_estimate,
+    PROBE_STEPS, REPLAN_MARGIN, SECOND_REPLAN_MARGIN, Budget, epoch_estimate, format_duration, parse_duration,
+    plan_epochs, replan, replan_epoch, replay, score_estimate, second_replan_due, steady_estimate,
 )
 from utils import dice_iou, dice_iou_from_counts, list_images, normalize, read_image, read_mask  # noqa: E402
 
