@@ -43,8 +43,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.budget import (  # noqa: E402
-    PROBE_STEPS, REPLAN_MARGIN, SECOND_REPLAN_MARGIN, Budget, epoch_estimate, format_duration, parse_duration,
-    plan_epochs, replan, replan_epoch, replay, score_estimate, second_replan_due, steady_estimate,
+    PROBE_STEPS, Budget, correction, epoch_estimate, format_duration, parse_duration, plan_epochs, replan,
+    replan_epoch, replay, score_estimate, second_replan_due,
 )
 from utils import dice_iou, dice_iou_from_counts, list_images, normalize, read_image, read_mask  # noqa: E402
 
@@ -210,10 +210,9 @@ def main() -> None:
         first = budget and not corrected and epoch == replan_epoch(epochs)  # as train.py: twice, the second at half
         second = budget and corrected > 0 and second_replan_due(epochs, epoch, len(times) - corrected)  # the plan
         if first or second:
-            epoch_s = steady_estimate(times[corrected:]) if second else epoch_estimate(budget.plan.epoch_s, times)
+            epoch_s, margin = correction(budget.plan.epoch_s, times[corrected:] if second else times, second)
             planned, corrected = epochs, -1 if second else epoch
-            epochs = replan(epochs, epoch, epoch_s, train_end - budget.clock(), args.epochs,
-                            SECOND_REPLAN_MARGIN if second else REPLAN_MARGIN)
+            epochs = replan(epochs, epoch, epoch_s, train_end - budget.clock(), args.epochs, margin)
             if epochs != planned:
                 print(f"epochs take {format_duration(epoch_s)}, planned {format_duration(budget.plan.epoch_s)}: "
                       f"{epochs} epochs instead of {planned}", flush=True)

@@ -267,6 +267,14 @@ def steady_estimate(measured: list[float]) -> float:
     return max(statistics.fmean(measured), statistics.median(measured[-3:]))
 
 
+def correction(planned_s: float, measured: list[float], second: bool) -> tuple[float, float]:
+    """(epoch seconds, margin) a correction plans with: the first on every epoch timed (epoch_estimate, REPLAN_MARGIN),
+    the second on those since the first (steady_estimate, SECOND_REPLAN_MARGIN)."""
+    if second:
+        return steady_estimate(measured), SECOND_REPLAN_MARGIN
+    return epoch_estimate(planned_s, measured), REPLAN_MARGIN
+
+
 def epoch_estimate(planned_s: float, measured: list[float]) -> float:
     """What the next epoch will take: the plan's estimate until an epoch was measured in this process, then the
     larger of the mean and the last one (a machine that slows down is believed at once)."""

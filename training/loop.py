@@ -27,9 +27,8 @@ from config import Config, config_hash
 from dataset import AspectBatchSampler, CacheEntry
 from model import load_checkpoint, read_checkpoint, save_checkpoint
 from training.budget import (
-    INT8_CALIBRATION, PROBE_STEPS, REPLAN_MARGIN, SECOND_REPLAN_MARGIN, Budget, Plan, epoch_estimate, export_estimate,
-    format_duration, plan_epochs, replan_epoch, replan_steps, replay, score_estimate, second_replan_due,
-    steady_estimate,
+    INT8_CALIBRATION, PROBE_STEPS, Budget, Plan, correction, epoch_estimate, export_estimate, format_duration,
+    plan_epochs, replan_epoch, replan_steps, replay, score_estimate, second_replan_due,
 )
 from training.distributed import barrier, broadcast, is_main, rank, sync_buffers, wrap_ddp
 from training.ema import WeightEma
@@ -520,12 +519,11 @@ def replan_fold(run: FoldRun, budget: Budget, fold_end: float, measured: list[fl
         return
     plan = run.state["plan"]
     before = plan.get("epoch_s", budget.plan.epoch_s) if second else budget.plan.epoch_s
-    epoch_s = steady_estimate(measured) if second else epoch_estimate(budget.plan.epoch_s, measured)
+    epoch_s, margin = correction(budget.plan.epoch_s, measured, second)
     done, planned = run.state["epoch"] + 1, run.epochs
     eval_s = (budget.plan.val_s + budget.plan.overhead_s) / max(1, run.cfg.eval_every)
     epochs, total = broadcast(replan_steps(planned, done, plan["steps_per_epoch"], epoch_s, eval_s,
-                                           fold_end - budget.clock(), run.cfg.epochs,
-                                           SECOND_REPLAN_MARGIN if second else REPLAN_MARGIN))
+                                           fold_end - budget.clock(), run.cfg.epochs, margin))
     if total == plan["total_steps"]:
         return
     set_plan(run, {**plan, "epochs": epochs, "total_steps": total, "epoch_s": epoch_s})
