@@ -44,6 +44,7 @@ GATE_POOLS = ("avgmax", "avg", "max")
 TRACKERS = ("none", "tensorboard", "wandb")
 AUGMENTS = ("full", "flip", "none")  # AUGMENT: the training augmentation (dataset.augmentations)
 RECIPES = ("auto", "off")  # RECIPE: plan the settings left unset from the data and the budget (training/recipe.py)
+TRIALS = ("auto", "on", "off")  # TRIAL: try both AUGMENT candidates before a budgeted run (training/trial.py)
 CACHE_MODES = ("auto", "ram", "disk")  # CACHE: where training reads the cached images (training/ramcache.py)
 BATCH_SHAPES = ("square", "rect")  # BATCH_SHAPE: how whole-image batches are shaped (dataset.AspectBatchSampler)
 
@@ -159,6 +160,10 @@ FIELDS: tuple[Field, ...] = (
     Field("recipe", str, "auto", "auto = plan every setting left unset among INPUT_SIZE, TRAIN_PATCH, AUGMENT, EMA, "
           "EPOCHS (under a budget) and CLASS_WEIGHTS from the data check and TIME_BUDGET, each logged with its "
           "reason (training/recipe.py); off = their defaults", choices=RECIPES, trains=False),
+    Field("trial", str, "auto", "RECIPE=auto under TIME_BUDGET, AUGMENT unset: train both AUGMENT candidates (full, "
+          "flip) for a tenth of the budget each on a tenth of the images held back, and keep the rule's choice unless "
+          "the other leads by over 0.01 Dice (training/trial.py); auto = from a 30-minute budget on, on, off",
+          choices=TRIALS, trains=False),
     Field("lr", positive(float), 3e-4, "AdamW learning rate"),
     Field("weight_decay", non_negative(float), 1e-4, "AdamW weight decay"),
     Field("adam_eps", positive(float), 1e-8, "AdamW epsilon"),
@@ -217,8 +222,8 @@ HELP_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
               "ignore_index", "check_data", "search_files", "split_dir", "groups", "max_image_pixels")),
     ("model", ("arch", "encoder", "encoder_weights", "classes", "class_names", "classes_file", "class_weights",
                "input_size", "train_patch", "patches_per_image", "tile", "batch_shape", "augment")),
-    ("optimisation", ("batch_size", "epochs", "time_budget", "recipe", "lr", "weight_decay", "adam_eps", "scheduler",
-                      "restart_epochs", "grad_clip", "dice_weight", "bce_weight", "patience", "cooldown", "ema",
+    ("optimisation", ("batch_size", "epochs", "time_budget", "recipe", "trial", "lr", "weight_decay", "adam_eps",
+                      "scheduler", "restart_epochs", "grad_clip", "dice_weight", "bce_weight", "patience", "cooldown", "ema",
                       "eval_step", "eval_every", "use_amp", "load_model")),
     ("cross-validation", ("folds", "fold_ids", "seed")),
     ("smart crop", ("crop", "crop_model", "crop_conf", "crop_roi_factor", "crop_min_size", "crop_pad_value")),
@@ -271,6 +276,7 @@ class Config:
     epochs: int
     time_budget: int
     recipe: str
+    trial: str
     lr: float
     weight_decay: float
     adam_eps: float

@@ -114,6 +114,8 @@ def plan(cfg: Config, budget=None) -> tuple[Config, list, torch.device]:
     import torch
     import torch.distributed as dist
 
+    from config import explicit_settings
+    from training import trial
     from training.datacheck import check_data
     from training.distributed import ddp_device, is_main, world_size
     from training.precision import describe_amp
@@ -136,7 +138,10 @@ def plan(cfg: Config, budget=None) -> tuple[Config, list, torch.device]:
              f", DDP over {world_size()} processes ({dist.get_backend()})" if dist.is_initialized() else "")
     decisions = []
     if cfg.recipe == "auto":
-        cfg, decisions = plan_recipe(cfg, report, device, budget.left() if budget is not None else None)
+        left = budget.left() if budget is not None else None
+        if left is not None and trial.wanted(cfg, explicit_settings(cfg)):  # the trials' share is not the main run's
+            left -= trial.reserve_s(cfg)
+        cfg, decisions = plan_recipe(cfg, report, device, left)
     if is_main():
         LOG.info("%s", describe_config(cfg, cfg.save(extra={"recipe_plan": [d.line() for d in decisions]})))
     return cfg, sources, device
@@ -145,13 +150,15 @@ def plan(cfg: Config, budget=None) -> tuple[Config, list, torch.device]:
 def plan_recipe(cfg: Config, report: dict | None, device: torch.device, budget_s: float | None = None
                 ) -> tuple[Config, list]:
     """RECIPE=auto (training/recipe.py): rank 0 plans (or reuses WORK_DIR/recipe.json, so a resumed run keeps its
-    settings), the other ranks read its plan -> (the config with the plan applied, its decisions)."""
-    from config import explicit_settings
-    from training import recipe
+    settings), the other ranks read its plan -> (the config with the plan applied, still knowing which settings the
+    user gave, and its decisions)."""
+    from config import explicit_settings, with_explicit
+    from training import recipe, trial
     from training.distributed import barrier, is_main
 
     key = {"report": {k: v for k, v in (report or {}).items() if k != "seconds"},
-           "settings": {k: v for k, v in cfg.to_dict().items() if k not in ("recipe", "check_data")}}
+           "settings": {k: v for k, v in cfg.to_dict().items() if k not in ("recipe", "check_data", "trial")},
+           **({"trial": True} if trial.wanted(cfg, explicit_settings(cfg)) else {})}  # then planned on less budget
     if is_main():
         decisions = recipe.load_saved(cfg.work_dir, key)
         if decisions is None:
@@ -171,7 +178,7 @@ def plan_recipe(cfg: Config, report: dict | None, device: torch.device, budget_s
     barrier()
     if not is_main():
         decisions = recipe.load_saved(cfg.work_dir, None) or []
-    return recipe.apply_recipe(cfg, decisions), decisions
+    return with_explicit(recipe.apply_recipe(cfg, decisions), explicit_settings(cfg)), decisions
 
 
 def build_entries(cfg: Config, sources: list, device: torch.device) -> list[CacheEntry]:
@@ -217,6 +224,8 @@ def make_tracker(cfg: Config, log_dir: Path, environ: Mapping[str, str] | None =
 def run(cfg: Config, started: float | None = None) -> dict:
     """The whole training job: every fold, cv_summary.json and <NAME>.onnx; returns the CV summary.
     `started` (a time.monotonic() reading, default now) is when the run began: TIME_BUDGET counts from it."""
+    from config import explicit_settings
+    from training import trial
     from training.budget import Budget, format_duration
     from training.distributed import is_main
     from training.loop import cross_validate
@@ -228,6 +237,8 @@ def run(cfg: Config, started: float | None = None) -> dict:
     cfg, sources, device = plan(cfg, budget)
     entries = build_entries(cfg, sources, device)
     sources = {s.key: s for s in sources}
+    if budget is not None and trial.wanted(cfg, explicit_settings(cfg)):  # AUGMENT tried both ways first
+        cfg = trial.run_trial(cfg, entries, sources, device)
     work, task = Path(cfg.work_dir), make_task(cfg)
     splits, fold_ids, test_idx = resolve_splits(cfg, entries)
     if is_main():

@@ -44,7 +44,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.budget import (  # noqa: E402
     PROBE_STEPS, Budget, correction, epoch_estimate, format_duration, parse_duration, plan_epochs, replan,
-    replan_epoch, replay, score_estimate, second_replan_due,
+    later_replan_due, replan_epoch, replay, score_estimate,
 )
 from utils import dice_iou, dice_iou_from_counts, list_images, normalize, read_image, read_mask  # noqa: E402
 
@@ -191,7 +191,7 @@ def main() -> None:
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=epochs * steps)
 
     start, times, stopped, epoch = time.perf_counter(), [], "", 0
-    corrected = 0  # the epochs before the first correction, -1 after the second
+    made, since = 0, 0  # corrections made; times[since:]: the epochs since the last one
     while epoch < epochs:
         if budget and epoch and not budget.next_epoch_fits(train_end, epoch_estimate(budget.plan.epoch_s, times)):
             stopped = f"stopped by the clock after {epoch} of {epochs} epochs: the next one would not fit"
@@ -207,11 +207,11 @@ def main() -> None:
         print(f"epoch {epoch + 1}/{epochs} loss {total / len(x_train):.4f} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
         epoch += 1
-        first = budget and not corrected and epoch == replan_epoch(epochs)  # as train.py: twice, the second at half
-        second = budget and corrected > 0 and second_replan_due(epochs, epoch, len(times) - corrected)  # the plan
-        if first or second:
-            epoch_s, margin = correction(budget.plan.epoch_s, times[corrected:] if second else times, second)
-            planned, corrected = epochs, -1 if second else epoch
+        first = budget and not made and epoch == replan_epoch(epochs)  # as train.py: at a tenth, half, three quarters
+        later = budget and later_replan_due(epochs, epoch, len(times) - since, made)  # of the plan
+        if first or later:
+            epoch_s, margin = correction(budget.plan.epoch_s, times[since:] if later else times, bool(later))
+            planned, made, since = epochs, made + 1, epoch
             epochs = replan(epochs, epoch, epoch_s, train_end - budget.clock(), args.epochs, margin)
             if epochs != planned:
                 print(f"epochs take {format_duration(epoch_s)}, planned {format_duration(budget.plan.epoch_s)}: "

@@ -5,6 +5,7 @@ on top; it imports this module only when something is exported, so `export.py --
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import onnx
@@ -72,6 +73,7 @@ def export_onnx(work_dir: str | Path, folds: list[int] | None = None, output: st
     checkpoints = find_checkpoints(work_dir, folds)
     subset = None if set(checkpoints) == set(find_checkpoints(work_dir, None)) else list(checkpoints)
     models, ckpt = load_fold_models(checkpoints)
+    ckpt = {**ckpt, "recipe": read_recipe(work_dir)}
     if ckpt["model_args"].get("arch") == GATE_ARCH:
         mode = int8_mode(int8)
         used = (("--tta", tta != "none"), ("--logits", logits), ("--int8", mode == "on"))
@@ -98,6 +100,15 @@ def export_onnx(work_dir: str | Path, folds: list[int] | None = None, output: st
                             opset=opset, check=check, tta=tta, logits=logits, simplify_graph=simplify_graph,
                             fp16=fp16, int8_data=int8_data, force=force, rule=rule, weights=weights,
                             end_to_end=end_to_end)
+
+
+def read_recipe(work_dir: Path) -> list[str]:
+    """RECIPE=auto's plan lines from WORK_DIR/config.json (`recipe_plan`), or [] (none, or no readable file)."""
+    try:
+        lines = json.loads((work_dir / "config.json").read_text(encoding="utf-8")).get("recipe_plan") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [str(line) for line in lines] if isinstance(lines, list) else []
 
 
 def export_checkpoint(path: str | Path, arch: str | None = None, encoder: str | None = None,

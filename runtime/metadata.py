@@ -223,6 +223,10 @@ KEYS: tuple[Key, ...] = (
         "{size: [H, W], overlap}; absent: whole images", "export.py (TILE)", "runtime/tiling.py via Segmenter "
         "(--tile overrides); exporting.e2e refuses such a model", tasks=(SEGMENT,), check=_tile_ok,
         must="null or {size: [H, W] multiples of 32, overlap in [0, 0.9]}"),
+    Key("recipe", None, "RECIPE=auto's plan: each setting it chose, one line with its reason, the trial's AUGMENT "
+        "included (WORK_DIR/config.json recipe_plan); absent when nothing was planned", "export.py (train.py's plan)",
+        "provenance", check=lambda v: v is None or (isinstance(v, list) and all(
+            isinstance(line, str) for line in v)), must="null or a list of strings"),
     Key("config_hash", None, "hash of the training settings that shaped the weights", "export.py", "provenance"),
     Key("created", None, "UTC export time", "export.py", "provenance"),
     Key("versions", None, "torch, smp, onnx, onnxruntime versions at export", "export.py", "provenance"),
@@ -315,6 +319,7 @@ def build_metadata(ckpt: dict, folds: list[int], threshold: float | None, min_ar
         **({"train_flips": AUGMENT_FLIPS.get(cfg.get("augment", "full"), "h")} if cfg else {}),
         **({"tile": {"size": [int(x) for x in cfg["tile"].split("x")], "overlap": TILE_OVERLAP}} if cfg.get("tile")
            else {}),
+        **({"recipe": list(ckpt["recipe"])} if ckpt.get("recipe") else {}),
         "config_hash": ckpt.get("config_hash"),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions or {},

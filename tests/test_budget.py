@@ -20,7 +20,7 @@ from conftest import ROOT, tiny_argv, write_blobs
 from training import loop
 from training.budget import (
     REPLAN_MARGIN, SECOND_REPLAN_MARGIN, Budget, epoch_estimate, format_duration, parse_duration, plan_epochs, replan,
-    replan_epoch, second_replan_due, steady_estimate,
+    later_replan_due, replan_epoch, steady_estimate,
 )
 
 # ----------------------------------------------------------------------------- parsing
@@ -156,14 +156,16 @@ def test_replan_corrects_the_epochs_to_their_measured_time(planned, done, epoch_
     assert replan(planned, done, epoch_s, left, cap) == epochs
 
 
-@pytest.mark.parametrize("planned, done, steady, due", [
-    (24, 12, 9, True),  # half the corrected plan, 9 epochs timed since the first correction
-    (24, 11, 8, False),  # not yet half
-    (24, 12, 1, False),  # one epoch since the first correction (a resume): too few to plan on
-    (6, 4, 2, True), (6, 5, 3, False),  # at least 2 epochs still to go: the last one cannot be corrected
+@pytest.mark.parametrize("planned, done, steady, made, due", [
+    (24, 12, 9, 1, True),  # half the corrected plan, 9 epochs timed since the first correction
+    (24, 11, 8, 1, False),  # not yet half
+    (24, 12, 1, 1, False),  # one epoch since the first correction (a resume): too few to plan on
+    (6, 4, 2, 1, True), (6, 5, 3, 1, False),  # at least 2 epochs still to go: the last one cannot be corrected
+    (24, 17, 5, 2, False), (24, 18, 6, 2, True),  # the third at three quarters, on the epochs since the second
+    (24, 12, 9, 0, False), (24, 22, 4, 3, False),  # the first comes by replan_epoch; there is no fourth
 ])
-def test_the_second_correction_comes_at_half_the_plan(planned, done, steady, due):
-    assert second_replan_due(planned, done, steady) is due
+def test_later_corrections_come_at_half_and_three_quarters_of_the_plan(planned, done, steady, made, due):
+    assert later_replan_due(planned, done, steady, made) is due
 
 
 def test_the_second_correction_plans_on_steady_epochs():
@@ -359,23 +361,26 @@ def test_an_int8_copy_reserves_a_forward_per_calibration_image_and_more_per_comp
     assert export_estimate(1, 0.2, calibration=0, measured=8) == plain  # no int8 copy
 
 
-def test_a_plan_is_corrected_a_second_time_at_half_on_the_epochs_since_the_first(tmp_path, caplog, monkeypatch):
-    """The first correction plans 6 epochs of 3 steps, the second (after epochs 3 and 4, timed since) 7 epochs, the
-    last of 2 steps: the schedule is rebuilt each time and ends exactly on its last step."""
-    cfg, work = misjudged_run(tmp_path, monkeypatch, 8)
+def test_a_plan_is_corrected_again_at_half_and_three_quarters_on_the_epochs_since_the_last(tmp_path, caplog,
+                                                                                          monkeypatch):
+    """The first correction plans 6 epochs of 3 steps, the second (after epochs 3 and 4, timed since) 12 epochs, the
+    last of 1 step, the third (after epoch 9, on epochs 5-9) 13: the schedule is rebuilt each time and ends exactly
+    on its last step."""
+    cfg, work = misjudged_run(tmp_path, monkeypatch, 14)
     calls = []
 
     def replan_steps(planned, done, *args):
         calls.append((planned, done, args[-1]))  # the last: the margin
-        return [(6, 18), (7, 20)][len(calls) - 1]
+        return [(6, 18), (12, 34), (13, 37)][len(calls) - 1]
 
     monkeypatch.setattr(loop, "replan_steps", replan_steps)
     with caplog.at_level(logging.INFO, logger="seg"):
         train.run(cfg)
-    assert calls == [(3, 2, REPLAN_MARGIN), (6, 4, SECOND_REPLAN_MARGIN)]
-    assert re.search(r"fold 0: budget: epochs since the first correction take [\d.]+ s, \d+ % (more|less) than the "
-                     r"corrected [\d.]+ \w+: 7 epochs \(the last one 2 of 3 steps\) instead of 6", caplog.text)
-    assert [r["epoch"] for r in records(work)] == list(range(7)) and records(work)[-1]["step"] == 20
+    assert calls == [(3, 2, REPLAN_MARGIN), (6, 4, SECOND_REPLAN_MARGIN), (12, 9, SECOND_REPLAN_MARGIN)]
+    assert re.search(r"fold 0: budget: epochs since the last correction take [\d.]+ s, \d+ % (more|less) than the "
+                     r"corrected [\d.]+ \w+: 12 epochs \(the last one 1 of 3 steps\) instead of 6", caplog.text)
+    assert "13 epochs (the last one 1 of 3 steps) instead of 12" in caplog.text
+    assert [r["epoch"] for r in records(work)] == list(range(13)) and records(work)[-1]["step"] == 37
     ckpt = torch.load(work / "models" / "fold0_last.pt", weights_only=True)
-    assert ckpt["state"]["replanned"] == 2 and ckpt["state"]["plan"]["total_steps"] == 20
-    assert ckpt["scheduler"]["total_steps"] == ckpt["scheduler"]["last_epoch"] == 20 == ckpt["state"]["step"]
+    assert ckpt["state"]["replanned"] == 3 and ckpt["state"]["plan"]["total_steps"] == 37
+    assert ckpt["scheduler"]["total_steps"] == ckpt["scheduler"]["last_epoch"] == 37 == ckpt["state"]["step"]

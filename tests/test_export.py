@@ -119,6 +119,8 @@ def test_metadata_round_trips_the_checkpoint_config(trained_run):
     assert meta["input_size"] == cfg["input_size"] and meta["min_area"] == cfg["min_area"]
     assert meta["class_names"] == (cfg.get("class_names") or ["foreground"])
     assert meta["config_hash"] == ckpt["config_hash"] and meta["format_version"] == 1
+    plan = json.loads((trained_run / "config.json").read_text())["recipe_plan"]  # RECIPE=auto chose EMA here
+    assert plan and meta["recipe"] == plan
     assert meta["tta"] == "none" and meta["output"] == "probs" and meta["precision"] == "fp32"
     assert set(meta["versions"]) >= {"torch", "onnx", "onnxruntime"}
     assert meta["checks"]["onnxruntime_max_diff"] <= checks.PARITY_TOLERANCE

@@ -10,8 +10,9 @@ all count. The pieces, each a plain function of numbers (the clock is passed in,
   what is left of the budget less the reserve for out-of-fold scoring and the export, shared equally by the
   folds to train -> epochs per fold (at most EPOCHS, at least 1) and the schedule's total steps.
 - replan, replan_steps: after a tenth of the plan (replan_epoch), the fold's epochs corrected to their measured time,
-  to the step: a last shorter epoch uses what whole epochs would leave. A second correction at half the plan
-  (second_replan_due) plans on the epochs since the first (steady_estimate): the first ones run slow.
+  to the step: a last shorter epoch uses what whole epochs would leave. Later corrections at half and three quarters
+  of the plan (later_replan_due) plan on the epochs since the one before (steady_estimate): the first ones run slow,
+  and the host's speed drifts.
 - Budget: the run's clock; the end of each fold's share of what is left, and whether the next epoch fits in it.
 
 train.py measures the steps in training/loop.py (probe_fold); bench/plain_unet.py uses the same plan_epochs
@@ -43,8 +44,11 @@ REPLAN_MARGIN = 0.05
 # excess (CrackForest, 480 px: 23, 19, 20 s, then 18 s to the end; 24 epochs of a 600 s budget ended the run at 82 %).
 # Its margin is smaller: the epochs it plans on are warm, and the clock still stops an epoch that would not fit (with
 # 5 %, ISBI's 8.9 s epochs, then 8.5 s, ended training 30 s before its share).
-SECOND_REPLAN_SHARE = 0.5
-SECOND_REPLAN_MARGIN = 0.02
+# A third at three quarters, on the epochs since the second: the host's speed drifts by several per cent within a run
+# (horse, 192 px: the epochs the second correction planned on took 16 s, the 17 after it 14.7 s, and training ended
+# 30 s before its share, the run at 93 % of its budget).
+LATER_REPLAN_SHARES = (0.5, 0.75)
+SECOND_REPLAN_MARGIN = 0.02  # the margin of every correction after the first
 MIN_PARTIAL = 0.25  # a last, shorter epoch fills the budget when at least this share of an epoch fits
 # Out-of-fold scoring of a fold (the val pass again, then every val image at its own size, one at a time, and the
 # test list): SCORE_FACTOR x the measured validation pass per val image scored, plus SCORE_BASE_S for loading the
@@ -254,11 +258,14 @@ def export_estimate(folds: int, image_s: float, calibration: int = 0, measured: 
     return seconds
 
 
-def second_replan_due(planned: int, done: int, steady: int) -> bool:
-    """Whether a fold that has corrected its plan once, now `planned` epochs, `done` of them, `steady` timed since
-    that correction, corrects it a second time now (it is done once)."""
-    return (steady >= REPLAN_AFTER and done >= math.ceil(planned * SECOND_REPLAN_SHARE - 1e-9)
-            and planned - done >= 2)
+def later_replan_due(planned: int, done: int, steady: int, made: int) -> bool:
+    """Whether a fold that has corrected its plan `made` times (1 or 2), now `planned` epochs, `done` of them,
+    `steady` timed since the last correction, corrects it again now: at LATER_REPLAN_SHARES of the plan, with at
+    least REPLAN_AFTER epochs to plan on and 2 still to go."""
+    if not 1 <= made <= len(LATER_REPLAN_SHARES):
+        return False
+    share = LATER_REPLAN_SHARES[made - 1]
+    return steady >= REPLAN_AFTER and done >= math.ceil(planned * share - 1e-9) and planned - done >= 2
 
 
 def steady_estimate(measured: list[float]) -> float:
@@ -267,10 +274,10 @@ def steady_estimate(measured: list[float]) -> float:
     return max(statistics.fmean(measured), statistics.median(measured[-3:]))
 
 
-def correction(planned_s: float, measured: list[float], second: bool) -> tuple[float, float]:
+def correction(planned_s: float, measured: list[float], later: bool) -> tuple[float, float]:
     """(epoch seconds, margin) a correction plans with: the first on every epoch timed (epoch_estimate, REPLAN_MARGIN),
-    the second on those since the first (steady_estimate, SECOND_REPLAN_MARGIN)."""
-    if second:
+    a later one on those since the one before (steady_estimate, SECOND_REPLAN_MARGIN)."""
+    if later:
         return steady_estimate(measured), SECOND_REPLAN_MARGIN
     return epoch_estimate(planned_s, measured), REPLAN_MARGIN
 

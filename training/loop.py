@@ -28,7 +28,7 @@ from dataset import AspectBatchSampler, CacheEntry
 from model import load_checkpoint, read_checkpoint, save_checkpoint
 from training.budget import (
     INT8_CALIBRATION, PROBE_STEPS, Budget, Plan, correction, epoch_estimate, export_estimate, format_duration,
-    plan_epochs, replan_epoch, replan_steps, replay, score_estimate, second_replan_due,
+    later_replan_due, plan_epochs, replan_epoch, replan_steps, replay, score_estimate,
 )
 from training.distributed import barrier, broadcast, is_main, rank, sync_buffers, wrap_ddp
 from training.ema import WeightEma
@@ -372,7 +372,7 @@ def train_fold(task: Task, fold: int, entries, split: Split, device, metrics: Me
                  run.state["best_score"], run.state["best_epoch"] + 1)
         return run.best_path
     fold_end, measured = 0.0, []  # TIME_BUDGET: when this fold should end; seconds of each epoch trained here
-    steady_from = 0  # measured[steady_from:]: the epochs since the first correction (all of them after a resume)
+    steady_from = 0  # measured[steady_from:]: the epochs since the last correction (all of them after a resume)
     if budget is not None:
         if budget.plan is None:
             budget.plan = budget_plan(run, budget)
@@ -394,9 +394,10 @@ def train_fold(task: Task, fold: int, entries, split: Split, device, metrics: Me
         if budget is not None and not corrected and len(measured) == replan_epoch(run.epochs):
             replan_fold(run, budget, fold_end, measured)
             steady_from = len(measured)
-        elif (budget is not None and corrected == 1
-              and second_replan_due(run.epochs, run.state["epoch"] + 1, len(measured) - steady_from)):
-            replan_fold(run, budget, fold_end, measured[steady_from:], second=True)
+        elif (budget is not None
+              and later_replan_due(run.epochs, run.state["epoch"] + 1, len(measured) - steady_from, corrected)):
+            replan_fold(run, budget, fold_end, measured[steady_from:], later=True)
+            steady_from = len(measured)
         epoch += 1
     if is_main() and not run.best_path.is_file():  # every epoch fell inside the cooldown: keep the last weights
         save_checkpoint(run.best_path, {**run.payload(), "epoch": run.state["epoch"]})
@@ -510,16 +511,16 @@ def budget_plan(run: FoldRun, budget: Budget) -> Plan:
     return plan
 
 
-def replan_fold(run: FoldRun, budget: Budget, fold_end: float, measured: list[float], second: bool = False) -> None:
-    """After a tenth of the fold's planned epochs (at least 2) timed in this process, and again (`second`) at half
-    the corrected plan on the epochs timed since: its epochs corrected to what they take (rank 0 decides), the
-    schedule rebuilt over the new total and brought to the current step."""
-    run.state["replanned"] = 2 if second else 1
+def replan_fold(run: FoldRun, budget: Budget, fold_end: float, measured: list[float], later: bool = False) -> None:
+    """After a tenth of the fold's planned epochs (at least 2) timed in this process, and again (`later`) at half and
+    three quarters of the corrected plan on the epochs timed since the correction before: its epochs corrected to what
+    they take (rank 0 decides), the schedule rebuilt over the new total and brought to the current step."""
+    run.state["replanned"] = int(run.state.get("replanned", 0)) + 1 if later else 1
     if run.state["finished"]:
         return
     plan = run.state["plan"]
-    before = plan.get("epoch_s", budget.plan.epoch_s) if second else budget.plan.epoch_s
-    epoch_s, margin = correction(budget.plan.epoch_s, measured, second)
+    before = plan.get("epoch_s", budget.plan.epoch_s) if later else budget.plan.epoch_s
+    epoch_s, margin = correction(budget.plan.epoch_s, measured, later)
     done, planned = run.state["epoch"] + 1, run.epochs
     eval_s = (budget.plan.val_s + budget.plan.overhead_s) / max(1, run.cfg.eval_every)
     epochs, total = broadcast(replan_steps(planned, done, plan["steps_per_epoch"], epoch_s, eval_s,
@@ -532,9 +533,9 @@ def replan_fold(run: FoldRun, budget: Budget, fold_end: float, measured: list[fl
     last = total - (epochs - 1) * plan["steps_per_epoch"]
     short = f" (the last one {last} of {plan['steps_per_epoch']} steps)" if last < plan["steps_per_epoch"] else ""
     LOG.info("fold %d: budget: epochs %stake %s, %.0f %% %s than the %s %s: %d epochs%s instead of %d, the "
-             "schedule rebuilt over them", run.fold, "since the first correction " if second else "",
+             "schedule rebuilt over them", run.fold, "since the last correction " if later else "",
              format_duration(epoch_s), abs(change) * 100, "more" if change > 0 else "less",
-             "corrected" if second else "planned", format_duration(before), epochs, short, planned)
+             "corrected" if later else "planned", format_duration(before), epochs, short, planned)
 
 
 def next_epoch_estimate(run: FoldRun, budget: Budget, measured: list[float]) -> float:

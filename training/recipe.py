@@ -14,7 +14,8 @@ fingerprint-then-plan, but for a time budget on the machine at hand instead of d
 - TRAIN_PATCH and TILE: images larger than MAX_NATIVE whose thin structures would vanish when shrunk train on
   native-resolution patches, and are scored out of fold and served as tiles of that size (runtime/tiling.py).
 - AUGMENT: full (flips, affine, colour) for a few hundred images or fewer, flip alone for more (MANY_IMAGES): with
-  many photos the extra distortions cost epochs and, on street scenes with a horizon, mislead.
+  many photos the extra distortions cost epochs and, on street scenes with a horizon, mislead. From a 30-minute budget
+  on, training/trial.py then tries both briefly and may overturn the rule.
 - FOLDS / FOLD_IDS: under a budget too short to give every fold TARGET_EPOCHS at the images' own size, one model
   with a tenth of the images held back (FOLDS=10, FOLD_IDS=0) instead of five undertrained ones. An epoch counts
   as at least MIN_EPOCH_STEPS batches, so a tiny set's epochs of one step do not pass for training.
@@ -128,7 +129,12 @@ def plan_folds(report: dict, cfg, explicit: set[str], images: int, budget_s: flo
     every = trained_images(images, cfg.folds, cfg.selected_folds(), cfg.batch_size)
     if epochs_at(size, native, every, budget_s * BUDGET_SHARE, image_s) >= TARGET_EPOCHS:
         return cfg.folds, cfg.selected_folds()
-    return (HOLD_OUT if images >= 2 * HOLD_OUT else max(2, min(cfg.folds, images))), [0]  # few images: a bigger share
+    return held_out_folds(images, cfg.folds), [0]
+
+
+def held_out_folds(images: int, folds: int) -> int:
+    """FOLDS for one model with a tenth of `images` held back (fold 0); few images hold back a bigger share."""
+    return HOLD_OUT if images >= 2 * HOLD_OUT else max(2, min(folds, images))
 
 
 def class_balance(report: dict) -> float | None:
