@@ -265,8 +265,8 @@ def main() -> None:
         missing = [f"{name} ({spec[0]})" for name, spec in sets.items() if not Path(spec[0]).is_dir()]
         if missing:
             raise SystemExit(f"data not found: {', '.join(missing)}; build it as the SETS table says")
-        start = machine_info()
         for name, (train, val, holdout, plain_size, about) in sets.items():
+            start = machine_info()  # each set's JSON compares the host at its own start and end
             result = run_set(name, Path(train), Path(val) if val else None, holdout, plain_size, about, args, tmp)
             result = merged(args.out_dir / f"{name}.json", result)
             write_result("results_suite", {"command": rerun(name, result["seeds"], args), **result},
