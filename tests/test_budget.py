@@ -349,6 +349,20 @@ def test_a_tiled_models_export_reserve_counts_its_checks_at_tile_size():
     assert export_estimate(1, 0.03, check_share=4.0) == export_estimate(1, 0.03)  # never more than an image
 
 
+def test_a_tiled_models_scoring_and_int8_comparison_reserve_its_tiles_overlap():
+    """The mosaics (1 fold, 2 val images of 1.5 s, 6 calibration images, 384 px tiles of 1440 px images) reserved 12 s
+    for scoring that took 16 s and 30 s for an export that took 46 s; counting the tiles' overlap covers both."""
+    from training.budget import TILED_COST, export_estimate, score_estimate
+
+    assert score_estimate(3.0, 2, 2) == pytest.approx(12.0)  # whole images: unchanged
+    assert score_estimate(3.0, 2, 2, tiled=True) >= 16
+    share = 384 * 384 / 1440 ** 2
+    assert export_estimate(1, 1.5, calibration=6, measured=2, check_share=share) < 46
+    assert export_estimate(1, 1.5, calibration=6, measured=2, check_share=share, tiled=True) >= 46
+    assert export_estimate(1, 1.5, check_share=share, tiled=True) == export_estimate(1, 1.5, check_share=share)
+    assert TILED_COST > 1
+
+
 def test_an_int8_copy_reserves_a_forward_per_calibration_image_and_more_per_compared_one():
     from training.budget import INT8_BASE_S, INT8_MEASURED_FORWARDS, export_estimate
 

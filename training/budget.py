@@ -65,6 +65,11 @@ SCORED_MARGIN = 1.25
 #   CrackForest 480 px, 64 + 8: 3 / 12 / 6 s;  its 1440x960 mosaics, tiled, 6 + 2: 2 / 12 / 31 s.
 # (0.7-2 forwards per calibration image, 3.3-5.4 per compared one; the constants before these reserved 20-50 s for
 # 10-46 s, and the slack alone ended runs at 82-94 % of their budget.)
+# A tiled model (TILE) runs a large image as half-overlapping tiles: its out-of-fold scoring at each image's own size
+# and its int8 comparison cost TILED_COST whole-image forwards an image (bench/tiles.py, the 1440x960 mosaics: 14.5 s
+# against 5.7 s whole). Without it the mosaics' seed 1 reserved 12 s for scoring that took 16 s and 30 s for an
+# export that took 46 s, and ended at 612 s of its 600.
+TILED_COST = 2.5
 EXPORT_BASE_S = 3.0
 EXPORT_FOLD_S = 3.0
 EXPORT_FORWARDS = 10
@@ -241,19 +246,23 @@ def replay(scheduler, steps: int):
     return scheduler
 
 
-def score_estimate(val_s: float, val_images: int, scored_images: int) -> float:
-    """Seconds to reserve for one fold's out-of-fold scoring of `scored_images` (its val fold + the test list)."""
-    return SCORE_BASE_S + SCORE_FACTOR * val_s * scored_images / max(1, val_images)
+def score_estimate(val_s: float, val_images: int, scored_images: int, tiled: bool = False) -> float:
+    """Seconds to reserve for one fold's out-of-fold scoring of `scored_images` (its val fold + the test list): of
+    SCORE_FACTOR val passes, one is the val pass again and the rest score the originals, as tiles when `tiled`."""
+    originals = (SCORE_FACTOR - 1) * (TILED_COST if tiled else 1.0)
+    return SCORE_BASE_S + (1 + originals) * val_s * scored_images / max(1, val_images)
 
 
 def export_estimate(folds: int, image_s: float, calibration: int = 0, measured: int = 0,
-                    check_share: float = 1.0) -> float:
+                    check_share: float = 1.0, tiled: bool = False) -> float:
     """Seconds to reserve for exporting `folds` fold models, one forward of one image taking `image_s`; an int8 copy
-    (calibration > 0) calibrated on `calibration` images and compared on `measured` held-back ones; check_share:
-    the parity checks' input as a share of an image (a tiled model checks one tile, not a 1440 px image)."""
+    (calibration > 0) calibrated on `calibration` images and compared on `measured` held-back ones (as tiles when
+    `tiled`); check_share: the parity checks' input as a share of an image (a tiled model checks one tile, not a
+    1440 px image)."""
     seconds = EXPORT_BASE_S + folds * (EXPORT_FOLD_S + EXPORT_FORWARDS * image_s * min(1.0, check_share))
     if calibration:
-        forwards = INT8_CALIBRATION_FORWARDS * calibration + INT8_MEASURED_FORWARDS * measured
+        compared = INT8_MEASURED_FORWARDS * measured * (TILED_COST if tiled else 1.0)
+        forwards = INT8_CALIBRATION_FORWARDS * calibration + compared
         seconds += INT8_BASE_S + folds * forwards * image_s
     return seconds
 

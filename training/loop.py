@@ -489,16 +489,16 @@ def budget_plan(run: FoldRun, budget: Budget) -> Plan:
         return plan
     timings = probe_fold(run)
     val_s, val_images = timings["val_s"], len(run.val_loader.dataset)
-    score_s = score_estimate(val_s, val_images, val_images + budget.test_images)
+    tile = cfg.tile_hw()  # large images are scored (and the int8 copy compared) as tiles
+    score_s = score_estimate(val_s, val_images, val_images + budget.test_images, tiled=bool(tile))
     one_fold = len(budget.fold_ids) == 1  # export.py measures one fold's int8 copy on its own held-back images
     int8 = cfg.task == "segment" and (cfg.int8 == "on" or (cfg.int8 == "auto" and (budget.test_images or one_fold)))
     train_images = len(getattr(run.train_loader.dataset, "entries", run.train_loader.dataset))  # patches: images
     calibration = min(INT8_CALIBRATION, train_images)  # export.py calibrates on the cache less the held-back images
     compared = val_images if one_fold else budget.test_images
-    tile = cfg.tile_hw()
     check_share = tile[0] * tile[1] / cfg.input_size ** 2 if tile else 1.0
     export_s = export_estimate(len(budget.fold_ids), timings["image_s"], calibration if int8 else 0, compared,
-                               check_share) if cfg.export else 0.0
+                               check_share, tiled=bool(tile)) if cfg.export else 0.0
     plan = plan_epochs(budget.seconds, budget.elapsed(), timings["step_s"], len(run.train_loader), val_s,
                        timings["overhead_s"], budget.folds_left, score_s, export_s, cfg.epochs,
                        eval_every=cfg.eval_every)
