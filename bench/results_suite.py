@@ -182,9 +182,13 @@ def details(results: list[dict]) -> str:
             for x in r["runs"][row]:
                 out.append(f"| {ROW_NAMES[row]} | {x['seed']} | {x['dice']:.4f} | {x['pixel_dice']:.4f} | {x['epochs']} | "
                            f"{x['wall_s']:.0f} | {x['before']['matmul_gflops']} | {x.get('code', '-')} |")
-        plans = {tuple(x.get("recipe", [])) for x in r["runs"]["pipeline"]}
-        out += ["", "The pipeline's recipe: " + ("; ".join(p.split(": ", 2)[1] for p in sorted(plans)[0]) if plans else
-                                                  "-"), ""]
+        plans: dict[tuple, list] = {}  # each plan the recipe made, with the seeds it made it for
+        for x in r["runs"]["pipeline"]:
+            plans.setdefault(tuple(x.get("recipe", [])), []).append(x["seed"])
+        out.append("")
+        for plan, seeds in sorted(plans.items(), key=lambda item: sorted(item[1])):
+            said = f", seed {', '.join(map(str, sorted(seeds)))}" if len(plans) > 1 else ""
+            out += [f"The pipeline's recipe{said}: " + ("; ".join(p.split(": ", 2)[1] for p in plan) or "-"), ""]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -266,6 +270,7 @@ def main() -> None:
         if missing:
             raise SystemExit(f"data not found: {', '.join(missing)}; build it as the SETS table says")
         for name, (train, val, holdout, plain_size, about) in sets.items():
+            wait_quiet(args.quiet)  # after the set before: its own start, quiet, as each run's
             start = machine_info()  # each set's JSON compares the host at its own start and end
             result = run_set(name, Path(train), Path(val) if val else None, holdout, plain_size, about, args, tmp)
             result = merged(args.out_dir / f"{name}.json", result)
