@@ -13,13 +13,11 @@ import contextlib
 import copy
 import itertools
 import json
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -36,6 +34,7 @@ from training.loaders import make_loader
 from training.metrics import MetricsLog, OOFStats, Tracker
 from training.precision import amp_dtype, autocast, memory_format
 from training.progress import progress
+from training.rng import random_state, set_random_state
 from training.splits import Split
 from utils import LOG, UserError, atomic_write_json, write_png
 
@@ -434,8 +433,7 @@ def probe_fold(run: FoldRun, steps: int = PROBE_STEPS) -> dict:
             copy.deepcopy(loader.dataset), batch_size=loader.batch_size, shuffle=True, drop_last=loader.drop_last,
             generator=torch.Generator().manual_seed(run.cfg.seed + rank()), **common)
     saved = {"model": copy.deepcopy(run.model.state_dict()), "optimizer": copy.deepcopy(run.optimizer.state_dict()),
-             "scaler": run.scaler, "scheduler": run.scheduler, "torch": torch.get_rng_state(),
-             "numpy": np.random.get_state(), "random": random.getstate(),
+             "scaler": run.scaler, "scheduler": run.scheduler, "rng": random_state(),
              "ema": None if run.ema is None else copy.deepcopy(run.ema.state_dict())}
     run.scheduler = NoSchedule()
     run.scaler = torch.amp.GradScaler(run.device.type, enabled=saved["scaler"].is_enabled())
@@ -461,9 +459,7 @@ def probe_fold(run: FoldRun, steps: int = PROBE_STEPS) -> dict:
     run.scaler, run.scheduler = saved["scaler"], saved["scheduler"]
     if run.ema is not None:
         run.ema.load_state_dict(saved["ema"])
-    torch.set_rng_state(saved["torch"])
-    np.random.set_state(saved["numpy"])
-    random.setstate(saved["random"])
+    set_random_state(saved["rng"])
     return {"step_s": (marks[-1] - marks[0]) / steps, "val_s": val_s, "overhead_s": overhead_s,
             "image_s": val_s / max(1, len(run.val_loader.dataset))}
 

@@ -98,29 +98,6 @@ def train_candidate(cfg: Config, entries: list, sources: dict, device) -> float:
     return float(summary[SCORE])
 
 
-def random_state() -> dict:
-    import random
-
-    import numpy as np
-    import torch
-
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def set_random_state(state: dict) -> None:
-    import random
-
-    import numpy as np
-    import torch
-
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["random"])
-    if state["cuda"] is not None:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def run_trial(cfg: Config, entries: list, sources: dict, device) -> Config:
     """Train both candidates (those WORK_DIR/trial.json does not hold yet), choose, log, and record the choice in
     config.json -> `cfg` with the chosen AUGMENT. Each candidate, and the main run after them, starts from the random
@@ -128,6 +105,7 @@ def run_trial(cfg: Config, entries: list, sources: dict, device) -> Config:
     trial had run (so a resumed run that skips them trains the same)."""
     from training.budget import format_duration
     from training.distributed import broadcast, is_main
+    from training.rng import random_state, set_random_state
 
     work, rule = Path(cfg.work_dir), cfg.augment
     path = work / TRIAL_FILE
