@@ -2,6 +2,7 @@
 
     python bench/results_suite.py                               # every set, seeds 42 and 1, 10-minute budgets: hours
     python bench/results_suite.py --sets horse cfd --seeds 42   # some of them
+    python bench/results_suite.py --sets camvid --rows pipeline  # one row again, the JSON's other rows kept
     python bench/results_suite.py --tables                      # the README and docs tables, from the JSONs only
     python bench/results_suite.py --quick --out-dir /tmp/suite  # a smoke run on generated data (the test suite's)
 
@@ -100,8 +101,17 @@ def measured(fn) -> dict:
     return {**result, "before": before, "after": {"matmul_gflops": host_gflops(), "load": (load_average() or [None])[0]}}
 
 
+def pipeline_augment(runs: dict[str, list[dict]], earlier: dict | None, seed: int) -> str:
+    """The AUGMENT the pipeline's recipe chose for `seed`: in this invocation, else in the set's JSON (--rows
+    without the pipeline)."""
+    for run_ in [*runs["pipeline"], *((earlier or {}).get("runs", {}).get("pipeline", []))]:
+        if run_["seed"] == seed:
+            return run_["augment"]
+    raise SystemExit(f"plain + recipe needs the pipeline's AUGMENT for seed {seed}: run the pipeline row too")
+
+
 def run_set(name: str, train: Path, val: Path | None, holdout: int, plain_size: int, about: str, args,
-            tmp: Path) -> dict:
+            tmp: Path, earlier: dict | None = None) -> dict:
     (tmp / name).mkdir(parents=True, exist_ok=True)
     where = {"train": str(train), "val": str(val) if val else f"the last {holdout} of train"}  # not the scratch split
     if val is None:
@@ -109,21 +119,21 @@ def run_set(name: str, train: Path, val: Path | None, holdout: int, plain_size: 
     runs: dict[str, list[dict]] = {row: [] for row in ROWS}
     code = code_version()
     for seed in args.seeds:
-        for row in ROWS:
+        for row in args.rows:
             wait_quiet(args.quiet)
             work = tmp / name / f"{row}_{seed}"
             if row == "pipeline":
                 result = measured(lambda: run_pipeline(train, val, args.budget, seed, work, args.pipeline_flags))
             else:
-                flags = [] if row == "plain" else ["--augment", runs["pipeline"][-1]["augment"], "--threshold",
+                flags = [] if row == "plain" else ["--augment", pipeline_augment(runs, earlier, seed), "--threshold",
                                                    "heldout"]
                 result = measured(lambda: run_plain(train, val, args.budget, seed, plain_size, work, flags))
             runs[row].append({"seed": seed, "code": code, **result})
             print(f"{name} {row} seed {seed}: Dice {result['dice']:.4f} (pooled {result['pixel_dice']:.4f}), "
                   f"{result['epochs']} epochs, {result['wall_s']:.0f} s", flush=True)
-    summary = summarize(runs)
+    summary = summarize(runs) if all(runs.values()) else {}
     return {"set": name, "about": about, "budget": args.budget,
-            "seeds": args.seeds, **where, "plain_size": plain_size, "runs": runs,
+            "seeds": args.seeds, **where, "plain_size": plain_size, "runs": runs, "rows": list(args.rows),
             "summary": summary}
 
 
@@ -134,17 +144,36 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
             for row, rs in runs.items()}
 
 
-def merged(path: Path, result: dict) -> dict:
-    """`result` plus the other seeds an earlier run of the same set and budget wrote to `path` (one seed per
-    invocation adds up, a seed run again replaces its runs)."""
+def earlier_result(path: Path, budget: str) -> dict | None:
+    """What an earlier run of the same set and budget wrote to `path`, or None."""
     if not path.is_file():
-        return result
+        return None
     old = json.loads(path.read_text())
-    if old.get("budget") != result["budget"]:
+    return old if old.get("budget") == budget else None
+
+
+def merged(old: dict | None, result: dict) -> dict:
+    """`result` plus the other seeds and rows an earlier run of the same set and budget wrote (`old`): one seed per
+    invocation adds up, and a seed's row run again replaces that row's run (--rows re-runs some rows only)."""
+    rows = result.pop("rows", ROWS)
+    if old is None:
+        if set(rows) != set(ROWS):
+            raise SystemExit(f"{result['set']}: no earlier JSON of budget {result['budget']} to keep the rows "
+                             f"{', '.join(r for r in ROWS if r not in rows)} from: run every row")
         return result
-    runs = {row: sorted([r for r in old["runs"].get(row, []) if r["seed"] not in result["seeds"]] + result["runs"][row],
-                        key=lambda r: r["seed"]) for row in ROWS}
+    runs = {row: sorted([r for r in old["runs"].get(row, []) if row not in rows or r["seed"] not in result["seeds"]]
+                        + result["runs"][row], key=lambda r: r["seed"]) for row in ROWS}
     seeds = sorted({r["seed"] for rs in runs.values() for r in rs})
+    for row in ROWS:
+        if sorted(r["seed"] for r in runs[row]) != seeds:
+            lacking = sorted(set(seeds) - {r["seed"] for r in runs[row]})
+            raise SystemExit(f"{result['set']}: the {row} row lacks seeds {lacking}: run it for them (--rows {row})")
+    for seed in seeds:
+        augment = pipeline_augment(runs, None, seed)
+        given = next(r for r in runs["plain_recipe"] if r["seed"] == seed)["flags"][1]
+        if augment != given:
+            print(f"WARNING: {result['set']} seed {seed}: the pipeline's recipe now chooses AUGMENT={augment}, its "
+                  f"plain + recipe row ran with {given}: re-run that row too (--rows plain_recipe)", flush=True)
     return {**result, "seeds": seeds, "runs": runs, "summary": summarize(runs)}
 
 
@@ -249,6 +278,9 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1])
     parser.add_argument("--budget", default="10m", help="TIME_BUDGET of every run")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS,
+                        help="re-run only these rows, keeping the others' runs from the set's JSON (after a change "
+                             "to the pipeline alone, say)")
     parser.add_argument("--quiet", type=float, default=1.0, help="start each run below this 1-minute load average")
     parser.add_argument("--pipeline-flags", default="", help="extra train.py flags (none for the published tables)")
     parser.add_argument("--out-dir", type=Path, default=SUITE)
@@ -257,6 +289,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="generated data, 20 s budgets, one seed: a smoke run")
     args = parser.parse_args()
     args.pipeline_flags = args.pipeline_flags.split()
+    args.rows = [row for row in ROWS if row in args.rows]  # the pipeline first: plain + recipe takes its AUGMENT
     if args.tables:
         write_tables(args.out_dir)
         return
@@ -272,8 +305,13 @@ def main() -> None:
         for name, (train, val, holdout, plain_size, about) in sets.items():
             wait_quiet(args.quiet)  # after the set before: its own start, quiet, as each run's
             start = machine_info()  # each set's JSON compares the host at its own start and end
-            result = run_set(name, Path(train), Path(val) if val else None, holdout, plain_size, about, args, tmp)
-            result = merged(args.out_dir / f"{name}.json", result)
+            earlier = earlier_result(args.out_dir / f"{name}.json", args.budget)
+            if earlier is None and args.rows != list(ROWS):
+                raise SystemExit(f"{name}: --rows {' '.join(args.rows)} keeps the other rows from an earlier JSON of "
+                                 f"budget {args.budget} in {args.out_dir}, and there is none: run every row")
+            result = run_set(name, Path(train), Path(val) if val else None, holdout, plain_size, about, args, tmp,
+                             earlier)
+            result = merged(earlier, result)
             write_result("results_suite", {"command": rerun(name, result["seeds"], args), **result},
                          args.out_dir / f"{name}.json", start)
 

@@ -40,3 +40,45 @@ def test_published_numbers_are_their_jsons(path, render):
     assert results, "bench/results/suite/ holds no results"
     assert results_suite.published(ROOT / path) == render(results).rstrip(), (
         f"{path} disagrees with bench/results/suite/*.json: run python bench/results_suite.py --tables")
+
+
+def _run(seed: int, dice: float, augment: str | None = None) -> dict:
+    run = {"seed": seed, "dice": dice, "pixel_dice": dice, "epochs": 3, "wall_s": 590.0}
+    if augment is not None:
+        run["augment"] = augment
+    return run
+
+
+def _set(seeds: list[int], rows=results_suite.ROWS, dice: float = 0.5, augment: str = "flip") -> dict:
+    runs = {row: [] for row in results_suite.ROWS}
+    for row in rows:
+        for seed in seeds:
+            run = _run(seed, dice, augment if row == "pipeline" else None)
+            if row != "pipeline":
+                run["flags"] = [] if row == "plain" else ["--augment", augment, "--threshold", "heldout"]
+            runs[row].append(run)
+    return {"set": "s", "budget": "10m", "seeds": seeds, "runs": runs, "rows": list(rows), "summary": {}}
+
+
+def test_rerun_rows_replace_their_seed_and_keep_the_rest(capsys):
+    """--rows pipeline: the seed's pipeline run is replaced, the plain rows and the other seed are kept."""
+    old = _set([1, 42], dice=0.5)
+    old.pop("rows")
+    result = results_suite.merged(old, _set([1], rows=("pipeline",), dice=0.7))
+    assert [(r["seed"], r["dice"]) for r in result["runs"]["pipeline"]] == [(1, 0.7), (42, 0.5)]
+    for row in ("plain_recipe", "plain"):
+        assert [(r["seed"], r["dice"]) for r in result["runs"][row]] == [(1, 0.5), (42, 0.5)]
+    assert result["seeds"] == [1, 42] and "rows" not in result
+    assert result["summary"]["pipeline"]["mean_dice"] == pytest.approx(0.6)
+    assert "WARNING" not in capsys.readouterr().out
+    # a recipe that now picks another augmentation than its plain + recipe row ran with is said out loud
+    results_suite.merged(old, _set([1], rows=("pipeline",), dice=0.7, augment="full"))
+    assert "AUGMENT=full" in capsys.readouterr().out
+
+
+def test_rerun_rows_need_the_rows_they_keep():
+    with pytest.raises(SystemExit, match="no earlier JSON"):
+        results_suite.merged(None, _set([1], rows=("pipeline",)))
+    old = _set([42])
+    with pytest.raises(SystemExit, match="lacks seeds"):  # a new seed must run every row
+        results_suite.merged(old, _set([1], rows=("pipeline",)))
