@@ -42,7 +42,11 @@ def test_the_budget_buys_the_largest_size_with_enough_epochs():
 def test_thin_structures_set_a_floor_the_budget_cannot_push_below():
     slow = lambda size: 10.0  # noqa: E731  nothing fits
     decided, _ = plan(report(width=512, height=512, thin=4.8), ["--time-budget", "5m"], slow)
-    assert decided["input_size"] == 320  # 4.8 px membranes keep 3 px: 512 * 3 / 4.8 = 320
+    assert decided["input_size"] == 448  # 4.8 px membranes keep 4 px: 512 * 4 / 4.8 = 427, up to the stride
+    cfg = load_config(["--time-budget", "5m"], environ={})
+    [size] = [d for d in plan_recipe(report(width=480, height=320, thin=2.3), cfg, set(explicit_settings(cfg)), slow)
+              if d.setting == "input_size"]
+    assert size.value == 480 and "need the images' own size (480 px)" in size.reason  # 2.3 px cracks: every pixel
 
 
 def test_large_images_with_thin_structures_train_on_native_patches():
