@@ -20,7 +20,7 @@ from conftest import ROOT, tiny_argv, write_blobs
 from training import loop
 from training.budget import (
     REPLAN_MARGIN, SECOND_REPLAN_MARGIN, Budget, epoch_estimate, format_duration, parse_duration, plan_epochs, replan,
-    later_replan_due, replan_epoch, steady_estimate,
+    later_replan_due, replan_epoch, shortened_steps, steady_estimate,
 )
 
 # ----------------------------------------------------------------------------- parsing
@@ -398,3 +398,39 @@ def test_a_plan_is_corrected_again_at_half_and_three_quarters_on_the_epochs_sinc
     ckpt = torch.load(work / "models" / "fold0_last.pt", weights_only=True)
     assert ckpt["state"]["replanned"] == 3 and ckpt["state"]["plan"]["total_steps"] == 37
     assert ckpt["scheduler"]["total_steps"] == ckpt["scheduler"]["last_epoch"] == 37 == ckpt["state"]["step"]
+
+
+def test_an_epoch_that_does_not_fit_whole_is_cut_to_the_steps_that_do():
+    """50 steps of 0.5 s and 5 s of validation: 20 s hold 29 steps and the validation (2 % margin); under a quarter
+    of an epoch the fold stops instead."""
+    assert shortened_steps(50, 50, 30.0, 5.0, 20.0) == 29
+    assert shortened_steps(50, 50, 30.0, 5.0, 11.0) == 0  # 11 steps fit: under 12.5
+    assert shortened_steps(50, 30, 30.0, 5.0, 25.0) == 29  # a planned shorter epoch of 30 steps loses one at least
+
+
+@pytest.mark.parametrize("cut", [2, 0])
+def test_a_last_epoch_that_does_not_fit_whole_is_trained_short_not_skipped(tmp_path, caplog, monkeypatch, cut):
+    """The clock says the fourth of 5 planned epochs (3 steps each) does not fit: with 2 of its steps fitting the
+    fold trains them as its last epoch, its schedule ending on them; with none, it stops after the third."""
+    cfg, work = misjudged_run(tmp_path, monkeypatch, 5)
+    monkeypatch.setattr(loop, "replan_steps", lambda *a, **k: (5, 15))
+    boundaries = []
+
+    def fits(self, end, epoch_s):
+        boundaries.append(epoch_s)
+        return len(boundaries) < 3  # after the first and second epochs; not after the third
+
+    monkeypatch.setattr(Budget, "next_epoch_fits", fits)
+    monkeypatch.setattr(loop, "shortened_steps", lambda spe, steps, *a: cut if (spe, steps) == (3, 6) else 99)
+    with caplog.at_level(logging.INFO, logger="seg"):
+        train.run(cfg)
+    ckpt = torch.load(work / "models" / "fold0_last.pt", weights_only=True)
+    if cut:
+        assert re.search(r"fold 0: budget: the next epoch \(~[\d.]+ \w+\) would end past this fold's share: it is the "
+                         r"last, 2 of 3 steps", caplog.text)
+        assert [r["epoch"] for r in records(work)] == [0, 1, 2, 3] and records(work)[-1]["step"] == 11
+        assert ckpt["scheduler"]["total_steps"] == ckpt["scheduler"]["last_epoch"] == 11 == ckpt["state"]["step"]
+        assert ckpt["state"]["plan"]["epochs"] == 4 and "stopped early" not in caplog.text
+    else:
+        assert "stopped early after epoch 3 of 5" in caplog.text and ckpt["state"]["stopped"] == "time budget"
+        assert [r["epoch"] for r in records(work)] == [0, 1, 2]

@@ -26,7 +26,7 @@ from dataset import AspectBatchSampler, CacheEntry
 from model import load_checkpoint, read_checkpoint, save_checkpoint
 from training.budget import (
     INT8_CALIBRATION, PROBE_STEPS, Budget, Plan, correction, epoch_estimate, export_estimate, format_duration,
-    later_replan_due, plan_epochs, replan_epoch, replan_steps, replay, score_estimate,
+    later_replan_due, plan_epochs, replan_epoch, replan_steps, replay, score_estimate, shortened_steps,
 )
 from training.distributed import barrier, broadcast, is_main, rank, sync_buffers, wrap_ddp
 from training.ema import WeightEma
@@ -518,8 +518,7 @@ def replan_fold(run: FoldRun, budget: Budget, fold_end: float, measured: list[fl
     before = plan.get("epoch_s", budget.plan.epoch_s) if later else budget.plan.epoch_s
     epoch_s, margin = correction(budget.plan.epoch_s, measured, later)
     done, planned = run.state["epoch"] + 1, run.epochs
-    eval_s = (budget.plan.val_s + budget.plan.overhead_s) / max(1, run.cfg.eval_every)
-    epochs, total = broadcast(replan_steps(planned, done, plan["steps_per_epoch"], epoch_s, eval_s,
+    epochs, total = broadcast(replan_steps(planned, done, plan["steps_per_epoch"], epoch_s, budget.plan.eval_s,
                                            fold_end - budget.clock(), run.cfg.epochs, margin))
     if total == plan["total_steps"]:
         return
@@ -542,15 +541,24 @@ def next_epoch_estimate(run: FoldRun, budget: Budget, measured: list[float]) -> 
     left = plan.get("total_steps", step + spe) - step
     if left >= spe:
         return epoch_s
-    eval_s = (budget.plan.val_s + budget.plan.overhead_s) / max(1, run.cfg.eval_every)
-    return eval_s + max(epoch_s - eval_s, 0.0) * max(left, 0) / spe
+    return budget.plan.eval_s + max(epoch_s - budget.plan.eval_s, 0.0) * max(left, 0) / spe
 
 
 def out_of_time(run: FoldRun, budget: Budget, fold_end: float, measured: list[float]) -> bool:
-    """At an epoch boundary: whether the next epoch would end past this fold's share of the budget (rank 0 decides
-    for every rank). If so, the fold is finished as it stands: its best checkpoint is kept, one line says why."""
+    """At an epoch boundary: whether the fold stops, its next epoch ending past its share of the budget (rank 0
+    decides for every rank), its best checkpoint kept; when a quarter of an epoch fits, a shorter last one instead."""
     epoch_s = next_epoch_estimate(run, budget, measured)
     stop = broadcast(not budget.next_epoch_fits(fold_end, epoch_s))
+    plan, step = run.state.get("plan"), run.state["step"]
+    steps = broadcast(shortened_steps(plan["steps_per_epoch"], plan["total_steps"] - step, epoch_estimate(
+        budget.plan.epoch_s, measured), budget.plan.eval_s, fold_end - budget.clock())) if stop and plan else 0
+    if steps:  # the fold ends on a shorter last epoch, its schedule annealing by then, instead of an unused share
+        set_plan(run, {**plan, "epochs": run.state["epoch"] + 2, "total_steps": step + steps})
+        replay(run.scheduler, step)
+        LOG.info("fold %d: budget: the next epoch (~%s) would end past this fold's share: it is the last, %d of %d "
+                 "steps, the schedule rebuilt to end there", run.fold, format_duration(epoch_s), steps, plan[
+                     "steps_per_epoch"])
+        return False
     if stop:
         LOG.info("%s", budget.stop_message(run.fold, run.state["epoch"] + 1, run.epochs, fold_end, epoch_s))
         if run.pending is not None:  # EVAL_EVERY: the weights the fold ends with are evaluated, and may be the best
