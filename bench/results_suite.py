@@ -45,7 +45,7 @@ SETS = {
     "horse": (HORSE / "images" / "train", HORSE / "images" / "val", 0, 256,
               "Weizmann horses: 250 train / 77 val photos, about 300x200"),
     "isbi": (ISBI / "images", None, 6, 512, "ISBI 2012 EM membranes: 24 train / the last 6 of 30 slices, 512x512"),
-    # CamVid's plain size is 256, the size the recipe plans there: at 480 px the plain script's fp32 epoch takes 5.6
+    # CamVid's plain size is 256 (the recipe plans 320 there): at 480 px the plain script's fp32 epoch takes 5.6
     # minutes, so a 10-minute budget gives it one epoch (Dice 0.31), a baseline no user would keep
     "camvid": (DATA / "camvid_car" / "images" / "train", DATA / "camvid_car" / "images" / "test", 0, 256,
                "CamVid cars: 367 train / 233 test street photos, 480x360 (bench/camvid.py)"),

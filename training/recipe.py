@@ -38,8 +38,9 @@ TARGET_EPOCHS = 40  # epochs a from-scratch model needs before resolution pays m
 # set's epoch counts as MIN_EPOCH_STEPS batches (8 mosaics, explicit --input-size: 5 folds of 1-step epochs before)
 MIN_EPOCH_STEPS = 10
 # The thinnest structures (10th percentile of region widths) keep at least this many pixels. At 3 px CamVid's cars
-# (6.1 px) planned 256 px and 18 epochs in 10 minutes; 320 px and 12 epochs scored +0.036 per image and +0.034
-# pooled on its 233 test photos (seed 1), and ISBI at 512 px beat its 3 px plan of 320 px (0.951 against 0.949).
+# (6.1 px) planned 256 px and 18-20 epochs in 10 minutes, and trailed the plain script pooled over pixels on both
+# seeds, missing a third of the largest cars' pixels; at 4 px (320 px, 11-12 epochs) the results suite's two seeds
+# moved +0.039 and -0.032 per image, +0.048 and -0.003 pooled (means +0.003 and +0.022, within the seed noise).
 MIN_WIDTH_PX = 4.0
 MAX_NATIVE = 1024  # the largest long side trained as whole images; larger images train on patches
 MIN_SIZE = 128
