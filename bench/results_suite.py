@@ -221,10 +221,10 @@ def details(results: list[dict]) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def replace_between(path: Path, text: str) -> bool:
+def replace_between(path: Path, text: str, markers: tuple[str, str] = MARKERS) -> bool:
     """Put `text` between the markers of `path`; False when the file has no markers."""
     content = path.read_text(encoding="utf-8")
-    start, end = MARKERS
+    start, end = markers
     if start not in content or end not in content:
         return False
     head, rest = content.split(start, 1)
@@ -233,10 +233,10 @@ def replace_between(path: Path, text: str) -> bool:
     return True
 
 
-def published(path: Path) -> str | None:
+def published(path: Path, markers: tuple[str, str] = MARKERS) -> str | None:
     """The text between the markers of `path` (what --tables wrote there), or None."""
     content = path.read_text(encoding="utf-8")
-    match = re.search(re.escape(MARKERS[0]) + r"\n(.*?)\n" + re.escape(MARKERS[1]), content, re.S)
+    match = re.search(re.escape(markers[0]) + r"\n(.*?)\n" + re.escape(markers[1]), content, re.S)
     return match.group(1) if match else None
 
 

@@ -1,4 +1,5 @@
-"""bench/results_suite.py: the quick smoke run, and the published tables equal to what their JSONs say."""
+"""bench/results_suite.py and bench/hand_tuned.py: the quick smoke run, the merges, and the published tables equal to
+what their JSONs say."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
+import hand_tuned  # noqa: E402
 import results_suite  # noqa: E402
 
 
@@ -82,3 +84,40 @@ def test_rerun_rows_need_the_rows_they_keep():
     old = _set([42])
     with pytest.raises(SystemExit, match="lacks seeds"):  # a new seed must run every row
         results_suite.merged(old, _set([1], rows=("pipeline",)))
+
+
+def _hand(runs: dict[str, list[tuple[int, float]]]) -> dict:
+    return {"set": "s", "budget": "10m", "candidates": {
+        label: {"flags": ["--input-size", label], "why": "w", "runs": [
+            {"seed": seed, "dice": dice, "pixel_dice": dice, "input_size": int(label), "epochs": 3, "wall_s": 590.0,
+             "code": "abc"} for seed, dice in seeds]} for label, seeds in runs.items()}}
+
+
+def test_hand_tuned_runs_add_up_and_a_rerun_replaces_its_seed():
+    old = _hand({"256": [(1, 0.5), (42, 0.6)], "320": [(42, 0.7)]})
+    result = hand_tuned.merged(old, _hand({"256": [(1, 0.9)]}))
+    assert [(r["seed"], r["dice"]) for r in result["candidates"]["256"]["runs"]] == [(1, 0.9), (42, 0.6)]
+    assert [(r["seed"], r["dice"]) for r in result["candidates"]["320"]["runs"]] == [(42, 0.7)]
+    assert hand_tuned.merged(None, old) == old
+
+
+def test_the_best_hand_tuned_candidate_is_compared_on_its_own_seeds():
+    """Each candidate is set against the pipeline's runs of the seeds it ran, and the best mean wins."""
+    pipeline = [{"seed": 1, "dice": 0.8, "pixel_dice": 0.8}, {"seed": 42, "dice": 0.6, "pixel_dice": 0.6}]
+    hand = _hand({"256": [(1, 0.75), (42, 0.65)], "320": [(42, 0.71)], "384": [(7, 0.99)]})
+    best = hand_tuned.compare(hand, pipeline)
+    assert best["label"] == "320" and best["seeds"] == [42]  # seed 7 has no pipeline run: not comparable
+    assert best["pipeline"] == pytest.approx(0.6) and best["dice"] == pytest.approx(0.71)
+    suites = {"s": {"about": "S set: more", "runs": {"pipeline": pipeline}}}
+    text = hand_tuned.table([hand], suites)
+    assert "| S set | 0.600 (0.600) | 0.710 (0.710) | `--input-size 320` | -0.110 (-0.110) | 42 |" in text
+    assert text.count("- s `") == 3  # every candidate's runs listed, not only the best
+    assert hand_tuned.compare(_hand({"384": [(7, 0.99)]}), pipeline) is None
+
+
+def test_published_hand_tuned_table_is_its_jsons():
+    hands = results_suite.load_results(hand_tuned.HAND_DIR)
+    assert hands, "bench/results/hand/ holds no results"
+    suites = {r["set"]: r for r in results_suite.load_results()}
+    assert results_suite.published(ROOT / "docs" / "results.md", hand_tuned.MARKERS) == hand_tuned.table(hands, suites), (
+        "docs/results.md disagrees with bench/results/hand/*.json: run python bench/hand_tuned.py --tables")

@@ -233,12 +233,19 @@ def replan_steps(planned: int, done: int, steps_per_epoch: int, epoch_s: float, 
     epochs = replan(planned, done, epoch_s, seconds_left, max_epochs, margin)
     if epochs >= max_epochs or epochs <= done or epoch_s <= 0:
         return epochs, epochs * steps_per_epoch
-    step_s = max(epoch_s - eval_s, 1e-9) / steps_per_epoch
-    rest = max(0.0, seconds_left) / (1 + margin) - (epochs - done) * epoch_s - eval_s
-    extra = min(steps_per_epoch - 1, math.floor(rest / step_s)) if rest > 0 else 0
-    if extra < MIN_PARTIAL * steps_per_epoch:
+    rest = max(0.0, seconds_left) / (1 + margin) - (epochs - done) * epoch_s
+    extra = partial_steps(steps_per_epoch, epoch_s, eval_s, rest, steps_per_epoch - 1)
+    if not extra:
         return epochs, epochs * steps_per_epoch
     return epochs + 1, epochs * steps_per_epoch + extra
+
+
+def partial_steps(steps_per_epoch: int, epoch_s: float, eval_s: float, seconds: float, most: int) -> int:
+    """The optimizer steps of a shorter epoch that fit in `seconds` with its validation and checkpoint (`eval_s` of
+    the `epoch_s` a whole epoch takes), at most `most`; 0 when that is under MIN_PARTIAL of an epoch."""
+    step_s = max(epoch_s - eval_s, 1e-9) / steps_per_epoch
+    steps = min(most, math.floor((seconds - eval_s) / step_s + 1e-9)) if seconds > eval_s else 0
+    return steps if steps >= MIN_PARTIAL * steps_per_epoch else 0
 
 
 def replay(scheduler, steps: int):
@@ -279,10 +286,8 @@ def shortened_steps(steps_per_epoch: int, steps_left: int, epoch_s: float, eval_
     `steps_left`: the plan's steps to go; a whole epoch takes `epoch_s`, `eval_s` of it validation and checkpoint.
     A stop there leaves up to an epoch unused: CamVid's seed 1 stopped 0.4 s short of a 48 s epoch and used 91 % of
     its budget."""
-    step_s = max(epoch_s - eval_s, 1e-9) / steps_per_epoch
-    fit = math.floor((max(0.0, share_left) / (1 + margin) - eval_s) / step_s + 1e-9)
-    steps = min(fit, min(steps_per_epoch, steps_left) - 1)  # fewer than the epoch that did not fit
-    return steps if steps >= MIN_PARTIAL * steps_per_epoch else 0
+    most = min(steps_per_epoch, steps_left) - 1  # fewer than the epoch that did not fit
+    return partial_steps(steps_per_epoch, epoch_s, eval_s, max(0.0, share_left) / (1 + margin), most)
 
 
 def later_replan_due(planned: int, done: int, steady: int, made: int) -> bool:
