@@ -33,11 +33,17 @@ def alive(pid: int) -> bool:
         return False
 
 
+def default_sigint() -> None:
+    """Ctrl-C's default action in the child, as a terminal's foreground job has it: a shell starts background jobs
+    (`make test &`) with SIGINT ignored, the ignore is inherited, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def stop_when(cmd: list[str], marker: str, how: str) -> tuple[int, str, set[int]]:
     """Start `cmd`, send `how` once a stderr line holds `marker` -> (exit code, stderr, child pids seen).
     SIGTERM goes to the process (as `kill` or a scheduler sends it), SIGINT to its whole group (as Ctrl-C does)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_sigint)
     seen, err = set(), []
     try:
         for line in proc.stderr:
