@@ -3,7 +3,7 @@
     python bench/results_suite.py                               # every set, seeds 42 and 1, 10-minute budgets: hours
     python bench/results_suite.py --sets horse cfd --seeds 42   # some of them
     python bench/results_suite.py --sets camvid --rows pipeline  # one row again, the JSON's other rows kept
-    python bench/results_suite.py --tables                      # the README and docs tables, from the JSONs only
+    python bench/results_suite.py --tables                      # the README and docs tables (hand-tuned too), from the JSONs
     python bench/results_suite.py --quick --out-dir /tmp/suite  # a smoke run on generated data (the test suite's)
 
 For every set, seed by seed (a slow hour of the host hits every row) and each run alone (it starts below a 1-minute
@@ -246,6 +246,10 @@ def write_tables(folder: Path = SUITE) -> None:
         raise SystemExit(f"no results in {folder}: run the suite first")
     for path, text in ((ROOT / "README.md", table(results)), (ROOT / "docs" / "results.md", details(results))):
         print(f"{path.name}: {'updated' if replace_between(path, text) else 'no markers, left alone'}")
+    import hand_tuned  # it imports this module; its table sets hand-picked settings against these pipeline rows
+
+    if folder == SUITE and load_results(hand_tuned.HAND_DIR):
+        hand_tuned.write_tables()
 
 
 # ----------------------------------------------------------------------------- quick
