@@ -3,7 +3,7 @@
     python bench/results_suite.py                               # every set, seeds 42 and 1, 10-minute budgets: hours
     python bench/results_suite.py --sets horse cfd --seeds 42   # some of them
     python bench/results_suite.py --sets camvid --rows pipeline  # one row again, the JSON's other rows kept
-    python bench/results_suite.py --tables                      # the README and docs tables (hand-tuned too), from the JSONs
+    python bench/results_suite.py --tables                      # README and docs tables (hand-tuned too), from JSONs
     python bench/results_suite.py --quick --out-dir /tmp/suite  # a smoke run on generated data (the test suite's)
 
 For every set, seed by seed (a slow hour of the host hits every row) and each run alone (it starts below a 1-minute
