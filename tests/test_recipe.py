@@ -123,3 +123,16 @@ def test_a_tiny_set_does_not_pass_one_step_epochs_for_training():
     assert decided["fold_ids"] == "0" and "folds" not in decided  # FOLDS stays 5: a fifth of 8 images held back
     assert 600 * 0.8 / (5 * 6 * cost(512)) >= TARGET_EPOCHS > 600 * 0.8 / (5 * MIN_EPOCH_STEPS * cfg.batch_size
                                                                            * cost(512))
+
+
+def test_patches_given_by_hand_get_the_rest_of_the_patch_plan():
+    decided, _ = plan(report(width=1440, height=1080, thin=3.0), ["--train-patch", "512x512"])
+    assert decided["input_size"] == 1440 and decided["tile"] == "512x512"  # native patches, served as tiles
+    assert decided["patches_per_image"] == 6  # 1440 x 1080 / 512^2, rounded up
+    decided, _ = plan(report(width=1600, height=256, thin=3.0),
+                      ["--train-patch", "256x320", "--input-size", "800", "--patches-per-image", "2"])
+    assert "tile" not in decided  # images shrunk to half: tiles cut at their own size would not match
+    assert "input_size" not in decided and "patches_per_image" not in decided
+    decided, _ = plan(report(width=1600, height=256, thin=3.0), ["--train-patch", "256x320"])
+    assert decided["input_size"] == 1600 and decided["patches_per_image"] == 5  # 1600 x 256 / (256 x 320)
+    assert "tile" not in decided  # 0.4 megapixels run whole

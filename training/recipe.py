@@ -13,6 +13,8 @@ fingerprint-then-plan, but for a time budget on the machine at hand instead of d
   the native size (at most MAX_NATIVE).
 - TRAIN_PATCH and TILE: images larger than MAX_NATIVE whose thin structures would vanish when shrunk train on
   native-resolution patches, and are scored out of fold and served as tiles of that size (runtime/tiling.py).
+  A TRAIN_PATCH given by hand gets the rest: INPUT_SIZE the images' own size, PATCHES_PER_IMAGE to cover an image,
+  and TILE for images over MAX_NATIVE squared pixels.
 - AUGMENT: full (flips, affine, colour) for a few hundred images or fewer, flip alone for more (MANY_IMAGES): with
   many photos the extra distortions cost epochs and, on street scenes with a horizon, mislead. From a 30-minute budget
   on, training/trial.py then tries both briefly and may overturn the rule.
@@ -177,13 +179,17 @@ def plan_recipe(report: dict, cfg, explicit: set[str], image_s: Callable[[int], 
         size, patch, why = plan_size(report, trained_images(images, folds, fold_ids, cfg.batch_size), left, image_s)
         decide("input_size", size, why)
         decide("train_patch", patch, why)
-        if patch and "tile" not in explicit:
-            decide("tile", patch, "the model sees native-size patches, so large images are scored and served as tiles")
-        if patch and "patches_per_image" not in explicit:
-            sizes = report["sizes"]
-            count = math.ceil(sizes["width"]["median"] * sizes["height"]["median"] / PATCH**2)
-            decide("patches_per_image", count, f"an epoch's patches cover about one image's area ({count} of "
-                                               f"{PATCH} px per image)")
+        if patch:
+            plan_patches(report, explicit, size, patch, decide, planned=True)
+    elif "train_patch" in explicit and cfg.train_patch and cfg.task == "segment":
+        # patches chosen by hand: the rest of the patch plan follows them, as it would the plan's own patches (a
+        # 512x512 patch of images shrunk to the default INPUT_SIZE would be the whole image, and no tiles at serving)
+        size = cfg.input_size
+        if "input_size" not in explicit:
+            size = native_side(report)
+            decide("input_size", size, f"TRAIN_PATCH={cfg.train_patch} given: patches are cut at the images' own "
+                                       f"size ({size} px)")
+        plan_patches(report, explicit, size, cfg.train_patch, decide)
     if "augment" not in explicit:
         if images >= MANY_IMAGES:
             decide("augment", "flip", f"{images} images: enough variety that flips alone keep the epochs for learning")
@@ -203,6 +209,24 @@ def plan_recipe(report: dict, cfg, explicit: set[str], image_s: Callable[[int], 
     if cfg.classes > 1 and balance is not None and balance < 0.1:
         decide("class_weights", "auto", f"the rarest class has {balance:.1%} of the commonest one's pixels")
     return decisions
+
+
+def plan_patches(report: dict, explicit: set[str], size: int, patch: str, decide: Callable[[str, Any, str], None],
+                 planned: bool = False) -> None:
+    """TILE and PATCHES_PER_IMAGE for training on `patch` (HxW) crops of images resized to long side `size`: tiles
+    of the patch's size where the plan chose the patches (`planned`), or where the images keep their own size
+    (tiles are cut at the served image's size) and are larger than MAX_NATIVE squared (smaller ones run whole: more
+    context, fewer passes); and enough patches per image for an epoch to cover about one image's area."""
+    h, w = (int(side) for side in patch.split("x"))
+    sizes = report["sizes"]
+    large = sizes["width"]["median"] * sizes["height"]["median"] > MAX_NATIVE**2
+    if "tile" not in explicit and (planned or size >= native_side(report) and large):
+        decide("tile", patch, "the model sees native-size patches, so large images are scored and served as tiles")
+    if "patches_per_image" not in explicit:
+        scale = min(1.0, size / max(sizes["width"]["median"], sizes["height"]["median"]))
+        count = max(1, math.ceil(sizes["width"]["median"] * sizes["height"]["median"] * scale**2 / (h * w)))
+        decide("patches_per_image", count, f"an epoch's patches cover about one image's area ({count} of "
+                                           f"{patch} px per image)")
 
 
 def apply_recipe(cfg, decisions: list[Decision]):
