@@ -125,6 +125,20 @@ def test_a_tiny_set_does_not_pass_one_step_epochs_for_training():
                                                                            * cost(512))
 
 
+def test_a_tiny_sets_size_reason_names_its_own_epochs_too():
+    """24 ISBI-like slices: 21 training images an epoch, 3 batches, counted as MIN_EPOCH_STEPS: the reason gives the
+    counted epochs and the set's own (about 80/21 times as many), which the run's budget then plans."""
+    import re
+
+    cost = lambda size: 4e-6 * size * size  # noqa: E731  plans 320 px, under the default 512
+    cfg = load_config(["--time-budget", "30m"], environ={})
+    [size] = [d for d in plan_recipe(report(width=512, height=512, images=24, thin=30), cfg, set(explicit_settings(cfg)),
+                                     cost) if d.setting == "input_size"]
+    counted, own = map(int, re.search(r"~(\d+) epochs counted as 10 steps each, ~(\d+) of the set's own", size.reason
+                                      ).groups())
+    assert counted >= TARGET_EPOCHS and abs(own - counted * 80 / 21) <= 1
+
+
 def test_patches_given_by_hand_get_the_rest_of_the_patch_plan():
     decided, _ = plan(report(width=1440, height=1080, thin=3.0), ["--train-patch", "512x512"])
     assert decided["input_size"] == 1440 and decided["tile"] == "512x512"  # native patches, served as tiles

@@ -94,10 +94,11 @@ def epochs_at(size: int, native: int, images: int, seconds: float, image_s: Call
     return seconds / max(images * image_s(min(size, native)), 1e-9)
 
 
-def plan_size(report: dict, images: int, budget_s: float, image_s: Callable[[int], float] | None
-              ) -> tuple[int, str, str]:
+def plan_size(report: dict, images: int, budget_s: float, image_s: Callable[[int], float] | None,
+              real_images: int | None = None) -> tuple[int, str, str]:
     """(INPUT_SIZE, TRAIN_PATCH or '', why). `images`: the training images of every fold the run trains, together
-    (an epoch of each fold)."""
+    (an epoch of each fold, counted as at least MIN_EPOCH_STEPS batches); `real_images`: the same without that floor,
+    for the epochs the reason names (default `images`)."""
     native = native_side(report)
     floor = smallest_size(report, native)
     width = thinnest(report)
@@ -109,15 +110,21 @@ def plan_size(report: dict, images: int, budget_s: float, image_s: Callable[[int
     if not budget_s or image_s is None:
         return top, "", f"the images' own size ({native} px)" + ("" if top == native else f", at most {MAX_NATIVE}")
     seconds = budget_s * BUDGET_SHARE
+    padded = images / max(real_images or images, 1)
+
+    def room(epochs: float) -> str:  # the epochs a reason names: of the set's own length too, when padded
+        return f"~{epochs:.0f} epochs" + (f" counted as {MIN_EPOCH_STEPS} steps each, ~{epochs * padded:.0f} of the "
+                                          "set's own shorter ones" if padded > 1 else "")
+
     for size in range(top, floor - 1, -STEP):
         epochs = epochs_at(size, native, images, seconds, image_s)
         if epochs >= TARGET_EPOCHS:
             said = "the images' own size" if size == native else f"the largest size under {native} px native"
-            return size, "", f"{said} with room for {TARGET_EPOCHS} epochs in the budget (~{epochs:.0f})"
+            return size, "", f"{said} with room for {TARGET_EPOCHS} epochs in the budget ({room(epochs)})"
     epochs = epochs_at(floor, native, images, seconds, image_s)
     kept = (f"need the images' own size ({floor} px)" if floor == native else
             f"keep {MIN_WIDTH_PX:g} px at {floor} px")
-    return floor, "", (f"{thin} {kept}; the budget has room for ~{epochs:.0f} epochs there, fewer than the "
+    return floor, "", (f"{thin} {kept}; the budget has room for {room(epochs)} there, fewer than the "
                        f"{TARGET_EPOCHS} wanted: a longer budget would help")
 
 
@@ -176,7 +183,8 @@ def plan_recipe(report: dict, cfg, explicit: set[str], image_s: Callable[[int], 
             decide("folds", folds, why)
             decide("fold_ids", ",".join(map(str, fold_ids)), why)
     if "input_size" not in explicit and "train_patch" not in explicit and cfg.task == "segment":
-        size, patch, why = plan_size(report, trained_images(images, folds, fold_ids, cfg.batch_size), left, image_s)
+        size, patch, why = plan_size(report, trained_images(images, folds, fold_ids, cfg.batch_size), left, image_s,
+                                     trained_images(images, folds, fold_ids, 0))
         decide("input_size", size, why)
         decide("train_patch", patch, why)
         if patch:
