@@ -132,8 +132,8 @@ def test_a_tiny_sets_size_reason_names_its_own_epochs_too():
 
     cost = lambda size: 4e-6 * size * size  # noqa: E731  plans 320 px, under the default 512
     cfg = load_config(["--time-budget", "30m"], environ={})
-    [size] = [d for d in plan_recipe(report(width=512, height=512, images=24, thin=30), cfg, set(explicit_settings(cfg)),
-                                     cost) if d.setting == "input_size"]
+    rep = report(width=512, height=512, images=24, thin=30)
+    [size] = [d for d in plan_recipe(rep, cfg, set(explicit_settings(cfg)), cost) if d.setting == "input_size"]
     counted, own = map(int, re.search(r"~(\d+) epochs counted as 10 steps each, ~(\d+) of the set's own", size.reason
                                       ).groups())
     assert counted >= TARGET_EPOCHS and abs(own - counted * 80 / 21) <= 1
